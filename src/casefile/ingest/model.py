@@ -1,0 +1,40 @@
+"""Ingest-internal types: where a piece of evidence lives, and one raw record read from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceFile:
+    """One readable log file, possibly a member of a zip or a gzip stream.
+
+    `path` is the name events carry as `source_file`: the file path as found by the walk, with
+    `archive.zip!inner/path.json` for zip members. `location` is the file on disk that holds the
+    bytes; `member` the zip member name; `gzip` whether the bytes (of the file or the member) are
+    gzip-compressed. `size` is the size on disk (the uncompressed size for a zip member).
+    `format` names the reader in `casefile.ingest.READERS` that will parse it.
+    """
+
+    path: str
+    size: int
+    format: str
+    location: Path
+    member: str | None = None
+    gzip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as a reader decoded it, before shape normalisation.
+
+    `index` is the record's position in its file: the 1-based ordinal for EVTX, the line on which
+    the record starts for JSON. `shape` names the normaliser in `casefile.ingest.SHAPES` when the
+    reader knows it (EVTX always gives `evtx-json`); None lets the shapes sniff the record.
+    """
+
+    index: int
+    data: dict[str, Any]
+    shape: str | None = None

@@ -1,0 +1,76 @@
+"""From paths to Events: discover -> read raw records -> normalise shapes, each step on its own.
+
+Reading and normalising are separate functions so that a parallel runner can read files in
+worker processes and normalise wherever it likes; `read_events` is the simple serial composition.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from casefile.errors import InputError
+from casefile.ingest.model import EvidenceFile, RawRecord
+from casefile.ingest.plugins import READERS, SHAPES, Shape, WarningSink, shapes_by_priority
+from casefile.ingest.sources import discover, open_evidence
+from casefile.models import Event, IngestWarning
+
+# What a damaged input can raise while a reader streams it: archive/compression errors,
+# undecodable text, and InputError from a reader that gives up on the whole file.
+_READ_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError, UnicodeError, InputError)
+
+
+def read_records(evidence: EvidenceFile, on_warning: WarningSink) -> Iterator[RawRecord]:
+    """The raw records of one evidence file; damage becomes warnings, records read so far are kept."""
+    reader = READERS.get(evidence.format)
+    disk_path = evidence.location if evidence.member is None and not evidence.gzip else None
+    try:
+        with open_evidence(evidence) as stream:
+            yield from reader.read(stream, evidence.path, on_warning, disk_path=disk_path)
+    except _READ_ERRORS as exc:
+        reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        kind = "damaged archive data" if isinstance(exc, zipfile.BadZipFile | EOFError) else "read error"
+        on_warning(IngestWarning(evidence.path, f"{kind}, reading stopped here: {reason}"))
+
+
+def _shape_for(record: dict[str, Any], shapes: Sequence[Shape]) -> Shape:
+    for shape in shapes:
+        if shape.matches(record):
+            return shape
+    raise LookupError("no record shape registered")  # the flat shape matches everything
+
+
+def normalise(
+    raw: RawRecord, source_file: str, on_warning: WarningSink, *, shapes: Sequence[Shape] | None = None
+) -> Event | None:
+    """One raw record as an Event, or None (with a warning) when its structure defeats its shape."""
+    try:
+        shape = SHAPES.get(raw.shape) if raw.shape else _shape_for(raw.data, shapes or shapes_by_priority())
+        return shape.normalise(raw.data, source_file)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        on_warning(IngestWarning(
+            source_file, f"record could not be normalised: {type(exc).__name__}: {exc}", raw.index
+        ))
+        return None
+
+
+def read_file(evidence: EvidenceFile, on_warning: WarningSink) -> Iterator[Event]:
+    """The Events of one evidence file."""
+    shapes = shapes_by_priority()
+    for raw in read_records(evidence, on_warning):
+        event = normalise(raw, evidence.path, on_warning, shapes=shapes)
+        if event is not None:
+            yield event
+
+
+def read_events(paths: Sequence[str | Path], *, on_warning: WarningSink) -> Iterator[Event]:
+    """Every Event under `paths` (files, folders, zip/gz), file by file in a stable order.
+
+    Damaged files, records and archives, and files in no known format, are reported through
+    `on_warning`; reading goes on. A path that does not exist raises InputError.
+    """
+    for evidence in discover(paths, on_warning=on_warning):
+        yield from read_file(evidence, on_warning)

@@ -1,0 +1,57 @@
+"""Extension points of the ingest stage: file readers and record-shape normalisers.
+
+A new log format is one module that defines a `Reader` (or a `Shape`) and registers it here
+under its name; `casefile.ingest` imports the built-in modules, which register the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from casefile.ingest.model import RawRecord
+from casefile.models import Event, IngestWarning
+from casefile.registry import Registry
+
+WarningSink = Callable[[IngestWarning], None]
+
+#: Bytes a reader gets to look at when sniffing a file.
+SNIFF_BYTES = 4096
+
+
+class Reader(Protocol):
+    """Turns the bytes of one file into raw records; reports damage through `on_warning`."""
+
+    name: str
+
+    def sniff(self, head: bytes, name: str) -> int:
+        """Confidence 0..100 that a file called `name` starting with `head` is in this format."""
+        ...
+
+    def read(
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None
+    ) -> Iterator[RawRecord]:
+        """Yield the records of `stream` (seekable); `disk_path` is set when it is a plain file."""
+        ...
+
+
+class Shape(Protocol):
+    """Turns one raw record of a known JSON shape into an Event."""
+
+    name: str
+    #: Lower runs first when records are sniffed; the catch-all shape has the highest.
+    priority: int
+
+    def matches(self, record: dict[str, Any]) -> bool: ...
+
+    def normalise(self, record: dict[str, Any], source_file: str) -> Event: ...
+
+
+READERS: Registry[Reader] = Registry("log reader")
+SHAPES: Registry[Shape] = Registry("record shape")
+
+
+def shapes_by_priority() -> list[Shape]:
+    """The registered shapes in the order they are tried on an unlabelled record."""
+    return sorted((s for _, s in SHAPES), key=lambda s: (s.priority, s.name))

@@ -1,0 +1,175 @@
+"""JSON logs in every layout responders meet: NDJSON, arrays, concatenated (pretty-printed) objects.
+
+The file is streamed: a buffer of text is decoded value by value with `raw_decode`, and refilled
+as needed, so multi-gigabyte exports and huge single lines never sit whole in memory (one
+record, however large, does). A record that does not parse is skipped with a warning naming its
+line; reading resumes at the next line that starts an object.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from casefile.ingest.model import RawRecord
+from casefile.ingest.plugins import READERS, WarningSink
+from casefile.models import IngestWarning
+
+#: Bytes read from the file per refill.
+READ_SIZE = 1 << 20
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\r\n]*")
+# Where reading resumes after a bad record: a line whose first non-blank character opens an object.
+_RESYNC = re.compile(r"\n[ \t]*\{")
+_EXTENSIONS = (".json", ".jsonl", ".ndjson", ".jsonlines")
+
+
+def _encoding(head: bytes) -> str:
+    """UTF-16 when the file starts with its BOM (PowerShell's Out-File writes that), else UTF-8."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8-sig"
+
+
+class _Buffer:
+    """Text decoded from a binary stream, consumed from the front, refilled at the back."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        head = stream.read(4)
+        # Undecodable bytes stay visible as \\xNN escapes instead of vanishing.
+        self._decoder = codecs.getincrementaldecoder(_encoding(head))(errors="backslashreplace")
+        self._stream = stream
+        self.text = self._decoder.decode(head)
+        self.pos = 0
+        self.line = 1  # line number of self.pos
+        self.eof = False
+
+    def fill(self) -> bool:
+        """Append one block of text; False at end of file."""
+        if self.eof:
+            return False
+        block = self._stream.read(READ_SIZE)
+        if not block:
+            self.eof = True
+            self.text += self._decoder.decode(b"", final=True)
+            return False
+        self.text = self.text[self.pos:] + self._decoder.decode(block)
+        self.pos = 0
+        return True
+
+    def advance(self, to: int) -> None:
+        self.line += self.text.count("\n", self.pos, to)
+        self.pos = to
+
+    def skip_ws(self) -> bool:
+        """Skip blanks (refilling as needed); False when only blanks remain."""
+        while True:
+            end = _WS.match(self.text, self.pos)
+            assert end is not None  # the pattern matches the empty string
+            self.advance(end.end())
+            if self.pos < len(self.text):
+                return True
+            if not self.fill():
+                return False
+
+
+def _incomplete(exc: json.JSONDecodeError, text: str) -> bool:
+    """Whether a decode error may only mean the buffer ends mid-value (more text could fix it)."""
+    return exc.msg.startswith("Unterminated string") or exc.pos >= len(text) - 8
+
+
+class JsonReader:
+    """Reads NDJSON, a JSON array (or several), and concatenated objects, pretty-printed or not.
+
+    Top-level arrays are opened and their elements yielded one by one; every record must be an
+    object. `RawRecord.index` is the line on which the record starts.
+    """
+
+    name = "json"
+
+    def sniff(self, head: bytes, name: str) -> int:
+        text = head.decode(_encoding(head), errors="ignore").lstrip("\ufeff \t\r\n")
+        if text[:1] in ("{", "["):
+            return 80
+        return 40 if name.lower().endswith(_EXTENSIONS) else 0
+
+    def read(
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None
+    ) -> Iterator[RawRecord]:
+        buf = _Buffer(stream)
+        depth = 0  # open top-level arrays
+        while buf.skip_ws():
+            char = buf.text[buf.pos]
+            if char == "[":
+                depth += 1
+                buf.advance(buf.pos + 1)
+                continue
+            if char == ",":  # between array elements, or objects written as `{..},{..}`
+                buf.advance(buf.pos + 1)
+                continue
+            if depth and char == "]":
+                depth -= 1
+                buf.advance(buf.pos + 1)
+                continue
+            start_line = buf.line
+            value = self._decode(buf, source, on_warning)
+            if value is _SKIPPED:
+                continue
+            if isinstance(value, dict):
+                yield RawRecord(index=start_line, data=value)
+            else:
+                on_warning(IngestWarning(
+                    source, f"JSON value is a {type(value).__name__}, not an object; skipped", start_line
+                ))
+        if depth:
+            on_warning(IngestWarning(source, "JSON array not closed: file truncated?", buf.line))
+
+    def _decode(self, buf: _Buffer, source: str, on_warning: WarningSink) -> Any:
+        """One value at the buffer position, or _SKIPPED after warning about a bad one."""
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(buf.text, buf.pos)
+            except json.JSONDecodeError as exc:
+                if _incomplete(exc, buf.text) and not buf.eof:
+                    # Grow geometrically so a huge record is not re-parsed once per block.
+                    wanted = 2 * (len(buf.text) - buf.pos)
+                    while len(buf.text) - buf.pos < wanted and buf.fill():
+                        pass
+                    continue
+                self._skip_bad(buf, exc, source, on_warning)
+                return _SKIPPED
+            buf.advance(end)
+            return value
+
+    @staticmethod
+    def _skip_bad(buf: _Buffer, exc: json.JSONDecodeError, source: str, on_warning: WarningSink) -> None:
+        start_line = buf.line
+        error_line = start_line + buf.text.count("\n", buf.pos, exc.pos)
+        column = exc.pos - (buf.text.rfind("\n", 0, exc.pos) + 1) + 1
+        search_from = exc.pos
+        while True:
+            found = _RESYNC.search(buf.text, search_from)
+            if found is not None:
+                buf.advance(found.start() + 1)
+                break
+            # Drop the scanned text but its last character, which may be the newline of a match.
+            buf.advance(max(buf.pos, len(buf.text) - 1))
+            if not buf.fill():
+                buf.advance(len(buf.text))
+                break
+            search_from = 0
+        on_warning(IngestWarning(
+            source,
+            f"invalid JSON: {exc.msg} at line {error_line} column {column}; record skipped, "
+            f"resumed at line {buf.line}",
+            start_line,
+        ))
+
+
+_SKIPPED = object()
+
+READERS.register(JsonReader.name, JsonReader())

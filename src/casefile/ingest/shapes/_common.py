@@ -1,0 +1,116 @@
+"""Value helpers shared by the shape normalisers: timestamps, integers, flattening."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+# More than six fractional digits (EVTX gives 100 ns ticks) is cut to microseconds, which is
+# all `datetime` holds; anything after the digits (Z, +hh:mm) is kept.
+_LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
+# PowerShell's ConvertTo-Json writes DateTime as "/Date(1600000000000)/" (epoch milliseconds).
+_MS_DATE = re.compile(r"^/Date\((-?\d+)(?:[+-]\d{4})?\)/$")
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """An ISO-8601-ish string or epoch number as a UTC datetime; None when it is not one.
+
+    A timestamp without an offset is taken as UTC: the shapes only feed this fields that log
+    producers write in UTC (SystemTime, @timestamp, Sysmon UtcTime).
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        seconds = value / 1000 if value > 1e11 else value  # epoch millis vs seconds
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    ms = _MS_DATE.match(value.strip())
+    if ms:
+        return parse_timestamp(int(ms.group(1)) / 1000)
+    text = _LONG_FRACTION.sub(r"\1", value.strip())
+    if text.endswith(" UTC"):
+        text = text[:-4]
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def as_int(value: Any) -> int | None:
+    """An int from an int or a decimal/hex string (forwarded events carry System ints as text)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text, 16) if text.lower().startswith("0x") else int(text)
+        except ValueError:
+            return None
+    return None
+
+
+def as_str(value: Any) -> str | None:
+    """A non-empty string form of a scalar, None for null/empty/containers."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text or None
+
+
+def put(fields: dict[str, Any], name: str, value: Any, *, qualifier: str) -> None:
+    """Set `fields[name]`, or `fields[qualifier_name]` when the name is already taken.
+
+    Nothing is overwritten and nothing dropped: a colliding field keeps its value under a name
+    that says where it came from (`UserData_Channel`, `RenderingInfo_Level`).
+    """
+    if name not in fields:
+        fields[name] = value
+        return
+    alt = f"{qualifier}_{name}"
+    n = 1
+    while alt in fields:
+        n += 1
+        alt = f"{qualifier}_{name}_{n}"
+    fields[alt] = value
+
+
+def flatten_leaves(node: Any, fields: dict[str, Any], *, qualifier: str, name: str | None = None) -> None:
+    """Put the leaves of an XML-as-JSON subtree into `fields` under their leaf names.
+
+    `#text` stands for the element itself, `#attributes` children become leaves named after the
+    attribute; `xmlns` declarations are markup, not data, and are left out.
+    """
+    if isinstance(node, Mapping):
+        for key, child in node.items():
+            if key == "#attributes" and isinstance(child, Mapping):
+                for attr, value in child.items():
+                    if attr != "xmlns" and not attr.startswith("xmlns:"):
+                        put(fields, attr, value, qualifier=qualifier)
+            elif key == "#text":
+                if name is not None:
+                    put(fields, name, child, qualifier=qualifier)
+            else:
+                flatten_leaves(child, fields, qualifier=qualifier, name=key)
+    elif name is not None:
+        put(fields, name, node, qualifier=qualifier)
+
+
+def flatten_dotted(node: Mapping[str, Any], fields: dict[str, Any], prefix: str = "") -> None:
+    """Put nested JSON objects into `fields` under dotted names (`host.name`); lists stay values."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flatten_dotted(value, fields, f"{name}.")
+        else:
+            fields[name] = value

@@ -1,0 +1,148 @@
+"""Finding evidence: walk folders, look inside zip and gzip files, pick a reader for each file."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO, cast
+
+from casefile.errors import InputError
+from casefile.ingest.model import EvidenceFile
+from casefile.ingest.plugins import READERS, SNIFF_BYTES
+from casefile.models import IngestWarning
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"
+#: Errors that mean "these bytes are damaged", raised by zipfile, gzip and zlib while reading.
+ARCHIVE_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError)
+# Opening a zip member also raises RuntimeError (encryption, unsupported compression).
+_MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError, RuntimeError, NotImplementedError)
+
+WarningSink = Callable[[IngestWarning], None]
+
+
+def _ignore(_: IngestWarning) -> None:
+    """Default sink for discover(): callers that want skipped files reported pass their own."""
+
+
+def _pick(head: bytes, name: str) -> str | None:
+    """The reader most confident about a file, None when none claims it."""
+    best, best_score = None, 0
+    for reader_name, reader in READERS:
+        score = reader.sniff(head, name)
+        if score > best_score:
+            best, best_score = reader_name, score
+    return best
+
+
+def _walk(path: Path) -> Iterator[Path]:
+    """Files under a folder in a stable order; symlinked folders are not followed (no loops)."""
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            yield Path(root) / name
+
+
+def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except ARCHIVE_ERRORS as exc:
+        on_warning(IngestWarning(str(path), f"unreadable zip archive: {exc}"))
+        return
+    with archive:
+        for info in archive.infolist():
+            if info.is_dir() or info.filename.startswith("__MACOSX/"):
+                continue  # folders, and macOS resource forks (AppleDouble), hold no log records
+            source = f"{path}!{info.filename}"
+            if info.flag_bits & 0x1:
+                on_warning(IngestWarning(
+                    source, "encrypted zip member: password required; extract it and ingest the file"
+                ))
+                continue
+            try:
+                with archive.open(info) as member:
+                    head = member.read(SNIFF_BYTES)
+                    is_gzip = head.startswith(GZIP_MAGIC)
+                    name = info.filename
+                    if is_gzip:
+                        name = name.removesuffix(".gz")
+                        with gzip.GzipFile(fileobj=member) as inner:
+                            head = inner.read(SNIFF_BYTES)
+            except _MEMBER_ERRORS as exc:
+                on_warning(IngestWarning(source, f"unreadable zip member: {exc}"))
+                continue
+            if head.startswith(ZIP_MAGIC):
+                on_warning(IngestWarning(source, "zip inside a zip is not read: extract the outer archive"))
+                continue
+            fmt = _pick(head, name)
+            if fmt is None:
+                on_warning(IngestWarning(source, "not a recognised log format; skipped"))
+                continue
+            yield EvidenceFile(source, info.file_size, fmt, path, member=info.filename, gzip=is_gzip)
+
+
+def _classify(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+            is_gzip = head.startswith(GZIP_MAGIC)
+            if is_gzip:
+                with gzip.GzipFile(fileobj=fh) as inner:
+                    head = inner.read(SNIFF_BYTES)
+    except ARCHIVE_ERRORS as exc:
+        on_warning(IngestWarning(str(path), f"unreadable file: {exc}"))
+        return
+    if not is_gzip and head.startswith(ZIP_MAGIC):
+        yield from _zip_members(path, on_warning)
+        return
+    name = path.name.removesuffix(".gz") if is_gzip else path.name
+    fmt = _pick(head, name)
+    if fmt is None:
+        on_warning(IngestWarning(str(path), "not a recognised log format; skipped"))
+        return
+    yield EvidenceFile(str(path), size, fmt, path, gzip=is_gzip)
+
+
+def discover(
+    paths: Sequence[str | Path], *, on_warning: WarningSink | None = None
+) -> list[EvidenceFile]:
+    """Every readable log file under `paths` (folders walked recursively, zip members listed).
+
+    Files no reader claims (READMEs, images) and damaged archives are reported to `on_warning`
+    and left out. A path that does not exist raises InputError: that is a typo, not evidence.
+    """
+    sink = on_warning or _ignore
+    found: list[EvidenceFile] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            for file in _walk(path):
+                found.extend(_classify(file, sink))
+        elif path.is_file():
+            found.extend(_classify(path, sink))
+        else:
+            raise InputError(str(path), "no such file or folder")
+    return found
+
+
+@contextmanager
+def open_evidence(evidence: EvidenceFile) -> Iterator[IO[bytes]]:
+    """The uncompressed bytes of one evidence file as a seekable binary stream."""
+    with ExitStack() as stack:
+        stream: IO[bytes]
+        if evidence.member is not None:
+            archive = stack.enter_context(zipfile.ZipFile(evidence.location))
+            stream = stack.enter_context(archive.open(evidence.member))
+        else:
+            stream = stack.enter_context(evidence.location.open("rb"))
+        if evidence.gzip:
+            unzipped = stack.enter_context(gzip.GzipFile(fileobj=stream))
+            yield cast(IO[bytes], unzipped)
+        else:
+            yield stream
