@@ -1,0 +1,573 @@
+"""The case: a folder holding one embedded DuckDB database (`case.duckdb`) and the reports.
+
+Everything one evidence file contributes (its inventory row, events, detections, warnings) is written in
+one transaction, so a run killed half way leaves the case as it was and the next run redoes that file.
+Files are keyed by SHA-256: the same file added twice (under any name) is stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from casefile.attribute.models import Attribution
+from casefile.case.clusters import Cluster
+from casefile.case.codec import (
+    DETECTION_COLUMNS,
+    attribution_from_json,
+    attribution_to_json,
+    detection_from_row,
+    detection_row,
+    dumps,
+    from_naive_utc,
+    to_naive_utc,
+)
+from casefile.errors import CaseError
+from casefile.models import Detection, Event, IngestWarning, Level
+
+DB_NAME = "case.duckdb"
+SCHEMA_VERSION = "1"
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS evidence (
+    sha256 VARCHAR PRIMARY KEY, path VARCHAR NOT NULL, size BIGINT, format VARCHAR,
+    added_at TIMESTAMP, events BIGINT, warnings BIGINT, detections BIGINT);
+CREATE TABLE IF NOT EXISTS events (
+    evidence_sha256 VARCHAR, seq BIGINT, ts TIMESTAMP, computer VARCHAR, channel VARCHAR,
+    provider VARCHAR, event_id INTEGER, record_id BIGINT, fields VARCHAR);
+CREATE TABLE IF NOT EXISTS detections (
+    id VARCHAR PRIMARY KEY, evidence_sha256 VARCHAR, kind VARCHAR, rule_id VARCHAR, rule_title VARCHAR,
+    level INTEGER, rule_status VARCHAR, rule_author VARCHAR, rule_tags VARCHAR[], rule_description VARCHAR,
+    rule_references VARCHAR[], rule_path VARCHAR, ts TIMESTAMP, computer VARCHAR, channel VARCHAR,
+    event_id INTEGER, record_id BIGINT, file VARCHAR, matched VARCHAR, fields VARCHAR, grp VARCHAR,
+    indicator VARCHAR, source VARCHAR);
+CREATE TABLE IF NOT EXISTS warnings (
+    evidence_sha256 VARCHAR, file VARCHAR, record BIGINT, reason VARCHAR, stage VARCHAR, added_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS clusters (id VARCHAR PRIMARY KEY, seq INTEGER, body VARCHAR);
+CREATE TABLE IF NOT EXISTS attributions (scope VARCHAR PRIMARY KEY, body VARCHAR);
+CREATE TABLE IF NOT EXISTS techniques (
+    id VARCHAR PRIMARY KEY, name VARCHAR, tactics VARCHAR[], is_subtechnique BOOLEAN);
+CREATE TABLE IF NOT EXISTS tactics (seq INTEGER, shortname VARCHAR PRIMARY KEY, name VARCHAR);
+CREATE TABLE IF NOT EXISTS software (id VARCHAR PRIMARY KEY, name VARCHAR, type VARCHAR);
+CREATE TABLE IF NOT EXISTS rules (id VARCHAR PRIMARY KEY, title VARCHAR, path VARCHAR, text VARCHAR);
+CREATE TABLE IF NOT EXISTS notes (id INTEGER, created_at TIMESTAMP, author VARCHAR, text VARCHAR);
+"""
+
+_EVENT_SCHEMA = pa.schema(
+    [
+        ("evidence_sha256", pa.string()),
+        ("seq", pa.int64()),
+        ("ts", pa.timestamp("us")),
+        ("computer", pa.string()),
+        ("channel", pa.string()),
+        ("provider", pa.string()),
+        ("event_id", pa.int32()),
+        ("record_id", pa.int64()),
+        ("fields", pa.string()),
+    ]
+)
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRecord:
+    """One evidence file in the case inventory."""
+
+    sha256: str
+    path: str
+    size: int
+    format: str | None
+    added_at: datetime | None
+    events: int
+    warnings: int
+    detections: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDetection:
+    """A detection as kept in the case, with its stable id."""
+
+    id: str
+    detection: Detection
+    evidence_sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWarning:
+    warning: IngestWarning
+    stage: str
+    evidence_sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TechniqueInfo:
+    """An ATT&CK technique as the case remembers it from the knowledge base it was attributed with."""
+
+    id: str
+    name: str
+    tactics: tuple[str, ...]
+    is_subtechnique: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    id: int
+    created_at: datetime
+    author: str | None
+    text: str
+
+
+class EvidenceBatch:
+    """What one evidence file contributes; filled while the file is read, written in `Case.add_evidence`."""
+
+    def __init__(self, sha256: str, path: str, size: int, fmt: str | None) -> None:
+        self.sha256 = sha256
+        self.path = path
+        self.size = size
+        self.format = fmt
+        self._events: dict[str, list[Any]] = {name: [] for name in _EVENT_SCHEMA.names}
+        self.detections: list[Detection] = []
+        self.warnings: list[IngestWarning] = []
+
+    @property
+    def event_count(self) -> int:
+        return len(self._events["seq"])
+
+    def add_event(self, ev: Event) -> None:
+        cols = self._events
+        cols["evidence_sha256"].append(self.sha256)
+        cols["seq"].append(len(cols["seq"]))
+        cols["ts"].append(to_naive_utc(ev.timestamp))
+        cols["computer"].append(ev.computer)
+        cols["channel"].append(ev.channel)
+        cols["provider"].append(ev.provider)
+        cols["event_id"].append(ev.event_id)
+        cols["record_id"].append(ev.record_id)
+        cols["fields"].append(dumps(dict(ev.fields)))
+
+    def events_table(self) -> pa.Table:
+        return pa.Table.from_pydict(self._events, schema=_EVENT_SCHEMA)
+
+
+class Case:
+    """An open case folder. Use `Case.create`, `Case.open` or `Case.open_or_create`; close when done."""
+
+    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection, *, clock: Clock = utc_now) -> None:
+        self.root = root
+        self._con = con
+        self._clock = clock
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, *, clock: Clock = utc_now) -> Case:
+        """Make a new case folder (it may exist but must not hold a case yet)."""
+        root = Path(path)
+        if (root / DB_NAME).exists():
+            raise CaseError(f"{root}: already holds a case; open it instead (or pick another --case)")
+        if root.exists() and not root.is_dir():
+            raise CaseError(f"{root}: exists and is not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        case = cls(root, cls._connect(root / DB_NAME, read_only=False), clock=clock)
+        case._init_schema(created=clock())
+        return case
+
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False, clock: Clock = utc_now) -> Case:
+        """Open an existing case folder."""
+        root = Path(path)
+        db = root / DB_NAME
+        if not db.is_file():
+            raise CaseError(
+                f"{root}: no case here (missing {DB_NAME}); run `casefile investigate ... --case {root}`"
+            )
+        case = cls(root, cls._connect(db, read_only=read_only), clock=clock)
+        version = case._meta("schema_version")
+        if version != SCHEMA_VERSION:
+            case.close()
+            raise CaseError(f"{db}: case schema version {version!r}, this casefile reads {SCHEMA_VERSION!r}")
+        return case
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, *, clock: Clock = utc_now) -> Case:
+        root = Path(path)
+        return cls.open(root, clock=clock) if (root / DB_NAME).is_file() else cls.create(root, clock=clock)
+
+    @staticmethod
+    def _connect(db: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(str(db), read_only=read_only)
+        except duckdb.Error as exc:
+            raise CaseError(
+                f"{db}: cannot open the case database ({exc}); is another casefile using it?"
+            ) from exc
+
+    def _init_schema(self, *, created: datetime) -> None:
+        with self.transaction():
+            self._con.execute(_SCHEMA)
+            self._con.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?), ('case_id', ?)",
+                [SCHEMA_VERSION, created.astimezone(UTC).isoformat(), str(uuid.uuid4())],
+            )
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Case:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All or nothing: roll back on any error (or on the process dying before commit)."""
+        self._con.begin()
+        try:
+            yield self._con
+        except BaseException:
+            self._con.rollback()
+            raise
+        self._con.commit()
+
+    # --- meta -------------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        try:
+            row = self._con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        except duckdb.CatalogException:
+            return None
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, con: duckdb.DuckDBPyConnection, key: str, value: str | None) -> None:
+        con.execute("DELETE FROM meta WHERE key = ?", [key])
+        if value is not None:
+            con.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+
+    @property
+    def created_at(self) -> datetime:
+        raw = self._meta("created_at")
+        assert raw is not None
+        return datetime.fromisoformat(raw).astimezone(UTC)
+
+    @property
+    def case_id(self) -> str:
+        """A UUID made once when the case is created; the root of the case's STIX ids."""
+        raw = self._meta("case_id")
+        assert raw is not None
+        return raw
+
+    @property
+    def name(self) -> str:
+        return self._meta("name") or self.root.resolve().name
+
+    @property
+    def attack_version(self) -> str | None:
+        """The ATT&CK version of the knowledge base the case was last attributed with."""
+        return self._meta("attack_version")
+
+    # --- evidence ---------------------------------------------------------------------------------
+
+    def has_evidence(self, sha256: str) -> bool:
+        return self._con.execute("SELECT 1 FROM evidence WHERE sha256 = ?", [sha256]).fetchone() is not None
+
+    def add_evidence(self, batch: EvidenceBatch) -> bool:
+        """Store one file's events, detections and warnings atomically; False if it was already there."""
+        with self.transaction() as con:
+            if self.has_evidence(batch.sha256):
+                return False
+            stored = self._insert_detections(con, batch.detections, batch.sha256)
+            con.execute(
+                "INSERT INTO evidence VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    batch.sha256,
+                    batch.path,
+                    batch.size,
+                    batch.format,
+                    to_naive_utc(self._clock()),
+                    batch.event_count,
+                    len(batch.warnings),
+                    stored,
+                ],
+            )
+            table = batch.events_table()
+            con.register("_casefile_batch", table)
+            try:
+                con.execute("INSERT INTO events SELECT * FROM _casefile_batch")
+            finally:
+                con.unregister("_casefile_batch")
+            self._insert_warnings(con, batch.warnings, "ingest", batch.sha256)
+        return True
+
+    def _insert_detections(
+        self, con: duckdb.DuckDBPyConnection, detections: Iterable[Detection], sha: str | None
+    ) -> int:
+        rows = {}
+        for d in detections:
+            row = detection_row(d, sha)
+            rows[row[0]] = row
+        if not rows:
+            return 0
+        cols = ", ".join(DETECTION_COLUMNS)
+        marks = ", ".join("?" for _ in DETECTION_COLUMNS)
+        con.executemany(f"INSERT OR IGNORE INTO detections ({cols}) VALUES ({marks})", list(rows.values()))
+        return len(rows)
+
+    def _insert_warnings(
+        self, con: duckdb.DuckDBPyConnection, warnings: Sequence[IngestWarning], stage: str, sha: str | None
+    ) -> None:
+        if warnings:
+            now = to_naive_utc(self._clock())
+            con.executemany(
+                "INSERT INTO warnings VALUES (?, ?, ?, ?, ?, ?)",
+                [(sha, w.file, w.record, w.reason, stage, now) for w in warnings],
+            )
+
+    def replace_case_detections(self, kind: str, detections: Sequence[Detection]) -> int:
+        """Replace the case-wide detections of one kind (correlations, indicator hits) atomically."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM detections WHERE kind = ? AND evidence_sha256 IS NULL", [kind])
+            return self._insert_detections(con, detections, None)
+
+    def add_warnings(self, warnings: Sequence[IngestWarning], *, stage: str) -> None:
+        """Record warnings that belong to no single evidence file (rules, knowledge base, ...)."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM warnings WHERE stage = ? AND evidence_sha256 IS NULL", [stage])
+            self._insert_warnings(con, warnings, stage, None)
+
+    def evidence_files(self) -> list[EvidenceRecord]:
+        rows = self._con.execute(
+            "SELECT sha256, path, size, format, added_at, events, warnings, detections FROM evidence "
+            "ORDER BY path, sha256"
+        ).fetchall()
+        return [
+            EvidenceRecord(
+                sha256=r[0],
+                path=r[1],
+                size=int(r[2] or 0),
+                format=r[3],
+                added_at=from_naive_utc(r[4]),
+                events=int(r[5] or 0),
+                warnings=int(r[6] or 0),
+                detections=int(r[7] or 0),
+            )
+            for r in rows
+        ]
+
+    def event_count(self) -> int:
+        row = self._con.execute("SELECT count(*) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+    def events(self, *, limit: int | None = None) -> Iterator[Event]:
+        """Stored events in evidence/record order (fields parsed back from JSON)."""
+        sql = (
+            "SELECT e.ts, e.computer, e.channel, e.provider, e.event_id, e.record_id, v.path, e.fields "
+            "FROM events e JOIN evidence v ON v.sha256 = e.evidence_sha256 ORDER BY v.path, e.seq"
+        )
+        cur = self._con.execute(
+            sql + (" LIMIT ?" if limit is not None else ""), [limit] if limit is not None else []
+        )
+        while batch := cur.fetchmany(2048):
+            for r in batch:
+                yield Event(
+                    timestamp=from_naive_utc(r[0]),
+                    computer=r[1],
+                    channel=r[2],
+                    provider=r[3],
+                    event_id=r[4],
+                    record_id=r[5],
+                    source_file=r[6],
+                    fields=json.loads(r[7]),
+                )
+
+    # --- detections -------------------------------------------------------------------------------
+
+    def detections(self, *, min_level: Level = Level.INFORMATIONAL) -> list[StoredDetection]:
+        """Every detection in time order (untimed last), ties broken by id."""
+        cur = self._con.execute(
+            f"SELECT {', '.join(DETECTION_COLUMNS)} FROM detections WHERE level >= ? "
+            "ORDER BY ts NULLS LAST, file, record_id, id",
+            [int(min_level)],
+        )
+        out = []
+        for r in cur.fetchall():
+            row = dict(zip(DETECTION_COLUMNS, r, strict=True))
+            out.append(StoredDetection(row["id"], detection_from_row(row), row["evidence_sha256"]))
+        return out
+
+    def detection_count(self) -> int:
+        row = self._con.execute("SELECT count(*) FROM detections").fetchone()
+        return int(row[0]) if row else 0
+
+    # --- warnings ---------------------------------------------------------------------------------
+
+    def warnings(self) -> list[StoredWarning]:
+        rows = self._con.execute(
+            "SELECT evidence_sha256, file, record, reason, stage FROM warnings "
+            "ORDER BY file, record NULLS FIRST, reason"
+        ).fetchall()
+        return [StoredWarning(IngestWarning(file=r[1], reason=r[3], record=r[2]), r[4], r[0]) for r in rows]
+
+    # --- clusters and attribution -----------------------------------------------------------------
+
+    def set_clusters(self, clusters: Sequence[Cluster]) -> None:
+        with self.transaction() as con:
+            con.execute("DELETE FROM clusters")
+            if clusters:
+                con.executemany(
+                    "INSERT INTO clusters VALUES (?, ?, ?)",
+                    [(c.id, i, dumps(_cluster_json(c))) for i, c in enumerate(clusters)],
+                )
+
+    def clusters(self) -> list[Cluster]:
+        rows = self._con.execute("SELECT body FROM clusters ORDER BY seq").fetchall()
+        return [_cluster_from_json(json.loads(r[0])) for r in rows]
+
+    def set_attributions(
+        self,
+        results: dict[str, Attribution],
+        *,
+        attack_version: str | None,
+        techniques: Sequence[TechniqueInfo] = (),
+        tactics: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Replace all attribution results (scope "case" or a cluster id) and the ATT&CK names used."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM attributions")
+            if results:
+                con.executemany(
+                    "INSERT INTO attributions VALUES (?, ?)",
+                    [(k, dumps(attribution_to_json(v))) for k, v in sorted(results.items())],
+                )
+            self._set_meta(con, "attack_version", attack_version)
+            if techniques or tactics:
+                con.execute("DELETE FROM techniques")
+                con.execute("DELETE FROM tactics")
+            if techniques:
+                con.executemany(
+                    "INSERT INTO techniques VALUES (?, ?, ?, ?)",
+                    [(t.id, t.name, list(t.tactics), t.is_subtechnique) for t in techniques],
+                )
+            if tactics:
+                con.executemany(
+                    "INSERT INTO tactics VALUES (?, ?, ?)",
+                    [(i, short, name) for i, (short, name) in enumerate(tactics)],
+                )
+
+    def attributions(self) -> dict[str, Attribution]:
+        rows = self._con.execute("SELECT scope, body FROM attributions ORDER BY scope").fetchall()
+        return {r[0]: attribution_from_json(json.loads(r[1])) for r in rows}
+
+    def attribution(self, scope: str = "case") -> Attribution | None:
+        return self.attributions().get(scope)
+
+    def techniques(self) -> dict[str, TechniqueInfo]:
+        rows = self._con.execute(
+            "SELECT id, name, tactics, is_subtechnique FROM techniques ORDER BY id"
+        ).fetchall()
+        return {r[0]: TechniqueInfo(r[0], r[1], tuple(r[2] or ()), bool(r[3])) for r in rows}
+
+    def tactics(self) -> list[tuple[str, str]]:
+        """(shortname, name) in matrix order, as the knowledge base gave them."""
+        return [
+            (r[0], r[1])
+            for r in self._con.execute("SELECT shortname, name FROM tactics ORDER BY seq").fetchall()
+        ]
+
+    def set_software(self, software: Sequence[tuple[str, str, str]]) -> None:
+        """Remember (id, name, "tool"|"malware") for ATT&CK software the case mentions."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM software")
+            if software:
+                con.executemany("INSERT OR REPLACE INTO software VALUES (?, ?, ?)", list(software))
+
+    def software(self) -> dict[str, tuple[str, str]]:
+        """id -> (name, "tool"|"malware")."""
+        rows = self._con.execute("SELECT id, name, type FROM software ORDER BY id").fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def add_rule_texts(self, rules: Sequence[tuple[str, str, str | None, str]]) -> None:
+        """Keep (id, title, path, YAML text) of rules that fired, so the case is self-contained."""
+        if rules:
+            with self.transaction() as con:
+                con.executemany("INSERT OR REPLACE INTO rules VALUES (?, ?, ?, ?)", list(rules))
+
+    def rule_texts(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in self._con.execute("SELECT id, text FROM rules ORDER BY id").fetchall()}
+
+    # --- notes ------------------------------------------------------------------------------------
+
+    def add_note(self, text: str, *, author: str | None = None) -> Note:
+        with self.transaction() as con:
+            row = con.execute("SELECT coalesce(max(id), 0) + 1 FROM notes").fetchone()
+            nid = int(row[0]) if row else 1
+            now = self._clock()
+            con.execute("INSERT INTO notes VALUES (?, ?, ?, ?)", [nid, to_naive_utc(now), author, text])
+        return Note(nid, now, author, text)
+
+    def notes(self) -> list[Note]:
+        rows = self._con.execute("SELECT id, created_at, author, text FROM notes ORDER BY id").fetchall()
+        return [Note(int(r[0]), from_naive_utc(r[1]) or self.created_at, r[2], r[3]) for r in rows]
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts else None
+
+
+def _cluster_json(c: Cluster) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "detection_ids": list(c.detection_ids),
+        "hosts": list(c.hosts),
+        "accounts": list(c.accounts),
+        "processes": list(c.processes),
+        "techniques": list(c.techniques),
+        "tactics": list(c.tactics),
+        "software": list(c.software),
+        "first_seen": _iso(c.first_seen),
+        "last_seen": _iso(c.last_seen),
+        "max_level": int(c.max_level),
+    }
+
+
+def _cluster_from_json(d: dict[str, Any]) -> Cluster:
+    def ts(v: str | None) -> datetime | None:
+        return datetime.fromisoformat(v) if v else None
+
+    return Cluster(
+        id=d["id"],
+        detection_ids=tuple(d["detection_ids"]),
+        hosts=tuple(d["hosts"]),
+        accounts=tuple(d["accounts"]),
+        processes=tuple(d["processes"]),
+        techniques=tuple(d["techniques"]),
+        tactics=tuple(d["tactics"]),
+        software=tuple(d["software"]),
+        first_seen=ts(d["first_seen"]),
+        last_seen=ts(d["last_seen"]),
+        max_level=Level(d["max_level"]),
+    )

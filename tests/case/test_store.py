@@ -1,0 +1,120 @@
+"""The case database: inventory with SHA-256, dedup, all-or-nothing writes, reopen."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from casefile.case.store import Case, EvidenceBatch, sha256_file
+from casefile.errors import CaseError
+from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
+
+RULE = RuleInfo("r-1", "Rule one", Level.HIGH, "test", "me", ("attack.execution", "attack.t1059.001"))
+TS = datetime(2022, 7, 15, 6, 0, tzinfo=UTC)
+
+
+def batch(sha: str, n: int = 3) -> EvidenceBatch:
+    b = EvidenceBatch(sha, f"{sha[:4]}.json", 100, "json")
+    for i in range(n):
+        ev = Event(TS, "H1", "Security", "p", 4688, i, b.path, {"EventID": 4688, "CommandLine": f"c{i}"})
+        b.add_event(ev)
+        b.detections.append(
+            Detection(
+                RULE,
+                DetectionKind.SIGMA,
+                TS,
+                "H1",
+                "Security",
+                4688,
+                i,
+                b.path,
+                {"CommandLine": f"c{i}"},
+                dict(ev.fields),
+            )
+        )
+    b.warnings.append(IngestWarning(b.path, "truncated record", 9))
+    return b
+
+
+def test_same_file_twice_is_stored_once(tmp_path: Path) -> None:
+    with Case.create(tmp_path / "c") as case:
+        assert case.add_evidence(batch("a" * 64)) is True
+        assert case.add_evidence(batch("a" * 64)) is False
+        assert case.add_evidence(batch("b" * 64, n=2)) is True
+        assert [(e.sha256[0], e.events, e.detections, e.warnings) for e in case.evidence_files()] == [
+            ("a", 3, 3, 1),
+            ("b", 2, 2, 1),
+        ]
+        assert case.event_count() == 5
+        assert case.detection_count() == 5
+        assert len(case.warnings()) == 2
+
+
+def test_round_trip_through_reopen(tmp_path: Path) -> None:
+    with Case.create(tmp_path / "c") as case:
+        case.add_evidence(batch("a" * 64))
+        case.add_note("looked at H1 <b>", author="analyst")
+    with Case.open(tmp_path / "c", read_only=True) as case:
+        (first, *_) = case.detections()
+        assert first.detection.rule == RULE
+        assert first.detection.timestamp == TS
+        assert first.detection.matched == {"CommandLine": "c0"}
+        assert first.detection.fields == {"EventID": 4688, "CommandLine": "c0"}
+        events = list(case.events())
+        assert [e.fields["CommandLine"] for e in events] == ["c0", "c1", "c2"]
+        assert events[0].timestamp == TS
+        assert [n.text for n in case.notes()] == ["looked at H1 <b>"]
+
+
+def test_create_and_open_errors_name_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(CaseError, match="no case here"):
+        Case.open(tmp_path / "missing")
+    Case.create(tmp_path / "c").close()
+    with pytest.raises(CaseError, match="already holds a case"):
+        Case.create(tmp_path / "c")
+
+
+def test_failed_write_rolls_back(tmp_path: Path) -> None:
+    with Case.create(tmp_path / "c") as case:
+        bad = batch("a" * 64)
+        bad.detections.append(object())  # type: ignore[arg-type]  # fails half way through the write
+        with pytest.raises(AttributeError):
+            case.add_evidence(bad)
+        assert case.evidence_files() == [] and case.event_count() == 0 and case.detection_count() == 0
+        assert case.add_evidence(batch("a" * 64)) is True
+
+
+def test_killed_process_leaves_case_as_before(tmp_path: Path) -> None:
+    with Case.create(tmp_path / "c") as case:
+        case.add_evidence(batch("a" * 64))
+    # A second process starts writing a file's rows and dies before committing.
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_store import batch
+        from casefile.case.store import Case
+        case = Case.open({str(tmp_path / "c")!r})
+        with case.transaction() as con:
+            con.execute("INSERT INTO evidence (sha256, path) VALUES ('dead', 'half.json')")
+            con.execute("INSERT INTO events (evidence_sha256, seq) SELECT 'dead', range FROM range(50000)")
+            os._exit(9)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    with Case.open(tmp_path / "c") as case:
+        assert [e.sha256 for e in case.evidence_files()] == ["a" * 64]
+        assert case.event_count() == 3
+        assert case.add_evidence(batch("b" * 64)) is True
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"abc")
+    assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
