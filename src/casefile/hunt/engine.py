@@ -1,0 +1,204 @@
+"""Run compiled rules over events: route each event to the programs that can see it, evaluate, emit."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
+from casefile.hunt.evaluate import EventView, Predicate, compile_node
+from casefile.hunt.rules import CompiledRule, RuleSet
+from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    info: RuleInfo
+    predicate: Predicate
+
+
+class RuleIndex:
+    """Programs by (lower-cased channel, event id), built once per hunt.
+
+    An event is offered to the programs under (channel, its id), (channel, any id) and, for rules
+    routed to any channel (`product: windows` alone), (any, any) and (any, its id).
+    """
+
+    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+        self._table: dict[tuple[str | None, int | None], list[_Entry]] = defaultdict(list)
+        for rule in rules:
+            for program in rule.programs:
+                entry = _Entry(rule.info, compile_node(program.condition))
+                channels: tuple[str | None, ...] = tuple(c.lower() for c in program.route.channels) or (None,)
+                ids: tuple[int | None, ...] = program.route.event_ids or (None,)
+                for ch in channels:
+                    for eid in ids:
+                        self._table[(ch, eid)].append(entry)
+        self._cache: dict[tuple[str | None, int | None], tuple[_Entry, ...]] = {}
+
+    def candidates(self, channel: str | None, event_id: int | None) -> tuple[_Entry, ...]:
+        key = (channel, event_id)
+        hit = self._cache.get(key)
+        if hit is None:
+            ch = channel.lower() if channel else None
+            keys: list[tuple[str | None, int | None]] = [(None, None), (None, event_id)]
+            if ch is not None:
+                keys += [(ch, None), (ch, event_id)]
+            seen: set[int] = set()
+            out: list[_Entry] = []
+            for k in dict.fromkeys(keys):
+                for e in self._table.get(k, ()):
+                    if id(e) not in seen:
+                        seen.add(id(e))
+                        out.append(e)
+            hit = tuple(out)
+            self._cache[key] = hit
+        return hit
+
+
+def _event_id(event: Event) -> int | None:
+    if event.event_id is not None:
+        return event.event_id
+    v = event.fields.get("EventID")
+    try:
+        return int(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _detection(info: RuleInfo, event: Event, matched: dict[str, Any]) -> Detection:
+    return Detection(
+        rule=info,
+        kind=DetectionKind.SIGMA,
+        timestamp=event.timestamp,
+        computer=event.computer,
+        channel=event.channel,
+        event_id=event.event_id,
+        record_id=event.record_id,
+        file=event.source_file,
+        matched=matched,
+        fields=dict(event.fields),
+    )
+
+
+def match_event(
+    index: RuleIndex, event: Event, *, min_level: Level = Level.INFORMATIONAL
+) -> Iterator[Detection]:
+    """Detections of the indexed rules on one event (no correlation, no suppression)."""
+    channel = event.channel if event.channel is not None else event.fields.get("Channel")
+    view = EventView(event.fields)
+    for entry in index.candidates(channel if isinstance(channel, str) else None, _event_id(event)):
+        if entry.info.level < min_level:
+            continue
+        if entry.predicate(view, None):
+            matched: dict[str, Any] = {}
+            entry.predicate(view, matched)
+            yield _detection(entry.info, event, matched)
+
+
+def hunt(
+    events: Iterable[Event],
+    ruleset: RuleSet,
+    *,
+    min_level: Level = Level.INFORMATIONAL,
+    on_warning: Callable[[IngestWarning], None] | None = None,
+) -> Iterator[Detection]:
+    """Base-rule detections as the events stream, then correlation detections at the end.
+
+    Rules referenced by a correlation with `generate: false` feed the correlation but are not
+    emitted; `min_level` filters what is emitted (correlation inputs are evaluated regardless).
+    """
+    correlations = list(ruleset.correlations)
+    suppressed = suppressed_rule_ids(correlations) if correlations else frozenset()
+    needed = input_rule_ids(correlations) if correlations else frozenset()
+    index = RuleIndex([r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed])
+    fed: list[Detection] = []
+    for event in events:
+        for d in match_event(index, event):
+            if d.rule.id in needed:
+                fed.append(d)
+            if d.rule.id not in suppressed and d.rule.level >= min_level:
+                yield d
+    if correlations:
+        for d in correlate(correlations, fed, on_warning=on_warning):
+            if d.rule.level >= min_level:
+                yield d
+
+
+@dataclass
+class HuntStats:
+    """Counts for the run summary."""
+
+    files: int = 0
+    events: int = 0
+    warnings: int = 0
+    rules_loaded: int = 0
+    rules_skipped: int = 0
+    detections: int = 0
+    by_rule: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class HuntResult:
+    detections: list[Detection]
+    stats: HuntStats
+    warnings: list[IngestWarning] = field(default_factory=list)
+
+
+class Progress(Protocol):
+    """What run_hunt reports progress to (the CLI adapts a rich progress bar to it)."""
+
+    def start(self, total_files: int) -> None: ...
+
+    def file_done(self, path: str) -> None: ...
+
+
+def run_hunt(
+    paths: Sequence[str | Path],
+    ruleset: RuleSet,
+    *,
+    min_level: Level = Level.INFORMATIONAL,
+    on_warning: Callable[[IngestWarning], None] | None = None,
+    progress: Progress | None = None,
+) -> HuntResult:
+    """Read every evidence file under `paths`, hunt with `ruleset`, count everything.
+
+    Ingest warnings (damaged files/records) are collected in the result and also passed to
+    `on_warning` as they happen; the run goes on.
+    """
+    from casefile.ingest import discover, read_file
+
+    stats = HuntStats(rules_loaded=len(ruleset), rules_skipped=len(ruleset.skipped))
+    warnings: list[IngestWarning] = []
+
+    def warn(w: IngestWarning) -> None:
+        warnings.append(w)
+        if on_warning is not None:
+            on_warning(w)
+
+    evidence = discover(paths, on_warning=warn)
+    stats.files = len(evidence)
+    if progress is not None:
+        progress.start(len(evidence))
+
+    def events() -> Iterator[Event]:
+        for ev in evidence:
+            for e in read_file(ev, warn):
+                stats.events += 1
+                yield e
+            if progress is not None:
+                progress.file_done(str(ev.path))
+
+    detections = list(hunt(events(), ruleset, min_level=min_level, on_warning=warn))
+    stats.detections = len(detections)
+    for d in detections:
+        stats.by_rule[d.rule.id] = stats.by_rule.get(d.rule.id, 0) + 1
+    stats.warnings = len(warnings)
+    return HuntResult(detections, stats, warnings)
+
+
+__all__ = ["HuntResult", "HuntStats", "Progress", "RuleIndex", "hunt", "match_event", "run_hunt"]
+

@@ -1,0 +1,330 @@
+"""The reference evaluator: exact, single-threaded Python evaluation of IR programs over event fields.
+
+`compile_node` turns an IR tree into a predicate closure once (regexes compiled, globs translated);
+the predicate takes an `EventView` (the event's fields with cached string forms) and, when given a
+dict, records the fields whose tests made the condition true.
+
+Semantics (also in docs/hunt.md):
+- case-insensitive string tests compare `str.lower()` of both sides;
+- a value's string form is `str(value)`, except None -> "" and bools -> "true"/"false";
+- a list value matches when any element matches;
+- field names are looked up exactly, then case-insensitively with spaces removed;
+- a keyword leaf (`field is None`) matches when any field value matches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from casefile.hunt import ir
+
+_MISSING = object()
+
+
+def _as_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _fold(name: str) -> str:
+    """Field-name key for the fallback lookup: case-folded, spaces removed (Sigma strips the spaces
+    of names such as Defender's `Source Name` -> `SourceName`)."""
+    return name.replace(" ", "").lower()
+
+
+def _fold_keys(fields: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k in fields:
+        out.setdefault(_fold(k), k)
+    return out
+
+
+class EventView:
+    """An event's fields, with exact/case-insensitive lookup and cached string forms."""
+
+    __slots__ = ("_folded", "_lower", "fields")
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self.fields = fields
+        self._folded: dict[str, str] | None = None
+        self._lower: dict[str, tuple[str, ...]] = {}
+
+    def get(self, name: str) -> Any:
+        """The field's value, or `_MISSING`."""
+        v = self.fields.get(name, _MISSING)
+        if v is _MISSING:
+            if self._folded is None:
+                self._folded = _fold_keys(self.fields)
+            real = self._folded.get(_fold(name))
+            if real is not None:
+                return self.fields[real]
+        return v
+
+    def has(self, name: str) -> bool:
+        return self.get(name) is not _MISSING
+
+    def key(self, name: str) -> str:
+        """The event's own spelling of a field name (for reporting matched fields)."""
+        if name in self.fields:
+            return name
+        if self._folded is None:
+            self._folded = _fold_keys(self.fields)
+        return self._folded.get(_fold(name), name)
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        """String forms of the field's value(s) (one per list element); empty when missing."""
+        v = self.get(name)
+        if v is _MISSING:
+            return ()
+        if isinstance(v, (list, tuple)):
+            return tuple(_as_str(x) for x in v)
+        return (_as_str(v),)
+
+    def lowered(self, name: str) -> tuple[str, ...]:
+        cached = self._lower.get(name)
+        if cached is None:
+            cached = tuple(s.lower() for s in self.strings(name))
+            self._lower[name] = cached
+        return cached
+
+    def names(self) -> Iterator[str]:
+        return iter(self.fields)
+
+
+Predicate = Callable[[EventView, "dict[str, Any] | None"], bool]
+
+
+def _record(view: EventView, field: str, rec: dict[str, Any] | None) -> None:
+    if rec is not None:
+        key = view.key(field)
+        rec[key] = view.fields.get(key)
+
+
+def glob_regex(parts: tuple[ir.GlobPart, ...]) -> str:
+    """A glob (literal parts and wildcards) as an anchored-by-fullmatch regex pattern."""
+    out = []
+    for p in parts:
+        if p is ir.Wildcard.MULTI:
+            out.append(".*")
+        elif p is ir.Wildcard.SINGLE:
+            out.append(".")
+        else:
+            assert isinstance(p, str)
+            out.append(re.escape(p))
+    return "".join(out)
+
+
+def _str_test(node: ir.StrMatch) -> Callable[[str], bool]:
+    v = node.value
+    if node.op == "eq":
+        return lambda s: s == v
+    if node.op == "startswith":
+        return lambda s: s.startswith(v)
+    if node.op == "endswith":
+        return lambda s: s.endswith(v)
+    if node.op == "contains":
+        return lambda s: v in s
+    rx = re.compile(glob_regex(node.parts), re.DOTALL)
+    return lambda s: rx.fullmatch(s) is not None
+
+
+def _keyword(test: Callable[[str], bool], cased: bool) -> Predicate:
+    def pred(view: EventView, rec: dict[str, Any] | None) -> bool:
+        hit = False
+        for name in view.names():
+            values = view.strings(name) if cased else view.lowered(name)
+            if any(test(s) for s in values):
+                if rec is None:
+                    return True
+                hit = True
+                _record(view, name, rec)
+        return hit
+
+    return pred
+
+
+def _leaf(field: str, test: Callable[[EventView], bool]) -> Predicate:
+    def pred(view: EventView, rec: dict[str, Any] | None) -> bool:
+        if test(view):
+            _record(view, field, rec)
+            return True
+        return False
+
+    return pred
+
+
+def _number(v: Any) -> int | float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return v
+    if isinstance(v, str):
+        s = v.strip()
+        try:
+            return int(s)
+        except ValueError:
+            try:
+                return float(s)
+            except ValueError:
+                return None
+    return None
+
+
+def _values(view: EventView, field: str) -> list[Any]:
+    v = view.get(field)
+    if v is _MISSING:
+        return []
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    return [v]
+
+
+_CMP: dict[str, Callable[[float, float], bool]] = {
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+}
+
+
+def _in_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Callable[[Any], bool]:
+    def test(v: Any) -> bool:
+        try:
+            addr = ipaddress.ip_address(_as_str(v).strip())
+        except ValueError:
+            return False
+        return addr.version == net.version and addr in net
+
+    return test
+
+
+def compile_node(node: ir.Node) -> Predicate:
+    """A predicate closure for an IR tree (compile once per program, call once per event)."""
+    if isinstance(node, ir.Const):
+        const = node.value
+        return lambda view, rec: const
+    if isinstance(node, ir.And):
+        kids = [compile_node(c) for c in node.children]
+
+        def and_(view: EventView, rec: dict[str, Any] | None) -> bool:
+            if rec is None:
+                return all(k(view, None) for k in kids)
+            local: dict[str, Any] = {}
+            if all(k(view, local) for k in kids):
+                rec.update(local)
+                return True
+            return False
+
+        return and_
+    if isinstance(node, ir.Or):
+        kids = [compile_node(c) for c in node.children]
+
+        def or_(view: EventView, rec: dict[str, Any] | None) -> bool:
+            return any(k(view, rec) for k in kids)
+
+        return or_
+    if isinstance(node, ir.Not):
+        kid = compile_node(node.child)
+        return lambda view, rec: not kid(view, None)
+    if isinstance(node, ir.StrMatch):
+        test = _str_test(node)
+        cased = node.cased
+        if node.field is None:
+            return _keyword(test, cased)
+        field = node.field
+        if cased:
+            return _leaf(field, lambda view: any(test(s) for s in view.strings(field)))
+        return _leaf(field, lambda view: any(test(s) for s in view.lowered(field)))
+    if isinstance(node, ir.RegexMatch):
+        flags = 0
+        for f in node.flags:
+            flags |= {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}[f]
+        rx = re.compile(node.pattern, flags)
+
+        def rtest(s: str) -> bool:
+            return rx.search(s) is not None
+
+        if node.field is None:
+            return _keyword(rtest, True)
+        rfield = node.field
+        return _leaf(rfield, lambda view: any(rtest(s) for s in view.strings(rfield)))
+    if isinstance(node, ir.CidrMatch):
+        ntest = _in_network(ipaddress.ip_network(node.network, strict=False))
+        cfield = node.field
+        return _leaf(cfield, lambda view: any(ntest(v) for v in _values(view, cfield)))
+    if isinstance(node, ir.NumEq):
+        target = node.value
+        if node.field is None:
+            return _keyword(lambda s: s == str(target), True)
+        nfield = node.field
+
+        def num_eq(view: EventView) -> bool:
+            for v in _values(view, nfield):
+                n = _number(v)
+                if n is not None and n == target:
+                    return True
+            return False
+
+        return _leaf(nfield, num_eq)
+    if isinstance(node, ir.BoolEq):
+        want = "true" if node.value else "false"
+        bfield = node.field
+        return _leaf(bfield, lambda view: any(s == want for s in view.lowered(bfield)))
+    if isinstance(node, ir.Compare):
+        cmp = _CMP[node.op]
+        bound = node.value
+        kfield = node.field
+
+        def compare(view: EventView) -> bool:
+            for v in _values(view, kfield):
+                n = _number(v)
+                if n is not None and cmp(n, bound):
+                    return True
+            return False
+
+        return _leaf(kfield, compare)
+    if isinstance(node, ir.Exists):
+        efield, present = node.field, node.present
+        if present:
+            return _leaf(efield, lambda view: view.has(efield))
+        return lambda view, rec: not view.has(efield)
+    if isinstance(node, ir.IsNull):
+        zfield = node.field
+
+        def is_null(view: EventView, rec: dict[str, Any] | None) -> bool:
+            v = view.get(zfield)
+            return v is _MISSING or v is None or v == "" or v == []
+
+        return is_null
+    if isinstance(node, ir.FieldRef):
+        return _fieldref(node)
+    raise TypeError(f"unknown IR node {type(node).__name__}")
+
+
+def _fieldref(node: ir.FieldRef) -> Predicate:
+    field, other, cased = node.field, node.other, node.cased
+    op: Callable[[str, str], bool] = {
+        "eq": lambda a, b: a == b,
+        "startswith": lambda a, b: a.startswith(b),
+        "endswith": lambda a, b: a.endswith(b),
+        "contains": lambda a, b: b in a,
+    }[node.op]
+
+    def pred(view: EventView, rec: dict[str, Any] | None) -> bool:
+        if not view.has(other):
+            return False
+        left = view.strings(field) if cased else view.lowered(field)
+        right = view.strings(other) if cased else view.lowered(other)
+        if any(op(a, b) for a in left for b in right):
+            _record(view, field, rec)
+            _record(view, other, rec)
+            return True
+        return False
+
+    return pred
