@@ -29,7 +29,7 @@ VERIFIED_COUNTS: dict[str, tuple[int, str]] = {
         3, "user.conf.new (records 14985, 14990) and user.conf~RF2d9c20d.TMP all contain \\user.conf"
     ),
     "8fbf3271-1ef6-4e94-8210-03c2317947f6": (
-        3, "procdump64.exe, procdump64a.exe and procdump.exe all contain \\procdump"
+        3, "procdump64.exe, procdump64a.exe and procdump.exe each end with a listed name"
     ),
     "45e112d0-7759-4c2a-aa36-9f8fb79d3393": (
         3, "three ZoneMap\\Domains values (https, http, *) set to 2, none in the filter"

@@ -11,6 +11,7 @@ from sigma.collection import SigmaCollection
 from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaError
 from sigma.filters import SigmaFilter
+from sigma.modifiers import SigmaWideModifier, modifier_mapping
 from sigma.rule import SigmaRule
 
 from casefile.errors import ConfigError, RuleError
@@ -19,6 +20,9 @@ from casefile.hunt.compiler import Compiler, UnsupportedRule
 from casefile.hunt.correlation import CompiledCorrelation, compile_correlation, rule_key
 from casefile.hunt.routing import LogSourceTable, UnsupportedLogSource, default_table
 from casefile.models import Level, RuleInfo
+
+# The Sigma modifier appendix names `utf16le` as an alias of `wide`; pySigma 1.x lacks the alias.
+modifier_mapping.setdefault("utf16le", SigmaWideModifier)
 
 #: Folder names whose rules SigmaHQ itself does not run; loading them is refused with this reason.
 SKIPPED_FOLDERS: Mapping[str, str] = {
