@@ -795,3 +795,27 @@ def test_unrelated_detections_are_ignored() -> None:
     corrs = compile_all(event_count(condition="gte: 2"))
     other = [hit("recon_a", s) for s in range(10)]
     assert correlate(corrs, other) == []
+
+
+def test_value_sum_is_exact_after_values_leave_the_window() -> None:
+    # a float running total would lose the 1.0 next to -1e16 and stay below 1 after eviction
+    corrs = compile_all(value_rule("value_sum", "gte: 1"))
+    dets = [hit("recon_a", 0, Bytes=-1e16), hit("recon_a", 50, Bytes=1.0), hit("recon_a", 61, Bytes=0.5)]
+    assert [(d.timestamp, d.matched["value"]) for d in correlate(corrs, dets)] == [(at(61), 1.5)]
+
+
+def test_reference_cycle_is_a_rule_error() -> None:
+    collection = SigmaCollection.from_yaml(
+        """
+title: X
+name: corr_x
+correlation: {type: event_count, rules: [corr_y], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+---
+title: Y
+name: corr_y
+correlation: {type: event_count, rules: [corr_x], group-by: [Computer], timespan: 1m, condition: {gte: 1}}
+"""
+    )
+    corrs = [compile_correlation(r) for r in collection.rules if isinstance(r, SigmaCorrelationRule)]
+    with pytest.raises(RuleError, match=r"reference cycle: corr_(x|y) -> corr_(x|y) -> corr_(x|y)"):
+        correlate(corrs, [])

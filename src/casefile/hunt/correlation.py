@@ -18,6 +18,7 @@ documented in docs/correlation.md ("Correlation rules"); in short:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from abc import ABC, abstractmethod
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any, TypeAlias
 
 from sigma.correlations import (
@@ -440,15 +442,16 @@ def input_rule_ids(correlations: Sequence[CompiledCorrelation]) -> frozenset[str
 # Evaluation
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ is several times slower, and this is internal
 class _Item:
-    """One input detection as one correlation sees it."""
+    """One input detection as one correlation sees it (never mutated after construction)."""
 
     ts: datetime
     order: tuple[int, int]  # (input position, chain depth): ties at equal timestamps
     steps: tuple[int, ...]  # indices into CompiledCorrelation.rules
     value: Any  # the condition field value(s), or _MISSING
     detection: Detection
+    number: float | int | None = None  # `value` as a number, for the value_* aggregations
 
 
 class _Missing:
@@ -466,8 +469,13 @@ def _lookup(d: Detection, name: str) -> Any:
     return d.fields.get(name, _MISSING)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _freeze(value: Any) -> Any:
     """A hashable stand-in for a field value (lists and dicts from JSON logs included)."""
+    if type(value) in _SCALARS:  # the common case, checked first: this runs once per detection
+        return value
     if isinstance(value, list | tuple):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, dict):
@@ -581,35 +589,42 @@ class _ValueCount(_Aggregate):
 
 
 class _Numbers(_Aggregate):
-    """Numeric values of the condition field; non-numeric and missing values are skipped."""
+    """Numeric values of the condition field; non-numeric and missing values are skipped.
+
+    The running total is an exact Fraction, so removing values never leaves float residue that
+    could flip a `gte` threshold.
+    """
 
     def __init__(self, corr: CompiledCorrelation) -> None:
         super().__init__(corr)
         self.values: deque[float | int] = deque()
-        self.total: float | int = 0
+        self.total = Fraction(0)
 
     def add(self, item: _Item) -> None:
-        number = _number(item.value)
-        if number is not None:
-            self.values.append(number)
-            self.total += number
+        if item.number is not None:
+            self.values.append(item.number)
+            self.total += Fraction(item.number)
 
     def remove(self, item: _Item) -> None:
-        if _number(item.value) is not None:
-            self.total -= self.values.popleft()
+        if item.number is not None:
+            self.total -= Fraction(self.values.popleft())
 
     def summary(self) -> dict[str, Any]:
         return {"numeric_values": len(self.values)}
 
 
+def _plain(number: Fraction) -> float | int:
+    return number.numerator if number.denominator == 1 else float(number)
+
+
 class _ValueSum(_Numbers):
     def value(self, lower: datetime) -> float | int | None:
-        return math.fsum(self.values) if any(isinstance(v, float) for v in self.values) else self.total
+        return _plain(self.total)
 
 
 class _ValueAvg(_Numbers):
-    def value(self, lower: datetime) -> float | None:
-        return math.fsum(self.values) / len(self.values) if self.values else None
+    def value(self, lower: datetime) -> float | int | None:
+        return _plain(self.total / len(self.values)) if self.values else None
 
 
 class _ValuePercentile(_Numbers):
@@ -625,15 +640,18 @@ class _Temporal(_Aggregate):
 
     def __init__(self, corr: CompiledCorrelation) -> None:
         super().__init__(corr)
-        self.seen: Counter[int] = Counter()
+        self.seen: dict[int, int] = {}
 
     def add(self, item: _Item) -> None:
-        self.seen.update(item.steps)
+        for step in item.steps:
+            self.seen[step] = self.seen.get(step, 0) + 1
 
     def remove(self, item: _Item) -> None:
-        self.seen.subtract(item.steps)
         for step in item.steps:
-            if self.seen[step] <= 0:
+            left = self.seen[step] - 1
+            if left:
+                self.seen[step] = left
+            else:
                 del self.seen[step]
 
     def value(self, lower: datetime) -> int:
@@ -691,6 +709,11 @@ _AGGREGATES.register(CorrelationType.VALUE_PERCENTILE.value, _ValuePercentile)
 _AGGREGATES.register(CorrelationType.VALUE_MEDIAN.value, _ValuePercentile)
 
 
+@functools.lru_cache(maxsize=4096)
+def _techniques(rule: RuleInfo) -> tuple[str, ...]:
+    return rule.techniques
+
+
 def _iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
@@ -713,14 +736,9 @@ class _Group:
         corr = self.corr
         items = list(self.items)
         lower = items[0].ts
-        rules_seen: list[str] = []
-        techniques: list[str] = []
-        for it in items:
-            if it.detection.rule.id not in rules_seen:
-                rules_seen.append(it.detection.rule.id)
-            for t in it.detection.rule.techniques:
-                if t not in techniques:
-                    techniques.append(t)
+        rules = list(dict.fromkeys(it.detection.rule for it in items))  # distinct, first seen first
+        rules_seen = list(dict.fromkeys(r.id for r in rules))
+        techniques = list(dict.fromkeys(t for r in rules for t in _techniques(r)))
         matched: dict[str, Any] = {
             "type": corr.type.value,
             "timespan": corr.timespan_spec,
@@ -967,5 +985,6 @@ def _prepare(
         else:
             value = _MISSING
         key = tuple(_freeze(group_values[name]) for name in corr.group_by)
-        prepared.append((_Item(it.ts, it.order, steps, value, d), key, group_values))
+        number = _number(value) if corr.type in _NUMERIC_TYPES else None
+        prepared.append((_Item(it.ts, it.order, steps, value, d, number), key, group_values))
     return prepared, missing
