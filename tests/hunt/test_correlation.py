@@ -819,3 +819,57 @@ correlation: {type: event_count, rules: [corr_x], group-by: [Computer], timespan
     corrs = [compile_correlation(r) for r in collection.rules if isinstance(r, SigmaCorrelationRule)]
     with pytest.raises(RuleError, match=r"reference cycle: corr_(x|y) -> corr_(x|y) -> corr_(x|y)"):
         correlate(corrs, [])
+
+
+def test_alias_may_name_a_rule_listed_by_id() -> None:
+    (corr,) = compile_all(
+        f"""
+title: Same account
+id: 99999999-0000-4000-8000-000000000041
+correlation:
+    type: temporal
+    rules: [{ID_FAIL}, {ID_OK}]
+    group-by: [account]
+    timespan: 1m
+    aliases:
+        account:
+            failed_logon: TargetUserName
+            successful_logon: SubjectUserName
+"""
+    )
+    assert corr.aliases == {"account": {ID_FAIL: "TargetUserName", ID_OK: "SubjectUserName"}}
+    dets = [
+        hit("failed_logon", 0, TargetUserName="alice"),
+        hit("successful_logon", 1, SubjectUserName="bob", TargetUserName="alice"),
+        hit("successful_logon", 2, SubjectUserName="alice"),
+    ]
+    assert fired([corr], dets) == [("Same account", {"account": "alice"}, at(2))]
+
+
+def test_value_count_over_several_fields_counts_distinct_combinations() -> None:
+    (corr,) = compile_all(
+        """
+title: Lateral spread
+id: 99999999-0000-4000-8000-000000000021
+correlation:
+    type: value_count
+    rules: successful_logon
+    group-by: TargetUserName
+    timespan: 1h
+    condition: {field: [Computer, LogonType], gte: 3}
+"""
+    )
+    assert corr.condition.fields == ("Computer", "LogonType")
+    dets = [
+        hit("successful_logon", 0, TargetUserName="svc", Computer="h1", LogonType=3),
+        hit("successful_logon", 1, TargetUserName="svc", Computer="h1", LogonType=3),
+        hit("successful_logon", 2, TargetUserName="svc", Computer="h1", LogonType=10),
+        hit("successful_logon", 3, TargetUserName="svc", Computer="h2"),  # no LogonType: not a value
+    ]
+    assert correlate([corr], dets) == []
+    out = correlate(
+        [corr], [*dets, hit("successful_logon", 4, TargetUserName="svc", Computer="h2", LogonType=3)]
+    )
+    assert [(d.group, d.matched["values"]) for d in out] == [
+        ({"TargetUserName": "svc"}, [("h1", 3), ("h1", 10), ("h2", 3)])
+    ]
