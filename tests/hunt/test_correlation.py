@@ -769,6 +769,7 @@ def test_chained_correlation_failed_logins_then_success() -> None:
     # the window also holds alice's early success (not part of the chain): listed, first seen first
     assert out[0].matched["rules"] == [ID_OK, inner.id]
     assert out[0].matched["value"] == 2
+    assert out[0].matched["events_truncated"] is False
 
 
 def test_chained_inner_hits_are_reported_when_outer_generates() -> None:
@@ -873,3 +874,37 @@ correlation:
     assert [(d.group, d.matched["values"]) for d in out] == [
         ({"TargetUserName": "svc"}, [("h1", 3), ("h1", 10), ("h2", 3)])
     ]
+
+
+def test_chained_correlation_passes_on_base_techniques_and_path() -> None:
+    collection = SigmaCollection.from_yaml(
+        BASE
+        + """
+---
+title: Recon then logon
+id: 99999999-0000-4000-8000-000000000070
+correlation:
+    type: temporal_ordered
+    rules: [recon_pair, successful_logon]
+    group-by: Computer
+    timespan: 5m
+---
+title: Recon pair
+id: 99999999-0000-4000-8000-000000000071
+name: recon_pair
+correlation:
+    type: temporal
+    rules: [recon_a, recon_b]
+    group-by: Computer
+    timespan: 5m
+"""
+    )
+    corrs = [
+        compile_correlation(r, path="rules/mr_recon.yml")
+        for r in collection.rules
+        if isinstance(r, SigmaCorrelationRule)
+    ]
+    assert {c.info.path for c in corrs} == {"rules/mr_recon.yml"}
+    (d,) = correlate(corrs, [hit("recon_b", 0), hit("recon_a", 1), hit("successful_logon", 2)])
+    assert d.rule.title == "Recon then logon"
+    assert d.matched["techniques"] == ["T1069.002", "T1033"]

@@ -261,13 +261,15 @@ def rule_key(rule: Any) -> str:
     return str(rule.title)
 
 
-def _source(rule: SigmaCorrelationRule) -> str:
+def _source(rule: SigmaCorrelationRule, path: str | None) -> str:
+    if path is not None:
+        return path
     if rule.source is not None:
         return str(rule.source.path)
     return f"correlation {rule.title!r}"
 
 
-def _rule_info(rule: SigmaCorrelationRule) -> RuleInfo:
+def _rule_info(rule: SigmaCorrelationRule, path: str | None) -> RuleInfo:
     return RuleInfo(
         id=rule_key(rule),
         title=rule.title,
@@ -277,7 +279,7 @@ def _rule_info(rule: SigmaCorrelationRule) -> RuleInfo:
         tags=tuple(str(t) for t in rule.tags),
         description=rule.description,
         references=tuple(rule.references),
-        path=str(rule.source.path) if rule.source is not None else None,
+        path=path if path is not None else str(rule.source.path) if rule.source is not None else None,
     )
 
 
@@ -318,14 +320,16 @@ def _compile_expr(
     raise TypeError(f"unknown correlation condition node {type(node).__name__}")
 
 
-def compile_correlation(rule: SigmaCorrelationRule) -> CompiledCorrelation:
+def compile_correlation(rule: SigmaCorrelationRule, *, path: str | None = None) -> CompiledCorrelation:
     """Compile a pySigma correlation rule whose references its `SigmaCollection` resolved.
+
+    `path` names the rule file (for `RuleInfo.path` and errors) when pySigma did not record it.
 
     Raises `RuleError` (naming the rule file and id) for unresolved references, alias entries for
     rules the correlation does not reference, a value_percentile without `percentile`, multiple
     fields where one number is needed, and ordered extended conditions other than a plain `and`.
     """
-    source = _source(rule)
+    source = _source(rule, path)
     key = rule_key(rule)
     if rule.errors:
         raise RuleError(source, f"invalid correlation rule: {rule.errors[0]}", key)
@@ -397,7 +401,7 @@ def compile_correlation(rule: SigmaCorrelationRule) -> CompiledCorrelation:
     return CompiledCorrelation(
         id=key,
         name=rule.name,
-        info=_rule_info(rule),
+        info=_rule_info(rule, path),
         type=ctype,
         rules=rules,
         group_by=tuple(rule.group_by or ()),
@@ -739,6 +743,11 @@ class _Group:
         rules = list(dict.fromkeys(it.detection.rule for it in items))  # distinct, first seen first
         rules_seen = list(dict.fromkeys(r.id for r in rules))
         techniques = list(dict.fromkeys(t for r in rules for t in _techniques(r)))
+        for it in items:  # a chained correlation passes on the techniques of its own window
+            if it.detection.kind is DetectionKind.CORRELATION:
+                techniques.extend(
+                    t for t in it.detection.matched.get("techniques", ()) if t not in techniques
+                )
         matched: dict[str, Any] = {
             "type": corr.type.value,
             "timespan": corr.timespan_spec,
@@ -759,6 +768,7 @@ class _Group:
                 }
                 for it in items[:MAX_LISTED_EVENTS]
             ],
+            "events_truncated": len(items) > MAX_LISTED_EVENTS,
         }
         if corr.condition.fields:
             matched["field"] = ",".join(corr.condition.fields)
