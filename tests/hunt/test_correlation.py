@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from sigma.correlations import SigmaCorrelationRule
 from sigma.rule import SigmaRule
 
 from casefile.errors import RuleError
+from casefile.hunt import hunt, load_rules
 from casefile.hunt.correlation import (
     CompiledCorrelation,
     CorrelationType,
@@ -25,7 +27,7 @@ from casefile.hunt.correlation import (
     rule_key,
     suppressed_rule_ids,
 )
-from casefile.models import Detection, DetectionKind, IngestWarning, Level, RuleInfo
+from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
 
 T0 = datetime(2022, 7, 15, 8, 0, tzinfo=UTC)
 
@@ -908,3 +910,95 @@ correlation:
     (d,) = correlate(corrs, [hit("recon_b", 0), hit("recon_a", 1), hit("successful_logon", 2)])
     assert d.rule.title == "Recon then logon"
     assert d.matched["techniques"] == ["T1069.002", "T1033"]
+
+
+# ------------------------------------------------------------------------------------------------
+# through the hunt engine: the specification's own chained example, loaded from a rule file
+
+
+SPEC_EXAMPLE = """
+title: Correlation - Multiple Failed Logins Followed by Successful Login
+id: b180ead8-d58f-40b2-ae54-c8940995b9b6
+status: experimental
+author: Florian Roth (Nextron Systems)
+correlation:
+    type: temporal_ordered
+    rules:
+        - multiple_failed_login
+        - successful_login
+    group-by:
+        - User
+    timespan: 10m
+level: high
+---
+title: Multiple failed logons
+id: a8418a5a-5fc4-46b5-b23b-6c73beb19d41
+name: multiple_failed_login
+correlation:
+    type: event_count
+    rules:
+        - failed_login
+    group-by:
+        - User
+    timespan: 10m
+    condition:
+        gte: 10
+---
+title: Single failed login
+id: 53ba33fd-3a50-4468-a5ef-c583635cfa92
+name: failed_login
+logsource:
+    product: windows
+    service: security
+detection:
+    selection:
+        EventID:
+            - 529
+            - 4625
+    condition: selection
+---
+title: Successful login
+id: 4d0a2c83-c62c-4ed4-b475-c7e23a9269b8
+name: successful_login
+logsource:
+    product: windows
+    service: security
+detection:
+    selection:
+        EventID:
+            - 528
+            - 4624
+    condition: selection
+"""
+
+
+def _logon(event_id: int, seconds: int, user: str, record: int) -> Event:
+    return Event(
+        timestamp=at(seconds),
+        computer="dc1.corp.local",
+        channel="Security",
+        provider="Microsoft-Windows-Security-Auditing",
+        event_id=event_id,
+        record_id=record,
+        source_file="Security.evtx",
+        fields={"EventID": event_id, "Channel": "Security", "Computer": "dc1.corp.local", "User": user},
+    )
+
+
+def test_spec_example_through_load_rules_and_hunt(tmp_path: Path) -> None:
+    rule_file = tmp_path / "mr_failed_then_success.yml"
+    rule_file.write_text(SPEC_EXAMPLE, encoding="utf-8")
+    ruleset = load_rules([rule_file])
+    assert ruleset.skipped == ()
+    assert len(ruleset.correlations) == 2
+    events = [_logon(4625, 10 * i, "alice", i) for i in range(10)]  # 10 failures in 90 s
+    events += [_logon(4625, 10 * i, "bob", 100 + i) for i in range(9)]  # only 9 for bob
+    events += [_logon(4624, 200, "bob", 200), _logon(4624, 300, "alice", 201)]
+    events.sort(key=lambda e: (e.timestamp, e.record_id))
+    out = list(hunt(events, ruleset))
+    # every base rule and the inner correlation are suppressed (generate: false): one detection
+    assert [(d.kind, d.rule.id, dict(d.group), d.record_id) for d in out] == [
+        (DetectionKind.CORRELATION, "b180ead8-d58f-40b2-ae54-c8940995b9b6", {"User": "alice"}, 201)
+    ]
+    assert out[0].rule.level is Level.HIGH
+    assert out[0].timestamp == at(300)
