@@ -1002,3 +1002,12 @@ def test_spec_example_through_load_rules_and_hunt(tmp_path: Path) -> None:
     ]
     assert out[0].rule.level is Level.HIGH
     assert out[0].timestamp == at(300)
+
+
+def test_group_by_field_names_fall_back_like_the_rule_evaluator() -> None:
+    corrs = compile_all(event_count(condition="gte: 2", group_by="[SourceName]"))
+    dets = [
+        hit("failed_logon", 0, **{"Source Name": "Defender"}),
+        hit("failed_logon", 1, sourcename="Defender"),
+    ]
+    assert fired(corrs, dets) == [("Logon brute force", {"SourceName": "Defender"}, at(1))]

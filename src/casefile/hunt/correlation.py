@@ -470,7 +470,18 @@ def _lookup(d: Detection, name: str) -> Any:
     # A chained correlation's own group-by values live in `group`, the event's fields in `fields`.
     if name in d.group:
         return d.group[name]
-    return d.fields.get(name, _MISSING)
+    value = d.fields.get(name, _MISSING)
+    if value is _MISSING:
+        # Same fallback as the rule evaluator: case-insensitive, spaces removed ("Source Name").
+        folded = _fold(name)
+        for key, candidate in d.fields.items():
+            if _fold(key) == folded:
+                return candidate
+    return value
+
+
+def _fold(name: str) -> str:
+    return name.replace(" ", "").lower()
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
