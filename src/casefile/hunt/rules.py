@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from sigma.collection import SigmaCollection
 from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaError
@@ -118,8 +119,9 @@ def _parse_file(path: Path, skipped: list[SkippedRule]) -> Iterator[SigmaRule | 
         return
     try:
         collection = SigmaCollection.from_yaml(text, collect_errors=True, resolve_references=False)
-    except (SigmaError, ValueError) as exc:
-        skipped.append(SkippedRule(str(path), None, None, f"invalid Sigma YAML: {exc}"))
+    except (SigmaError, ValueError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())
+        skipped.append(SkippedRule(str(path), None, None, f"invalid Sigma YAML: {reason}"))
         return
     for error in collection.errors:
         skipped.append(SkippedRule(str(path), None, None, f"invalid Sigma YAML: {error}"))
@@ -212,7 +214,7 @@ def _correlations(
         try:
             # Resolve each correlation on its own so one dangling reference does not sink the rest.
             corr.resolve_rule_references(collection)
-            out.append(compile_correlation(corr))
+            out.append(compile_correlation(corr, path=path))
         except (SigmaError, RuleError) as exc:
             skipped.append(SkippedRule(path, rid, title, f"correlation: {exc}"))
     return out

@@ -1,0 +1,156 @@
+"""`casefile rules update`: install SigmaHQ rules and the ATT&CK bundle into the data directory.
+
+Online: download the SigmaHQ release zip and the ATT&CK enterprise bundle (URLs overridable by
+argument or environment, so tests serve them from 127.0.0.1). Air-gapped: copy a local folder laid
+out like the reference data (sigma/, attack/, misp-galaxy/, vendor-naming/).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import httpx
+
+from casefile.config import Settings
+from casefile.errors import ConfigError
+
+SIGMA_URL_ENV = "CASEFILE_SIGMA_URL"
+ATTACK_URL_ENV = "CASEFILE_ATTACK_URL"
+DEFAULT_SIGMA_URL = "https://github.com/SigmaHQ/sigma/releases/latest/download/sigma_all_rules.zip"
+DEFAULT_ATTACK_URL = (
+    "https://raw.githubusercontent.com/mitre-attack/attack-stix-data/master/"
+    "enterprise-attack/enterprise-attack.json"
+)
+#: Folders copied by `--from`; sigma/ is required, the rest are optional.
+OFFLINE_FOLDERS = ("sigma", "attack", "misp-galaxy", "vendor-naming")
+#: Rule folders used by default when present under the installed sigma/ folder.
+DEFAULT_RULE_FOLDERS = ("rules", "rules-emerging-threats", "rules-threat-hunting")
+ATTACK_FILE = "enterprise-attack.json"
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What was installed where."""
+
+    rules_dir: Path
+    rule_files: int
+    attack_file: Path | None
+    copied: tuple[str, ...] = ()
+
+
+def installed_rule_dirs(settings: Settings) -> list[Path]:
+    """The rule folders `--rules` defaults to; ConfigError when no rules are installed."""
+    root = settings.rules_dir
+    dirs = [root / f for f in DEFAULT_RULE_FOLDERS if (root / f).is_dir()]
+    if dirs:
+        return dirs
+    if root.is_dir() and any(root.rglob("*.yml")):
+        return [root]
+    raise ConfigError(
+        f"no Sigma rules installed in {root}: run `casefile rules update` "
+        "(or `casefile rules update --from DIR` offline), or pass --rules DIR"
+    )
+
+
+def _safe_extract(data: bytes, dest: Path, origin: str) -> int:
+    """Extract a zip into dest, refusing absolute paths and `..` (zip-slip); returns .yml count."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise ConfigError(f"{origin}: not a zip archive ({exc})") from exc
+    count = 0
+    with archive:
+        for info in archive.infolist():
+            name = PurePosixPath(info.filename)
+            if name.is_absolute() or ".." in name.parts:
+                raise ConfigError(f"{origin}: refusing unsafe member path {info.filename!r}")
+            if info.is_dir():
+                continue
+            target = dest.joinpath(*name.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+            count += name.suffix in (".yml", ".yaml")
+    return count
+
+
+def _fetch(client: httpx.Client, url: str) -> bytes:
+    try:
+        response = client.get(url, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"download of {url} failed: {exc}") from exc
+    return response.content
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    """Swap a fully written staging folder into place, so a failed update leaves the old one intact."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def update_online(
+    settings: Settings,
+    *,
+    sigma_url: str | None = None,
+    attack_url: str | None = None,
+    timeout: float = 120.0,
+) -> UpdateResult:
+    """Download the SigmaHQ rules zip and the ATT&CK enterprise bundle into `settings.data_dir`."""
+    sigma_url = sigma_url or os.environ.get(SIGMA_URL_ENV) or DEFAULT_SIGMA_URL
+    attack_url = attack_url or os.environ.get(ATTACK_URL_ENV) or DEFAULT_ATTACK_URL
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with httpx.Client(timeout=timeout) as client:
+        rules_zip = _fetch(client, sigma_url)
+        bundle = _fetch(client, attack_url)
+    staging = settings.data_dir / "sigma.new"
+    if staging.exists():
+        shutil.rmtree(staging)
+    count = _safe_extract(rules_zip, staging, sigma_url)
+    if count == 0:
+        shutil.rmtree(staging)
+        raise ConfigError(f"{sigma_url}: the archive holds no Sigma .yml rules")
+    _replace_dir(staging, settings.rules_dir)
+    settings.attack_dir.mkdir(parents=True, exist_ok=True)
+    attack_file = settings.attack_dir / ATTACK_FILE
+    tmp = attack_file.with_suffix(".json.part")
+    tmp.write_bytes(bundle)
+    tmp.replace(attack_file)
+    return UpdateResult(settings.rules_dir, count, attack_file)
+
+
+def update_offline(settings: Settings, source: Path) -> UpdateResult:
+    """Copy a local reference-data folder (sigma/ required; attack/, misp-galaxy/, vendor-naming/)."""
+    if not (source / "sigma").is_dir():
+        raise ConfigError(
+            f"{source}: no sigma/ folder; expected the layout sigma/, attack/, misp-galaxy/, vendor-naming/"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in OFFLINE_FOLDERS:
+        src = source / name
+        if not src.is_dir():
+            continue
+        staging = settings.data_dir / f"{name}.new"
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(src, staging)
+        _replace_dir(staging, settings.data_dir / name)
+        copied.append(name)
+    count = sum(1 for _ in settings.rules_dir.rglob("*.yml"))
+    bundles = sorted(settings.attack_dir.glob("*.json")) if settings.attack_dir.is_dir() else []
+    enterprise = [b for b in bundles if "enterprise" in b.name]
+    chosen = enterprise or bundles
+    attack_file = chosen[0] if chosen else None
+    return UpdateResult(settings.rules_dir, count, attack_file, tuple(copied))
