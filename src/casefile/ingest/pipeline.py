@@ -6,6 +6,7 @@ worker processes and normalise wherever it likes; `read_events` is the simple se
 
 from __future__ import annotations
 
+import gzip
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,8 @@ def read_records(evidence: EvidenceFile, on_warning: WarningSink) -> Iterator[Ra
             yield from reader.read(stream, evidence.path, on_warning, disk_path=disk_path)
     except _READ_ERRORS as exc:
         reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
-        kind = "damaged archive data" if isinstance(exc, zipfile.BadZipFile | EOFError) else "read error"
+        damaged = isinstance(exc, zipfile.BadZipFile | EOFError | zlib.error | gzip.BadGzipFile)
+        kind = "damaged archive data" if damaged else "read error"
         on_warning(IngestWarning(evidence.path, f"{kind}, reading stopped here: {reason}"))
 
 

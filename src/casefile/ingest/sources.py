@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from casefile.errors import InputError
 from casefile.ingest.model import EvidenceFile
@@ -67,12 +68,12 @@ def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
             try:
                 with archive.open(info) as member:
                     head = member.read(SNIFF_BYTES)
-                    is_gzip = head.startswith(GZIP_MAGIC)
-                    name = info.filename
-                    if is_gzip:
-                        name = name.removesuffix(".gz")
-                        with gzip.GzipFile(fileobj=member) as inner:
-                            head = inner.read(SNIFF_BYTES)
+                is_gzip = head.startswith(GZIP_MAGIC)
+                name = info.filename
+                if is_gzip:
+                    name = name.removesuffix(".gz")
+                    with archive.open(info) as member, gzip.GzipFile(fileobj=member) as inner:
+                        head = inner.read(SNIFF_BYTES)
             except _MEMBER_ERRORS as exc:
                 on_warning(IngestWarning(source, f"unreadable zip member: {exc}"))
                 continue
@@ -93,6 +94,7 @@ def _classify(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
             head = fh.read(SNIFF_BYTES)
             is_gzip = head.startswith(GZIP_MAGIC)
             if is_gzip:
+                fh.seek(0)
                 with gzip.GzipFile(fileobj=fh) as inner:
                     head = inner.read(SNIFF_BYTES)
     except ARCHIVE_ERRORS as exc:
@@ -131,6 +133,53 @@ def discover(
     return found
 
 
+class _CheckedMember(io.RawIOBase):
+    """A zip member whose CRC-32 is checked by us, after its bytes have been handed out.
+
+    zipfile checks the CRC inside the read that reaches the end and then raises, so the records
+    in that last block would be lost; here every byte is returned first and the mismatch is
+    raised on the read after the end. A seek (the EVTX parser seeks) stops the check: the data
+    is then not read in one pass, and EVTX carries its own checksums.
+    """
+
+    def __init__(self, member: zipfile.ZipExtFile, info: zipfile.ZipInfo) -> None:
+        super().__init__()
+        self._member = member
+        self._info = info
+        self._crc = 0
+        self._checking = hasattr(member, "_expected_crc")
+        if self._checking:
+            member._expected_crc = None  # type: ignore[attr-defined]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._member.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checking = False
+        return self._member.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._member.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._member.read(len(buffer))
+        size = len(data)
+        buffer[:size] = data
+        if self._checking:
+            if size:
+                self._crc = zlib.crc32(data, self._crc)
+            elif self._crc != self._info.CRC:
+                self._checking = False
+                raise zipfile.BadZipFile(
+                    f"Bad CRC-32 for file {self._info.filename!r}: its bytes differ from what was "
+                    "archived; the records above were read as found"
+                )
+        return size
+
+
 @contextmanager
 def open_evidence(evidence: EvidenceFile) -> Iterator[IO[bytes]]:
     """The uncompressed bytes of one evidence file as a seekable binary stream."""
@@ -138,7 +187,9 @@ def open_evidence(evidence: EvidenceFile) -> Iterator[IO[bytes]]:
         stream: IO[bytes]
         if evidence.member is not None:
             archive = stack.enter_context(zipfile.ZipFile(evidence.location))
-            stream = stack.enter_context(archive.open(evidence.member))
+            info = archive.getinfo(evidence.member)
+            member = cast(zipfile.ZipExtFile, stack.enter_context(archive.open(info)))
+            stream = stack.enter_context(io.BufferedReader(_CheckedMember(member, info), 1 << 16))
         else:
             stream = stack.enter_context(evidence.location.open("rb"))
         if evidence.gzip:

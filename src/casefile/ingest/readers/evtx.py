@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -18,8 +19,37 @@ from casefile.models import IngestWarning
 MAGIC = b"ElfFile\x00"
 HEADER_SIZE = 4096
 CHUNK_SIZE = 65536
+CHUNK_MAGIC = b"ElfChnk\x00"
 #: After this many errors in a row without a good record the rest of the file is given up.
 MAX_CONSECUTIVE_ERRORS = 256
+
+
+def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> list[str]:
+    """Problems with the CRC32 checksums of the file header and of each chunk (header and records).
+
+    The parser does not verify them by default (verifying would drop whole chunks); a mismatch
+    means bytes changed after Windows wrote them (damage, or tampering), so the records are read
+    as found and the mismatch is reported.
+    """
+    problems = []
+    if zlib.crc32(header[:120]) != struct.unpack_from("<I", header, 124)[0]:
+        problems.append("file header checksum mismatch: header fields may be damaged")
+    stream.seek(HEADER_SIZE)
+    for number in range(full_chunks):
+        chunk = stream.read(CHUNK_SIZE)
+        if not chunk.startswith(CHUNK_MAGIC):
+            continue  # unused (zero-filled) space; a damaged chunk header is reported by the parser
+        first, last = struct.unpack_from("<QQ", chunk, 24)
+        free_offset, data_crc = struct.unpack_from("<II", chunk, 48)
+        header_ok = zlib.crc32(chunk[:120] + chunk[128:512]) == struct.unpack_from("<I", chunk, 124)[0]
+        data_ok = free_offset <= CHUNK_SIZE and zlib.crc32(chunk[512:free_offset]) == data_crc
+        if not (header_ok and data_ok):
+            part = "chunk header" if not header_ok else "records"
+            problems.append(
+                f"chunk {number} checksum mismatch ({part}): records {first}..{last} may be damaged "
+                "or altered; read as found"
+            )
+    return problems
 
 
 def _records(
@@ -37,7 +67,7 @@ def _records(
         except RuntimeError as exc:  # the parser's per-chunk / per-record error
             index += 1
             consecutive += 1
-            on_warning(IngestWarning(source, f"unreadable EVTX record{what}: {exc}", index))
+            on_warning(IngestWarning(source, f"EVTX parse error{what}, records skipped: {exc}", index))
             if consecutive >= MAX_CONSECUTIVE_ERRORS:
                 on_warning(IngestWarning(
                     source, f"gave up after {consecutive} unreadable EVTX records in a row{what}", index
@@ -95,6 +125,8 @@ class EvtxReader:
         size = stream.seek(0, io.SEEK_END)
         declared = struct.unpack_from("<H", header, 42)[0]
         full_chunks, partial = divmod(size - HEADER_SIZE, CHUNK_SIZE)
+        for problem in check_checksums(stream, header, full_chunks):
+            on_warning(IngestWarning(source, problem))
         stream.seek(0)
         target: Any = str(disk_path) if disk_path is not None else stream
         try:

@@ -28,6 +28,19 @@ _RESYNC = re.compile(r"\n[ \t]*\{")
 _EXTENSIONS = (".json", ".jsonl", ".ndjson", ".jsonlines")
 
 
+def _json_escape_bytes(exc: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: an undecodable byte becomes JSON text that parses (inside a string)
+    to the four visible characters backslash, x, hex, hex -- instead of vanishing."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    bad = exc.object[exc.start:exc.end]
+    return "".join(f"\\\\x{b:02x}" for b in bad), exc.end
+
+
+_ERRORS = "casefile-json-escape"
+codecs.register_error(_ERRORS, _json_escape_bytes)
+
+
 def _encoding(head: bytes) -> str:
     """UTF-16 when the file starts with its BOM (PowerShell's Out-File writes that), else UTF-8."""
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -40,8 +53,7 @@ class _Buffer:
 
     def __init__(self, stream: IO[bytes]) -> None:
         head = stream.read(4)
-        # Undecodable bytes stay visible as \\xNN escapes instead of vanishing.
-        self._decoder = codecs.getincrementaldecoder(_encoding(head))(errors="backslashreplace")
+        self._decoder = codecs.getincrementaldecoder(_encoding(head))(errors=_ERRORS)
         self._stream = stream
         self.text = self._decoder.decode(head)
         self.pos = 0
@@ -52,7 +64,10 @@ class _Buffer:
         """Append one block of text; False at end of file."""
         if self.eof:
             return False
-        block = self._stream.read(READ_SIZE)
+        # read1: whatever one read of the underlying stream gives, so that a damaged gzip/zip
+        # stream raises only after the text before the damage has been handed out.
+        read1 = getattr(self._stream, "read1", None)
+        block = read1(READ_SIZE) if read1 is not None else self._stream.read(READ_SIZE)
         if not block:
             self.eof = True
             self.text += self._decoder.decode(b"", final=True)
@@ -164,8 +179,8 @@ class JsonReader:
             search_from = 0
         on_warning(IngestWarning(
             source,
-            f"invalid JSON: {exc.msg} at line {error_line} column {column}; record skipped, "
-            f"resumed at line {buf.line}",
+            f"invalid JSON at line {error_line} column {column}: {exc.msg.removesuffix(' at')}; "
+            f"record skipped, resumed at line {buf.line}",
             start_line,
         ))
 

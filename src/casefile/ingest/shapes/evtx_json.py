@@ -79,7 +79,14 @@ class EvtxJsonShape:
                 continue
             if section == "EventData":
                 _event_data_fields(body, fields)
-            else:  # UserData, RenderingInfo, ProcessingErrorData, ...: leaves by leaf name
+            elif section == "RenderingInfo":
+                # Display strings of System values (Level "Warning", Task names): never let them
+                # pass for the System fields themselves.
+                rendered: dict[str, Any] = {}
+                flatten_leaves(body, rendered, qualifier=section, name=section)
+                for key, value in rendered.items():
+                    put(fields, f"RenderingInfo_{key}", value, qualifier=section)
+            else:  # UserData, ProcessingErrorData, ...: leaves by leaf name
                 flatten_leaves(body, fields, qualifier=section, name=section)
         return Event(
             timestamp=parse_timestamp(fields.get("TimeCreated_SystemTime")),

@@ -1,0 +1,131 @@
+"""The streaming JSON reader: layouts, damage, and records larger than its read block."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from casefile.ingest.readers import jsonlog
+from casefile.ingest.readers.jsonlog import JsonReader
+from casefile.models import IngestWarning
+
+
+def _read(text: str | bytes) -> tuple[list[tuple[int, dict[str, object]]], list[IngestWarning]]:
+    data = text.encode() if isinstance(text, str) else text
+    warnings: list[IngestWarning] = []
+    records = [(r.index, r.data) for r in JsonReader().read(io.BytesIO(data), "t.json", warnings.append)]
+    return records, warnings
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}\n{"a": 2}\n{"a": 3}\n',  # NDJSON
+        '{"a": 1}\r\n{"a": 2}\r\n{"a": 3}',  # CRLF, no final newline
+        '[{"a": 1}, {"a": 2}, {"a": 3}]',  # array on one line
+        '[\n  {"a": 1},\n  {"a": 2}\n]\n[\n  {"a": 3}\n]\n',  # several arrays
+        '{"a": 1}{"a": 2} {"a": 3}',  # concatenated without separators
+        '{"a": 1},\n{"a": 2},\n{"a": 3}\n',  # objects separated by commas
+        '\ufeff{"a": 1}\n{"a": 2}\n{"a": 3}',  # UTF-8 BOM
+    ],
+)
+def test_layouts(text: str) -> None:
+    records, warnings = _read(text)
+    assert [r for _, r in records] == [{"a": 1}, {"a": 2}, {"a": 3}]
+    assert warnings == []
+
+
+def test_concatenated_pretty_printed_objects_report_their_first_line() -> None:
+    text = '{\n  "a": 1,\n  "b": {\n    "c": 2\n  }\n}\n{\n  "a": 3\n}\n'
+    records, warnings = _read(text)
+    assert records == [(1, {"a": 1, "b": {"c": 2}}), (7, {"a": 3})]
+    assert warnings == []
+
+
+def test_utf16_with_bom() -> None:
+    records, _ = _read('[{"k": "Ünïcode"}]'.encode("utf-16"))
+    assert records == [(1, {"k": "Ünïcode"})]
+
+
+def test_invalid_utf8_stays_visible() -> None:
+    records, _ = _read(b'{"k": "bad \xff byte"}\n')
+    assert records == [(1, {"k": "bad \\xff byte"})]
+
+
+def test_bad_lines_are_skipped_with_their_line_number() -> None:
+    text = '{"a": 1}\n{"a": 2,, }\nnot json at all\n{"a": 3}\n[1, 2]\n"text"\n{"a": 4'
+    records, warnings = _read(text)
+    assert [r for _, r in records] == [{"a": 1}, {"a": 3}]
+    assert [(w.record, w.reason) for w in warnings] == [
+        (2, "invalid JSON at line 2 column 9: Expecting property name enclosed in double quotes; "
+            "record skipped, resumed at line 4"),
+        (5, "JSON value is a int, not an object; skipped"),
+        (5, "JSON value is a int, not an object; skipped"),
+        (6, "JSON value is a str, not an object; skipped"),
+        (7, "invalid JSON at line 7 column 8: Expecting ',' delimiter; record skipped, resumed at line 7"),
+    ]
+    assert {w.file for w in warnings} == {"t.json"}
+
+
+def test_damaged_pretty_printed_object_resumes_at_next_object() -> None:
+    text = '{\n  "a": 1\n}\n{\n  "a": 2\n  "b": 3\n}\n{\n  "a": 4\n}\n'
+    records, warnings = _read(text)
+    assert records == [(1, {"a": 1}), (8, {"a": 4})]
+    assert [(w.record, w.reason) for w in warnings] == [
+        (4, "invalid JSON at line 6 column 3: Expecting ',' delimiter; record skipped, resumed at line 8"),
+    ]
+
+
+def test_unclosed_array_is_reported() -> None:
+    records, warnings = _read('[{"a": 1},\n{"a": 2}')
+    assert [r for _, r in records] == [{"a": 1}, {"a": 2}]
+    assert [(w.record, w.reason) for w in warnings] == [(2, "JSON array not closed: file truncated?")]
+
+
+def test_records_larger_than_the_read_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonlog, "READ_SIZE", 64)
+    big = "x" * 5000
+    lines = [json.dumps({"n": i, "blob": big if i % 2 else "small", "u": "é" * 40}) for i in range(20)]
+    text = "\n".join(lines) + "\n{broken\n" + json.dumps({"n": 20})
+    records, warnings = _read(text)
+    assert [r["n"] for _, r in records] == list(range(21))
+    assert records[3] == (4, {"n": 3, "blob": big, "u": "é" * 40})
+    assert [(w.record, w.reason) for w in warnings] == [
+        (21, "invalid JSON at line 21 column 2: Expecting property name enclosed in double quotes; "
+             "record skipped, resumed at line 22"),
+    ]
+
+
+def test_huge_single_line_array_is_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonlog, "READ_SIZE", 1024)
+    text = json.dumps([{"n": i, "pad": "p" * 100} for i in range(3000)])
+
+    class Stream(io.BytesIO):
+        max_read = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            Stream.max_read = max(Stream.max_read, size or 0)
+            return super().read(size)
+
+        def read1(self, size: int | None = -1) -> bytes:
+            Stream.max_read = max(Stream.max_read, size or 0)
+            return super().read1(size)
+
+    warnings: list[IngestWarning] = []
+    reader = JsonReader()
+    count = 0
+    for record in reader.read(Stream(text.encode()), "big.json", warnings.append):
+        assert record.data["n"] == count
+        count += 1
+    assert count == 3000 and warnings == []
+    assert Stream.max_read == 1024  # read block by block, never the whole 350 kB at once
+
+
+def test_sniff() -> None:
+    reader = JsonReader()
+    assert reader.sniff(b'  \n{"a":1}', "x.log") == 80
+    assert reader.sniff(b"[", "x") == 80
+    assert reader.sniff(b"garbage", "events.ndjson") == 40
+    assert reader.sniff(b"garbage", "notes.txt") == 0

@@ -1,0 +1,172 @@
+"""Each JSON shape, from hand-written fixtures, to exact Events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from casefile.ingest import RawRecord, normalise, read_events
+from casefile.models import Event, IngestWarning
+
+DATA = Path(__file__).parent.parent / "data" / "ingest"
+
+
+def _read(path: Path) -> tuple[list[Event], list[IngestWarning]]:
+    warnings: list[IngestWarning] = []
+    return list(read_events([path], on_warning=warnings.append)), warnings
+
+
+def test_evtx_json_shape() -> None:
+    events, warnings = _read(DATA / "evtx_shapes.json")
+    assert warnings == []
+    proc, app, cleared, defender = events
+    source = str(DATA / "evtx_shapes.json")
+    assert proc == Event(
+        timestamp=datetime(2022, 7, 15, 8, 12, 1, 299004, tzinfo=UTC),  # 100 ns ticks cut to us
+        computer="DC01.corp.example",
+        channel="Security",
+        provider="Microsoft-Windows-Security-Auditing",
+        event_id=4688,
+        record_id=1001,
+        source_file=source,
+        fields={
+            "Provider_Name": "Microsoft-Windows-Security-Auditing",
+            "Provider_Guid": "{54849625-5478-4994-a5ba-3e3b0328c30d}",
+            "EventID": 4688, "Version": 2, "Level": 0, "Task": 13312, "Opcode": 0,
+            "Keywords": "0x8020000000000000",
+            "TimeCreated_SystemTime": "2022-07-15T08:12:01.2990045Z",
+            "EventRecordID": 1001, "Correlation": None,
+            "Execution_ProcessID": 4, "Execution_ThreadID": 96,
+            "Channel": "Security", "Computer": "DC01.corp.example", "Security": None,
+            "SubjectUserName": "svc_backup",
+            "NewProcessName": "C:\\Windows\\System32\\cmd.exe",
+            "CommandLine": 'cmd.exe /c "vssadmin delete shadows /all /quiet" ',  # whitespace kept
+            "ProcessId": "0x1a2c",
+            "MandatoryLabel": "S-1-16-12288",
+        },
+    )
+    # EventID with Qualifiers; unnamed <Data> elements become the list field "Data".
+    assert app.event_id == 1000
+    assert app.fields["EventID"] == 1000 and app.fields["EventID_Qualifiers"] == 16384
+    assert app.fields["Data"] == ["homecrypt.exe", "1.0.0.0", ""]
+    assert app.fields["Binary"] == "00FF"
+    assert app.fields["Provider_EventSourceName"] == "Application Error"
+    # UserData leaves by leaf name; a leaf named like a System field keeps a qualified name.
+    assert cleared.channel == "System"
+    assert cleared.fields["Channel"] == "System"
+    assert cleared.fields["UserData_Channel"] == "Security"
+    assert cleared.fields["SubjectUserName"] == "Administrator"
+    assert cleared.fields["BackupPath"] is None
+    assert "xmlns" not in cleared.fields
+    assert cleared.fields["Security_UserID"] == "S-1-5-21-1-2-3-500"
+    assert cleared.fields["Correlation_ActivityID"] == "{6E1A750F-42C6-491E-941A-12F6AF57EBD2}"
+    # Forwarded events carry System ints as text: they become ints.
+    assert (defender.event_id, defender.record_id) == (1116, 171)
+    assert defender.fields["EventID"] == 1116
+    assert defender.fields["Execution_ProcessID"] == 4172
+    assert defender.fields["Version"] == 0
+    assert defender.fields["Threat Name"] == "HackTool:Win64/Mimikatz"
+    # RenderingInfo strings never pose as System fields.
+    assert "Level" not in defender.fields
+    assert defender.fields["RenderingInfo_Level"] == "Warning"
+    assert defender.fields["RenderingInfo_Message"] == "Microsoft Defender Antivirus has detected malware"
+    assert defender.fields["RenderingInfo_Culture"] == "en-US"
+
+
+def test_flat_shape_otrf_style() -> None:
+    events, warnings = _read(DATA / "nested" / "flat_otrf.jsonl")
+    assert [(w.record, w.reason) for w in warnings] == [
+        (3, "invalid JSON at line 3 column 154: Invalid control character; record skipped, "
+            "resumed at line 4"),
+    ]
+    sysmon, logon, logoff = events
+    assert (sysmon.channel, sysmon.event_id, sysmon.computer, sysmon.provider, sysmon.record_id) == (
+        "Microsoft-Windows-Sysmon/Operational", 1, "WORKSTATION5.theshire.local", "Microsoft-Windows-Sysmon",
+        757026,
+    )
+    # TimeCreated (the event's time) wins over @timestamp (when the shipper saw it).
+    assert sysmon.timestamp == datetime(2020, 12, 19, 6, 59, 28, 410000, tzinfo=UTC)
+    f = sysmon.fields
+    assert f["Image"] == "C:\\Windows\\System32\\schtasks.exe"
+    assert f["ProcessId"] == "3108"  # values keep the type the export gave them
+    assert f["tags"] == ["mordorDataset"]
+    assert (f["Computer"], f["Hostname"], f["host"]) == (
+        "WORKSTATION5.theshire.local", "WORKSTATION5.theshire.local", "wec.internal.cloudapp.net",
+    )
+    assert (f["Provider_Name"], f["SourceName"]) == ("Microsoft-Windows-Sysmon", "Microsoft-Windows-Sysmon")
+    assert f["Provider_Guid"] == "{5770385F-C22A-43E0-BF4C-06F5698FFBD9}"
+    assert f["EventRecordID"] == 757026
+    # EventID as text becomes an int; Sysmon-style UtcTime beats the local, offset-less EventTime.
+    assert logon.event_id == 4624 and logon.fields["EventID"] == 4624
+    assert logon.timestamp == datetime(2020, 8, 7, 14, 32, 22, 692000, tzinfo=UTC)
+    assert logon.fields["Execution_ProcessID"] == 3888
+    assert logon.fields["Security_UserID"] == "S-1-5-18"
+    # Last resort: EventTime without offset, read as UTC.
+    assert logoff.timestamp == datetime(2020, 8, 7, 10, 40, tzinfo=UTC)
+    assert logoff.provider is None
+
+
+def test_ecs_winlogbeat_shape() -> None:
+    events, warnings = _read(DATA / "nested" / "deeper" / "winlogbeat.json")
+    assert warnings == []
+    script, cleared = events
+    assert (script.timestamp, script.computer, script.channel, script.provider, script.event_id,
+            script.record_id) == (
+        datetime(2022, 7, 15, 9, 0, 0, 123000, tzinfo=UTC), "WS17.corp.example",
+        "Microsoft-Windows-PowerShell/Operational", "Microsoft-Windows-PowerShell", 4104, 52113,
+    )
+    f = script.fields
+    assert f["EventID"] == 4104  # winlog.event_id is a string in ECS
+    assert f["ScriptBlockText"].startswith("IEX (New-Object Net.WebClient)")
+    assert (f["Execution_ProcessID"], f["Execution_ThreadID"]) == (5544, 6120)
+    assert f["Security_UserID"] == "S-1-5-21-1-2-3-1104"
+    assert f["Provider_Guid"] == "{A0C1853B-5C40-4B15-8766-3CF1C58F985A}"
+    # Every other key is kept under its dotted ECS name.
+    assert f["event.code"] == "4104" and f["host.name"] == "ws17.corp.example"
+    assert f["winlog.user.name"] == "jdoe" and f["message"] == "Creating Scriptblock text (1 of 1)"
+    assert "winlog.event_data.ScriptBlockText" not in f
+    # user_data leaves; Computer falls back to host.name.
+    assert cleared.computer == "dc01" and cleared.event_id == 1102
+    assert cleared.fields["SubjectUserName"] == "Administrator"
+
+
+def test_powershell_utf16_export() -> None:
+    (event,), warnings = _read(DATA / "powershell_utf16.json")
+    assert warnings == []
+    assert (event.timestamp, event.computer, event.channel, event.provider, event.event_id,
+            event.record_id) == (
+        datetime(2022, 7, 15, 8, 0, tzinfo=UTC), "DC01", "Security", "Microsoft-Windows-Security-Auditing",
+        4720, 77,
+    )
+    assert event.fields["Message"] == "A user account was created. — Ünïcode"
+    assert event.fields["Properties"] == [{"Value": "backdoor"}]
+
+
+@pytest.mark.parametrize(
+    ("record", "fields"),
+    [
+        # evtx_dump without the Event wrapper
+        ({"System": {"EventID": "1"}}, {"EventID": 1}),
+        # ECS: System names added, original keys kept dotted
+        ({"winlog": {"event_id": "1"}}, {"EventID": 1, "winlog.event_id": "1"}),
+        ({"@timestamp": "2022-07-15T00:00:00Z", "event": {"code": "1"}},
+         {"EventID": 1, "@timestamp": "2022-07-15T00:00:00Z", "event.code": "1"}),
+        # flat: anything else
+        ({"EventID": "1", "a": {"b": 2}}, {"EventID": 1, "a.b": 2}),
+    ],
+)
+def test_shape_sniffing(record: dict[str, object], fields: dict[str, object]) -> None:
+    event = normalise(RawRecord(1, record), "x.json", lambda w: pytest.fail(str(w)))
+    assert event is not None and event.event_id == 1
+    assert event.fields == fields
+
+
+def test_record_that_defeats_its_shape_is_a_warning() -> None:
+    warnings: list[IngestWarning] = []
+    # The EVTX reader labels records evtx-json; one without System cannot be normalised.
+    raw = RawRecord(7, {"Event": {"EventData": {}}}, shape="evtx-json")
+    event = normalise(raw, "a.evtx", warnings.append)
+    assert event is None
+    assert warnings == [IngestWarning("a.evtx", "record could not be normalised: KeyError: 'System'", 7)]

@@ -1,0 +1,186 @@
+"""Finding evidence: folder walks, zip and gzip read in place, damaged archives as warnings."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from casefile.errors import InputError
+from casefile.ingest import EvidenceFile, discover, read_events
+from casefile.models import Event, IngestWarning
+
+DATA = Path(__file__).parent.parent / "data" / "ingest"
+FLAT = DATA / "nested" / "flat_otrf.jsonl"
+ECS = DATA / "nested" / "deeper" / "winlogbeat.json"
+
+
+def _read(*paths: Path) -> tuple[list[Event], list[IngestWarning]]:
+    warnings: list[IngestWarning] = []
+    return list(read_events(list(paths), on_warning=warnings.append)), warnings
+
+
+def test_folders_are_walked_recursively_in_stable_order() -> None:
+    warnings: list[IngestWarning] = []
+    found = discover([DATA], on_warning=warnings.append)
+    assert [(Path(f.path).relative_to(DATA).as_posix(), f.format) for f in found] == [
+        ("evtx_shapes.json", "json"),
+        ("powershell_utf16.json", "json"),
+        ("nested/flat_otrf.jsonl", "json"),
+        ("nested/not_really.evtx", "evtx"),  # by name: the reader says what is wrong with it
+        ("nested/deeper/winlogbeat.json", "json"),
+    ]
+    assert found[0] == EvidenceFile(
+        str(DATA / "evtx_shapes.json"), (DATA / "evtx_shapes.json").stat().st_size, "json",
+        DATA / "evtx_shapes.json",
+    )
+    readme = str(DATA / "nested" / "README.txt")
+    assert warnings == [IngestWarning(readme, "not a recognised log format; skipped")]
+
+
+def test_whole_fixture_folder() -> None:
+    events, warnings = _read(DATA)
+    assert len(events) == 4 + 1 + 3 + 2
+    assert sorted(str(w) for w in warnings) == sorted([
+        f"{DATA / 'nested' / 'README.txt'}: not a recognised log format; skipped",
+        f"{FLAT} (record 3): invalid JSON at line 3 column 154: Invalid control character; "
+        "record skipped, resumed at line 4",
+        f"{DATA / 'nested' / 'not_really.evtx'}: not an EVTX file: expected magic b'ElfFile\\x00', "
+        "found b'This is '",
+    ])
+
+
+def test_missing_path_is_an_error() -> None:
+    with pytest.raises(InputError, match="no-such-dir: no such file or folder"):
+        discover([Path("no-such-dir")])
+
+
+def test_zip_members_are_read_in_place(tmp_path: Path) -> None:
+    archive = tmp_path / "triage.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(FLAT, "host1/logs/flat.jsonl")
+        z.write(ECS, "host2/beat.json")
+        z.writestr("host2/", "")
+        z.writestr("__MACOSX/host2/._beat.json", b"\x00\x05\x16\x07 resource fork")
+        z.writestr("host3/notes.txt", "collected by IR team")
+        z.writestr("host3/sec.json.gz", gzip.compress(ECS.read_bytes()))
+    events, warnings = _read(archive)
+    assert sorted({e.source_file for e in events}) == [
+        f"{archive}!host1/logs/flat.jsonl", f"{archive}!host2/beat.json", f"{archive}!host3/sec.json.gz",
+    ]
+    assert len(events) == 3 + 2 + 2
+    assert [str(w) for w in warnings] == [
+        f"{archive}!host3/notes.txt: not a recognised log format; skipped",
+        f"{archive}!host1/logs/flat.jsonl (record 3): invalid JSON at line 3 column 154: Invalid control "
+        "character; record skipped, resumed at line 4",
+    ]
+    member = next(f for f in discover([archive]) if f.member == "host3/sec.json.gz")
+    assert (member.format, member.gzip, member.location) == ("json", True, archive)
+
+
+def test_gzip_is_read_in_place(tmp_path: Path) -> None:
+    gz = tmp_path / "beat.json.gz"
+    gz.write_bytes(gzip.compress(ECS.read_bytes()))
+    events, warnings = _read(gz)
+    assert warnings == []
+    assert [e.event_id for e in events] == [4104, 1102]
+    assert {e.source_file for e in events} == {str(gz)}
+
+
+def test_encrypted_zip_member_is_reported(tmp_path: Path) -> None:
+    archive = tmp_path / "sample.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(ECS, "locked.json")
+        z.write(FLAT, "open.jsonl")
+    # Mark the first member encrypted (bit 0 of the flags) in its local and central headers, as
+    # `zip -e` would; zipfile cannot write encrypted archives itself.
+    data = bytearray(archive.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    for offset in (6, central + 8):
+        flags = struct.unpack_from("<H", data, offset)[0]
+        struct.pack_into("<H", data, offset, flags | 0x1)
+    archive.write_bytes(bytes(data))
+    events, warnings = _read(archive)
+    assert {e.source_file for e in events} == {f"{archive}!open.jsonl"}
+    assert warnings[0] == IngestWarning(
+        f"{archive}!locked.json", "encrypted zip member: password required; extract it and ingest the file"
+    )
+
+
+def test_corrupt_zip_is_reported(tmp_path: Path) -> None:
+    archive = tmp_path / "broken.zip"
+    archive.write_bytes(b"PK\x03\x04" + b"\x00" * 200)
+    events, warnings = _read(archive)
+    assert events == []
+    assert warnings == [IngestWarning(str(archive), "unreadable zip archive: File is not a zip file")]
+
+
+def test_zip_member_with_damaged_data_keeps_what_was_read(tmp_path: Path) -> None:
+    archive = tmp_path / "crc.zip"
+    payload = b"".join(b'{"EventID": %d, "pad": "%s"}\n' % (i, b"x" * 50) for i in range(2000))
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("events.jsonl", payload)
+    data = bytearray(archive.read_bytes())
+    start = data.index(b'{"EventID": 1500')
+    data[start + 20:start + 24] = b"ZZZZ"  # stored data changed: CRC-32 check fails at the end
+    archive.write_bytes(bytes(data))
+    events, warnings = _read(archive)
+    # The CRC can only be checked at the end: every record is read as found (one is damaged
+    # and skipped), and the warning says the member's bytes are not what was archived.
+    assert len(events) == 1999
+    assert [str(w) for w in warnings] == [
+        f"{archive}!events.jsonl (record 1501): invalid JSON at line 1501 column 27: Expecting ':' "
+        "delimiter; record skipped, resumed at line 1502",
+        f"{archive}!events.jsonl: damaged archive data, reading stopped here: BadZipFile: Bad CRC-32 for "
+        "file 'events.jsonl': its bytes differ from what was archived; the records above were read as found",
+    ]
+
+
+def test_truncated_gzip_keeps_what_was_read(tmp_path: Path) -> None:
+    payload = b"".join(b'{"EventID": %d}\n' % i for i in range(50_000))
+    gz = tmp_path / "cut.jsonl.gz"
+    whole = gzip.compress(payload)
+    gz.write_bytes(whole[: len(whole) // 2])
+    events, warnings = _read(gz)
+    assert 0 < len(events) < 50_000
+    assert [e.event_id for e in events] == list(range(len(events)))
+    assert warnings == [IngestWarning(
+        str(gz),
+        "damaged archive data, reading stopped here: EOFError: Compressed file ended before the "
+        "end-of-stream marker was reached",
+    )]
+
+
+def test_garbage_gzip_is_reported(tmp_path: Path) -> None:
+    gz = tmp_path / "bad.json.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00" + b"\xff" * 64)
+    events, warnings = _read(gz)
+    assert events == []
+    assert len(warnings) == 1 and warnings[0].file == str(gz)
+    assert warnings[0].reason.startswith("unreadable file: ")
+
+
+def test_zip_inside_zip_is_reported(tmp_path: Path) -> None:
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as z:
+        z.write(ECS, "beat.json")
+    outer = tmp_path / "outer.zip"
+    with zipfile.ZipFile(outer, "w") as z:
+        z.write(inner, "inner.zip")
+    events, warnings = _read(outer)
+    assert events == []
+    assert warnings == [IngestWarning(
+        f"{outer}!inner.zip", "zip inside a zip is not read: extract the outer archive"
+    )]
+
+
+def test_file_named_like_evidence_in_a_walk(tmp_path: Path) -> None:
+    shutil.copytree(DATA / "nested", tmp_path / "copy")
+    (tmp_path / "copy" / "empty.json").write_bytes(b"")
+    events, warnings = _read(tmp_path)
+    assert len(events) == 3 + 2
+    assert f"{tmp_path / 'copy' / 'empty.json'}" not in {w.file for w in warnings}  # empty: no records
