@@ -1,0 +1,172 @@
+"""`casefile hunt`, `casefile rules check` and `casefile rules update` end to end (real files, a real
+HTTP server on 127.0.0.1 for the download)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import zipfile
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from casefile.cli import app
+
+RULE = r"""title: Whoami
+id: 0d7c4a52-5a1f-4b3e-9c6b-0f3f6a4b1a01
+author: Tester
+logsource: {product: windows, category: process_creation}
+detection:
+    sel:
+        Image|endswith: '\whoami.exe'
+    condition: sel
+level: medium
+"""
+EVENTS = [
+    {"EventID": 1, "Channel": "Microsoft-Windows-Sysmon/Operational", "Computer": "ws1",
+     "Image": "C:\\Windows\\System32\\whoami.exe", "CommandLine": "=HYPERLINK(\"x\")"},
+    {"EventID": 1, "Channel": "Microsoft-Windows-Sysmon/Operational", "Computer": "ws1",
+     "Image": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "cmd"},
+]
+
+
+@pytest.fixture
+def case_files(tmp_path: Path) -> tuple[Path, Path]:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "whoami.yml").write_text(RULE, encoding="utf-8")
+    (rules / "broken.yml").write_text("title: [\n", encoding="utf-8")
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    (evidence / "events.json").write_text("\n".join(json.dumps(e) for e in EVENTS) + "\n", encoding="utf-8")
+    (evidence / "notes.bin").write_bytes(b"\x00\x01garbage")
+    return rules, evidence
+
+
+def test_hunt_jsonl(case_files: tuple[Path, Path]) -> None:
+    rules, evidence = case_files
+    result = CliRunner().invoke(app, ["hunt", str(evidence), "--rules", str(rules), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["rule_id"], r["computer"], r["author"]) for r in lines] == [
+        ("0d7c4a52-5a1f-4b3e-9c6b-0f3f6a4b1a01", "ws1", "Tester")
+    ]
+    assert lines[0]["matched"] == {"Image": "C:\\Windows\\System32\\whoami.exe"}
+    assert "notes.bin" in result.stderr  # the unreadable file is named in a warning
+    assert "rules loaded 1, skipped 1, detections 1" in result.stderr
+
+
+def test_hunt_csv_to_file_guards_formulas(case_files: tuple[Path, Path], tmp_path: Path) -> None:
+    rules, evidence = case_files
+    out = tmp_path / "out.csv"
+    # a rule matching the formula-looking command line
+    (rules / "formula.yml").write_text(
+        RULE.replace("1a01", "1a09").replace(
+            "Image|endswith: '\\whoami.exe'", "CommandLine|contains: 'HYPERLINK'"
+        ),
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["hunt", str(evidence), "-r", str(rules), "-f", "csv", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert len(rows) == 2
+    formula = next(r for r in rows if r["rule_id"].endswith("1a09"))
+    assert json.loads(formula["matched"]) == {"CommandLine": '=HYPERLINK("x")'}
+
+
+def test_hunt_min_level_and_bad_format(case_files: tuple[Path, Path]) -> None:
+    rules, evidence = case_files
+    runner = CliRunner()
+    high = runner.invoke(app, ["hunt", str(evidence), "-r", str(rules), "-f", "json", "--min-level", "high"])
+    assert high.exit_code == 0 and json.loads(high.stdout) == []
+    bad = runner.invoke(app, ["hunt", str(evidence), "-r", str(rules), "-f", "xml"])
+    assert bad.exit_code == 2 and "unknown --format" in bad.stderr
+
+
+def test_rules_check_lists_skipped(case_files: tuple[Path, Path]) -> None:
+    rules, _ = case_files
+    result = CliRunner().invoke(app, ["rules", "check", "--rules", str(rules)])
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.splitlines()
+    kind, path, rule_id, reason = line.split("\t")
+    assert (kind, Path(path).name, rule_id) == ("skipped", "broken.yml", "-")
+    assert reason.startswith("invalid Sigma YAML")
+    assert "1 rules and 0 correlations loaded, 1 skipped, from 2 files" in result.stderr
+
+
+def test_hunt_without_installed_rules_says_what_to_do(case_files: tuple[Path, Path]) -> None:
+    _, evidence = case_files
+    result = CliRunner().invoke(app, ["hunt", str(evidence)])
+    assert result.exit_code == 2
+    assert "casefile rules update" in result.stderr
+
+
+@pytest.fixture
+def web_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A static HTTP server on 127.0.0.1 serving tmp_path/www."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rules_update_downloads_and_installs(
+    web_root: tuple[str, Path], case_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, root = web_root
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("rules/windows/whoami.yml", RULE)
+        z.writestr("rules-emerging-threats/README.md", "not a rule")
+    (root / "sigma_all_rules.zip").write_bytes(buf.getvalue())
+    (root / "enterprise-attack.json").write_text('{"type": "bundle", "objects": []}', encoding="utf-8")
+    monkeypatch.setenv("CASEFILE_SIGMA_URL", f"{url}/sigma_all_rules.zip")
+    monkeypatch.setenv("CASEFILE_ATTACK_URL", f"{url}/enterprise-attack.json")
+    runner = CliRunner()
+    update = runner.invoke(app, ["rules", "update"])
+    assert update.exit_code == 0, update.output
+    assert "installed 1 rule files" in update.stderr
+    _, evidence = case_files
+    hunt = runner.invoke(app, ["hunt", str(evidence), "-f", "jsonl"])  # --rules defaults to installed
+    assert hunt.exit_code == 0, hunt.output
+    assert len(hunt.stdout.splitlines()) == 1
+
+
+def test_rules_update_rejects_zip_slip(web_root: tuple[str, Path]) -> None:
+    url, root = web_root
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("../evil.yml", RULE)
+    (root / "bad.zip").write_bytes(buf.getvalue())
+    (root / "attack.json").write_text("{}", encoding="utf-8")
+    result = CliRunner().invoke(
+        app, ["rules", "update", "--sigma-url", f"{url}/bad.zip", "--attack-url", f"{url}/attack.json"]
+    )
+    assert result.exit_code == 2 and "unsafe member path" in result.stderr
+
+
+def test_rules_update_from_local_copy(tmp_path: Path, case_files: tuple[Path, Path]) -> None:
+    src = tmp_path / "offline"
+    (src / "sigma" / "rules").mkdir(parents=True)
+    (src / "sigma" / "rules" / "whoami.yml").write_text(RULE, encoding="utf-8")
+    (src / "attack").mkdir()
+    (src / "attack" / "enterprise-attack.json").write_text("{}", encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(app, ["rules", "update", "--from", str(src)])
+    assert result.exit_code == 0, result.output
+    assert "enterprise-attack.json" in result.stderr
+    check = runner.invoke(app, ["rules", "check"])
+    assert check.exit_code == 0 and "1 rules and 0 correlations loaded, 0 skipped" in check.stderr
