@@ -52,6 +52,27 @@ def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> list[
     return problems
 
 
+RECORD_MAGIC = b"\x2a\x2a\x00\x00"
+CHUNK_HEADER_SIZE = 512
+
+
+def _complete_records(chunk: bytes) -> tuple[int, int | None]:
+    """Where the whole records of a (cut) chunk end, and the number of the record cut off, if any.
+
+    Records follow the 512-byte chunk header back to back, each starting with its magic, its size
+    and its number, and ending with its size again.
+    """
+    offset = CHUNK_HEADER_SIZE
+    while offset + 24 <= len(chunk) and chunk.startswith(RECORD_MAGIC, offset):
+        size, number = struct.unpack_from("<IQ", chunk, offset + 4)
+        if size < 28 or offset + size > len(chunk):
+            return offset, number
+        if struct.unpack_from("<I", chunk, offset + size - 4)[0] != size:
+            return offset, number
+        offset += size
+    return min(offset, len(chunk)), None
+
+
 def _records(
     parser: Any, source: str, on_warning: WarningSink, *, first_index: int, what: str = ""
 ) -> Iterator[RawRecord]:
@@ -154,9 +175,19 @@ class EvtxReader:
         declared: int, source: str, on_warning: WarningSink,
     ) -> Iterator[RawRecord]:
         """Parse the cut-off last chunk alone, zero-padded to full size, for the records it still holds."""
+        if partial < CHUNK_HEADER_SIZE:
+            on_warning(IngestWarning(
+                source,
+                f"truncated EVTX: file ends {partial} bytes into chunk {full_chunks}, inside its header "
+                f"(chunks are {CHUNK_SIZE} bytes; header declares {declared}); later records are lost",
+            ))
+            return
         stream.seek(HEADER_SIZE + full_chunks * CHUNK_SIZE)
         tail = stream.read(partial)
-        padded = header + tail + bytes(CHUNK_SIZE - len(tail))
+        complete, cut_record = _complete_records(tail)
+        # Zeros after the last whole record end the parser's walk; the zeros must not reach into a
+        # cut record, which would otherwise parse into a record of garbage.
+        padded = header + tail[:complete] + bytes(CHUNK_SIZE - complete)
         recovered = 0
         try:
             parser = PyEvtxParser(io.BytesIO(padded), number_of_threads=1)
@@ -170,8 +201,9 @@ class EvtxReader:
         on_warning(IngestWarning(
             source,
             f"truncated EVTX: file ends {partial} bytes into chunk {full_chunks} (chunks are {CHUNK_SIZE} "
-            f"bytes; header declares {declared}); recovered {recovered} records from the partial chunk, "
-            "later records are lost",
+            f"bytes; header declares {declared}); recovered {recovered} records from the partial chunk"
+            + (f", record {cut_record} was cut off" if cut_record is not None else "")
+            + ", later records are lost",
         ))
 
 
