@@ -52,12 +52,8 @@ CREATE TABLE IF NOT EXISTS evidence (
 CREATE TABLE IF NOT EXISTS events (
     evidence_sha256 VARCHAR, seq BIGINT, ts TIMESTAMP, computer VARCHAR, channel VARCHAR,
     provider VARCHAR, event_id INTEGER, record_id BIGINT, fields VARCHAR);
-CREATE TABLE IF NOT EXISTS detections (
-    id VARCHAR PRIMARY KEY, evidence_sha256 VARCHAR, kind VARCHAR, rule_id VARCHAR, rule_title VARCHAR,
-    level INTEGER, rule_status VARCHAR, rule_author VARCHAR, rule_tags VARCHAR[], rule_description VARCHAR,
-    rule_references VARCHAR[], rule_path VARCHAR, ts TIMESTAMP, computer VARCHAR, channel VARCHAR,
-    event_id INTEGER, record_id BIGINT, file VARCHAR, matched VARCHAR, fields VARCHAR, grp VARCHAR,
-    indicator VARCHAR, source VARCHAR);
+CREATE TABLE IF NOT EXISTS detections ({detection_columns});
+CREATE TABLE IF NOT EXISTS correlation_inputs ({detection_columns});
 CREATE TABLE IF NOT EXISTS warnings (
     evidence_sha256 VARCHAR, file VARCHAR, record BIGINT, reason VARCHAR, stage VARCHAR, added_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS clusters (id VARCHAR PRIMARY KEY, seq INTEGER, body VARCHAR);
@@ -69,6 +65,14 @@ CREATE TABLE IF NOT EXISTS software (id VARCHAR PRIMARY KEY, name VARCHAR, type 
 CREATE TABLE IF NOT EXISTS rules (id VARCHAR PRIMARY KEY, title VARCHAR, path VARCHAR, text VARCHAR);
 CREATE TABLE IF NOT EXISTS notes (id INTEGER, created_at TIMESTAMP, author VARCHAR, text VARCHAR);
 """
+
+_DETECTION_COLUMNS_SQL = """
+    id VARCHAR PRIMARY KEY, evidence_sha256 VARCHAR, kind VARCHAR, rule_id VARCHAR, rule_title VARCHAR,
+    level INTEGER, rule_status VARCHAR, rule_author VARCHAR, rule_tags VARCHAR[], rule_description VARCHAR,
+    rule_references VARCHAR[], rule_path VARCHAR, ts TIMESTAMP, computer VARCHAR, channel VARCHAR,
+    event_id INTEGER, record_id BIGINT, file VARCHAR, matched VARCHAR, fields VARCHAR, grp VARCHAR,
+    indicator VARCHAR, source VARCHAR"""
+_SCHEMA = _SCHEMA.replace("{detection_columns}", _DETECTION_COLUMNS_SQL)
 
 _EVENT_SCHEMA = pa.schema(
     [
@@ -142,7 +146,13 @@ class Note:
 
 
 class EvidenceBatch:
-    """What one evidence file contributes; filled while the file is read, written in `Case.add_evidence`."""
+    """What one evidence file contributes: filled while the file is read, written by the case.
+
+    Events are flushed to the database in chunks (inside the file's transaction) so that a large
+    file does not have to fit in memory; detections and warnings are written at the end.
+    """
+
+    FLUSH_EVERY = 50_000
 
     def __init__(self, sha256: str, path: str, size: int, fmt: str | None) -> None:
         self.sha256 = sha256
@@ -150,17 +160,20 @@ class EvidenceBatch:
         self.size = size
         self.format = fmt
         self._events: dict[str, list[Any]] = {name: [] for name in _EVENT_SCHEMA.names}
+        self._flushed = 0
+        self._sink: Callable[[pa.Table], None] | None = None
         self.detections: list[Detection] = []
+        self.correlation_inputs: list[Detection] = []
         self.warnings: list[IngestWarning] = []
 
     @property
     def event_count(self) -> int:
-        return len(self._events["seq"])
+        return self._flushed + len(self._events["seq"])
 
     def add_event(self, ev: Event) -> None:
         cols = self._events
         cols["evidence_sha256"].append(self.sha256)
-        cols["seq"].append(len(cols["seq"]))
+        cols["seq"].append(self.event_count)
         cols["ts"].append(to_naive_utc(ev.timestamp))
         cols["computer"].append(ev.computer)
         cols["channel"].append(ev.channel)
@@ -168,9 +181,17 @@ class EvidenceBatch:
         cols["event_id"].append(ev.event_id)
         cols["record_id"].append(ev.record_id)
         cols["fields"].append(dumps(dict(ev.fields)))
+        if self._sink is not None and len(cols["seq"]) >= self.FLUSH_EVERY:
+            self.flush()
 
-    def events_table(self) -> pa.Table:
-        return pa.Table.from_pydict(self._events, schema=_EVENT_SCHEMA)
+    def flush(self) -> None:
+        """Hand buffered events to the open transaction (no-op outside `Case.evidence`)."""
+        if self._sink is None or not self._events["seq"]:
+            return
+        table = pa.Table.from_pydict(self._events, schema=_EVENT_SCHEMA)
+        self._sink(table)
+        self._flushed += table.num_rows
+        self._events = {name: [] for name in _EVENT_SCHEMA.names}
 
 
 class Case:
@@ -296,11 +317,44 @@ class Case:
         return self._con.execute("SELECT 1 FROM evidence WHERE sha256 = ?", [sha256]).fetchone() is not None
 
     def add_evidence(self, batch: EvidenceBatch) -> bool:
-        """Store one file's events, detections and warnings atomically; False if it was already there."""
+        """Store a filled batch atomically; False (nothing written) if the file is already in the case."""
+        if self.has_evidence(batch.sha256):
+            return False
+        with self._open_batch(batch):
+            pass
+        return True
+
+    @contextmanager
+    def evidence(self, sha256: str, path: str, size: int, fmt: str | None) -> Iterator[EvidenceBatch]:
+        """Stream one file into the case: fill the yielded batch; it is committed when the block ends.
+
+        An exception (or the process dying) inside the block leaves the case without any of the file.
+        """
+        batch = EvidenceBatch(sha256, path, size, fmt)
+        with self._open_batch(batch):
+            yield batch
+
+    @contextmanager
+    def _open_batch(self, batch: EvidenceBatch) -> Iterator[None]:
         with self.transaction() as con:
+
+            def sink(table: pa.Table) -> None:
+                con.register("_casefile_batch", table)
+                try:
+                    con.execute("INSERT INTO events SELECT * FROM _casefile_batch")
+                finally:
+                    con.unregister("_casefile_batch")
+
+            batch._sink = sink
+            try:
+                yield
+                batch.flush()
+            finally:
+                batch._sink = None
             if self.has_evidence(batch.sha256):
-                return False
+                raise CaseError(f"{batch.path}: already in the case (sha256 {batch.sha256})")
             stored = self._insert_detections(con, batch.detections, batch.sha256)
+            self._insert_detections(con, batch.correlation_inputs, batch.sha256, table="correlation_inputs")
             con.execute(
                 "INSERT INTO evidence VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -314,17 +368,15 @@ class Case:
                     stored,
                 ],
             )
-            table = batch.events_table()
-            con.register("_casefile_batch", table)
-            try:
-                con.execute("INSERT INTO events SELECT * FROM _casefile_batch")
-            finally:
-                con.unregister("_casefile_batch")
             self._insert_warnings(con, batch.warnings, "ingest", batch.sha256)
-        return True
 
     def _insert_detections(
-        self, con: duckdb.DuckDBPyConnection, detections: Iterable[Detection], sha: str | None
+        self,
+        con: duckdb.DuckDBPyConnection,
+        detections: Iterable[Detection],
+        sha: str | None,
+        *,
+        table: str = "detections",
     ) -> int:
         rows = {}
         for d in detections:
@@ -334,7 +386,8 @@ class Case:
             return 0
         cols = ", ".join(DETECTION_COLUMNS)
         marks = ", ".join("?" for _ in DETECTION_COLUMNS)
-        con.executemany(f"INSERT OR IGNORE INTO detections ({cols}) VALUES ({marks})", list(rows.values()))
+        # `table` is one of our two table names, never data.
+        con.executemany(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", list(rows.values()))
         return len(rows)
 
     def _insert_warnings(
@@ -353,11 +406,31 @@ class Case:
             con.execute("DELETE FROM detections WHERE kind = ? AND evidence_sha256 IS NULL", [kind])
             return self._insert_detections(con, detections, None)
 
-    def add_warnings(self, warnings: Sequence[IngestWarning], *, stage: str) -> None:
-        """Record warnings that belong to no single evidence file (rules, knowledge base, ...)."""
+    def add_warnings(self, warnings: Sequence[IngestWarning], *, stage: str, replace: bool = False) -> None:
+        """Record warnings that belong to no single evidence file (discovery, rules, knowledge base).
+
+        A warning already recorded for the same stage, file, record and reason is not repeated;
+        `replace` first drops the stage's earlier warnings (for steps recomputed on every run).
+        """
+        now = to_naive_utc(self._clock())
         with self.transaction() as con:
-            con.execute("DELETE FROM warnings WHERE stage = ? AND evidence_sha256 IS NULL", [stage])
-            self._insert_warnings(con, warnings, stage, None)
+            if replace:
+                con.execute("DELETE FROM warnings WHERE stage = ? AND evidence_sha256 IS NULL", [stage])
+            for w in dict.fromkeys(warnings):
+                con.execute(
+                    "INSERT INTO warnings SELECT NULL, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM warnings WHERE stage = ? AND file = ? "
+                    "AND record IS NOT DISTINCT FROM ? AND reason = ?)",
+                    [w.file, w.record, w.reason, stage, now, stage, w.file, w.record, w.reason],
+                )
+
+    def correlation_inputs(self) -> list[Detection]:
+        """Hits of rules that feed correlations (suppressed ones included), in time order."""
+        cur = self._con.execute(
+            f"SELECT {', '.join(DETECTION_COLUMNS)} FROM correlation_inputs "
+            "ORDER BY ts NULLS LAST, file, record_id, id"
+        )
+        return [detection_from_row(dict(zip(DETECTION_COLUMNS, r, strict=True))) for r in cur.fetchall()]
 
     def evidence_files(self) -> list[EvidenceRecord]:
         rows = self._con.execute(

@@ -1,9 +1,212 @@
-"""CLI commands of the case stage."""
+"""CLI commands of the case stage: `investigate`, `case show|timeline|export|note`."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import Progress, TaskID
+from rich.table import Table
+from rich.text import Text
+
+from casefile.case.investigate import Attributor, StageProgress, investigate
+from casefile.case.store import Case
+from casefile.case.timeline import TIMELINE_FORMATS, build_timeline
+from casefile.cli._common import console, handle_errors, progress
+from casefile.config import Settings
+from casefile.errors import ConfigError
+from casefile.models import Level
+
+case_app = typer.Typer(
+    help="Look into a case folder: summary, timeline, exports, notes.", no_args_is_help=True
+)
+
+
+class _Bars:
+    """Adapts investigate's stages to rich progress bars (one bar per stage)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self._bar = bar
+        self._task: TaskID | None = None
+
+    def stage(self, name: str, total: int | None) -> None:
+        if self._task is not None:  # the previous stage is over: show its bar full
+            done = self._bar.tasks[-1].total or 1
+            self._bar.update(self._task, total=done, completed=done)
+        self._task = self._bar.add_task(name, total=total)
+
+    def advance(self, amount: int = 1) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, amount)
+
+    def finish(self) -> None:
+        self.stage("Done", 1)
+        self.advance()
+
+
+@contextmanager
+def _stage_bars() -> Iterator[StageProgress]:
+    with progress() as bar:
+        bars = _Bars(bar)
+        yield bars
+        bars.finish()
+
+
+def _default_rules() -> list[Path]:
+    rules = Settings.from_env().rules_dir
+    return [rules] if rules.is_dir() else []
+
+
+def _default_kb() -> list[Path]:
+    attack = Settings.from_env().attack_dir
+    return sorted(attack.glob("enterprise-attack.json*")) if attack.is_dir() else []
+
+
+def _attributor(kb: list[Path]) -> Attributor | None:
+    """The knowledge-base attributor, or None (attribution skipped, with a warning) without a KB."""
+    paths = kb or _default_kb()
+    if not paths:
+        return None
+    raise ConfigError("attribution engine not available in this build; run without --kb")
+
+
+@handle_errors
+def investigate_cmd(
+    evidence: Annotated[list[Path], typer.Argument(help="Evidence files or folders (EVTX, JSON, zip, gz).")],
+    case: Annotated[Path, typer.Option("--case", help="Case folder (created if missing, extended if not).")],
+    rules: Annotated[
+        list[Path] | None,
+        typer.Option("--rules", help="Sigma rule files/folders (default: installed rules)."),
+    ] = None,
+    kb: Annotated[
+        list[Path] | None, typer.Option("--kb", help="ATT&CK STIX bundle(s) (default: installed bundle).")
+    ] = None,
+    min_level: Annotated[
+        str, typer.Option("--min-level", help="Lowest rule level to report.")
+    ] = "informational",
+    window: Annotated[int, typer.Option("--window", help="Clustering time window in minutes.")] = 120,
+) -> None:
+    """Hunt, correlate, cluster, attribute and report: the whole case from collected evidence."""
+    with _stage_bars() as bars:
+        result = investigate(
+            evidence,
+            case,
+            rules=rules or _default_rules(),
+            attributor=_attributor(kb or []),
+            min_level=Level.parse(min_level),
+            window=timedelta(minutes=window),
+            progress=bars,
+        )
+    for w in result.warnings:
+        console.print(Text.assemble(("warning: ", "yellow"), str(w)), highlight=False, soft_wrap=True)
+    console.print(
+        f"case {result.case_dir}: {result.files_added} new evidence files "
+        f"({result.files_already_in_case} already in the case), {result.events_added} events, "
+        f"{result.detections_added} detections, {result.correlation_detections} correlation hits, "
+        f"{result.clusters} clusters; {result.rules_loaded} rules loaded, {result.rules_skipped} skipped",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for path in result.reports:
+        typer.echo(str(path))
+
+
+@case_app.command("show")
+@handle_errors
+def show_cmd(case_dir: Annotated[Path, typer.Argument(help="Case folder.")]) -> None:
+    """Counts, hosts, clusters and their most likely group."""
+    from casefile.report.summary import case_summary
+
+    with Case.open(case_dir, read_only=True) as case:
+        s = case_summary(case)
+    counts = s["counts"]
+    out = Table(title=f"case {s['case']}", show_header=False)
+    for key, value in counts.items():
+        out.add_row(key.replace("_", " "), str(value))
+    out.add_row("levels", ", ".join(f"{k} {v}" for k, v in s["detections_by_level"].items()))
+    out.add_row("first / last seen", f"{s['first_seen']} / {s['last_seen']}")
+    out.add_row("ATT&CK", str(s["attack_version"] or "not loaded"))
+    top = s["attribution"]
+    out.add_row(
+        "attribution",
+        f"{top['name']} ({top['group_id']}) p={top['probability']}" if top and top["name"] else "not run",
+    )
+    stdout = Console(highlight=False)
+    stdout.print(out)
+    clusters = Table("cluster", "detections", "hosts", "most likely group")
+    for c in s["clusters"]:
+        a = c["attribution"]
+        clusters.add_row(
+            c["id"],
+            str(c["detections"]),
+            ", ".join(c["hosts"]),
+            f"{a['name']} p={a['probability']}" if a and a["name"] else "-",
+        )
+    stdout.print(clusters)
+
+
+@case_app.command("timeline")
+@handle_errors
+def timeline_cmd(
+    case_dir: Annotated[Path, typer.Argument(help="Case folder.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help=f"One of: {', '.join(TIMELINE_FORMATS.names())}.")
+    ] = "csv",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+    ] = None,
+) -> None:
+    """Every detection in time order with host, account, process and ATT&CK tactic."""
+    writer = TIMELINE_FORMATS.get(fmt)
+    with Case.open(case_dir, read_only=True) as case:
+        entries = build_timeline(case)
+    if output is None:
+        writer(entries, sys.stdout)
+    else:
+        with output.open("w", encoding="utf-8", newline="") as fh:
+            writer(entries, fh)
+        typer.echo(str(output))
+
+
+@case_app.command("export")
+@handle_errors
+def export_cmd(
+    case_dir: Annotated[Path, typer.Argument(help="Case folder.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder (default: the case folder).")
+    ] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Output name(s), e.g. report.html.")
+    ] = None,
+) -> None:
+    """(Re)write report.html, navigator-layer.json, bundle.json and summary.json."""
+    from casefile.report import write_reports
+
+    with Case.open(case_dir, read_only=True) as case:
+        for path in write_reports(case, output, names=only):
+            typer.echo(str(path))
+
+
+@case_app.command("note")
+@handle_errors
+def note_cmd(
+    case_dir: Annotated[Path, typer.Argument(help="Case folder.")],
+    text: Annotated[str, typer.Argument(help="The note.")],
+    author: Annotated[str | None, typer.Option("--author")] = None,
+) -> None:
+    """Add an analyst note to the case (shown in the report)."""
+    with Case.open(case_dir) as case:
+        note = case.add_note(text, author=author)
+    typer.echo(f"note {note.id} added")
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+    app.command("investigate")(investigate_cmd)
+    app.add_typer(case_app, name="case")

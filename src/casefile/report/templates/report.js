@@ -11,7 +11,9 @@
   var shown = document.getElementById("shown");
   var sortKey = "time";
   var sortDir = 1;
-  var MAX_ROWS = 5000;
+  var PAGE = 250;
+  var limit = PAGE;
+  var more = document.getElementById("more");
 
   function cellValue(row, key) {
     if (key === "level") { return LEVELS.indexOf(row.level); }
@@ -40,7 +42,7 @@
       return a.id < b.id ? -1 : (a.id > b.id ? 1 : 0);
     });
     var frag = document.createDocumentFragment();
-    rows.slice(0, MAX_ROWS).forEach(function (r) {
+    rows.slice(0, limit).forEach(function (r) {
       var tr = document.createElement("tr");
       COLUMNS.forEach(function (key) {
         var td = document.createElement("td");
@@ -60,7 +62,8 @@
     });
     tbody.replaceChildren(frag);
     shown.textContent = rows.length + " of " + data.length + " detections" +
-      (rows.length > MAX_ROWS ? " (first " + MAX_ROWS + " shown)" : "");
+      (rows.length > limit ? " (first " + limit + " shown)" : "");
+    more.hidden = rows.length <= limit;
   }
 
   document.querySelectorAll("#det-table th").forEach(function (th) {
@@ -73,7 +76,8 @@
       render();
     });
   });
-  filter.addEventListener("input", render);
-  level.addEventListener("change", render);
+  filter.addEventListener("input", function () { limit = PAGE; render(); });
+  level.addEventListener("change", function () { limit = PAGE; render(); });
+  more.addEventListener("click", function () { limit += PAGE * 4; render(); });
   render();
 }());

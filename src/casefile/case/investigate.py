@@ -1,0 +1,265 @@
+"""`casefile investigate`: evidence in, whole case out (hunt, correlate, cluster, attribute, report).
+
+Each evidence file is hunted and stored in its own transaction, keyed by SHA-256, so re-running on
+the same folder only adds what is new, and a run killed half way is finished by the next run.
+Case-wide steps (correlation, clustering, attribution, reports) are recomputed from the case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from casefile.case.clusters import cluster_detections
+from casefile.case.store import Case, Clock, utc_now
+from casefile.errors import ConfigError
+from casefile.hunt import RuleIndex, RuleSet, load_rules, match_event
+from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
+from casefile.ingest import EvidenceFile, discover, read_file
+from casefile.models import DetectionKind, IngestWarning, Level
+
+
+class StageProgress(Protocol):
+    """What investigate reports progress to (the CLI adapts rich progress bars to it)."""
+
+    def stage(self, name: str, total: int | None) -> None: ...
+
+    def advance(self, amount: int = 1) -> None: ...
+
+
+class _NoProgress:
+    def stage(self, name: str, total: int | None) -> None:
+        pass
+
+    def advance(self, amount: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class InvestigateResult:
+    """What one run did to the case."""
+
+    case_dir: Path
+    files_found: int
+    files_added: int
+    files_already_in_case: int
+    events_added: int
+    detections_added: int
+    correlation_detections: int
+    rules_loaded: int
+    rules_skipped: int
+    clusters: int
+    attributed: bool
+    warnings: list[IngestWarning] = field(default_factory=list)
+    reports: list[Path] = field(default_factory=list)
+
+
+def evidence_sha256(evidence: EvidenceFile, *, chunk: int = 1 << 20) -> str:
+    """SHA-256 of the evidence bytes as collected (a zip member's own bytes, a .gz file as stored)."""
+    h = hashlib.sha256()
+    if evidence.member is None:
+        with evidence.location.open("rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+        return h.hexdigest()
+    # For a zip member, hash the member (decompressed by the zip, still gzip if it was gzip).
+    import zipfile
+
+    with zipfile.ZipFile(evidence.location) as archive, archive.open(evidence.member) as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hunt_into_case(
+    case: Case,
+    evidence: Sequence[EvidenceFile],
+    ruleset: RuleSet,
+    *,
+    min_level: Level = Level.INFORMATIONAL,
+    progress: StageProgress | None = None,
+) -> tuple[int, int, int, int, list[IngestWarning]]:
+    """Hunt every file not yet in the case, one transaction per file.
+
+    Returns (files added, files already there, events added, detections added, warnings).
+    """
+    bar = progress or _NoProgress()
+    correlations = list(ruleset.correlations)
+    suppressed = suppressed_rule_ids(correlations)
+    needed = input_rule_ids(correlations)
+    index = RuleIndex([r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed])
+    added = already = events = detections = 0
+    warnings: list[IngestWarning] = []
+    bar.stage("Hashing evidence", len(evidence))
+    todo: list[tuple[EvidenceFile, str]] = []
+    seen: set[str] = set()
+    for ef in evidence:
+        try:
+            sha = evidence_sha256(ef)
+        except OSError as exc:
+            warnings.append(IngestWarning(ef.path, f"cannot read file: {exc}; skipped"))
+            bar.advance()
+            continue
+        if case.has_evidence(sha) or sha in seen:
+            already += 1
+        else:
+            seen.add(sha)
+            todo.append((ef, sha))
+        bar.advance()
+    bar.stage("Hunting evidence", sum(ef.size for ef, _ in todo))
+    fired: dict[str, str | None] = {}
+    for ef, sha in todo:
+        with case.evidence(sha, ef.path, ef.size, ef.format) as batch:
+            for ev in read_file(ef, batch.warnings.append):
+                batch.add_event(ev)
+                for d in match_event(index, ev):
+                    if d.rule.id in needed:
+                        batch.correlation_inputs.append(d)
+                    if d.rule.id not in suppressed and d.rule.level >= min_level:
+                        batch.detections.append(d)
+                        fired.setdefault(d.rule.id, d.rule.path)
+        added += 1
+        events += batch.event_count
+        detections += len(batch.detections)
+        warnings.extend(batch.warnings)
+        bar.advance(ef.size)
+    _keep_rule_texts(case, ruleset, fired)
+    return added, already, events, detections, warnings
+
+
+def _keep_rule_texts(case: Case, ruleset: RuleSet, fired: dict[str, str | None]) -> None:
+    rows = []
+    for rule_id, path in sorted(fired.items()):
+        rule = ruleset.rule(rule_id)
+        if path is None or rule is None:
+            continue
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            continue  # the case still has the rule's metadata; only the STIX pattern is left out
+        rows.append((rule_id, rule.info.title, path, text))
+    case.add_rule_texts(rows)
+
+
+def correlate_case(case: Case, ruleset: RuleSet) -> tuple[int, list[IngestWarning]]:
+    """Run the correlations over every stored input hit of the case; replace the old results."""
+    correlations = list(ruleset.correlations)
+    if not correlations:
+        return 0, []
+    warnings: list[IngestWarning] = []
+    hits = correlate(correlations, case.correlation_inputs(), on_warning=warnings.append)
+    case.replace_case_detections(DetectionKind.CORRELATION.value, hits)
+    return len(hits), warnings
+
+
+def cluster_case(case: Case, *, window: timedelta = timedelta(hours=2)) -> int:
+    clusters = cluster_detections([(sd.id, sd.detection) for sd in case.detections()], window=window)
+    case.set_clusters(clusters)
+    return len(clusters)
+
+
+Attributor = Callable[[Case, StageProgress], list[IngestWarning]]
+
+
+def investigate(
+    evidence: Sequence[str | Path],
+    case_dir: str | Path,
+    *,
+    rules: Sequence[str | Path],
+    attributor: Attributor | None = None,
+    min_level: Level = Level.INFORMATIONAL,
+    window: timedelta = timedelta(hours=2),
+    write_outputs: bool = True,
+    progress: StageProgress | None = None,
+    on_warning: Callable[[IngestWarning], None] | None = None,
+    clock: Clock = utc_now,
+) -> InvestigateResult:
+    """Add `evidence` to the case at `case_dir` (created if needed) and rebuild its results.
+
+    `attributor` (see `casefile.case.attribution.kb_attributor`) attributes the clusters; without
+    it attribution is skipped with a warning and everything else still runs.
+    """
+    from casefile.report import write_reports
+
+    bar = progress or _NoProgress()
+    if not rules:
+        raise ConfigError("no Sigma rules: pass --rules DIR (or install them with `casefile rules update`)")
+    warnings: list[IngestWarning] = []
+
+    def warn(w: IngestWarning) -> None:
+        warnings.append(w)
+        if on_warning is not None:
+            on_warning(w)
+
+    bar.stage("Loading rules", None)
+    ruleset = load_rules(rules)
+    if not ruleset.rules and not ruleset.correlations:
+        raise ConfigError(f"no usable Sigma rules under {', '.join(map(str, rules))}")
+    discovered: list[IngestWarning] = []
+    files = discover(evidence, on_warning=discovered.append)
+    for w in discovered:
+        warn(w)
+    with Case.open_or_create(case_dir, clock=clock) as case:
+        case.add_warnings(discovered, stage="discover")
+        added, already, events, detections, ingest_warnings = hunt_into_case(
+            case, files, ruleset, min_level=min_level, progress=bar
+        )
+        for w in ingest_warnings:
+            warn(w)
+        bar.stage("Correlating", None)
+        n_corr, corr_warnings = correlate_case(case, ruleset)
+        case.add_warnings(corr_warnings, stage="correlate", replace=True)
+        for w in corr_warnings:
+            warn(w)
+        bar.stage("Clustering", None)
+        n_clusters = cluster_case(case, window=window)
+        attributed = False
+        if attributor is None:
+            skip = IngestWarning(
+                str(case.root),
+                "no ATT&CK knowledge base (pass --kb BUNDLE or run `casefile rules update`): "
+                "attribution skipped",
+            )
+            case.add_warnings([skip], stage="attribute", replace=True)
+            warn(skip)
+        else:
+            attr_warnings = attributor(case, bar)
+            case.add_warnings(attr_warnings, stage="attribute", replace=True)
+            for w in attr_warnings:
+                warn(w)
+            attributed = True
+        reports: list[Path] = []
+        if write_outputs:
+            bar.stage("Writing reports", None)
+            reports = write_reports(case)
+        return InvestigateResult(
+            case_dir=case.root,
+            files_found=len(files),
+            files_added=added,
+            files_already_in_case=already,
+            events_added=events,
+            detections_added=detections,
+            correlation_detections=n_corr,
+            rules_loaded=len(ruleset),
+            rules_skipped=len(ruleset.skipped),
+            clusters=n_clusters,
+            attributed=attributed,
+            warnings=warnings,
+            reports=reports,
+        )
+
+
+__all__ = [
+    "Attributor",
+    "InvestigateResult",
+    "StageProgress",
+    "cluster_case",
+    "correlate_case",
+    "evidence_sha256",
+    "hunt_into_case",
+    "investigate",
+]

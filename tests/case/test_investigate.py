@@ -1,0 +1,178 @@
+"""`investigate` end to end: the demo evidence, re-runs, duplicates, a killed run, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from casefile.case.investigate import investigate
+from casefile.case.store import Case, sha256_file
+from casefile.cli import app
+from casefile.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_EVIDENCE = REPO / "demo" / "evidence"
+DEMO_RULES = REPO / "demo" / "rules"
+
+EXPECTED_RULES = {
+    "Web Server Worker Spawns a Command Shell": 3,
+    "ASPX File Written Into SharePoint LAYOUTS": 2,
+    "LSASS Credential Dumping Tools": 2,
+    "PsExec Service Installed": 1,
+    "Active Directory Database Copied With Ntdsutil": 1,
+    "Remote Process Creation Through WMI": 2,
+    "Exchange Mailbox Exported To PST": 2,
+    "Rclone Style Copy To Cloud Storage": 1,
+    "Volume Shadow Copies Deleted": 1,
+    "Ransom Note Written": 1,
+    "Raw Disk Access Driver Installed": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def demo_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "case"
+    investigate([DEMO_EVIDENCE], root, rules=[DEMO_RULES])
+    return root
+
+
+def test_demo_case_contents(demo_case: Path) -> None:
+    with Case.open(demo_case, read_only=True) as case:
+        evidence = case.evidence_files()
+        assert [Path(e.path).name for e in evidence] == [
+            "DC01-events.ndjson",
+            "EXCH01-sysmon.ndjson",
+            "SP01-sysmon.ndjson",
+        ]
+        for e in evidence:
+            assert e.sha256 == sha256_file(REPO / e.path if not Path(e.path).is_absolute() else Path(e.path))
+        assert case.event_count() == 26  # 27 lines, one broken
+        dets = case.detections()
+        titles: dict[str, int] = {}
+        for sd in dets:
+            titles[sd.detection.rule.title] = titles.get(sd.detection.rule.title, 0) + 1
+        assert titles == EXPECTED_RULES
+        stamps = [sd.detection.timestamp for sd in dets]
+        assert stamps == sorted(stamps)  # type: ignore[type-var]
+        intrusion, impact = case.clusters()
+        assert set(intrusion.hosts) == {
+            "SP01.mofa.gov.example",
+            "DC01.mofa.gov.example",
+            "EXCH01.mofa.gov.example",
+        }
+        assert impact.hosts == ("DC01.mofa.gov.example",) and impact.tactics == ("impact",)
+        assert len(intrusion.detection_ids) + len(impact.detection_ids) == len(dets)
+        warnings = [(w.stage, w.warning.record, w.warning.reason) for w in case.warnings()]
+        assert any(s == "ingest" and r == 5 and m.startswith("invalid JSON") for s, r, m in warnings)
+        assert any(stage == "attribute" and "attribution skipped" in reason for stage, _, reason in warnings)
+        assert case.attributions() == {}
+    summary = json.loads((demo_case / "summary.json").read_text())
+    assert summary["counts"]["detections"] == sum(EXPECTED_RULES.values())
+    assert summary["attribution"] is None
+    html = (demo_case / "report.html").read_text()
+    assert "<script>window.__casefile_xss" not in html  # escaped, never raw
+    assert "&lt;script&gt;window.__casefile_xss" in html
+
+
+def test_rerun_adds_nothing_and_copies_are_not_counted_twice(tmp_path: Path) -> None:
+    root = tmp_path / "case"
+    first = investigate([DEMO_EVIDENCE], root, rules=[DEMO_RULES], write_outputs=False)
+    assert (first.files_added, first.files_already_in_case) == (3, 0)
+    again = investigate([DEMO_EVIDENCE], root, rules=[DEMO_RULES], write_outputs=False)
+    assert (again.files_added, again.files_already_in_case, again.detections_added) == (0, 3, 0)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(DEMO_EVIDENCE / "DC01-events.ndjson", copy / "renamed.json")
+    extra = tmp_path / "extra.ndjson"
+    extra.write_text(
+        json.dumps(
+            {
+                "TimeCreated": "2022-07-16T01:00:00Z",
+                "Computer": "WS9",
+                "EventID": 7045,
+                "Channel": "System",
+                "ServiceName": "PSEXESVC",
+            }
+        )
+        + "\n"
+    )
+    more = investigate([copy, extra], root, rules=[DEMO_RULES], write_outputs=False)
+    assert (more.files_added, more.files_already_in_case, more.detections_added) == (1, 1, 1)
+    with Case.open(root, read_only=True) as case:
+        assert len(case.evidence_files()) == 4
+        assert case.detection_count() == sum(EXPECTED_RULES.values()) + 1
+        assert len(case.clusters()) == 3  # the new host a day later is its own cluster
+
+
+def test_killed_run_is_finished_by_the_next(tmp_path: Path) -> None:
+    root = tmp_path / "case"
+    # Die while the second file is being stored: the first is committed, the second must vanish.
+    script = textwrap.dedent(
+        f"""
+        import os
+        from casefile.case.investigate import investigate
+        class Die:
+            stage_name = ""
+            files = 0
+            def stage(self, name, total):
+                self.stage_name = name
+            def advance(self, amount=1):
+                if self.stage_name == "Hunting evidence":
+                    self.files += 1
+                    if self.files == 1:
+                        os._exit(7)
+        investigate([{str(DEMO_EVIDENCE)!r}], {str(root)!r}, rules=[{str(DEMO_RULES)!r}], progress=Die())
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stderr
+    with Case.open(root, read_only=True) as case:
+        assert len(case.evidence_files()) == 1
+        partial = case.detection_count()
+    result = investigate([DEMO_EVIDENCE], root, rules=[DEMO_RULES], write_outputs=False)
+    assert (result.files_added, result.files_already_in_case) == (2, 1)
+    with Case.open(root, read_only=True) as case:
+        assert case.detection_count() == sum(EXPECTED_RULES.values()) > partial
+        assert case.event_count() == 26
+
+
+def test_no_rules_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no Sigma rules"):
+        investigate([DEMO_EVIDENCE], tmp_path / "c", rules=[])
+
+
+def test_cli_investigate_show_timeline_export(tmp_path: Path) -> None:
+    runner = CliRunner()
+    root = tmp_path / "case"
+    res = runner.invoke(
+        app, ["investigate", str(DEMO_EVIDENCE), "--rules", str(DEMO_RULES), "--case", str(root)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "attribution skipped" in res.output
+    assert (root / "report.html").is_file() and (root / "bundle.json").is_file()
+    res = runner.invoke(app, ["case", "show", str(root)])
+    assert res.exit_code == 0 and "C-" in res.output and "detections" in res.output
+    res = runner.invoke(app, ["case", "timeline", str(root), "--format", "timesketch"])
+    assert res.exit_code == 0
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == sum(EXPECTED_RULES.values())
+    assert all({"message", "datetime", "timestamp_desc"} <= set(x) for x in lines)
+    out = tmp_path / "t.csv"
+    res = runner.invoke(app, ["case", "timeline", str(root), "--format", "csv", "-o", str(out)])
+    assert res.exit_code == 0 and out.read_text().startswith("timestamp,host,account")
+    res = runner.invoke(app, ["case", "note", str(root), "checked SP01 <b>", "--author", "ana"])
+    assert res.exit_code == 0
+    res = runner.invoke(
+        app, ["case", "export", str(root), "-o", str(tmp_path / "out"), "--only", "report.html"]
+    )
+    assert res.exit_code == 0
+    assert "checked SP01 &lt;b&gt;" in (tmp_path / "out" / "report.html").read_text()
+    res = runner.invoke(app, ["case", "show", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "no case here" in " ".join(res.output.split())
