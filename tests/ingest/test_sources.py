@@ -184,3 +184,24 @@ def test_file_named_like_evidence_in_a_walk(tmp_path: Path) -> None:
     events, warnings = _read(tmp_path)
     assert len(events) == 3 + 2
     assert f"{tmp_path / 'copy' / 'empty.json'}" not in {w.file for w in warnings}  # empty: no records
+
+
+def test_unreadable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    shutil.copy(ECS, locked / "beat.json")
+    shutil.copy(ECS, tmp_path / "open.json")
+    real_scandir = os.scandir
+
+    def scandir(path: str | Path) -> object:
+        # Tests run as root, whom chmod 000 does not stop: deny the folder the way the OS would.
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    events, warnings = _read(tmp_path)
+    assert {e.source_file for e in events} == {str(tmp_path / "open.json")}
+    assert warnings == [IngestWarning(str(locked), "unreadable folder: Permission denied")]

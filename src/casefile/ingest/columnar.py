@@ -31,13 +31,17 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from casefile.errors import CasefileError
-from casefile.models import Event
+from casefile.ingest.pipeline import read_file
+from casefile.ingest.plugins import WarningSink
+from casefile.ingest.sources import discover
+from casefile.models import Event, IngestWarning
 
 #: A log source: (channel, event id).
 PartitionKey = tuple[str | None, int | None]
@@ -300,3 +304,41 @@ def read_table(
     open_reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
     for batch in open_reader(batch_rows):
         yield from events_from_batch(batch)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSummary:
+    """What one ingest run read and stored."""
+
+    files: int
+    events: int
+    warnings: int
+    sources: int
+
+
+def ingest_to_duckdb(
+    paths: Sequence[str | Path],
+    con: duckdb.DuckDBPyConnection,
+    *,
+    on_warning: WarningSink,
+    table: str = "events",
+) -> IngestSummary:
+    """Read every evidence file under `paths` into the events table; count files, events, warnings."""
+    warnings = 0
+
+    def warn(warning: IngestWarning) -> None:
+        nonlocal warnings
+        warnings += 1
+        on_warning(warning)
+
+    evidence = discover(paths, on_warning=warn)
+    keys: set[PartitionKey] = set()
+
+    def events() -> Iterator[Event]:
+        for file in evidence:
+            for event in read_file(file, warn):
+                keys.add(partition_key(event))
+                yield event
+
+    written = write_events(con, events(), table)
+    return IngestSummary(files=len(evidence), events=written, warnings=warnings, sources=len(keys))

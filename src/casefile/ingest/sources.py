@@ -41,9 +41,13 @@ def _pick(head: bytes, name: str) -> str | None:
     return best
 
 
-def _walk(path: Path) -> Iterator[Path]:
+def _walk(path: Path, on_warning: WarningSink) -> Iterator[Path]:
     """Files under a folder in a stable order; symlinked folders are not followed (no loops)."""
-    for root, dirs, files in os.walk(path):
+
+    def unreadable(exc: OSError) -> None:
+        on_warning(IngestWarning(str(exc.filename or path), f"unreadable folder: {exc.strerror or exc}"))
+
+    for root, dirs, files in os.walk(path, onerror=unreadable):
         dirs.sort()
         for name in sorted(files):
             yield Path(root) / name
@@ -124,7 +128,7 @@ def discover(
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            for file in _walk(path):
+            for file in _walk(path, sink):
                 found.extend(_classify(file, sink))
         elif path.is_file():
             found.extend(_classify(path, sink))
