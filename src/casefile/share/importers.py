@@ -1,0 +1,418 @@
+"""Reading partners' intel: STIX 2.1 bundles/envelopes, MISP feed folders and events, CSV lists.
+
+Each format is a reader registered by name; a reader turns one source into items (indicators,
+other STIX objects, or per-object issues) and `import_intel` stores them. A bad object is an issue
+naming the source, the object and the reason; the rest of the source is imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from casefile.errors import IntelError
+from casefile.registry import Registry
+from casefile.share.models import Atom, AtomKind, ImportResult, IndicatorInput, IntelIssue
+from casefile.share.patterns import atom_pattern, guess_atom, normalise
+from casefile.share.store import TLP_BY_MARKING_ID, IntelStore, tlp_name
+
+#: Namespace of ids casefile gives indicators that did not come as STIX (CSV rows, MISP attributes).
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://casefile/intel")
+
+Item = IndicatorInput | dict[str, Any] | IntelIssue
+#: A reader: (source name, content, base folder for feeds) -> items.
+Reader = Callable[[str, Any], Iterator[Item]]
+
+READERS: Registry[Reader] = Registry("intel format")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOptions:
+    """Defaults for what a source does not say itself."""
+
+    source: str | None = None  # name to record (default: the file name or URL)
+    tlp: str | None = None  # marking for rows/objects without one
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A STIX/MISP/CSV timestamp (ISO 8601 or epoch seconds) as aware UTC; None when empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) or (isinstance(value, str) and value.strip().isdigit()):
+        return datetime.fromtimestamp(int(value), tz=UTC)
+    if not isinstance(value, str):
+        raise IntelError(f"not a timestamp: {value!r}")
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        raise IntelError(f"not a timestamp: {value!r}") from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+# -- STIX ---------------------------------------------------------------------------------------
+def _stix_tlp(obj: Mapping[str, Any], markings: Mapping[str, str]) -> str | None:
+    for ref in obj.get("object_marking_refs") or ():
+        name = markings.get(ref) or TLP_BY_MARKING_ID.get(ref)
+        if name:
+            return name
+    return None
+
+
+def _marking_names(objects: list[Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for o in objects:
+        if not isinstance(o, dict) or o.get("type") != "marking-definition":
+            continue
+        definition = o.get("definition")
+        text = None
+        if o.get("definition_type") == "tlp" and isinstance(definition, dict):
+            text = str(definition.get("tlp", ""))
+        elif isinstance(o.get("name"), str):
+            text = o["name"]
+        name = tlp_name(text) if text else None
+        if name and isinstance(o.get("id"), str):
+            out[o["id"]] = name
+    return out
+
+
+def read_stix(source: str, data: Any) -> Iterator[Item]:
+    """Objects of a STIX 2.1 bundle or TAXII envelope (a parsed JSON object)."""
+    if not isinstance(data, dict) or not isinstance(data.get("objects", []), list):
+        yield IntelIssue(source, "-", "not a STIX bundle or TAXII envelope (no 'objects' list)")
+        return
+    objects: list[Any] = data.get("objects") or []
+    markings = _marking_names(objects)
+    for n, obj in enumerate(objects):
+        if (
+            not isinstance(obj, dict)
+            or not isinstance(obj.get("type"), str)
+            or not isinstance(obj.get("id"), str)
+        ):
+            yield IntelIssue(source, f"objects[{n}]", "not a STIX object (needs string 'type' and 'id')")
+            continue
+        if obj.get("spec_version", "2.1") != "2.1":
+            yield IntelIssue(source, obj["id"], f"spec_version {obj.get('spec_version')!r} is not 2.1")
+            continue
+        if obj["type"] != "indicator":
+            yield obj
+            continue
+        if obj.get("pattern_type", "stix") != "stix" or not isinstance(obj.get("pattern"), str):
+            yield IntelIssue(
+                source, obj["id"], f"pattern_type {obj.get('pattern_type')!r} is not a STIX pattern"
+            )
+            continue
+        try:
+            first = parse_time(obj.get("valid_from") or obj.get("created"))
+            last = parse_time(obj.get("modified")) or first
+        except IntelError as exc:
+            yield IntelIssue(source, obj["id"], str(exc))
+            continue
+        yield IndicatorInput(
+            id=obj["id"],
+            pattern=obj["pattern"],
+            name=obj.get("name"),
+            description=obj.get("description"),
+            source=source,
+            tlp=_stix_tlp(obj, markings),
+            first_seen=first,
+            last_seen=last,
+            labels=tuple(str(x) for x in obj.get("labels") or ()),
+            raw=obj,
+        )
+
+
+# -- MISP ---------------------------------------------------------------------------------------
+#: MISP attribute types casefile can match, by the atom kind their value becomes.
+MISP_TYPES: dict[str, AtomKind] = {
+    "md5": AtomKind.HASH,
+    "sha1": AtomKind.HASH,
+    "sha256": AtomKind.HASH,
+    "sha512": AtomKind.HASH,
+    "imphash": AtomKind.HASH,
+    "ip-dst": AtomKind.IP,
+    "ip-src": AtomKind.IP,
+    "domain": AtomKind.DOMAIN,
+    "hostname": AtomKind.DOMAIN,
+    "url": AtomKind.URL,
+    "uri": AtomKind.URL,
+    "link": AtomKind.URL,
+}
+_MISP_COMPOSITE = {  # "filename|sha256" -> the part that is matchable
+    "filename|md5": 1,
+    "filename|sha1": 1,
+    "filename|sha256": 1,
+    "filename|sha512": 1,
+    "filename|imphash": 1,
+    "ip-dst|port": 0,
+    "ip-src|port": 0,
+    "domain|ip": 0,
+    "hostname|port": 0,
+}
+_MISP_HASH_NAMES = {
+    "md5": "MD5",
+    "sha1": "SHA-1",
+    "sha256": "SHA-256",
+    "sha512": "SHA-512",
+    "imphash": "IMPHASH",
+}
+
+
+def _misp_tlp(tags: Any) -> str | None:
+    for tag in tags or ():
+        name = tag.get("name") if isinstance(tag, dict) else None
+        if isinstance(name, str) and name.lower().startswith("tlp:"):
+            found = tlp_name(name)
+            if found:
+                return found
+    return None
+
+
+def read_misp_event(source: str, data: Any) -> Iterator[Item]:
+    """Indicators of one MISP event (`{"Event": {...}}`): attributes flagged to_ids, objects' too."""
+    event = data.get("Event") if isinstance(data, dict) else None
+    if not isinstance(event, dict):
+        yield IntelIssue(source, "-", "not a MISP event (no 'Event' object)")
+        return
+    event_tlp = _misp_tlp(event.get("Tag"))
+    event_info = event.get("info")
+    attributes: list[Any] = list(event.get("Attribute") or [])
+    for obj in event.get("Object") or []:
+        if isinstance(obj, dict):
+            attributes.extend(obj.get("Attribute") or [])
+    for n, attr in enumerate(attributes):
+        if not isinstance(attr, dict):
+            yield IntelIssue(source, f"Attribute[{n}]", "not a MISP attribute object")
+            continue
+        ident = str(attr.get("uuid") or f"Attribute[{n}]")
+        atype, value = str(attr.get("type", "")), attr.get("value")
+        if not attr.get("to_ids", True) or not isinstance(value, str):
+            continue
+        if atype in _MISP_COMPOSITE:
+            parts = value.split("|")
+            if len(parts) != 2:
+                yield IntelIssue(source, ident, f"{atype} value {value!r} is not two '|'-separated parts")
+                continue
+            value = parts[_MISP_COMPOSITE[atype]]
+            atype = atype.split("|")[_MISP_COMPOSITE[atype]]
+            atype = {"ip": "ip-dst", "port": "ip-dst"}.get(atype, atype)
+        kind = MISP_TYPES.get(atype)
+        if kind is None:
+            continue  # not a kind of indicator casefile matches (filenames, mutexes, ...): not an error
+        try:
+            atom = Atom(kind, normalise(kind, value))
+            stamp = parse_time(attr.get("timestamp"))
+            first = parse_time(attr.get("first_seen")) or stamp
+            last = parse_time(attr.get("last_seen")) or stamp
+        except IntelError as exc:
+            yield IntelIssue(source, ident, str(exc))
+            continue
+        yield IndicatorInput(
+            id=f"indicator--{attr['uuid']}" if _is_uuid(attr.get("uuid")) else _indicator_id(atom),
+            pattern=atom_pattern(atom, _MISP_HASH_NAMES.get(atype)),
+            name=f"{atype}: {value}",
+            description=attr.get("comment") or event_info,
+            source=source,
+            tlp=_misp_tlp(attr.get("Tag")) or event_tlp,
+            first_seen=first,
+            last_seen=last,
+            labels=(f"misp:{attr.get('category')}",) if attr.get("category") else (),
+        )
+
+
+def read_misp_feed(source: str, folder: Any) -> Iterator[Item]:
+    """A MISP feed folder: `manifest.json` naming events, one `<uuid>.json` file per event."""
+    base = Path(folder)
+    manifest_path = base / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        yield IntelIssue(str(manifest_path), "-", f"cannot read MISP feed manifest: {exc}")
+        return
+    if not isinstance(manifest, dict):
+        yield IntelIssue(str(manifest_path), "-", "MISP feed manifest is not an object of event uuids")
+        return
+    for event_uuid in sorted(manifest):
+        if not _is_uuid(event_uuid):
+            yield IntelIssue(str(manifest_path), event_uuid, "manifest key is not an event uuid")
+            continue
+        path = base / f"{event_uuid}.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            yield IntelIssue(source, event_uuid, f"cannot read event file {path.name}: {exc}")
+            continue
+        yield from read_misp_event(f"{source}/{event_uuid}", data)
+
+
+# -- CSV ----------------------------------------------------------------------------------------
+def read_csv(source: str, text: Any) -> Iterator[Item]:
+    """A CSV list: a `value` (or `indicator`) column, optional `type`, `tlp`, `first_seen`,
+    `last_seen`, `description`/`comment`, `source`; without a header, one value per line."""
+    rows = list(csv.reader(io.StringIO(str(text))))
+    if not rows:
+        return
+    header = [h.strip().lower() for h in rows[0]]
+    value_col = next((header.index(c) for c in ("value", "indicator", "ioc") if c in header), None)
+    if value_col is None:
+        header, body, start = ["value"], rows, 1
+        value_col = 0
+    else:
+        body, start = rows[1:], 2
+    for line, row in enumerate(body, start=start):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        cells = {h: (row[i].strip() if i < len(row) else "") for i, h in enumerate(header)}
+        value = row[value_col].strip() if value_col < len(row) else ""
+        try:
+            atom = guess_atom(value, cells.get("type") or None)
+            first = parse_time(cells.get("first_seen"))
+            last = parse_time(cells.get("last_seen")) or first
+            tlp = tlp_name(cells["tlp"]) if cells.get("tlp") else None
+            if cells.get("tlp") and tlp is None:
+                raise IntelError(f"unknown TLP marking {cells['tlp']!r}")
+        except IntelError as exc:
+            yield IntelIssue(source, f"line {line}", str(exc))
+            continue
+        yield IndicatorInput(
+            id=_indicator_id(atom),
+            pattern=atom_pattern(atom),
+            name=value,
+            description=cells.get("description") or cells.get("comment") or None,
+            source=cells.get("source") or source,
+            tlp=tlp,
+            first_seen=first,
+            last_seen=last,
+        )
+
+
+def _indicator_id(atom: Atom) -> str:
+    return f"indicator--{uuid.uuid5(NAMESPACE, f'{atom.kind.value}:{atom.value}')}"
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+READERS.register("stix", read_stix)
+READERS.register("misp-event", read_misp_event)
+READERS.register("misp-feed", read_misp_feed)
+READERS.register("csv", read_csv)
+
+
+# -- dispatch -----------------------------------------------------------------------------------
+def detect(data: Any) -> str:
+    """The reader for parsed JSON content."""
+    if isinstance(data, dict) and "Event" in data:
+        return "misp-event"
+    return "stix"
+
+
+def _sources(target: str | Path) -> Iterator[tuple[str, str, Any] | IntelIssue]:
+    """(name, reader, content) for a file, folder or http(s) URL."""
+    text_target = str(target)
+    if text_target.startswith(("http://", "https://")):
+        yield _fetch(text_target)
+        return
+    path = Path(target)
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            yield (str(path), "misp-feed", path)
+            return
+        for child in sorted(path.rglob("*")):
+            if child.is_file() and child.suffix.lower() in (".json", ".csv", ".txt"):
+                yield from _file_source(child)
+        return
+    if not path.exists():
+        raise IntelError(f"{path}: no such file, folder or URL")
+    yield from _file_source(path)
+
+
+def _file_source(path: Path) -> Iterator[tuple[str, str, Any] | IntelIssue]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        yield IntelIssue(str(path), "-", f"cannot read: {exc}")
+        return
+    if path.suffix.lower() in (".csv", ".txt"):
+        yield (str(path), "csv", text)
+        return
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        yield IntelIssue(str(path), "-", f"not JSON: {exc}")
+        return
+    yield (str(path), detect(data), data)
+
+
+def _fetch(url: str) -> tuple[str, str, Any] | IntelIssue:
+    import httpx
+
+    try:
+        resp = httpx.get(url, timeout=60, follow_redirects=True)
+        resp.raise_for_status()
+    except httpx.HTTPError as exc:
+        return IntelIssue(url, "-", f"cannot fetch: {exc}")
+    if "csv" in resp.headers.get("content-type", "") or url.lower().endswith(".csv"):
+        return (url, "csv", resp.text)
+    try:
+        data = resp.json()
+    except ValueError as exc:
+        return IntelIssue(url, "-", f"not JSON: {exc}")
+    return (url, detect(data), data)
+
+
+def import_intel(store: IntelStore, target: str | Path, options: ImportOptions | None = None) -> ImportResult:
+    """Import a file, folder (MISP feed or a tree of bundles/CSVs) or URL into the store.
+
+    Per-object problems are collected in the result's `issues`; the rest is imported and committed.
+    """
+    opts = options or ImportOptions()
+    total = ImportResult(source=opts.source or str(target))
+    for entry in _sources(target):
+        if isinstance(entry, IntelIssue):
+            total.issues.append(entry)
+            continue
+        name, reader, content = entry
+        result = ImportResult(source=opts.source or name)
+        with store.transaction():
+            for item in READERS.get(reader)(opts.source or name, content):
+                _store_item(store, item, result, opts)
+        total.add(result)
+    return total
+
+
+def _store_item(store: IntelStore, item: Item, result: ImportResult, opts: ImportOptions) -> None:
+    if isinstance(item, IntelIssue):
+        result.issues.append(item)
+    elif isinstance(item, IndicatorInput):
+        if item.tlp is None and opts.tlp is not None:
+            item = IndicatorInput(**{**_fields(item), "tlp": opts.tlp})
+        try:
+            if store.add_indicator(item):
+                result.indicators_new += 1
+            else:
+                result.indicators_merged += 1
+        except IntelError as exc:
+            result.issues.append(IntelIssue(item.source, item.id, str(exc)))
+    else:
+        try:
+            store.add_object(item, result.source)
+            result.objects += 1
+        except IntelError as exc:
+            result.issues.append(IntelIssue(result.source, str(item.get("id", "-")), str(exc)))
+
+
+def _fields(item: IndicatorInput) -> dict[str, Any]:
+    return {name: getattr(item, name) for name in item.__dataclass_fields__}

@@ -1,0 +1,229 @@
+"""Intel import: STIX bundles, MISP feed folders, CSV lists; deduplication; per-object errors."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stix2
+
+from casefile.errors import IntelError
+from casefile.share import ImportOptions, IntelStore, import_intel
+from casefile.share.models import Atom, AtomKind
+
+SHA256 = "a" * 64
+AMBER = stix2.TLP_AMBER.id
+GREEN = stix2.TLP_GREEN.id
+
+
+def indicator(n: int, pattern: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": f"indicator--{n:08d}-0000-4000-8000-000000000000",
+        "created": "2022-07-10T00:00:00.000Z",
+        "modified": "2022-07-12T00:00:00.000Z",
+        "valid_from": "2022-07-10T00:00:00Z",
+        "pattern": pattern,
+        "pattern_type": "stix",
+        **extra,
+    }
+
+
+def write_bundle(path: Path, objects: list[Any]) -> Path:
+    path.write_text(json.dumps({"type": "bundle", "id": "bundle--0", "objects": objects}), encoding="utf-8")
+    return path
+
+
+def test_stix_bundle_bad_pattern_is_one_issue_rest_imported(tmp_path: Path) -> None:
+    bundle = write_bundle(
+        tmp_path / "partner.json",
+        [
+            indicator(1, "[ipv4-addr:value ISSUBSET '203.0.113.0/24']", object_marking_refs=[AMBER]),
+            indicator(2, "[file:hashes.'SHA-256' = "),
+            indicator(3, "[domain-name:value = 'c2.example']", name="C2"),
+            {
+                "type": "intrusion-set",
+                "spec_version": "2.1",
+                "id": "intrusion-set--00000000-0000-4000-8000-00000000000a",
+                "created": "2022-07-01T00:00:00Z",
+                "modified": "2022-07-01T00:00:00Z",
+                "name": "HomeLand Justice",
+            },
+            {
+                "type": "malware",
+                "spec_version": "2.1",
+                "id": "malware--00000000-0000-4000-8000-00000000000b",
+                "created": "2022-07-01T00:00:00Z",
+                "modified": "2022-07-01T00:00:00Z",
+                "name": "ZeroCleare",
+                "is_family": True,
+            },
+            "not an object",
+        ],
+    )
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, bundle)
+        assert (result.indicators_new, result.indicators_merged, result.objects) == (2, 0, 2)
+        assert [(i.object, i.reason.split(":")[0]) for i in result.issues] == [
+            ("indicator--00000002-0000-4000-8000-000000000000", 'invalid STIX pattern "[file'),
+            ("objects[5]", "not a STIX object (needs string 'type' and 'id')"),
+        ]
+        by_id = {i.id: i for i in store.indicators()}
+        net = by_id["indicator--00000001-0000-4000-8000-000000000000"]
+        assert net.tlp == "TLP:AMBER"
+        assert net.atoms == (Atom(AtomKind.IP, "203.0.113.0/24"),)
+        assert net.first_seen == datetime(2022, 7, 10, tzinfo=UTC)
+        assert net.last_seen == datetime(2022, 7, 12, tzinfo=UTC)
+        assert net.sources == (str(bundle),)
+        kb_objects = store.stix_objects(["intrusion-set", "malware"])
+        assert sorted(o["name"] for o in kb_objects) == ["HomeLand Justice", "ZeroCleare"]
+        written = json.loads(store.write_bundle(tmp_path / "kb.json", ["intrusion-set"]).read_text())
+        assert [o["name"] for o in written["objects"]] == ["HomeLand Justice"]
+        assert stix2.parse(written, allow_custom=True).objects[0].name == "HomeLand Justice"
+
+
+def test_same_indicator_from_two_sources_is_one_indicator(tmp_path: Path) -> None:
+    bundle = write_bundle(
+        tmp_path / "a.json",
+        [
+            indicator(1, f"[file:hashes.'SHA-256' = '{SHA256.upper()}']", object_marking_refs=[GREEN]),
+        ],
+    )
+    csv = tmp_path / "b.csv"
+    csv.write_text(
+        "type,value,tlp,first_seen,last_seen\n"
+        f"sha256,{SHA256},red,2022-07-01T00:00:00Z,2022-07-30T00:00:00Z\n",
+        encoding="utf-8",
+    )
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        assert import_intel(store, bundle).indicators_new == 1
+        second = import_intel(store, csv, ImportOptions(source="partner-csv"))
+        assert (second.indicators_new, second.indicators_merged) == (0, 1)
+        assert import_intel(store, bundle).indicators_merged == 1  # a third time: still one
+        (only,) = store.indicators()
+        assert only.sources == (str(bundle), "partner-csv")
+        assert only.tlp == "TLP:RED"  # the most restrictive marking wins
+        assert only.first_seen == datetime(2022, 7, 1, tzinfo=UTC)
+        assert only.last_seen == datetime(2022, 7, 30, tzinfo=UTC)
+        assert only.id == "indicator--00000001-0000-4000-8000-000000000000"
+
+
+def test_csv_with_and_without_header_bad_rows_reported(tmp_path: Path) -> None:
+    listed = tmp_path / "list.csv"
+    listed.write_text(
+        "value,type,description\n198.51.100.7,ip,beacon\nnot a thing,,\nevil.example,domain,\n# note,,\n",
+        encoding="utf-8",
+    )
+    bare = tmp_path / "bare.txt"
+    bare.write_text("https://evil.example/payload.ps1\nd41d8cd98f00b204e9800998ecf8427e\n", encoding="utf-8")
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, tmp_path)  # a folder of lists
+        assert result.indicators_new == 4
+        assert [(i.source, i.object) for i in result.issues] == [(str(listed), "line 3")]
+        kinds = sorted(a.kind.value for i in store.indicators() for a in i.atoms)
+        assert kinds == ["domain", "hash", "ip", "url"]
+        beacon = next(i for i in store.indicators() if i.name == "198.51.100.7")
+        assert beacon.description == "beacon"
+
+
+def misp_event(uuid: str, attributes: list[dict[str, Any]], **event: Any) -> dict[str, Any]:
+    return {"Event": {"uuid": uuid, "info": "wiper campaign", "Attribute": attributes, **event}}
+
+
+def test_misp_feed_folder_with_a_broken_event(tmp_path: Path) -> None:
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    good = "5f1a0000-0000-4000-8000-000000000001"
+    broken = "5f1a0000-0000-4000-8000-000000000002"
+    missing = "5f1a0000-0000-4000-8000-000000000003"
+    (feed / "manifest.json").write_text(json.dumps({good: {"info": "x"}, broken: {}, missing: {}}))
+    (feed / f"{broken}.json").write_text("{not json")
+    (feed / f"{good}.json").write_text(
+        json.dumps(
+            misp_event(
+                good,
+                [
+                    {
+                        "uuid": "6a000000-0000-4000-8000-000000000001",
+                        "type": "sha256",
+                        "value": SHA256,
+                        "to_ids": True,
+                        "timestamp": "1657843200",
+                        "category": "Payload delivery",
+                    },
+                    {
+                        "uuid": "6a000000-0000-4000-8000-000000000002",
+                        "type": "ip-dst|port",
+                        "value": "203.0.113.5|443",
+                        "to_ids": True,
+                        "timestamp": "1657843200",
+                        "Tag": [{"name": "tlp:red"}],
+                    },
+                    {
+                        "uuid": "6a000000-0000-4000-8000-000000000003",
+                        "type": "domain",
+                        "value": "ok.example",
+                        "to_ids": False,
+                    },
+                    {
+                        "uuid": "6a000000-0000-4000-8000-000000000004",
+                        "type": "domain",
+                        "value": "bad domain!",
+                        "to_ids": True,
+                    },
+                    {
+                        "uuid": "6a000000-0000-4000-8000-000000000005",
+                        "type": "mutex",
+                        "value": "Global\\x",
+                        "to_ids": True,
+                    },
+                ],
+                Tag=[{"name": "tlp:amber"}],
+                Object=[
+                    {
+                        "Attribute": [
+                            {
+                                "uuid": "6a000000-0000-4000-8000-000000000006",
+                                "type": "url",
+                                "value": "http://c2.example/gate",
+                                "to_ids": True,
+                                "timestamp": "1657843200",
+                            },
+                        ]
+                    }
+                ],
+            )
+        )
+    )
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, feed)
+        assert result.indicators_new == 3
+        reasons = {i.object: i.reason for i in result.issues}
+        assert set(reasons) == {broken, missing, "6a000000-0000-4000-8000-000000000004"}
+        assert "cannot read event file" in reasons[broken]
+        by_id = {i.id: i for i in store.indicators()}
+        port = by_id["indicator--6a000000-0000-4000-8000-000000000002"]
+        assert port.atoms == (Atom(AtomKind.IP, "203.0.113.5"),)
+        assert port.tlp == "TLP:RED"
+        sha = by_id["indicator--6a000000-0000-4000-8000-000000000001"]
+        assert sha.tlp == "TLP:AMBER"
+        assert sha.first_seen == datetime(2022, 7, 15, tzinfo=UTC)
+        assert sha.pattern == f"[file:hashes.'SHA-256' = '{SHA256}']"
+
+
+def test_unreadable_targets_are_issues_or_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "junk.json").write_text("[1, 2")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, tmp_path)
+        assert sorted(i.source for i in result.issues) == [
+            str(tmp_path / "junk.json"),
+            str(tmp_path / "list.json"),
+        ]
+        assert store.count() == (0, 0)
+        with pytest.raises(IntelError, match="no such file"):
+            import_intel(store, tmp_path / "absent.json")

@@ -1,0 +1,77 @@
+"""STIX patterns to matchable atoms: what is matched, what is noted, what is rejected."""
+
+from __future__ import annotations
+
+import pytest
+
+from casefile.errors import IntelError
+from casefile.share.models import Atom, AtomKind
+from casefile.share.patterns import atom_pattern, guess_atom, parse_pattern
+
+SHA256 = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+
+
+def test_or_combined_comparisons_become_normalised_atoms() -> None:
+    atoms, note = parse_pattern(
+        f"[file:hashes.'SHA-256' = '{SHA256}'] OR [ipv4-addr:value ISSUBSET '198.51.100.9/24'] "
+        "OR [domain-name:value IN ('Evil.Example.', 'b.example')] OR [url:value = 'http://x.example/a']"
+        " OR [ipv6-addr:value = '2001:DB8::1']"
+    )
+    assert atoms == [
+        Atom(AtomKind.DOMAIN, "b.example"),
+        Atom(AtomKind.DOMAIN, "evil.example"),
+        Atom(AtomKind.HASH, SHA256.lower()),
+        Atom(AtomKind.IP, "198.51.100.0/24"),
+        Atom(AtomKind.IP, "2001:db8::1"),
+        Atom(AtomKind.URL, "http://x.example/a"),
+    ]
+    assert note is None
+
+
+def test_unmatchable_comparisons_are_noted_not_dropped_silently() -> None:
+    atoms, note = parse_pattern("[file:name = 'a.exe'] OR [domain-name:value = 'c2.example']")
+    assert atoms == [Atom(AtomKind.DOMAIN, "c2.example")]
+    assert note == "not matchable: file:name ="
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "[file:name = 'a.exe' AND file:hashes.MD5 = 'd41d8cd98f00b204e9800998ecf8427e']",
+        "[domain-name:value = 'a.example'] FOLLOWEDBY [domain-name:value = 'b.example']",
+        "[domain-name:value = 'a.example'] REPEATS 2 TIMES",
+    ],
+)
+def test_and_followedby_and_qualifiers_store_no_atoms(pattern: str) -> None:
+    atoms, note = parse_pattern(pattern)
+    assert atoms == []
+    assert note is not None and "AND/FOLLOWEDBY" in note
+
+
+def test_broken_pattern_and_bad_value_raise_intel_error_naming_the_pattern() -> None:
+    with pytest.raises(IntelError, match="invalid STIX pattern"):
+        parse_pattern("[file:hashes.'SHA-256' = ")
+    with pytest.raises(IntelError, match="not an IP address"):
+        parse_pattern("[ipv4-addr:value = '300.1.1.1']")
+
+
+def test_atom_patterns_parse_back_to_the_same_atom() -> None:
+    for atom in (
+        Atom(AtomKind.HASH, "d41d8cd98f00b204e9800998ecf8427e"),
+        Atom(AtomKind.IP, "10.0.0.0/8"),
+        Atom(AtomKind.IP, "2001:db8::1"),
+        Atom(AtomKind.DOMAIN, "evil.example"),
+        Atom(AtomKind.URL, "http://evil.example/it's"),
+    ):
+        assert parse_pattern(atom_pattern(atom)) == ([atom], None)
+
+
+def test_guess_atom_by_type_column_or_shape() -> None:
+    assert guess_atom("1.2.3.4") == Atom(AtomKind.IP, "1.2.3.4")
+    assert guess_atom("EVIL.example") == Atom(AtomKind.DOMAIN, "evil.example")
+    assert guess_atom("https://evil.example/x") == Atom(AtomKind.URL, "https://evil.example/x")
+    assert guess_atom("10.1.2.0/23", "cidr") == Atom(AtomKind.IP, "10.1.2.0/23")
+    with pytest.raises(IntelError, match="unknown indicator type"):
+        guess_atom("x", "mutex")
+    with pytest.raises(IntelError, match="cannot tell"):
+        guess_atom("not an indicator")
