@@ -1,9 +1,152 @@
-"""CLI commands of the share stage."""
+"""CLI commands of the share stage: intel import, export stix|misp, serve, users add, collections add."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from casefile.cli._common import console, handle_errors
+from casefile.config import Settings
+
+intel_app = typer.Typer(
+    help="Partners' indicators: import STIX, MISP feeds and CSV lists.", no_args_is_help=True
+)
+export_app = typer.Typer(
+    help="Export a case for partners (STIX 2.1 bundle, MISP feed).", no_args_is_help=True
+)
+users_app = typer.Typer(help="Accounts of the TAXII server.", no_args_is_help=True)
+collections_app = typer.Typer(help="Collections of the TAXII server.", no_args_is_help=True)
+
+STORE_HELP = "intel store file (default: <CASEFILE_HOME>/intel.duckdb)"
+DATA_HELP = "server state folder (default: <CASEFILE_HOME>/taxii)"
+
+
+def _store_path(store: Path | None) -> Path:
+    from casefile.share import default_store_path
+
+    return store or default_store_path(Settings.from_env())
+
+
+def _data_dir(data: Path | None) -> Path:
+    from casefile.web import default_data_dir
+
+    return data or default_data_dir(Settings.from_env())
+
+
+@intel_app.command("import")
+@handle_errors
+def intel_import(
+    targets: list[str] = typer.Argument(
+        ..., help="STIX bundle, MISP feed folder or event, CSV, folder or URL"
+    ),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+    source: str | None = typer.Option(None, "--source", help="name to record as the source"),
+    tlp: str | None = typer.Option(None, "--tlp", help="TLP for indicators that carry none (e.g. amber)"),
+) -> None:
+    """Import indicators and STIX objects; a bad object is reported and the rest imported."""
+    from casefile.errors import IntelError
+    from casefile.share import ImportOptions, ImportResult, IntelStore, import_intel
+    from casefile.share.store import tlp_name
+
+    marking = tlp_name(tlp) if tlp else None
+    if tlp and marking is None:
+        raise IntelError(f"unknown TLP {tlp!r}: use clear, green, amber, amber+strict or red")
+    total = ImportResult(source=", ".join(targets))
+    with IntelStore.open(_store_path(store)) as intel:
+        for target in targets:
+            total.add(import_intel(intel, target, ImportOptions(source=source, tlp=marking)))
+        n_ind, n_obj = intel.count()
+    for issue in total.issues:
+        console.print(f"warning: {issue}", style="yellow", highlight=False, markup=False)
+    typer.echo(
+        f"{total.indicators_new} new indicators, {total.indicators_merged} merged, "
+        f"{total.objects} other objects, "
+        f"{len(total.issues)} problems; store holds {n_ind} indicators and {n_obj} objects"
+    )
+
+
+def _export(fmt: str, case: Path, out: Path | None) -> None:
+    from casefile.share import export_case
+
+    typer.echo(str(export_case(case, fmt, out)))
+
+
+@export_app.command("stix")
+@handle_errors
+def export_stix(
+    case: Path = typer.Argument(..., help="case folder"),
+    out: Path | None = typer.Option(
+        None, "--out", help="file to write (default <case>/export/case.stix.json)"
+    ),
+) -> None:
+    """Write the case's STIX 2.1 bundle (with sightings of matched indicators)."""
+    _export("stix", case, out)
+
+
+@export_app.command("misp")
+@handle_errors
+def export_misp(
+    case: Path = typer.Argument(..., help="case folder"),
+    out: Path | None = typer.Option(None, "--out", help="feed folder to write (default <case>/export/misp)"),
+) -> None:
+    """Write the case as a MISP feed folder (manifest.json + event file + hashes.csv)."""
+    _export("misp", case, out)
+
+
+@users_app.command("add")
+@handle_errors
+def users_add(
+    name: str = typer.Argument(..., help="account name (the HTTP Basic user name)"),
+    role: str = typer.Option("analyst", "--role", help="admin | analyst | partner"),
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+) -> None:
+    """Create an account (or renew its token) and print its token."""
+    from casefile.errors import ConfigError
+    from casefile.web import Role, TaxiiState
+
+    try:
+        chosen = Role(role.lower())
+    except ValueError:
+        raise ConfigError(f"unknown role {role!r}: use admin, analyst or partner") from None
+    typer.echo(TaxiiState(_data_dir(data)).add_user(name, chosen))
+
+
+@collections_app.command("add")
+@handle_errors
+def collections_add(
+    title: str = typer.Argument(..., help="collection title"),
+    read: list[str] = typer.Option([], "--read", help="account that may read (repeatable)"),
+    write: list[str] = typer.Option([], "--write", help="account that may write (repeatable)"),
+    description: str | None = typer.Option(None, "--description"),
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+) -> None:
+    """Create a collection with per-account rights and print its id."""
+    from casefile.web import TaxiiState
+
+    typer.echo(
+        TaxiiState(_data_dir(data)).add_collection(title, description=description, read=read, write=write)
+    )
+
+
+@handle_errors
+def serve(
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="address to bind (loopback unless you mean otherwise)"
+    ),
+    port: int = typer.Option(8000, "--port"),
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+) -> None:
+    """Run the TAXII 2.1 server (discovery at /taxii2/)."""
+    from casefile.web import serve as run_server
+
+    run_server(_data_dir(data), host=host, port=port)
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+    app.add_typer(intel_app, name="intel")
+    app.add_typer(export_app, name="export")
+    app.add_typer(users_app, name="users")
+    app.add_typer(collections_app, name="collections")
+    app.command("serve")(serve)
