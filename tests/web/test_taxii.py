@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,9 +15,34 @@ import pytest
 import requests
 from taxii2client.exceptions import AccessError
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
-from tests.web.conftest import Server as Srv
+
+from casefile.web import Role, TaxiiState, running_server
 
 TAXII = "application/taxii+json;version=2.1"
+
+
+@dataclass(frozen=True)
+class Srv:
+    url: str
+    data: Path
+    tokens: dict[str, str]
+    shared: str  # collection partner reads, analyst writes
+    internal: str  # collection only the analyst reads and writes
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Srv]:
+    data = tmp_path_factory.mktemp("taxii")
+    state = TaxiiState(data)
+    tokens = {
+        "admin": state.add_user("admin", Role.ADMIN),
+        "analyst": state.add_user("analyst", Role.ANALYST),
+        "partner": state.add_user("partner", Role.PARTNER),
+    }
+    shared = state.add_collection("Shared with allies", read=["partner", "analyst"], write=["analyst"])
+    internal = state.add_collection("CERT internal", read=["analyst"], write=["analyst"])
+    with running_server(data) as url:
+        yield Srv(url, data, tokens, shared, internal)
 
 
 def indicator(n: int, modified: str = "2022-07-12T00:00:00.000Z", tag: str = "t") -> dict[str, Any]:
