@@ -1,9 +1,9 @@
 """casefile.case: the case folder (DuckDB), its timeline and activity clusters, and `investigate`.
 
-    Case.create(path) / Case.open(path) / Case.open_or_create(path)
-    investigate(evidence, case_dir, rules=..., attributor=...) -> InvestigateResult
-    build_timeline(case) -> list[TimelineEntry];  TIMELINE_FORMATS: csv, jsonl, timesketch
-    cluster_detections(pairs, window=...) -> list[Cluster]
+Case.create(path) / Case.open(path) / Case.open_or_create(path)
+investigate(evidence, case_dir, rules=..., attributor=...) -> InvestigateResult
+build_timeline(case) -> list[TimelineEntry];  TIMELINE_FORMATS: csv, jsonl, timesketch
+cluster_detections(pairs, window=...) -> list[Cluster]
 """
 
 from casefile.case.clusters import Cluster, cluster_detections

@@ -231,7 +231,7 @@ def investigate(
             case.add_warnings(attr_warnings, stage="attribute", replace=True)
             for w in attr_warnings:
                 warn(w)
-            attributed = True
+            attributed = bool(case.attributions())
         reports: list[Path] = []
         if write_outputs:
             bar.stage("Writing reports", None)

@@ -20,7 +20,7 @@ from casefile.case.store import Case
 from casefile.case.timeline import TIMELINE_FORMATS, build_timeline
 from casefile.cli._common import console, handle_errors, progress
 from casefile.config import Settings
-from casefile.errors import ConfigError
+from casefile.errors import KnowledgeBaseError
 from casefile.models import Level
 
 case_app = typer.Typer(
@@ -63,17 +63,17 @@ def _default_rules() -> list[Path]:
     return [rules] if rules.is_dir() else []
 
 
-def _default_kb() -> list[Path]:
-    attack = Settings.from_env().attack_dir
-    return sorted(attack.glob("enterprise-attack.json*")) if attack.is_dir() else []
-
-
 def _attributor(kb: list[Path]) -> Attributor | None:
     """The knowledge-base attributor, or None (attribution skipped, with a warning) without a KB."""
-    paths = kb or _default_kb()
-    if not paths:
-        return None
-    raise ConfigError("attribution engine not available in this build; run without --kb")
+    from casefile.attack import installed_bundles
+    from casefile.case.attribution import kb_attributor
+
+    if not kb:
+        try:
+            kb = installed_bundles(Settings.from_env().attack_dir)
+        except KnowledgeBaseError:
+            return None
+    return kb_attributor(kb)
 
 
 @handle_errors

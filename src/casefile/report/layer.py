@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
 
@@ -13,8 +14,9 @@ NAVIGATOR_VERSION = "5.1.0"
 
 
 def _major(version: str | None) -> str | None:
-    """Navigator wants the ATT&CK major version ("18"), the knowledge base may say "18.1"."""
-    return version.split(".")[0] if version else None
+    """Navigator wants the ATT&CK major version ("18"); the knowledge base may say "18.1" or "v18"."""
+    m = re.match(r"^\s*v?(\d+)(?:\.\d+)*\s*$", version or "")
+    return m.group(1) if m else None
 
 
 def navigator_layer(case: Case, *, name: str | None = None) -> dict[str, Any]:

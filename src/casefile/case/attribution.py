@@ -1,0 +1,124 @@
+"""Attribute a case: each activity cluster, and the case as a whole, against an ATT&CK knowledge base.
+
+The ATT&CK names the report needs (techniques, tactics in matrix order, software) are copied into the
+case at the same time, so reports and exports never need the knowledge base again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from casefile.attack import KnowledgeBase, load_knowledge_base
+from casefile.attribute.engine import attribute
+from casefile.attribute.models import Attribution, Evidence, TechniqueSighting
+from casefile.case.investigate import Attributor, StageProgress
+from casefile.case.store import Case, StoredDetection, TechniqueInfo
+from casefile.errors import KnowledgeBaseError
+from casefile.models import Detection, DetectionKind, IngestWarning
+
+
+def evidence_from(detections: Iterable[Detection]) -> Evidence:
+    """What the attribution engine weighs, from a set of detections.
+
+    Techniques are counted per detection and per distinct host; software comes from `attack.sNNNN`
+    tags; groups named by actor-specific rules (`attack.gNNNN`) or by matched indicators' sources
+    count as indicator evidence.
+    """
+    counts: dict[str, int] = defaultdict(int)
+    hosts: dict[str, set[str]] = defaultdict(set)
+    software: list[str] = []
+    groups: list[str] = []
+    stamps = []
+    for d in detections:
+        for tid in d.rule.techniques:
+            counts[tid] += 1
+            if d.computer:
+                hosts[tid].add(d.computer.lower())
+        software.extend(s for s in d.rule.software if s not in software)
+        groups.extend(g for g in d.rule.groups if g not in groups)
+        if d.kind is DetectionKind.IOC and d.source and d.source not in groups:
+            groups.append(d.source)
+        if d.timestamp is not None:
+            stamps.append(d.timestamp)
+    return Evidence(
+        techniques=tuple(
+            TechniqueSighting(tid, count=n, hosts=max(len(hosts[tid]), 1))
+            for tid, n in sorted(counts.items())
+        ),
+        software=tuple(software),
+        indicator_groups=tuple(groups),
+        first_seen=min(stamps) if stamps else None,
+        last_seen=max(stamps) if stamps else None,
+    )
+
+
+def _catalog(kb: KnowledgeBase, seen: Iterable[str]) -> list[TechniqueInfo]:
+    """Every parent technique (the matrix) plus the sub-techniques the case saw."""
+    wanted = set(seen)
+    out = []
+    for t in kb.techniques.values():
+        if not t.is_subtechnique or t.id in wanted:
+            out.append(TechniqueInfo(t.id, t.name, t.tactics, t.is_subtechnique))
+    return sorted(out, key=lambda t: t.id)
+
+
+def attribute_case(
+    case: Case, kb: KnowledgeBase, *, top: int = 10, progress: StageProgress | None = None
+) -> list[IngestWarning]:
+    """Attribute every cluster and the whole case; store results and ATT&CK names in the case."""
+    stored = case.detections()
+    by_id: dict[str, StoredDetection] = {sd.id: sd for sd in stored}
+    clusters = case.clusters()
+    if progress is not None:
+        progress.stage("Attributing clusters", len(clusters) + 1)
+    results: dict[str, Attribution] = {}
+    for cl in clusters:
+        results[cl.id] = attribute(
+            evidence_from(by_id[i].detection for i in cl.detection_ids if i in by_id), kb, top=top
+        )
+        if progress is not None:
+            progress.advance()
+    results["case"] = attribute(evidence_from(sd.detection for sd in stored), kb, top=top)
+    if progress is not None:
+        progress.advance()
+    seen = {t for sd in stored for t in sd.detection.rule.techniques}
+    software = {s for sd in stored for s in sd.detection.rule.software}
+    case.set_attributions(
+        results,
+        attack_version=kb.attack_version,
+        techniques=_catalog(kb, seen),
+        tactics=[(t.shortname, t.name) for t in kb.tactics()],
+    )
+    case.set_software(
+        [(s.id, s.name, s.kind) for sid in sorted(software) if (s := kb.software(sid)) is not None]
+    )
+    unknown = sorted(t for t in seen if kb.technique(t) is None)
+    if not unknown:
+        return []
+    return [
+        IngestWarning(
+            str(case.root),
+            f"{len(unknown)} technique ids from rule tags are not in ATT&CK {kb.attack_version}: "
+            f"{', '.join(unknown[:20])}; kept in the case, not weighed by attribution",
+        )
+    ]
+
+
+def kb_attributor(bundles: Sequence[Path], *, top: int = 10) -> Attributor:
+    """An `investigate` attributor that loads the bundles once it is needed.
+
+    A knowledge base that cannot be loaded becomes a warning: the rest of the case is kept.
+    """
+
+    def run(case: Case, progress: StageProgress) -> list[IngestWarning]:
+        progress.stage("Loading ATT&CK knowledge base", None)
+        try:
+            kb = load_knowledge_base(list(bundles))
+        except KnowledgeBaseError as exc:
+            where = ", ".join(map(str, bundles))
+            return [IngestWarning(where, f"knowledge base not loaded ({exc}); attribution skipped")]
+        return attribute_case(case, kb, top=top, progress=progress)
+
+    return run
