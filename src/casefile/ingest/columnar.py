@@ -95,21 +95,30 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _typed(fields: Mapping[str, Any]) -> str | None:
-    typed = {k: v for k, v in fields.items() if v is not None and not isinstance(v, str)}
-    return json.dumps(typed, ensure_ascii=False, default=_json_default) if typed else None
-
-
 def _batch(events: Sequence[Event]) -> pa.RecordBatch:
     offsets = [0]
     keys: list[str] = []
     values: list[str | None] = []
+    typed_column: list[str | None] = []
+    append = values.append
     for e in events:
-        for k, v in e.fields.items():
-            keys.append(k)
-            values.append(field_text(v))
+        fields = e.fields
+        keys.extend(fields)
+        typed: dict[str, Any] | None = None
+        # One pass per event: strings (most values) go straight to the MAP.
+        for k, v in fields.items():
+            if v.__class__ is str or v is None:
+                append(v)
+            else:
+                append(field_text(v))
+                if typed is None:
+                    typed = {}
+                typed[k] = v
         offsets.append(len(keys))
-    fields = pa.MapArray.from_arrays(
+        typed_column.append(
+            json.dumps(typed, ensure_ascii=False, default=_json_default) if typed is not None else None
+        )
+    fields_array = pa.MapArray.from_arrays(
         pa.array(offsets, type=pa.int32()),
         pa.array(keys, type=pa.string()),
         pa.array(values, type=pa.string()),
@@ -122,8 +131,8 @@ def _batch(events: Sequence[Event]) -> pa.RecordBatch:
         pa.array([e.event_id for e in events], type=pa.int32()),
         pa.array([e.record_id for e in events], type=pa.int64()),
         pa.array([e.source_file for e in events], type=pa.string()),
-        fields,
-        pa.array([_typed(e.fields) for e in events], type=pa.string()),
+        fields_array,
+        pa.array(typed_column, type=pa.string()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=EVENT_SCHEMA)
 
