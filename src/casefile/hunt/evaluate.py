@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from casefile.hunt import ir
@@ -120,18 +120,59 @@ def glob_regex(parts: tuple[ir.GlobPart, ...]) -> str:
     return "".join(out)
 
 
-def _str_test(node: ir.StrMatch) -> Callable[[str], bool]:
-    v = node.value
-    if node.op == "eq":
-        return lambda s: s == v
-    if node.op == "startswith":
-        return lambda s: s.startswith(v)
-    if node.op == "endswith":
-        return lambda s: s.endswith(v)
-    if node.op == "contains":
-        return lambda s: v in s
-    rx = re.compile(glob_regex(node.parts), re.DOTALL)
-    return lambda s: rx.fullmatch(s) is not None
+def _str_test(op: ir.StrOp, leaves: Sequence[ir.StrMatch]) -> Callable[[str], bool]:
+    """One test for several same-field, same-op string leaves ORed together (one C-level call)."""
+    values = [leaf.value for leaf in leaves]
+    if op == "eq":
+        if len(values) == 1:
+            v = values[0]
+            return lambda s: s == v
+        members = frozenset(values)
+        return lambda s: s in members
+    if op == "startswith":
+        prefixes = tuple(values)
+        return lambda s: s.startswith(prefixes)
+    if op == "endswith":
+        suffixes = tuple(values)
+        return lambda s: s.endswith(suffixes)
+    if op == "contains":
+        if len(values) == 1:
+            v = values[0]
+            return lambda s: v in s
+        rx = re.compile("|".join(re.escape(v) for v in values), re.DOTALL)
+    else:
+        rx = re.compile("|".join(f"(?:{glob_regex(leaf.parts)})" for leaf in leaves), re.DOTALL)
+        return lambda s: rx.fullmatch(s) is not None
+    return lambda s: rx.search(s) is not None
+
+
+def _str_leaf(field: str | None, cased: bool, test: Callable[[str], bool]) -> Predicate:
+    if field is None:
+        return _keyword(test, cased)
+    fname = field
+
+    def pred(view: EventView, rec: dict[str, Any] | None) -> bool:
+        for s in view.strings(fname) if cased else view.lowered(fname):
+            if test(s):
+                if rec is not None:
+                    _record(view, fname, rec)
+                return True
+        return False
+
+    return pred
+
+
+def _or_strings(children: Sequence[ir.Node]) -> list[Predicate]:
+    """Compile an Or's children, fusing same-field, same-op string leaves into one test."""
+    groups: dict[tuple[str | None, ir.StrOp, bool], list[ir.StrMatch]] = {}
+    out: list[Predicate] = []
+    for c in children:
+        if isinstance(c, ir.StrMatch):
+            groups.setdefault((c.field, c.op, c.cased), []).append(c)
+        else:
+            out.append(compile_node(c))
+    fused = [_str_leaf(f, cased, _str_test(op, leaves)) for (f, op, cased), leaves in groups.items()]
+    return fused + out
 
 
 def _keyword(test: Callable[[str], bool], cased: bool) -> Predicate:
@@ -214,33 +255,33 @@ def compile_node(node: ir.Node) -> Predicate:
 
         def and_(view: EventView, rec: dict[str, Any] | None) -> bool:
             if rec is None:
-                return all(k(view, None) for k in kids)
-            local: dict[str, Any] = {}
-            if all(k(view, local) for k in kids):
-                rec.update(local)
+                for k in kids:  # noqa: SIM110  (hot path: no generator per call)
+                    if not k(view, None):
+                        return False
                 return True
-            return False
+            local: dict[str, Any] = {}
+            for k in kids:
+                if not k(view, local):
+                    return False
+            rec.update(local)
+            return True
 
         return and_
     if isinstance(node, ir.Or):
-        kids = [compile_node(c) for c in node.children]
+        alts = _or_strings(node.children)
 
         def or_(view: EventView, rec: dict[str, Any] | None) -> bool:
-            return any(k(view, rec) for k in kids)
+            for k in alts:  # noqa: SIM110  (hot path: no generator per call)
+                if k(view, rec):
+                    return True
+            return False
 
         return or_
     if isinstance(node, ir.Not):
         kid = compile_node(node.child)
         return lambda view, rec: not kid(view, None)
     if isinstance(node, ir.StrMatch):
-        test = _str_test(node)
-        cased = node.cased
-        if node.field is None:
-            return _keyword(test, cased)
-        field = node.field
-        if cased:
-            return _leaf(field, lambda view: any(test(s) for s in view.strings(field)))
-        return _leaf(field, lambda view: any(test(s) for s in view.lowered(field)))
+        return _str_leaf(node.field, node.cased, _str_test(node.op, [node]))
     if isinstance(node, ir.RegexMatch):
         flags = 0
         for f in node.flags:
