@@ -1,0 +1,76 @@
+"""Accounts and collections kept under --data DIR: CLI commands, hashed tokens, rights."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from casefile.cli import app
+from casefile.web import Role, TaxiiState
+from casefile.web.state import DB_NAME
+
+
+def test_users_and_collections_from_the_cli(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = tmp_path / "srv"
+    made = runner.invoke(app, ["users", "add", "nato-cert", "--role", "partner", "--data", str(data)])
+    assert made.exit_code == 0, made.output
+    token = made.stdout.strip()
+    assert len(token) >= 40
+    runner.invoke(app, ["users", "add", "ana", "--data", str(data)])
+    col = runner.invoke(
+        app,
+        [
+            "collections",
+            "add",
+            "Wiper IOCs",
+            "--read",
+            "nato-cert",
+            "--read",
+            "ana",
+            "--write",
+            "ana",
+            "--data",
+            str(data),
+        ],
+    )
+    assert col.exit_code == 0, col.output
+    cid = col.stdout.strip()
+
+    state = TaxiiState(data)
+    partner = state.authenticate(token)
+    assert partner is not None and partner.role is Role.PARTNER
+    assert state.authenticate(token, name="nato-cert") == partner
+    assert state.authenticate(token, name="ana") is None
+    assert state.authenticate(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    (seen,) = state.collections(partner)
+    assert (seen.id, seen.title, seen.can_read, seen.can_write) == (cid, "Wiper IOCs", True, False)
+
+    raw = (
+        (data / DB_NAME).read_bytes() + (data / f"{DB_NAME}-wal").read_bytes()
+        if (data / f"{DB_NAME}-wal").exists()
+        else (data / DB_NAME).read_bytes()
+    )
+    assert token.encode() not in raw  # only the hash is stored
+    with sqlite3.connect(data / DB_NAME) as con:
+        (stored,) = con.execute("SELECT token_sha256 FROM accounts WHERE name = 'nato-cert'").fetchone()
+    assert len(stored) == 64 and stored != token
+
+    renewed = runner.invoke(app, ["users", "add", "nato-cert", "--role", "partner", "--data", str(data)])
+    assert TaxiiState(data).authenticate(token) is None  # a new token replaces the old one
+    assert TaxiiState(data).authenticate(renewed.stdout.strip()) is not None
+
+
+def test_cli_refuses_unknown_role_and_unknown_users(tmp_path: Path) -> None:
+    runner = CliRunner()
+    bad_role = runner.invoke(app, ["users", "add", "x", "--role", "root", "--data", str(tmp_path)])
+    assert bad_role.exit_code == 2 and "unknown role 'root'" in bad_role.output
+    bad_user = runner.invoke(app, ["collections", "add", "T", "--read", "ghost", "--data", str(tmp_path)])
+    assert bad_user.exit_code == 2 and "unknown user(s) ghost" in bad_user.output
+    assert (
+        TaxiiState(tmp_path).collections(TaxiiState(tmp_path).users()[0]) == []
+        if TaxiiState(tmp_path).users()
+        else True
+    )
