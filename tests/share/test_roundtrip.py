@@ -171,5 +171,15 @@ def test_cli_intel_import_and_exports(tmp_path: Path) -> None:
     misp_out = runner.invoke(app, ["export", "misp", str(case_dir)])
     assert misp_out.exit_code == 0, misp_out.output
     assert (case_dir / "export" / "misp" / "manifest.json").is_file()
+    matched = runner.invoke(app, ["intel", "match", str(case_dir), "--store", str(store)])
+    assert matched.exit_code == 0, matched.output
+    assert matched.stdout.startswith("3 indicator hits (3 indicators)")
+    with Case.open(case_dir, read_only=True) as case:
+        kinds = sorted(sd.detection.kind.value for sd in case.detections())
+    assert kinds == ["ioc"] * 6  # the 3 per-file hits from the hunt plus the 3 case-wide ones
+    again = runner.invoke(app, ["intel", "match", str(case_dir), "--store", str(store)])
+    assert again.exit_code == 0
+    with Case.open(case_dir, read_only=True) as case:
+        assert len(case.detections()) == 6  # re-matching replaces, never duplicates
     missing = runner.invoke(app, ["intel", "import", str(tmp_path / "absent.csv"), "--store", str(store)])
     assert missing.exit_code == 2 and "no such file" in missing.output

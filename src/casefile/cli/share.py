@@ -66,6 +66,21 @@ def intel_import(
     )
 
 
+@intel_app.command("match")
+@handle_errors
+def intel_match(
+    case: Path = typer.Argument(..., help="case folder"),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """Match the store's indicators against a case's events; hits become the case's IOC detections."""
+    from casefile.share import IntelStore, match_case
+
+    with IntelStore.open(_store_path(store)) as intel:
+        hits = match_case(case, intel)
+    indicators = len({d.rule.id for d in hits})
+    typer.echo(f"{len(hits)} indicator hits ({indicators} indicators) recorded in {case}")
+
+
 def _export(fmt: str, case: Path, out: Path | None) -> None:
     from casefile.share import export_case
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from casefile.config import Settings
 from casefile.share.export import EXPORTERS, bundle_to_misp_event, export_case, write_misp_feed, write_stix
 from casefile.share.importers import READERS, ImportOptions, import_intel
-from casefile.share.matching import FieldMap, match_indicators
+from casefile.share.matching import FieldMap, match_case, match_indicators
 from casefile.share.models import Atom, AtomKind, ImportResult, Indicator, IndicatorInput, IntelIssue
 from casefile.share.patterns import parse_pattern
 from casefile.share.store import IntelStore
@@ -40,6 +40,7 @@ __all__ = [
     "default_store_path",
     "export_case",
     "import_intel",
+    "match_case",
     "match_indicators",
     "parse_pattern",
     "write_misp_feed",

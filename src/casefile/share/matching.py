@@ -20,7 +20,8 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 import pyarrow as pa
@@ -28,6 +29,9 @@ import pyarrow as pa
 from casefile.errors import IntelError
 from casefile.models import Detection, DetectionKind, Level, RuleInfo
 from casefile.share.models import Indicator
+
+if TYPE_CHECKING:
+    from casefile.share.store import IntelStore
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -261,3 +265,17 @@ def _detection(
         indicator=indicator_value(indicator, atoms_hit),
         source=indicator.source,
     )
+
+
+def match_case(case_path: str | Path, store: IntelStore) -> list[Detection]:
+    """Match the store's indicators against a case's events and record the hits in the case
+    (replacing earlier indicator hits, so re-running after a new import is idempotent)."""
+    from casefile.case import Case
+    from casefile.case.store import EVENTS_TABLE
+
+    indicators = store.indicators()
+    with Case.open(case_path) as case:
+        with case.transaction() as con:
+            hits = match_indicators(con, indicators, table=EVENTS_TABLE)
+        case.replace_case_detections(DetectionKind.IOC.value, hits)
+    return hits
