@@ -53,7 +53,7 @@ def test_demo_case_contents(demo_case: Path) -> None:
         ]
         for e in evidence:
             assert e.sha256 == sha256_file(REPO / e.path if not Path(e.path).is_absolute() else Path(e.path))
-        assert case.event_count() == 26  # 27 lines, one broken
+        assert case.event_count() == 27  # 28 lines, one broken
         dets = case.detections()
         titles: dict[str, int] = {}
         for sd in dets:
@@ -140,7 +140,7 @@ def test_killed_run_is_finished_by_the_next(tmp_path: Path) -> None:
     assert (result.files_added, result.files_already_in_case) == (2, 1)
     with Case.open(root, read_only=True) as case:
         assert case.detection_count() == sum(EXPECTED_RULES.values()) > partial
-        assert case.event_count() == 26
+        assert case.event_count() == 27
 
 
 def test_no_rules_is_a_config_error(tmp_path: Path) -> None:
@@ -176,3 +176,28 @@ def test_cli_investigate_show_timeline_export(tmp_path: Path) -> None:
     assert "checked SP01 &lt;b&gt;" in (tmp_path / "out" / "report.html").read_text()
     res = runner.invoke(app, ["case", "show", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "no case here" in " ".join(res.output.split())
+
+
+def test_indicator_hits_from_the_intel_store(tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["intel", "import", str(REPO / "demo" / "intel" / "partner-indicators.json")])
+    assert res.exit_code == 0, res.output
+    root = tmp_path / "case"
+    for _ in range(2):  # a re-run recomputes the hits, it does not add them twice
+        res = runner.invoke(
+            app, ["investigate", str(DEMO_EVIDENCE), "--rules", str(DEMO_RULES), "--case", str(root)]
+        )
+        assert res.exit_code == 0, res.output
+    assert "2 indicator hits" in " ".join(res.output.split())
+    with Case.open(root, read_only=True) as case:
+        iocs = [sd.detection for sd in case.detections() if sd.detection.kind.value == "ioc"]
+        assert sorted((d.computer, d.indicator) for d in iocs) == [
+            ("DC01.mofa.gov.example", "7c5a1d0e" * 8),
+            ("SP01.mofa.gov.example", "185.25.51.7"),
+        ]
+        assert case.detection_count() == sum(EXPECTED_RULES.values()) + 2
+    bundle = json.loads((root / "bundle.json").read_text())
+    patterns = {
+        o["pattern"] for o in bundle["objects"] if o["type"] == "indicator" and o["pattern_type"] == "stix"
+    }
+    assert patterns == {"[ipv4-addr:value = '185.25.51.7']", f"[file:hashes.'SHA-256' = '{'7c5a1d0e' * 8}']"}

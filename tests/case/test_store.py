@@ -102,7 +102,7 @@ def test_killed_process_leaves_case_as_before(tmp_path: Path) -> None:
         case = Case.open({str(tmp_path / "c")!r})
         with case.transaction() as con:
             con.execute("INSERT INTO evidence (sha256, path) VALUES ('dead', 'half.json')")
-            con.execute("INSERT INTO events (evidence_sha256, seq) SELECT 'dead', range FROM range(50000)")
+            con.execute("INSERT INTO events (source_file, record_id) SELECT 'x', range FROM range(50000)")
             os._exit(9)
         """
     )

@@ -143,3 +143,30 @@ def test_hostile_evidence_stays_inert_and_literal(opened: tuple[Any, list[str], 
     # The timeline tooltip carries the command line as text, not markup.
     assert XSS_COMMAND[:60] in (page.locator("#timeline svg circle title").first.text_content() or "")
     assert problems == []
+
+
+def test_demo_report_keeps_the_attackers_markup_inert(browser: Any, tmp_path: Path) -> None:
+    from casefile.case.investigate import investigate
+
+    repo = Path(__file__).resolve().parents[2]
+    result = investigate([repo / "demo" / "evidence"], tmp_path / "case", rules=[repo / "demo" / "rules"])
+    html = next(p for p in result.reports if p.name == "report.html")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("dialog", lambda d: problems.append("dialog " + d.message))
+    page.goto(html.as_uri())
+    page.wait_for_selector("#det-table tbody tr")
+    assert page.evaluate("window.__casefile_xss") is None
+    assert problems == []
+    page.fill("#filter", "onerror")
+    cell = page.locator("#det-table td.cmd").first.text_content() or ""
+    assert (
+        '"><img src=x onerror="window.__casefile_xss=1"><script>window.__casefile_xss=1;alert(1)</script>'
+        in cell
+    )
+    assert page.locator("img").count() == 0
+    assert page.locator("#timeline svg circle").count() == 17
+    assert page.locator("#warnings td", has_text="invalid JSON").count() == 1
+    page.close()

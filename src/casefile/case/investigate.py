@@ -14,13 +14,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+import duckdb
+
 from casefile.case.clusters import cluster_detections
 from casefile.case.store import Case, Clock, utc_now
 from casefile.errors import ConfigError
 from casefile.hunt import RuleIndex, RuleSet, load_rules, match_event
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.ingest import EvidenceFile, discover, read_file
-from casefile.models import DetectionKind, IngestWarning, Level
+from casefile.models import Detection, DetectionKind, IngestWarning, Level
 
 
 class StageProgress(Protocol):
@@ -50,6 +52,7 @@ class InvestigateResult:
     events_added: int
     detections_added: int
     correlation_detections: int
+    indicator_hits: int
     rules_loaded: int
     rules_skipped: int
     clusters: int
@@ -163,6 +166,16 @@ def cluster_case(case: Case, *, window: timedelta = timedelta(hours=2)) -> int:
 
 
 Attributor = Callable[[Case, StageProgress], list[IngestWarning]]
+#: Finds indicator hits (Detections of kind IOC) in the case's columnar `events` table; the sharing
+#: stage provides one (`casefile.share.match_indicators` over the intel store), wired by the CLI.
+IndicatorMatcher = Callable[[duckdb.DuckDBPyConnection], list[Detection]]
+
+
+def match_case_indicators(case: Case, matcher: IndicatorMatcher) -> int:
+    """Replace the case's indicator hits with what `matcher` finds over all its events now."""
+    hits = [d for d in matcher(case.connection) if d.kind is DetectionKind.IOC]
+    case.replace_case_detections(DetectionKind.IOC.value, hits)
+    return len(hits)
 
 
 def investigate(
@@ -171,6 +184,7 @@ def investigate(
     *,
     rules: Sequence[str | Path],
     attributor: Attributor | None = None,
+    indicators: IndicatorMatcher | None = None,
     min_level: Level = Level.INFORMATIONAL,
     window: timedelta = timedelta(hours=2),
     write_outputs: bool = True,
@@ -181,7 +195,8 @@ def investigate(
     """Add `evidence` to the case at `case_dir` (created if needed) and rebuild its results.
 
     `attributor` (see `casefile.case.attribution.kb_attributor`) attributes the clusters; without
-    it attribution is skipped with a warning and everything else still runs.
+    it attribution is skipped with a warning and everything else still runs. `indicators` matches
+    known indicators against every event of the case (re-run each time: the intel may be newer).
     """
     from casefile.report import write_reports
 
@@ -215,6 +230,10 @@ def investigate(
         case.add_warnings(corr_warnings, stage="correlate", replace=True)
         for w in corr_warnings:
             warn(w)
+        n_ioc = 0
+        if indicators is not None:
+            bar.stage("Matching indicators", None)
+            n_ioc = match_case_indicators(case, indicators)
         bar.stage("Clustering", None)
         n_clusters = cluster_case(case, window=window)
         attributed = False
@@ -244,6 +263,7 @@ def investigate(
             events_added=events,
             detections_added=detections,
             correlation_detections=n_corr,
+            indicator_hits=n_ioc,
             rules_loaded=len(ruleset),
             rules_skipped=len(ruleset.skipped),
             clusters=n_clusters,
@@ -255,6 +275,7 @@ def investigate(
 
 __all__ = [
     "Attributor",
+    "IndicatorMatcher",
     "InvestigateResult",
     "StageProgress",
     "cluster_case",
@@ -262,4 +283,5 @@ __all__ = [
     "evidence_sha256",
     "hunt_into_case",
     "investigate",
+    "match_case_indicators",
 ]

@@ -12,13 +12,12 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from casefile.attribute.models import Attribution
 from casefile.case.clusters import Cluster
@@ -33,10 +32,13 @@ from casefile.case.codec import (
     to_naive_utc,
 )
 from casefile.errors import CaseError
+from casefile.ingest.columnar import create_events_table, read_table, write_events
 from casefile.models import Detection, Event, IngestWarning, Level
 
 DB_NAME = "case.duckdb"
-SCHEMA_VERSION = "1"
+#: The events table, in casefile.ingest.columnar's layout (so indicator joins run on it directly).
+EVENTS_TABLE = "events"
+SCHEMA_VERSION = "2"
 Clock = Callable[[], datetime]
 
 
@@ -49,9 +51,6 @@ CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS evidence (
     sha256 VARCHAR PRIMARY KEY, path VARCHAR NOT NULL, size BIGINT, format VARCHAR,
     added_at TIMESTAMP, events BIGINT, warnings BIGINT, detections BIGINT);
-CREATE TABLE IF NOT EXISTS events (
-    evidence_sha256 VARCHAR, seq BIGINT, ts TIMESTAMP, computer VARCHAR, channel VARCHAR,
-    provider VARCHAR, event_id INTEGER, record_id BIGINT, fields VARCHAR);
 CREATE TABLE IF NOT EXISTS detections ({detection_columns});
 CREATE TABLE IF NOT EXISTS correlation_inputs ({detection_columns});
 CREATE TABLE IF NOT EXISTS warnings (
@@ -73,20 +72,6 @@ _DETECTION_COLUMNS_SQL = """
     event_id INTEGER, record_id BIGINT, file VARCHAR, matched VARCHAR, fields VARCHAR, grp VARCHAR,
     indicator VARCHAR, source VARCHAR"""
 _SCHEMA = _SCHEMA.replace("{detection_columns}", _DETECTION_COLUMNS_SQL)
-
-_EVENT_SCHEMA = pa.schema(
-    [
-        ("evidence_sha256", pa.string()),
-        ("seq", pa.int64()),
-        ("ts", pa.timestamp("us")),
-        ("computer", pa.string()),
-        ("channel", pa.string()),
-        ("provider", pa.string()),
-        ("event_id", pa.int32()),
-        ("record_id", pa.int64()),
-        ("fields", pa.string()),
-    ]
-)
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
@@ -148,8 +133,9 @@ class Note:
 class EvidenceBatch:
     """What one evidence file contributes: filled while the file is read, written by the case.
 
-    Events are flushed to the database in chunks (inside the file's transaction) so that a large
-    file does not have to fit in memory; detections and warnings are written at the end.
+    Events go to the case's columnar `events` table (casefile.ingest.columnar layout) in chunks,
+    inside the file's transaction, so a large file never has to fit in memory; detections and
+    warnings are written when the file is done.
     """
 
     FLUSH_EVERY = 50_000
@@ -159,39 +145,30 @@ class EvidenceBatch:
         self.path = path
         self.size = size
         self.format = fmt
-        self._events: dict[str, list[Any]] = {name: [] for name in _EVENT_SCHEMA.names}
+        self._events: list[Event] = []
         self._flushed = 0
-        self._sink: Callable[[pa.Table], None] | None = None
+        self._sink: Callable[[list[Event]], None] | None = None
         self.detections: list[Detection] = []
         self.correlation_inputs: list[Detection] = []
         self.warnings: list[IngestWarning] = []
 
     @property
     def event_count(self) -> int:
-        return self._flushed + len(self._events["seq"])
+        return self._flushed + len(self._events)
 
     def add_event(self, ev: Event) -> None:
-        cols = self._events
-        cols["evidence_sha256"].append(self.sha256)
-        cols["seq"].append(self.event_count)
-        cols["ts"].append(to_naive_utc(ev.timestamp))
-        cols["computer"].append(ev.computer)
-        cols["channel"].append(ev.channel)
-        cols["provider"].append(ev.provider)
-        cols["event_id"].append(ev.event_id)
-        cols["record_id"].append(ev.record_id)
-        cols["fields"].append(dumps(dict(ev.fields)))
-        if self._sink is not None and len(cols["seq"]) >= self.FLUSH_EVERY:
+        # The case names every event by its evidence path as stored in the inventory.
+        self._events.append(ev if ev.source_file == self.path else replace(ev, source_file=self.path))
+        if self._sink is not None and len(self._events) >= self.FLUSH_EVERY:
             self.flush()
 
     def flush(self) -> None:
         """Hand buffered events to the open transaction (no-op outside `Case.evidence`)."""
-        if self._sink is None or not self._events["seq"]:
+        if self._sink is None or not self._events:
             return
-        table = pa.Table.from_pydict(self._events, schema=_EVENT_SCHEMA)
-        self._sink(table)
-        self._flushed += table.num_rows
-        self._events = {name: [] for name in _EVENT_SCHEMA.names}
+        self._sink(self._events)
+        self._flushed += len(self._events)
+        self._events = []
 
 
 class Case:
@@ -250,6 +227,7 @@ class Case:
     def _init_schema(self, *, created: datetime) -> None:
         with self.transaction():
             self._con.execute(_SCHEMA)
+            create_events_table(self._con, EVENTS_TABLE)
             self._con.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?), ('case_id', ?)",
                 [SCHEMA_VERSION, created.astimezone(UTC).isoformat(), str(uuid.uuid4())],
@@ -338,12 +316,8 @@ class Case:
     def _open_batch(self, batch: EvidenceBatch) -> Iterator[None]:
         with self.transaction() as con:
 
-            def sink(table: pa.Table) -> None:
-                con.register("_casefile_batch", table)
-                try:
-                    con.execute("INSERT INTO events SELECT * FROM _casefile_batch")
-                finally:
-                    con.unregister("_casefile_batch")
+            def sink(events: list[Event]) -> None:
+                write_events(con, events, EVENTS_TABLE)
 
             batch._sink = sink
             try:
@@ -455,27 +429,14 @@ class Case:
         row = self._con.execute("SELECT count(*) FROM events").fetchone()
         return int(row[0]) if row else 0
 
-    def events(self, *, limit: int | None = None) -> Iterator[Event]:
-        """Stored events in evidence/record order (fields parsed back from JSON)."""
-        sql = (
-            "SELECT e.ts, e.computer, e.channel, e.provider, e.event_id, e.record_id, v.path, e.fields "
-            "FROM events e JOIN evidence v ON v.sha256 = e.evidence_sha256 ORDER BY v.path, e.seq"
-        )
-        cur = self._con.execute(
-            sql + (" LIMIT ?" if limit is not None else ""), [limit] if limit is not None else []
-        )
-        while batch := cur.fetchmany(2048):
-            for r in batch:
-                yield Event(
-                    timestamp=from_naive_utc(r[0]),
-                    computer=r[1],
-                    channel=r[2],
-                    provider=r[3],
-                    event_id=r[4],
-                    record_id=r[5],
-                    source_file=r[6],
-                    fields=json.loads(r[7]),
-                )
+    def events(self) -> Iterator[Event]:
+        """Stored events, file by file (columnar layout: see casefile.ingest.columnar)."""
+        return read_table(self._con, EVENTS_TABLE)
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The case database, for read-only queries of its `events` table (indicator matching)."""
+        return self._con
 
     # --- detections -------------------------------------------------------------------------------
 

@@ -15,12 +15,12 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
-from casefile.case.investigate import Attributor, StageProgress, investigate
+from casefile.case.investigate import Attributor, IndicatorMatcher, StageProgress, investigate
 from casefile.case.store import Case
 from casefile.case.timeline import TIMELINE_FORMATS, build_timeline
 from casefile.cli._common import console, handle_errors, progress
 from casefile.config import Settings
-from casefile.errors import KnowledgeBaseError
+from casefile.errors import ConfigError, KnowledgeBaseError
 from casefile.models import Level
 
 case_app = typer.Typer(
@@ -76,6 +76,22 @@ def _attributor(kb: list[Path]) -> Attributor | None:
     return kb_attributor(kb)
 
 
+def _indicator_matcher(intel: Path | None) -> IndicatorMatcher | None:
+    """Matching against the intel store (`casefile intel import`), when there is one."""
+    from casefile.share import IntelStore, default_store_path, match_indicators
+
+    path = intel or default_store_path(Settings.from_env())
+    if not path.is_file():
+        if intel is not None:
+            raise ConfigError(f"{intel}: no intel store here (create one with `casefile intel import`)")
+        return None
+    with IntelStore.open(path) as store:
+        known = store.indicators()
+    if not known:
+        return None
+    return lambda con: match_indicators(con, known)
+
+
 @handle_errors
 def investigate_cmd(
     evidence: Annotated[list[Path], typer.Argument(help="Evidence files or folders (EVTX, JSON, zip, gz).")],
@@ -86,6 +102,10 @@ def investigate_cmd(
     ] = None,
     kb: Annotated[
         list[Path] | None, typer.Option("--kb", help="ATT&CK STIX bundle(s) (default: installed bundle).")
+    ] = None,
+    intel: Annotated[
+        Path | None,
+        typer.Option("--intel", help="Intel store to match (default: <CASEFILE_HOME>/intel.duckdb)."),
     ] = None,
     min_level: Annotated[
         str, typer.Option("--min-level", help="Lowest rule level to report.")
@@ -99,6 +119,7 @@ def investigate_cmd(
             case,
             rules=rules or _default_rules(),
             attributor=_attributor(kb or []),
+            indicators=_indicator_matcher(intel),
             min_level=Level.parse(min_level),
             window=timedelta(minutes=window),
             progress=bars,
@@ -109,6 +130,7 @@ def investigate_cmd(
         f"case {result.case_dir}: {result.files_added} new evidence files "
         f"({result.files_already_in_case} already in the case), {result.events_added} events, "
         f"{result.detections_added} detections, {result.correlation_detections} correlation hits, "
+        f"{result.indicator_hits} indicator hits, "
         f"{result.clusters} clusters; {result.rules_loaded} rules loaded, {result.rules_skipped} skipped",
         highlight=False,
         soft_wrap=True,
