@@ -129,3 +129,40 @@ def test_sniff() -> None:
     assert reader.sniff(b"[", "x") == 80
     assert reader.sniff(b"garbage", "events.ndjson") == 40
     assert reader.sniff(b"garbage", "notes.txt") == 0
+
+
+_RECORDS = [
+    {"n": i, "s": "x" * (i * 7 % 300), "u": "é☃" * (i % 20), "nested": {"a": [1, 2, {"b": "}{"}]}}
+    for i in range(120)
+]
+_LAYOUTS = {
+    "ndjson": "\n".join(json.dumps(r, ensure_ascii=False) for r in _RECORDS),
+    "pretty": "\n".join(json.dumps(r, indent=2, ensure_ascii=False) for r in _RECORDS),
+    "array": json.dumps(_RECORDS, indent=1, ensure_ascii=False),
+    "array-one-line": json.dumps(_RECORDS, ensure_ascii=False),
+}
+
+
+@pytest.mark.parametrize("read_size", [1, 7, 100, 4096])
+@pytest.mark.parametrize("layout", sorted(_LAYOUTS))
+def test_block_boundaries_never_change_the_records(
+    monkeypatch: pytest.MonkeyPatch, read_size: int, layout: str
+) -> None:
+    monkeypatch.setattr(jsonlog, "READ_SIZE", read_size)
+    records, warnings = _read(_LAYOUTS[layout])
+    assert [r for _, r in records] == _RECORDS
+    assert warnings == []
+
+
+@pytest.mark.parametrize("read_size", [1, 13, 4096])
+def test_damage_between_blocks_skips_only_the_damaged_records(
+    monkeypatch: pytest.MonkeyPatch, read_size: int
+) -> None:
+    monkeypatch.setattr(jsonlog, "READ_SIZE", read_size)
+    lines = [json.dumps(r, ensure_ascii=False) for r in _RECORDS]
+    damaged = {5, 40, 41, 119}
+    for i in damaged:
+        lines[i] = lines[i][: len(lines[i]) // 2]  # cut in the middle
+    records, warnings = _read("\n".join(lines))
+    assert [r["n"] for _, r in records] == [i for i in range(120) if i not in damaged]
+    assert [w.record for w in warnings] == [i + 1 for i in sorted(damaged)]
