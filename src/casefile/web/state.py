@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS objects (
     spec_version TEXT NOT NULL, version TEXT NOT NULL, version_key TEXT NOT NULL, date_added TEXT NOT NULL,
     json TEXT NOT NULL, UNIQUE (collection_id, id, version_key));
 CREATE INDEX IF NOT EXISTS objects_by_id ON objects (collection_id, id, version_key);
+CREATE INDEX IF NOT EXISTS objects_by_seq ON objects (collection_id, seq);
 CREATE TABLE IF NOT EXISTS statuses (
     id TEXT PRIMARY KEY, collection_id TEXT NOT NULL, account TEXT NOT NULL, request_timestamp TEXT NOT NULL,
     body TEXT NOT NULL);
