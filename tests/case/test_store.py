@@ -118,3 +118,11 @@ def test_sha256_file(tmp_path: Path) -> None:
     p = tmp_path / "x.bin"
     p.write_bytes(b"abc")
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_a_second_writer_gets_a_clear_error(tmp_path: Path) -> None:
+    with Case.create(tmp_path / "c"):
+        script = f"from casefile.case.store import Case\nCase.open({str(tmp_path / 'c')!r})"
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "CaseError" in proc.stderr and "is another casefile using it?" in proc.stderr
