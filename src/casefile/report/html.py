@@ -232,11 +232,20 @@ class AttributionView:
     unprofiled: list[str]
 
 
-def _attribution_views(case: Case) -> list[AttributionView]:
+#: Clusters whose attribution the page details (largest first); the rest are in bundle/summary.json.
+MAX_ATTRIBUTED_CLUSTERS = 12
+
+
+def _attribution_views(case: Case) -> tuple[list[AttributionView], int]:
+    """Views for the whole case and the largest clusters, and how many clusters were left out."""
     views = []
     attributions = case.attributions()
     clusters = {c.id: c for c in case.clusters()}
-    for scope in ["case", *clusters]:
+    ranked = sorted(
+        (c for c in clusters.values() if c.id in attributions), key=lambda c: (-len(c.detection_ids), c.id)
+    )
+    shown = [c.id for c in ranked[:MAX_ATTRIBUTED_CLUSTERS]]
+    for scope in ["case", *shown]:
         a = attributions.get(scope)
         if a is None:
             continue
@@ -259,7 +268,7 @@ def _attribution_views(case: Case) -> list[AttributionView]:
                 list(a.unprofiled_techniques),
             )
         )
-    return views
+    return views, len(ranked) - len(shown)
 
 
 def _env() -> Environment:
@@ -307,6 +316,7 @@ def render_html(case: Case) -> str:
     ]
     levels = Counter(e.level for e in entries)
     js = _asset("report.js")
+    attribution_views, left_out = _attribution_views(case)
     tmpl = _env().get_template("report.html.j2")
     return tmpl.render(
         case_name=case.name,
@@ -319,7 +329,8 @@ def render_html(case: Case) -> str:
         hosts=sorted({e.host for e in entries if e.host}),
         timeline=_timeline_chart(entries),
         matrix=_matrix_chart(entries, catalog, case.tactics()),
-        attributions=_attribution_views(case),
+        attributions=attribution_views,
+        attributions_left_out=left_out,
         clusters=clusters,
         evidence=evidence,
         warnings=warnings,
