@@ -227,3 +227,29 @@ def test_unreadable_targets_are_issues_or_clear_errors(tmp_path: Path) -> None:
         assert store.count() == (0, 0)
         with pytest.raises(IntelError, match="no such file"):
             import_intel(store, tmp_path / "absent.json")
+
+
+def test_import_from_a_url_on_loopback(tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    write_bundle(served / "feed.json", [indicator(7, "[url:value = 'http://c2.example/gate.php']")])
+    (served / "list.csv").write_text("value\nevil.example\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with IntelStore.open(tmp_path / "intel.duckdb") as store:
+            assert import_intel(store, f"{base}/feed.json").indicators_new == 1
+            assert import_intel(store, f"{base}/list.csv").indicators_new == 1
+            missing = import_intel(store, f"{base}/absent.json")
+            assert [i.reason[:13] for i in missing.issues] == ["cannot fetch:"]
+            assert sorted(a.kind.value for i in store.indicators() for a in i.atoms) == ["domain", "url"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
