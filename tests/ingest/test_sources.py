@@ -29,6 +29,8 @@ def test_folders_are_walked_recursively_in_stable_order() -> None:
     found = discover([DATA], on_warning=warnings.append)
     assert [(Path(f.path).relative_to(DATA).as_posix(), f.format) for f in found] == [
         ("evtx_shapes.json", "json"),
+        ("evtxecmd.csv", "csv"),
+        ("evtxecmd.json", "json"),
         ("powershell_utf16.json", "json"),
         ("nested/flat_otrf.jsonl", "json"),
         ("nested/not_really.evtx", "evtx"),  # by name: the reader says what is wrong with it
@@ -44,7 +46,7 @@ def test_folders_are_walked_recursively_in_stable_order() -> None:
 
 def test_whole_fixture_folder() -> None:
     events, warnings = _read(DATA)
-    assert len(events) == 4 + 1 + 3 + 2
+    assert len(events) == 4 + 2 + 2 + 1 + 3 + 2
     assert sorted(str(w) for w in warnings) == sorted([
         f"{DATA / 'nested' / 'README.txt'}: not a recognised log format; skipped",
         f"{FLAT} (record 3): invalid JSON at line 3 column 154: Invalid control character; "

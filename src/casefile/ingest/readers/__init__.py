@@ -1,5 +1,5 @@
 """File readers: one module per file format, each registering itself in READERS."""
 
-from . import evtx, jsonlog
+from . import csvlog, evtx, jsonlog
 
-__all__ = ["evtx", "jsonlog"]
+__all__ = ["csvlog", "evtx", "jsonlog"]

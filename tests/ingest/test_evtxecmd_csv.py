@@ -1,0 +1,85 @@
+"""EvtxECmd output (JSON lines and CSV) and generic CSV exports."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from casefile.ingest import discover, read_events
+from casefile.models import Event, IngestWarning
+
+DATA = Path(__file__).parent.parent / "data" / "ingest"
+
+
+def _read(path: Path) -> tuple[list[Event], list[IngestWarning]]:
+    warnings: list[IngestWarning] = []
+    return list(read_events([path], on_warning=warnings.append)), warnings
+
+
+def test_evtxecmd_json_and_csv_give_the_same_sigma_fields() -> None:
+    from_json, w1 = _read(DATA / "evtxecmd.json")
+    from_csv, w2 = _read(DATA / "evtxecmd.csv")
+    assert w1 == w2 == []
+    assert [f.format for f in discover([DATA / "evtxecmd.csv"])] == ["csv"]
+    for events in (from_json, from_csv):
+        proc, cleared = events
+        assert (
+            proc.timestamp, proc.computer, proc.channel, proc.provider, proc.event_id, proc.record_id
+        ) == (
+            datetime(2022, 7, 15, 8, 30, 0, 123456, tzinfo=UTC), "WS17.corp.example",
+            "Microsoft-Windows-Sysmon/Operational", "Microsoft-Windows-Sysmon", 1, 88412,
+        )
+        f = proc.fields
+        assert f["EventID"] == 1 and f["EventRecordID"] == 88412
+        assert f["Image"] == "C:\\Windows\\System32\\rundll32.exe"
+        assert f["CommandLine"] == "rundll32.exe C:\\ProgramData\\mr.dll,DllRegisterServer"
+        # Sysmon's ProcessId is the event-data one; EvtxECmd's ProcessId column is the logging
+        # process: System's Execution_ProcessID, its column kept as EvtxECmd_ProcessId.
+        assert f["ProcessId"] == "6120"
+        assert f["Execution_ProcessID"] == 3012 and str(f["EvtxECmd_ProcessId"]) == "3012"
+        assert f["MapDescription"] == "Process creation"
+        assert f["SourceFile"].endswith("Microsoft-Windows-Sysmon%4Operational.evtx")
+        assert f["Payload"].startswith('{"EventData"')  # the original is kept
+        assert cleared.event_id == 1102 and cleared.channel == "Security"
+        assert cleared.fields["SubjectUserName"] == "Administrator"
+        assert "xmlns" not in cleared.fields and "@xmlns" not in cleared.fields
+    sigma = {"EventID", "Channel", "Computer", "Provider_Name", "Image", "CommandLine", "ParentImage",
+             "ProcessId", "UtcTime", "RuleName"}
+    assert {k: from_json[0].fields[k] for k in sigma} == {k: from_csv[0].fields[k] for k in sigma}
+
+
+def test_generic_csv_uses_the_flat_shape(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text(
+        "Id,LogName,ProviderName,MachineName,RecordId,Message\n"
+        '4720,Security,Microsoft-Windows-Security-Auditing,DC01,77,"A user account was created.\n'
+        'Account: backdoor"\n'
+        "4726,Security,Microsoft-Windows-Security-Auditing,DC01,78,deleted,extra-cell\n"
+        "\n"
+        "4732,Security,Microsoft-Windows-Security-Auditing,DC01,79,added\n",
+        encoding="utf-8",
+    )
+    events, warnings = _read(path)
+    assert [(e.event_id, e.channel, e.computer, e.provider, e.record_id) for e in events] == [
+        (4720, "Security", "DC01", "Microsoft-Windows-Security-Auditing", 77),
+        (4726, "Security", "DC01", "Microsoft-Windows-Security-Auditing", 78),
+        (4732, "Security", "DC01", "Microsoft-Windows-Security-Auditing", 79),
+    ]
+    assert events[0].fields["Message"] == "A user account was created.\nAccount: backdoor"
+    assert events[1].fields["_extra"] == ["extra-cell"]
+    assert [(w.record, w.reason) for w in warnings] == [
+        (4, "CSV row has 7 cells, the header 6; extra cells kept as _extra"),
+    ]
+
+
+def test_malformed_csv_rows_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(
+        b'EventID,Channel\n1,Security\n2,"Sec"urity\n3,Sec\x00urity\n4,"never closed\n5,Security\n'
+    )
+    events, warnings = _read(path)
+    assert [(e.event_id, e.channel) for e in events] == [(1, "Security"), (3, "Sec\x00urity")]
+    assert [(w.record, w.reason) for w in warnings] == [
+        (3, "invalid CSV row: ',' expected after '\"'; skipped"),
+        (5, "invalid CSV row: unexpected end of data; skipped"),
+    ]
