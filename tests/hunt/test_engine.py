@@ -181,3 +181,29 @@ def test_programs_pickle(shared_data: Path) -> None:
     assert len(rs.rules) > 500
     programs = [p for r in rs.rules for p in r.programs]
     assert pickle.loads(pickle.dumps(programs)) == programs
+
+
+def test_rule_cache_reuses_and_invalidates(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    rule = rules / "proc.yml"
+    rule.write_text(PROC.format(level="low"), encoding="utf-8")
+    (rules / "corr.yml").write_text(
+        "title: Many\nid: 0d7c4a52-5a1f-4b3e-9c6b-0f3f6a4b1a08\ncorrelation:\n  type: event_count\n"
+        "  rules: [0d7c4a52-5a1f-4b3e-9c6b-0f3f6a4b1a01]\n  group-by: [Computer]\n  timespan: 1h\n"
+        "  condition: {gte: 2}\nlevel: high\n",
+        encoding="utf-8",
+    )
+    cache = tmp_path / "cache"
+    first = load_rules([rules], cache_dir=cache)
+    assert len(first.rules) == 1 and len(first.correlations) == 1
+    (stored,) = cache.glob("rules-*.pickle")
+    again = load_rules([rules], cache_dir=cache)
+    assert again == first and list(cache.glob("rules-*.pickle")) == [stored]
+    rule.write_text(PROC.format(level="critical"), encoding="utf-8")  # size changes: cache is stale
+    changed = load_rules([rules], cache_dir=cache)
+    assert changed.rules[0].info.level is Level.CRITICAL
+    assert stored not in list(cache.glob("rules-*.pickle"))
+    stored_new = next(cache.glob("rules-*.pickle"))
+    stored_new.write_bytes(b"not a pickle")  # a damaged cache is rebuilt, never an error
+    assert load_rules([rules], cache_dir=cache).rules[0].info.level is Level.CRITICAL

@@ -65,9 +65,10 @@ def _placeholders(values: list[str]) -> dict[str, list[str]]:
 
 
 def _load(rules: list[Path] | None, placeholder: list[str]) -> RuleSet:
-    dirs = rules or installed_rule_dirs(Settings.from_env())
+    settings = Settings.from_env()
+    dirs = rules or installed_rule_dirs(settings)
     with console.status("Loading Sigma rules", spinner="dots"):
-        return load_rules(dirs, placeholders=_placeholders(placeholder))
+        return load_rules(dirs, placeholders=_placeholders(placeholder), cache_dir=settings.cache_dir)
 
 
 def _render_table(detections: list[Detection], out: TextIO) -> None:

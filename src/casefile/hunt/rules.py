@@ -144,17 +144,29 @@ def load_rules(
     *,
     placeholders: Mapping[str, list[str]] | None = None,
     table: LogSourceTable | None = None,
+    cache_dir: Path | None = None,
 ) -> RuleSet:
     """Parse and compile every Sigma rule under `paths` (folders are walked recursively).
 
     Rules are parsed file by file, so a broken file names itself and the rest still load.
     Correlation rules are resolved against all rules loaded here. `placeholders` gives values for
     `|expand` placeholders (`%Admins%` -> ["admin*", ...]); rules with unresolved ones are skipped.
+
+    With `cache_dir`, the compiled RuleSet is pickled there and reused while no rule file changed
+    (same paths, sizes and mtimes, placeholders, casefile and pySigma versions); a custom `table`
+    is never cached. The cache is the user's own folder: it is trusted like the rules themselves.
     """
-    table = table or default_table()
+    files = rule_files(paths)
+    if cache_dir is None or table is not None:
+        return _build(files, placeholders, table or default_table())
+    from casefile.hunt.cache import cached
+
+    return cached(cache_dir, files, placeholders, lambda: _build(files, placeholders, default_table()))
+
+
+def _build(files: list[Path], placeholders: Mapping[str, list[str]] | None, table: LogSourceTable) -> RuleSet:
     compiler = Compiler(placeholders)
     skipped: list[SkippedRule] = []
-    files = rule_files(paths)
     base: list[tuple[SigmaRule, str]] = []
     corrs: list[tuple[SigmaCorrelationRule, str]] = []
     for path in files:
