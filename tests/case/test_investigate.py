@@ -201,3 +201,23 @@ def test_indicator_hits_from_the_intel_store(tmp_path: Path) -> None:
         o["pattern"] for o in bundle["objects"] if o["type"] == "indicator" and o["pattern_type"] == "stix"
     }
     assert patterns == {"[ipv4-addr:value = '185.25.51.7']", f"[file:hashes.'SHA-256' = '{'7c5a1d0e' * 8}']"}
+
+
+def test_same_evidence_same_clock_and_id_gives_identical_outputs(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    def run(root: Path) -> dict[str, bytes]:
+        result = investigate(
+            [DEMO_EVIDENCE],
+            root,
+            rules=[DEMO_RULES],
+            case_id="7d1c6a0e-0000-4000-8000-00000000c0de",
+            clock=lambda: datetime(2022, 7, 20, 9, 0, tzinfo=UTC),
+        )
+        return {p.name: p.read_bytes() for p in result.reports}
+
+    first = run(tmp_path / "one" / "case")
+    assert first == run(tmp_path / "two" / "case")  # a fresh case (same name) from the same evidence
+    assert first == run(tmp_path / "one" / "case")  # and the same case re-run
+    bundle = json.loads(first["bundle.json"])
+    assert bundle["id"].startswith("bundle--") and "2022-07-20T09:00:00.000Z" in first["bundle.json"].decode()

@@ -99,7 +99,7 @@ def attribute_case(
         return []
     return [
         IngestWarning(
-            str(case.root),
+            case.name,
             f"{len(unknown)} technique ids from rule tags are not in ATT&CK {kb.attack_version}: "
             f"{', '.join(unknown[:20])}; kept in the case, not weighed by attribution",
         )

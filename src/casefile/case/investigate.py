@@ -191,6 +191,7 @@ def investigate(
     progress: StageProgress | None = None,
     on_warning: Callable[[IngestWarning], None] | None = None,
     clock: Clock = utc_now,
+    case_id: str | None = None,
 ) -> InvestigateResult:
     """Add `evidence` to the case at `case_dir` (created if needed) and rebuild its results.
 
@@ -218,7 +219,7 @@ def investigate(
     files = discover(evidence, on_warning=discovered.append)
     for w in discovered:
         warn(w)
-    with Case.open_or_create(case_dir, clock=clock) as case:
+    with Case.open_or_create(case_dir, clock=clock, case_id=case_id) as case:
         case.add_warnings(discovered, stage="discover")
         added, already, events, detections, ingest_warnings = hunt_into_case(
             case, files, ruleset, min_level=min_level, progress=bar
@@ -239,7 +240,7 @@ def investigate(
         attributed = False
         if attributor is None:
             skip = IngestWarning(
-                str(case.root),
+                case.name,
                 "no ATT&CK knowledge base (pass --kb BUNDLE or run `casefile rules update`): "
                 "attribution skipped",
             )

@@ -182,8 +182,12 @@ class Case:
     # --- lifecycle --------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | Path, *, clock: Clock = utc_now) -> Case:
-        """Make a new case folder (it may exist but must not hold a case yet)."""
+    def create(cls, path: str | Path, *, clock: Clock = utc_now, case_id: str | None = None) -> Case:
+        """Make a new case folder (it may exist but must not hold a case yet).
+
+        `clock` and `case_id` (default: a random UUID) are injected so that tests and reproducible
+        runs get the same case id, creation time and therefore the same STIX ids and reports.
+        """
         root = Path(path)
         if (root / DB_NAME).exists():
             raise CaseError(f"{root}: already holds a case; open it instead (or pick another --case)")
@@ -191,7 +195,7 @@ class Case:
             raise CaseError(f"{root}: exists and is not a folder")
         root.mkdir(parents=True, exist_ok=True)
         case = cls(root, cls._connect(root / DB_NAME, read_only=False), clock=clock)
-        case._init_schema(created=clock())
+        case._init_schema(created=clock(), case_id=case_id or str(uuid.uuid4()))
         return case
 
     @classmethod
@@ -211,9 +215,11 @@ class Case:
         return case
 
     @classmethod
-    def open_or_create(cls, path: str | Path, *, clock: Clock = utc_now) -> Case:
+    def open_or_create(cls, path: str | Path, *, clock: Clock = utc_now, case_id: str | None = None) -> Case:
         root = Path(path)
-        return cls.open(root, clock=clock) if (root / DB_NAME).is_file() else cls.create(root, clock=clock)
+        if (root / DB_NAME).is_file():
+            return cls.open(root, clock=clock)
+        return cls.create(root, clock=clock, case_id=case_id)
 
     @staticmethod
     def _connect(db: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -224,13 +230,13 @@ class Case:
                 f"{db}: cannot open the case database ({exc}); is another casefile using it?"
             ) from exc
 
-    def _init_schema(self, *, created: datetime) -> None:
+    def _init_schema(self, *, created: datetime, case_id: str) -> None:
         with self.transaction():
             self._con.execute(_SCHEMA)
             create_events_table(self._con, EVENTS_TABLE)
             self._con.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?), ('case_id', ?)",
-                [SCHEMA_VERSION, created.astimezone(UTC).isoformat(), str(uuid.uuid4())],
+                [SCHEMA_VERSION, created.astimezone(UTC).isoformat(), case_id],
             )
 
     def close(self) -> None:
