@@ -221,3 +221,14 @@ def test_same_evidence_same_clock_and_id_gives_identical_outputs(tmp_path: Path)
     assert first == run(tmp_path / "one" / "case")  # and the same case re-run
     bundle = json.loads(first["bundle.json"])
     assert bundle["id"].startswith("bundle--") and "2022-07-20T09:00:00.000Z" in first["bundle.json"].decode()
+
+
+def test_skipped_rules_are_recorded_as_warnings(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(DEMO_RULES, rules)
+    (rules / "broken.yml").write_text("title: broken\nid: 1\ndetection: [\n")
+    result = investigate([DEMO_EVIDENCE], tmp_path / "c", rules=[rules], write_outputs=False)
+    assert result.rules_skipped == 1 and result.detections_added == sum(EXPECTED_RULES.values())
+    with Case.open(tmp_path / "c", read_only=True) as case:
+        (w,) = [w for w in case.warnings() if w.stage == "rules"]
+        assert w.warning.file.endswith("broken.yml") and "skipped" in w.warning.reason

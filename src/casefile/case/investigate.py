@@ -221,6 +221,12 @@ def investigate(
         warn(w)
     with Case.open_or_create(case_dir, clock=clock, case_id=case_id) as case:
         case.add_warnings(discovered, stage="discover")
+        # Rules that could not be used are part of what the case did not look for: say so.
+        skipped = [
+            IngestWarning(r.path, f"rule {r.rule_id or r.title or ''} skipped: {r.reason}")
+            for r in ruleset.skipped
+        ]
+        case.add_warnings(skipped, stage="rules", replace=True)
         added, already, events, detections, ingest_warnings = hunt_into_case(
             case, files, ruleset, min_level=min_level, progress=bar
         )
