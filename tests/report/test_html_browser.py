@@ -136,7 +136,7 @@ def test_hostile_evidence_stays_inert_and_literal(opened: tuple[Any, list[str], 
         ).count()
         == 0
     )
-    commands = [c for c in page.locator("#det-table td.cmd").all_text_contents() if c]
+    commands = [c for c in page.locator("#det-table td.cmd").all_text_contents() if "pwned" in c]
     assert commands == [XSS_COMMAND] * 3
     assert page.locator("#warnings td", has_text="<script>window.__pwned=3</script>").count() == 1
     assert page.locator("#attribution summary", has_text="OilRig <i>").count() == 3

@@ -54,7 +54,14 @@ GENERIC_PROCESSES = frozenset(
 )
 ACCOUNT_FIELDS = ("TargetUserName", "SubjectUserName", "User", "UserName", "AccountName", "user.name")
 PROCESS_FIELDS = ("Image", "NewProcessName", "ProcessName", "process.executable", "SourceImage")
-COMMAND_FIELDS = ("CommandLine", "ProcessCommandLine", "process.command_line", "ScriptBlockText")
+COMMAND_FIELDS = (
+    "CommandLine",
+    "ProcessCommandLine",
+    "process.command_line",
+    "ScriptBlockText",
+    "ImagePath",
+    "ServiceFileName",
+)
 PARENT_FIELDS = ("ParentImage", "ParentProcessName", "process.parent.executable")
 
 

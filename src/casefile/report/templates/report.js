@@ -55,6 +55,7 @@
         } else {
           td.textContent = r[key] === null || r[key] === undefined ? "" : String(r[key]);
           if (key === "command") { td.className = "cmd"; }
+          if (key === "process" || key === "account" || key === "host") { td.className = "wrap"; }
         }
         tr.appendChild(td);
       });
