@@ -207,3 +207,26 @@ def test_unreadable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.Monke
     events, warnings = _read(tmp_path)
     assert {e.source_file for e in events} == {str(tmp_path / "open.json")}
     assert warnings == [IngestWarning(str(locked), "unreadable folder: Permission denied")]
+
+
+def test_each_file_is_read_once(tmp_path: Path) -> None:
+    shutil.copy(ECS, tmp_path / "beat.json")
+    found = discover([tmp_path, tmp_path / "beat.json", tmp_path / "." / "beat.json"])
+    assert [f.path for f in found] == [str(tmp_path / "beat.json")]
+
+
+def test_fifo_and_dangling_link_are_skipped(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "gone.json").symlink_to(tmp_path / "missing.json")
+    shutil.copy(ECS, tmp_path / "beat.json")
+    events, warnings = _read(tmp_path)  # would hang on opening the FIFO
+    assert len(events) == 2
+    assert sorted(str(w) for w in warnings) == [
+        f"{tmp_path / 'gone.json'}: not a regular file; skipped",
+        f"{tmp_path / 'pipe.json'}: not a regular file; skipped",
+    ]
+    pipe_warnings: list[IngestWarning] = []
+    assert discover([tmp_path / "pipe.json"], on_warning=pipe_warnings.append) == []
+    assert [w.reason for w in pipe_warnings] == ["not a regular file; skipped"]

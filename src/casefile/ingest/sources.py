@@ -50,7 +50,11 @@ def _walk(path: Path, on_warning: WarningSink) -> Iterator[Path]:
     for root, dirs, files in os.walk(path, onerror=unreadable):
         dirs.sort()
         for name in sorted(files):
-            yield Path(root) / name
+            file = Path(root) / name
+            if file.is_file():
+                yield file
+            else:  # a FIFO would block the open forever; sockets, devices, dangling links
+                on_warning(IngestWarning(str(file), "not a regular file; skipped"))
 
 
 def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
@@ -125,13 +129,24 @@ def discover(
     """
     sink = on_warning or _ignore
     found: list[EvidenceFile] = []
+    seen: set[Path] = set()
+
+    def classify(file: Path) -> None:
+        # The same file named twice (or a folder and a file inside it) is read once.
+        key = file.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.extend(_classify(file, sink))
+
     for given in paths:
         path = Path(given)
         if path.is_dir():
             for file in _walk(path, sink):
-                found.extend(_classify(file, sink))
+                classify(file)
         elif path.is_file():
-            found.extend(_classify(path, sink))
+            classify(path)
+        elif path.exists():
+            sink(IngestWarning(str(path), "not a regular file; skipped"))
         else:
             raise InputError(str(path), "no such file or folder")
     return found
