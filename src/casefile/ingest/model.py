@@ -30,8 +30,9 @@ class EvidenceFile:
 class RawRecord:
     """One record as a reader decoded it, before shape normalisation.
 
-    `index` is the record's position in its file: the 1-based ordinal for EVTX, the line on which
-    the record starts for JSON. `shape` names the normaliser in `casefile.ingest.SHAPES` when the
+    `index` says where the record is in its file: for EVTX the number its record header gives
+    (the parser's "record number", counting from 1 in a fresh log), for JSON and CSV the line on
+    which the record starts. `shape` names the normaliser in `casefile.ingest.SHAPES` when the
     reader knows it (EVTX always gives `evtx-json`); None lets the shapes sniff the record.
     """
 

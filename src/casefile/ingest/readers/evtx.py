@@ -20,6 +20,8 @@ MAGIC = b"ElfFile\x00"
 HEADER_SIZE = 4096
 CHUNK_SIZE = 65536
 CHUNK_MAGIC = b"ElfChnk\x00"
+CHUNK_HEADER_SIZE = 512
+RECORD_MAGIC = b"\x2a\x2a\x00\x00"
 #: After this many errors in a row without a good record the rest of the file is given up.
 MAX_CONSECUTIVE_ERRORS = 256
 
@@ -52,10 +54,6 @@ def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> list[
     return problems
 
 
-RECORD_MAGIC = b"\x2a\x2a\x00\x00"
-CHUNK_HEADER_SIZE = 512
-
-
 def _complete_records(chunk: bytes) -> tuple[int, int | None]:
     """Where the whole records of a (cut) chunk end, and the number of the record cut off, if any.
 
@@ -74,11 +72,14 @@ def _complete_records(chunk: bytes) -> tuple[int, int | None]:
 
 
 def _records(
-    parser: Any, source: str, on_warning: WarningSink, *, first_index: int, what: str = ""
+    parser: Any, source: str, on_warning: WarningSink, *, last_number: int, what: str = ""
 ) -> Iterator[RawRecord]:
-    """Iterate a parser's JSON records; a bad chunk or record becomes a warning and iteration goes on."""
+    """Iterate a parser's JSON records; a bad chunk or record becomes a warning and iteration goes on.
+
+    Records are numbered as their record headers number them; an unreadable one is named by the
+    number after the last good one (the parser's message names the full range of a lost chunk).
+    """
     iterator = parser.records_json()
-    index = first_index
     consecutive = 0
     while True:
         try:
@@ -86,26 +87,31 @@ def _records(
         except StopIteration:
             return
         except RuntimeError as exc:  # the parser's per-chunk / per-record error
-            index += 1
             consecutive += 1
-            on_warning(IngestWarning(source, f"EVTX parse error{what}, records skipped: {exc}", index))
+            on_warning(IngestWarning(
+                source, f"EVTX parse error{what}, records skipped: {exc}", last_number + 1
+            ))
             if consecutive >= MAX_CONSECUTIVE_ERRORS:
                 on_warning(IngestWarning(
-                    source, f"gave up after {consecutive} unreadable EVTX records in a row{what}", index
+                    source, f"gave up after {consecutive} unreadable EVTX records in a row{what}",
+                    last_number + 1,
                 ))
                 return
             continue
-        index += 1
         consecutive = 0
+        number = record.get("event_record_id")
+        last_number = number if isinstance(number, int) else last_number + 1
         try:
             data = json.loads(record["data"])
         except (ValueError, KeyError, TypeError) as exc:
-            on_warning(IngestWarning(source, f"EVTX record{what} is not valid JSON: {exc}", index))
+            on_warning(IngestWarning(source, f"EVTX record{what} is not valid JSON: {exc}", last_number))
             continue
         if not isinstance(data, dict):
-            on_warning(IngestWarning(source, f"EVTX record{what} is a JSON {type(data).__name__}", index))
+            on_warning(IngestWarning(
+                source, f"EVTX record{what} is a JSON {type(data).__name__}", last_number
+            ))
             continue
-        yield RawRecord(index=index, data=data, shape="evtx-json")
+        yield RawRecord(index=last_number, data=data, shape="evtx-json")
 
 
 class EvtxReader:
@@ -155,13 +161,13 @@ class EvtxReader:
         except (OSError, RuntimeError, ValueError) as exc:
             on_warning(IngestWarning(source, f"unreadable EVTX file: {exc}"))
             return
-        count = 0
-        for raw in _records(parser, source, on_warning, first_index=0):
-            count = raw.index
+        last = 0
+        for raw in _records(parser, source, on_warning, last_number=0):
+            last = raw.index
             yield raw
         if partial:
             yield from self._salvage(
-                stream, header, full_chunks, partial, count, declared, source, on_warning
+                stream, header, full_chunks, partial, last, declared, source, on_warning
             )
         elif full_chunks < declared:
             on_warning(IngestWarning(
@@ -171,7 +177,7 @@ class EvtxReader:
             ))
 
     def _salvage(
-        self, stream: IO[bytes], header: bytes, full_chunks: int, partial: int, count: int,
+        self, stream: IO[bytes], header: bytes, full_chunks: int, partial: int, last: int,
         declared: int, source: str, on_warning: WarningSink,
     ) -> Iterator[RawRecord]:
         """Parse the cut-off last chunk alone, zero-padded to full size, for the records it still holds."""
@@ -195,7 +201,7 @@ class EvtxReader:
             on_warning(IngestWarning(source, f"truncated EVTX: partial last chunk unreadable: {exc}"))
             return
         what = f" in partial chunk {full_chunks}"
-        for raw in _records(parser, source, on_warning, first_index=count, what=what):
+        for raw in _records(parser, source, on_warning, last_number=last, what=what):
             recovered += 1
             yield raw
         on_warning(IngestWarning(
