@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.hunt.evaluate import EventView, Predicate, compile_node
@@ -14,8 +14,9 @@ from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
+    """One compiled program in the index (a tuple: unpacked in the hot loop)."""
+
     info: RuleInfo
     predicate: Predicate
 
@@ -90,13 +91,15 @@ def match_event(
     """Detections of the indexed rules on one event (no correlation, no suppression)."""
     channel = event.channel if event.channel is not None else event.fields.get("Channel")
     view = EventView(event.fields)
+    check_level = min_level > Level.INFORMATIONAL
     for entry in index.candidates(channel if isinstance(channel, str) else None, _event_id(event)):
-        if entry.info.level < min_level:
+        info, predicate = entry
+        if check_level and info.level < min_level:
             continue
-        if entry.predicate(view, None):
+        if predicate(view, None):
             matched: dict[str, Any] = {}
-            entry.predicate(view, matched)
-            yield _detection(entry.info, event, matched)
+            predicate(view, matched)
+            yield _detection(info, event, matched)
 
 
 def hunt(

@@ -152,7 +152,15 @@ def _str_leaf(field: str | None, cased: bool, test: Callable[[str], bool]) -> Pr
     fname = field
 
     def pred(view: EventView, rec: dict[str, Any] | None) -> bool:
-        for s in view.strings(fname) if cased else view.lowered(fname):
+        values: tuple[str, ...] | None
+        if cased:
+            values = view.strings(fname)
+        else:
+            # hot path: read the per-event cache of lower-cased values, fill it on first use
+            values = view._lower.get(fname)
+            if values is None:
+                values = view.lowered(fname)
+        for s in values:
             if test(s):
                 if rec is not None:
                     _record(view, fname, rec)
