@@ -212,3 +212,44 @@ def test_whole_shared_evtx_corpus(shared_data: Path) -> None:
     files = Counter(e.source_file for e in events)
     assert len(files) == 870
     assert all(isinstance(e.fields["EventID"], int) for e in events)
+
+
+@pytest.mark.shared
+def test_evtx_in_damaged_gzip_keeps_records_before_the_damage(sample: bytes, tmp_path: Path) -> None:
+    packed = gzip.compress(sample)
+    gz = tmp_path / "cut.evtx.gz"
+    gz.write_bytes(packed[: len(packed) // 2])
+    whole = tmp_path / "whole.evtx"
+    whole.write_bytes(sample)
+    intact, _ = _read(whole)
+    events, warnings = _read(gz)
+    assert len(events) > 300  # several whole chunks survive the damage
+    assert [e.fields for e in events] == [e.fields for e in intact[: len(events)]]
+    assert len(warnings) == 2
+    assert warnings[0].reason.startswith("damaged archive data after ")
+    assert warnings[0].reason.endswith(
+        "(EOFError: Compressed file ended before the end-of-stream marker was reached); "
+        "reading the EVTX up to there"
+    )
+    assert warnings[1].reason.startswith("truncated EVTX: file ends ")
+
+
+@pytest.mark.shared
+def test_evtx_zip_member_with_bad_crc(sample: bytes, tmp_path: Path) -> None:
+    archive = tmp_path / "crc.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("Security.evtx", sample)
+    data = bytearray(archive.read_bytes())
+    start = data.index(b"ElfFile\x00") + HEADER_SIZE + CHUNK_SIZE + 20_000
+    data[start:start + 16] = b"A" * 16
+    archive.write_bytes(bytes(data))
+    events, warnings = _read(archive)
+    assert len(events) == 869
+    source = f"{archive}!Security.evtx"
+    assert [str(w) for w in warnings] == [
+        f"{source}: damaged archive data after {len(sample)} bytes (BadZipFile: Bad CRC-32 for file "
+        "'Security.evtx': its bytes differ from what was archived; read as found); reading the EVTX "
+        "up to there",
+        f"{source}: chunk 1 checksum mismatch (records): records 99..197 may be damaged or altered; "
+        "read as found",
+    ]

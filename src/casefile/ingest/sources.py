@@ -194,7 +194,7 @@ class _CheckedMember(io.RawIOBase):
                 self._checking = False
                 raise zipfile.BadZipFile(
                     f"Bad CRC-32 for file {self._info.filename!r}: its bytes differ from what was "
-                    "archived; the records above were read as found"
+                    "archived; read as found"
                 )
         return size
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import struct
+import tempfile
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,8 @@ CHUNK_SIZE = 65536
 CHUNK_MAGIC = b"ElfChnk\x00"
 CHUNK_HEADER_SIZE = 512
 RECORD_MAGIC = b"\x2a\x2a\x00\x00"
+#: What reading a damaged zip member or gzip stream raises.
+COMPRESSED_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError)
 #: After this many errors in a row without a good record the rest of the file is given up.
 MAX_CONSECUTIVE_ERRORS = 256
 
@@ -138,6 +142,33 @@ class EvtxReader:
     def read(
         self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None
     ) -> Iterator[RawRecord]:
+        if disk_path is not None:
+            yield from self._read(stream, source, on_warning, disk_path)
+            return
+        # A zip member or gzip stream: copied to a temporary file first, so the parser gets a
+        # real file to seek in, and damaged compressed data cuts the copy short instead of
+        # losing the whole file (the cut copy is then read like any truncated EVTX).
+        with tempfile.TemporaryDirectory(prefix="casefile-evtx-") as tmp:
+            copy = Path(tmp) / "copy.evtx"
+            with copy.open("wb") as out:
+                copied = 0
+                # read1: one step of the decompressor at a time, so little is lost at the damage.
+                read = getattr(stream, "read1", stream.read)
+                try:
+                    while block := read(1 << 20):
+                        out.write(block)
+                        copied += len(block)
+                except COMPRESSED_ERRORS as exc:
+                    on_warning(IngestWarning(
+                        source, f"damaged archive data after {copied} bytes ({type(exc).__name__}: {exc}); "
+                        "reading the EVTX up to there",
+                    ))
+            with copy.open("rb") as fh:
+                yield from self._read(fh, source, on_warning, copy)
+
+    def _read(
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, disk_path: Path
+    ) -> Iterator[RawRecord]:
         header = stream.read(HEADER_SIZE)
         if not header.startswith(MAGIC):
             on_warning(IngestWarning(
@@ -155,9 +186,8 @@ class EvtxReader:
         for problem in check_checksums(stream, header, full_chunks):
             on_warning(IngestWarning(source, problem))
         stream.seek(0)
-        target: Any = str(disk_path) if disk_path is not None else stream
         try:
-            parser = PyEvtxParser(target, number_of_threads=self.threads)
+            parser = PyEvtxParser(str(disk_path), number_of_threads=self.threads)
         except (OSError, RuntimeError, ValueError) as exc:
             on_warning(IngestWarning(source, f"unreadable EVTX file: {exc}"))
             return
