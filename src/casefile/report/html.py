@@ -40,6 +40,8 @@ DEFAULT_TACTICS: tuple[tuple[str, str], ...] = (
     ("exfiltration", "Exfiltration"),
     ("impact", "Impact"),
 )
+#: Individual dots per few-pixel bucket of one host lane before the rest are drawn as one dot.
+PER_BUCKET = 5
 LEVEL_COLORS = {
     "informational": "#7a8899",
     "low": "#3b82c4",
@@ -47,6 +49,9 @@ LEVEL_COLORS = {
     "high": "#e0611a",
     "critical": "#c0122c",
 }
+
+
+_LEVEL_ORDER = ("informational", "low", "medium", "high", "critical")
 
 
 def json_for_script(value: Any) -> Markup:
@@ -63,6 +68,7 @@ class Dot:
     y: float
     color: str
     title: str
+    r: float = 4.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,19 +116,29 @@ def _timeline_chart(entries: list[TimelineEntry]) -> TimelineChart:
         def xpos(ts: datetime) -> float:
             return round(left + plot_w * (ts - t0).total_seconds() / span, 1)
 
-        stacked: Counter[tuple[str, float]] = Counter()
+        # Hits closer than a few pixels share a bucket: up to PER_BUCKET dots stacked vertically,
+        # then one larger dot standing for the rest, so a busy host stays a readable, bounded chart.
+        buckets: dict[tuple[str, int], list[tuple[float, TimelineEntry]]] = defaultdict(list)
         for e in timed:
             assert e.timestamp is not None
-            host = e.host or "unknown"
             x = xpos(e.timestamp)
-            bucket = (host, round(x / 4))
-            # Spread simultaneous hits vertically so that each stays visible.
-            offset = ((stacked[bucket] % 5) - 2) * 4
-            stacked[bucket] += 1
-            title = f"{e.timestamp.isoformat()} {e.rule_title} [{e.level}]"
-            if e.command_line:
-                title += f" {e.command_line[:300]}"
-            dots.append(Dot(x, lane_y[host] + offset, LEVEL_COLORS.get(e.level, "#555"), title))
+            buckets[(e.host or "unknown", round(x / 4))].append((x, e))
+        for (host, _), items in buckets.items():
+            shown = items if len(items) <= PER_BUCKET else items[: PER_BUCKET - 1]
+            for j, (x, e) in enumerate(shown):
+                assert e.timestamp is not None
+                title = f"{e.timestamp.isoformat()} {e.rule_title} [{e.level}]"
+                if e.command_line:
+                    title += f" {e.command_line[:300]}"
+                dots.append(Dot(x, lane_y[host] + (j - 2) * 4, LEVEL_COLORS.get(e.level, "#555"), title))
+            rest = items[len(shown) :]
+            if rest:
+                worst = max(rest, key=lambda item: _LEVEL_ORDER.index(item[1].level))[1]
+                names = ", ".join(sorted({e.rule_title for _, e in rest})[:5])
+                title = f"{len(rest)} more detections here: {names}"
+                dots.append(
+                    Dot(rest[0][0], lane_y[host] + 8, LEVEL_COLORS.get(worst.level, "#555"), title, 7.0)
+                )
         for i in range(6):
             ts = t0 + timedelta(seconds=span * i / 5)
             fmt = "%Y-%m-%d %H:%M" if span > 120 else "%H:%M:%S"
