@@ -232,3 +232,39 @@ def test_skipped_rules_are_recorded_as_warnings(tmp_path: Path) -> None:
     with Case.open(tmp_path / "c", read_only=True) as case:
         (w,) = [w for w in case.warnings() if w.stage == "rules"]
         assert w.warning.file.endswith("broken.yml") and "skipped" in w.warning.reason
+
+
+CORRELATION = """
+title: WMI remote execution seen from both ends
+id: 5a0c4f8e-1111-4d2b-9c3e-000000000001
+status: experimental
+correlation:
+    type: event_count
+    rules:
+        - 6c1a3f0e-2b7d-4c59-9a61-0d3e5f7a8b06
+    group-by:
+        - User
+    timespan: 1h
+    condition:
+        gte: 2
+level: critical
+"""
+
+
+def test_correlation_runs_over_the_whole_case_across_files_and_runs(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(DEMO_RULES, rules)
+    (rules / "wmi_both_ends.yml").write_text(CORRELATION)
+    # The two WMI hits are in two files added by two runs: only the case-wide pass can pair them.
+    root = tmp_path / "case"
+    first = investigate([DEMO_EVIDENCE / "SP01-sysmon.ndjson"], root, rules=[rules], write_outputs=False)
+    assert first.correlation_detections == 0
+    second = investigate([DEMO_EVIDENCE / "EXCH01-sysmon.ndjson"], root, rules=[rules], write_outputs=False)
+    assert second.correlation_detections == 1
+    with Case.open(root, read_only=True) as case:
+        dets = [sd.detection for sd in case.detections()]
+        (corr,) = [d for d in dets if d.kind.value == "correlation"]
+        assert corr.group == {"User": "MOFA\\svc_spadmin"}
+        # generate: false (the default) keeps the base rule's hits out of the detections.
+        assert not any(d.rule.title == "Remote Process Creation Through WMI" for d in dets)
+        assert len(case.correlation_inputs()) == 2
