@@ -68,7 +68,7 @@ def test_stix_bundle_bad_pattern_is_one_issue_rest_imported(tmp_path: Path) -> N
     with IntelStore.open(tmp_path / "intel.duckdb") as store:
         result = import_intel(store, bundle)
         assert (result.indicators_new, result.indicators_merged, result.objects) == (2, 0, 2)
-        assert [(i.object, i.reason.split(":")[0]) for i in result.issues] == [
+        assert sorted((i.object, i.reason.split(":")[0]) for i in result.issues) == [
             ("indicator--00000002-0000-4000-8000-000000000000", 'invalid STIX pattern "[file'),
             ("objects[5]", "not a STIX object (needs string 'type' and 'id')"),
         ]

@@ -182,4 +182,4 @@ def test_cli_intel_import_and_exports(tmp_path: Path) -> None:
     with Case.open(case_dir, read_only=True) as case:
         assert len(case.detections()) == 6  # re-matching replaces, never duplicates
     missing = runner.invoke(app, ["intel", "import", str(tmp_path / "absent.csv"), "--store", str(store)])
-    assert missing.exit_code == 2 and "no such file" in missing.output
+    assert missing.exit_code == 2 and "no such file" in " ".join(missing.output.split())

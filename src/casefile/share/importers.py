@@ -12,7 +12,7 @@ import io
 import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,7 @@ def read_misp_event(source: str, data: Any) -> Iterator[Item]:
             first_seen=first,
             last_seen=last,
             labels=(f"misp:{attr.get('category')}",) if attr.get("category") else (),
+            atoms=(atom,),
         )
 
 
@@ -290,6 +291,7 @@ def read_csv(source: str, text: Any) -> Iterator[Item]:
             tlp=tlp,
             first_seen=first,
             last_seen=last,
+            atoms=(atom,),
         )
 
 
@@ -376,7 +378,8 @@ def _fetch(url: str) -> tuple[str, str, Any] | IntelIssue:
 def import_intel(store: IntelStore, target: str | Path, options: ImportOptions | None = None) -> ImportResult:
     """Import a file, folder (MISP feed or a tree of bundles/CSVs) or URL into the store.
 
-    Per-object problems are collected in the result's `issues`; the rest is imported and committed.
+    Per-object problems are collected in the result's `issues`; the rest is imported. Each source
+    is read whole and written in a few set-based statements, as one transaction.
     """
     opts = options or ImportOptions()
     total = ImportResult(source=opts.source or str(target))
@@ -386,33 +389,21 @@ def import_intel(store: IntelStore, target: str | Path, options: ImportOptions |
             continue
         name, reader, content = entry
         result = ImportResult(source=opts.source or name)
+        indicators: list[IndicatorInput] = []
+        objects: list[dict[str, Any]] = []
+        for item in READERS.get(reader)(opts.source or name, content):
+            if isinstance(item, IntelIssue):
+                result.issues.append(item)
+            elif isinstance(item, IndicatorInput):
+                if item.tlp is None and opts.tlp is not None:
+                    item = replace(item, tlp=opts.tlp)
+                indicators.append(item)
+            else:
+                objects.append(item)
         with store.transaction():
-            for item in READERS.get(reader)(opts.source or name, content):
-                _store_item(store, item, result, opts)
+            new, merged, issues = store.add_indicators(indicators)
+            store.add_objects(objects, result.source)
+        result.indicators_new, result.indicators_merged, result.objects = new, merged, len(objects)
+        result.issues.extend(issues)
         total.add(result)
     return total
-
-
-def _store_item(store: IntelStore, item: Item, result: ImportResult, opts: ImportOptions) -> None:
-    if isinstance(item, IntelIssue):
-        result.issues.append(item)
-    elif isinstance(item, IndicatorInput):
-        if item.tlp is None and opts.tlp is not None:
-            item = IndicatorInput(**{**_fields(item), "tlp": opts.tlp})
-        try:
-            if store.add_indicator(item):
-                result.indicators_new += 1
-            else:
-                result.indicators_merged += 1
-        except IntelError as exc:
-            result.issues.append(IntelIssue(item.source, item.id, str(exc)))
-    else:
-        try:
-            store.add_object(item, result.source)
-            result.objects += 1
-        except IntelError as exc:
-            result.issues.append(IntelIssue(result.source, str(item.get("id", "-")), str(exc)))
-
-
-def _fields(item: IndicatorInput) -> dict[str, Any]:
-    return {name: getattr(item, name) for name in item.__dataclass_fields__}

@@ -94,3 +94,4 @@ class IndicatorInput:
     last_seen: datetime | None
     labels: tuple[str, ...] = ()
     raw: dict[str, Any] | None = None  # the STIX object, when it came as one
+    atoms: tuple[Atom, ...] | None = None  # when the importer built the pattern from these (no re-parse)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -14,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from casefile.errors import IntelError
-from casefile.share.models import Atom, AtomKind, Indicator, IndicatorInput
+from casefile.share.models import Atom, AtomKind, Indicator, IndicatorInput, IntelIssue
 from casefile.share.patterns import parse_pattern
 
 #: TLP names from least to most restrictive: a merge keeps the most restrictive marking seen.
@@ -109,67 +110,136 @@ class IntelStore:
     # -- writing --------------------------------------------------------------------------------
     def add_indicator(self, item: IndicatorInput) -> bool:
         """Store or merge one indicator; True when it is new. Raises IntelError for a bad pattern."""
-        atoms, note = parse_pattern(item.pattern)
-        key = atom_key(atoms, item.pattern)
-        row = self._con.execute(
-            "SELECT sources, tlp, first_seen, last_seen, labels FROM indicators WHERE key = ?", [key]
-        ).fetchone()
-        raw = json.dumps(item.raw, sort_keys=True) if item.raw is not None else None
-        if row is None:
-            self._con.execute(
-                "INSERT INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    key,
-                    item.id,
-                    item.pattern,
-                    item.name,
-                    item.description,
-                    [item.source],
-                    item.tlp,
-                    item.first_seen,
-                    item.last_seen,
-                    sorted(set(item.labels)),
-                    note,
-                    raw,
-                ],
-            )
-            self._con.executemany(
-                "INSERT OR IGNORE INTO atoms VALUES (?, ?, ?)", [[key, a.kind.value, a.value] for a in atoms]
-            )
-            return True
-        sources, tlp, first, last, labels = row
-        merged_sources = list(sources) + ([item.source] if item.source not in sources else [])
-        self._con.execute(
-            """UPDATE indicators SET sources = ?, tlp = ?, first_seen = ?, last_seen = ?, labels = ?,
-               name = coalesce(name, ?), description = coalesce(description, ?), raw = coalesce(raw, ?)
-               WHERE key = ?""",
-            [
-                merged_sources,
-                stricter_tlp(tlp, item.tlp),
-                _earliest(first, item.first_seen),
-                _latest(last, item.last_seen),
-                sorted(set(labels) | set(item.labels)),
-                item.name,
-                item.description,
-                raw,
-                key,
-            ],
+        new, _, issues = self.add_indicators([item])
+        if issues:
+            raise IntelError(issues[0].reason)
+        return new == 1
+
+    def add_indicators(self, items: Sequence[IndicatorInput]) -> tuple[int, int, list[IntelIssue]]:
+        """Store or merge many indicators in a few set-based statements.
+
+        Returns (new, merged, issues): an item whose pattern does not parse is an issue, the rest
+        are stored. Items with the same atoms (in the batch or already stored) merge into one row.
+        """
+        issues: list[IntelIssue] = []
+        rows: dict[str, _Row] = {}
+        accepted = 0
+        for item in items:
+            try:
+                atoms, note = (
+                    (list(item.atoms), None) if item.atoms is not None else parse_pattern(item.pattern)
+                )
+            except IntelError as exc:
+                issues.append(IntelIssue(item.source, item.id, str(exc)))
+                continue
+            accepted += 1
+            key = atom_key(atoms, item.pattern)
+            row = _Row.of(key, item, tuple(atoms), note)
+            rows[key] = rows[key].merge(row) if key in rows else row
+        if not rows:
+            return 0, 0, issues
+        self._con.register("_cf_keys", pa.table({"key": pa.array(list(rows), pa.string())}))
+        try:
+            stored = self._con.execute(
+                """SELECT i.key, i.id, i.pattern, i.name, i.description, i.sources, i.tlp, i.first_seen,
+                          i.last_seen, i.labels, i.note, i.raw
+                   FROM indicators i SEMI JOIN _cf_keys k ON k.key = i.key"""
+            ).fetchall()
+            for r in stored:
+                old = _Row(
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4],
+                    list(r[5]),
+                    r[6],
+                    _utc(r[7]),
+                    _utc(r[8]),
+                    set(r[9]),
+                    r[10],
+                    r[11],
+                    (),
+                )
+                rows[r[0]] = old.merge(rows[r[0]])
+            self._con.execute("DELETE FROM indicators WHERE key IN (SELECT key FROM _cf_keys)")
+        finally:
+            self._con.unregister("_cf_keys")
+        existing = {r[0] for r in stored}
+        table = pa.table(
+            {
+                "key": [r.key for r in rows.values()],
+                "id": [r.id for r in rows.values()],
+                "pattern": [r.pattern for r in rows.values()],
+                "name": pa.array([r.name for r in rows.values()], pa.string()),
+                "description": pa.array([r.description for r in rows.values()], pa.string()),
+                "sources": pa.array([r.sources for r in rows.values()], pa.list_(pa.string())),
+                "tlp": pa.array([r.tlp for r in rows.values()], pa.string()),
+                "first_seen": pa.array([r.first_seen for r in rows.values()], pa.timestamp("us", tz="UTC")),
+                "last_seen": pa.array([r.last_seen for r in rows.values()], pa.timestamp("us", tz="UTC")),
+                "labels": pa.array([sorted(r.labels) for r in rows.values()], pa.list_(pa.string())),
+                "note": pa.array([r.note for r in rows.values()], pa.string()),
+                "raw": pa.array([r.raw for r in rows.values()], pa.string()),
+            }
         )
-        return False
+        fresh = [r for r in rows.values() if r.key not in existing]
+        atoms_table = pa.table(
+            {
+                "key": pa.array([r.key for r in fresh for _ in r.atoms], pa.string()),
+                "kind": pa.array([a.kind.value for r in fresh for a in r.atoms], pa.string()),
+                "value": pa.array([a.value for r in fresh for a in r.atoms], pa.string()),
+            }
+        )
+        self._con.register("_cf_rows", table)
+        self._con.register("_cf_atoms_new", atoms_table)
+        try:
+            self._con.execute("INSERT INTO indicators SELECT * FROM _cf_rows")
+            self._con.execute("INSERT OR IGNORE INTO atoms SELECT DISTINCT * FROM _cf_atoms_new")
+        finally:
+            self._con.unregister("_cf_rows")
+            self._con.unregister("_cf_atoms_new")
+        return len(fresh), accepted - len(fresh), issues
 
     def add_object(self, obj: dict[str, Any], source: str) -> None:
         """Store a non-indicator STIX object; a newer `modified` replaces an older version."""
-        oid, otype = obj.get("id"), obj.get("type")
-        if not isinstance(oid, str) or not isinstance(otype, str):
-            raise IntelError("STIX object without a string id and type")
-        modified = obj.get("modified") or obj.get("created")
-        row = self._con.execute("SELECT modified FROM objects WHERE id = ?", [oid]).fetchone()
-        if row is not None and row[0] is not None and modified is not None and str(row[0]) >= str(modified):
+        self.add_objects([obj], source)
+
+    def add_objects(self, objects: Sequence[dict[str, Any]], source: str) -> None:
+        """Store non-indicator STIX objects; per id the newest `modified` (or `created`) is kept."""
+        newest: dict[str, tuple[str, str | None, dict[str, Any]]] = {}
+        for obj in objects:
+            oid, otype = obj.get("id"), obj.get("type")
+            if not isinstance(oid, str) or not isinstance(otype, str):
+                raise IntelError("STIX object without a string id and type")
+            modified = obj.get("modified") or obj.get("created")
+            stamp = str(modified) if modified is not None else None
+            if oid not in newest or _newer(stamp, newest[oid][1]):
+                newest[oid] = (otype, stamp, obj)
+        if not newest:
             return
-        self._con.execute(
-            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)",
-            [oid, otype, modified, source, json.dumps(obj, sort_keys=True)],
+        self._con.register("_cf_ids", pa.table({"id": pa.array(list(newest), pa.string())}))
+        try:
+            for oid, modified in self._con.execute(
+                "SELECT o.id, o.modified FROM objects o SEMI JOIN _cf_ids i ON i.id = o.id"
+            ).fetchall():
+                if not _newer(newest[oid][1], modified):
+                    del newest[oid]
+        finally:
+            self._con.unregister("_cf_ids")
+        table = pa.table(
+            {
+                "id": pa.array(list(newest), pa.string()),
+                "type": pa.array([v[0] for v in newest.values()], pa.string()),
+                "modified": pa.array([v[1] for v in newest.values()], pa.string()),
+                "source": pa.array([source] * len(newest), pa.string()),
+                "json": pa.array([json.dumps(v[2], sort_keys=True) for v in newest.values()], pa.string()),
+            }
         )
+        self._con.register("_cf_objects", table)
+        try:
+            self._con.execute("INSERT OR REPLACE INTO objects SELECT * FROM _cf_objects")
+        finally:
+            self._con.unregister("_cf_objects")
 
     def transaction(self) -> _Transaction:
         """A context in which a whole import is committed at once (or rolled back on a crash)."""
@@ -329,6 +399,76 @@ def atom_table(items: Sequence[tuple[str, Atom]]) -> pa.Table:
         ):
             cols[name].append(value)
     return pa.table(cols, schema=ATOM_SCHEMA)
+
+
+def _newer(a: str | None, b: str | None) -> bool:
+    """Whether version stamp `a` is newer than `b` (an object without a stamp never replaces one)."""
+    if a is None:
+        return b is None
+    if b is None:
+        return True
+    try:
+        return datetime.fromisoformat(a.replace("Z", "+00:00")) > datetime.fromisoformat(
+            b.replace("Z", "+00:00")
+        )
+    except ValueError:
+        return a > b
+
+
+@dataclass(slots=True)
+class _Row:
+    """An indicator row being merged before it is written."""
+
+    key: str
+    id: str
+    pattern: str
+    name: str | None
+    description: str | None
+    sources: list[str]
+    tlp: str | None
+    first_seen: datetime | None
+    last_seen: datetime | None
+    labels: set[str]
+    note: str | None
+    raw: str | None
+    atoms: tuple[Atom, ...]
+
+    @classmethod
+    def of(cls, key: str, item: IndicatorInput, atoms: tuple[Atom, ...], note: str | None) -> _Row:
+        raw = json.dumps(item.raw, sort_keys=True) if item.raw is not None else None
+        return cls(
+            key,
+            item.id,
+            item.pattern,
+            item.name,
+            item.description,
+            [item.source],
+            item.tlp,
+            _utc(item.first_seen),
+            _utc(item.last_seen),
+            set(item.labels),
+            note,
+            raw,
+            atoms,
+        )
+
+    def merge(self, later: _Row) -> _Row:
+        """This row with a later sighting of the same indicator folded in (this row's id is kept)."""
+        return _Row(
+            self.key,
+            self.id,
+            self.pattern,
+            self.name or later.name,
+            self.description or later.description,
+            self.sources + [s for s in later.sources if s not in self.sources],
+            stricter_tlp(self.tlp, later.tlp),
+            _earliest(self.first_seen, later.first_seen),
+            _latest(self.last_seen, later.last_seen),
+            self.labels | later.labels,
+            self.note,
+            self.raw or later.raw,
+            self.atoms or later.atoms,
+        )
 
 
 def _utc(ts: datetime | None) -> datetime | None:
