@@ -166,3 +166,12 @@ def test_damage_between_blocks_skips_only_the_damaged_records(
     records, warnings = _read("\n".join(lines))
     assert [r["n"] for _, r in records] == [i for i in range(120) if i not in damaged]
     assert [w.record for w in warnings] == [i + 1 for i in sorted(damaged)]
+
+
+def test_hostile_nesting_is_skipped_not_a_crash() -> None:
+    deep = '{"x":' * 100_000 + "1" + "}" * 100_000
+    records, warnings = _read('{"a": 1}\n' + deep + '\n{"a": 2}\n' + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert [r for _, r in records] == [{"a": 1}, {"a": 2}]
+    assert [(w.record, w.reason) for w in warnings] == [
+        (2, "invalid JSON at line 2 column 1: nested too deeply; record skipped, resumed at line 3"),
+    ]

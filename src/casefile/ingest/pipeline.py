@@ -52,7 +52,7 @@ def normalise(
     try:
         shape = SHAPES.get(raw.shape) if raw.shape else _shape_for(raw.data, shapes or shapes_by_priority())
         return shape.normalise(raw.data, source_file)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
         on_warning(IngestWarning(
             source_file, f"record could not be normalised: {type(exc).__name__}: {exc}", raw.index
         ))

@@ -107,7 +107,7 @@ def _records(
         last_number = number if isinstance(number, int) else last_number + 1
         try:
             data = json.loads(record["data"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             on_warning(IngestWarning(source, f"EVTX record{what} is not valid JSON: {exc}", last_number))
             continue
         if not isinstance(data, dict):

@@ -148,6 +148,11 @@ class JsonReader:
         while True:
             try:
                 value, end = _DECODER.raw_decode(buf.text, buf.pos)
+            except RecursionError:
+                # Hostile nesting deeper than Python's recursion limit: skip like a bad record.
+                nested = json.JSONDecodeError("nested too deeply", buf.text, buf.pos)
+                self._skip_bad(buf, nested, source, on_warning)
+                return _SKIPPED
             except json.JSONDecodeError as exc:
                 if _incomplete(exc, buf.text) and not buf.eof:
                     # Grow geometrically so a huge record is not re-parsed once per block.
