@@ -28,11 +28,14 @@ import pyarrow as pa
 
 from casefile.errors import IntelError
 from casefile.models import Detection, DetectionKind, Level, RuleInfo
-from casefile.share.models import Indicator
+from casefile.share.models import AtomKind, Indicator
 
 if TYPE_CHECKING:
     from casefile.share.store import IntelStore
 
+#: URLs inside free text (command lines, scripts): scheme://, then up to a space, quote or shell
+#: metacharacter; trailing punctuation is trimmed in SQL.
+URL_TOKEN = r"[a-z][a-z0-9+.-]*://[^\s\"'<>|^`]+"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -72,7 +75,7 @@ class FieldMap:
         "url.full",
         "url.original",
     )
-    URL_CONTAINS: ClassVar[tuple[str, ...]] = (
+    URL_IN_TEXT: ClassVar[tuple[str, ...]] = (
         "CommandLine",
         "ParentCommandLine",
         "ScriptBlockText",
@@ -86,7 +89,7 @@ class FieldMap:
         rows += [("ip", f, "exact") for f in cls.IP]
         rows += [("domain", f, "exact") for f in cls.DOMAIN]
         rows += [("url", f, "exact") for f in cls.URL_EXACT]
-        rows += [("url", f, "contains") for f in cls.URL_CONTAINS]
+        rows += [("url", f, "tokens") for f in cls.URL_IN_TEXT]
         kinds, fields, modes = zip(*rows, strict=True)
         return pa.table({"kind": list(kinds), "field": list(fields), "mode": list(modes)})
 
@@ -127,7 +130,7 @@ def match_indicators(
                 FROM {events} e JOIN _cf_fields f ON map_contains(e.fields, f.field)
                 WHERE e.fields[f.field] IS NOT NULL AND e.fields[f.field] <> ''"""
         )
-        cur.register("_cf_ips", _ip_table(cur))
+        cur.register("_cf_ips", _ip_table(cur, _prefixes(indicators)))
         hits = cur.execute(
             """WITH hashes AS (
                    SELECT rid, field, raw, lower(trim(CASE WHEN contains(part, '=')
@@ -140,8 +143,7 @@ def match_indicators(
                UNION
                SELECT o.rid, a.key, o.field, o.raw, a.value FROM _cf_obs o
                  JOIN _cf_ips i ON i.raw = o.raw
-                 JOIN _cf_atoms a ON a.kind = 'ip' AND a.ip_version = i.version
-                   AND i.hex BETWEEN a.ip_lo AND a.ip_hi
+                 JOIN _cf_atoms a ON a.kind = 'ip' AND a.value = i.net
                WHERE o.kind = 'ip'
                UNION
                SELECT o.rid, a.key, o.field, o.raw, a.value FROM _cf_obs o
@@ -149,10 +151,15 @@ def match_indicators(
                WHERE o.kind = 'domain'
                UNION
                SELECT o.rid, a.key, o.field, o.raw, a.value FROM _cf_obs o
-                 JOIN _cf_atoms a ON a.kind = 'url' AND (
-                   (o.mode = 'exact' AND lower(trim(o.raw)) = lower(a.value))
-                   OR (o.mode = 'contains' AND contains(lower(o.raw), lower(a.value))))
-               WHERE o.kind = 'url'"""
+                 JOIN _cf_atoms a ON a.kind = 'url' AND lower(a.value) = lower(trim(o.raw))
+               WHERE o.kind = 'url' AND o.mode = 'exact'
+               UNION
+               SELECT t.rid, a.key, t.field, t.raw, a.value FROM (
+                   SELECT rid, field, raw,
+                          rtrim(unnest(regexp_extract_all(lower(raw), ?)), '.,;:)]}') AS token
+                   FROM _cf_obs WHERE kind = 'url' AND mode = 'tokens') t
+                 JOIN _cf_atoms a ON a.kind = 'url' AND lower(a.value) = t.token""",
+            [URL_TOKEN],
         ).fetchall()
         if not hits:
             return []
@@ -183,11 +190,23 @@ def match_indicators(
     return out
 
 
-def _ip_table(cur: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Each distinct address text seen in the events, parsed: (raw, version, 32-hex-digit value)."""
+def _prefixes(indicators: Sequence[Indicator]) -> set[tuple[int, int]]:
+    """(IP version, prefix length) of every address/network atom: what event addresses are cut to."""
+    out: set[tuple[int, int]] = set()
+    for i in indicators:
+        for a in i.atoms:
+            if a.kind is AtomKind.IP:
+                net = ipaddress.ip_network(a.value, strict=False)
+                out.add((net.version, net.prefixlen))
+    return out
+
+
+def _ip_table(cur: duckdb.DuckDBPyConnection, prefixes: set[tuple[int, int]]) -> pa.Table:
+    """Each distinct address text in the events with each network it falls in, at every prefix
+    length some indicator uses, in the atoms' canonical text: the address join is then an equality
+    (a range join would compare every address with every network)."""
     raws: list[str] = []
-    versions: list[int] = []
-    hexes: list[str] = []
+    nets: list[str] = []
     for (raw,) in cur.execute("SELECT DISTINCT raw FROM _cf_obs WHERE kind = 'ip'").fetchall():
         text = str(raw).strip().strip("[]")
         try:
@@ -196,16 +215,13 @@ def _ip_table(cur: duckdb.DuckDBPyConnection) -> pa.Table:
             continue  # "-", "LOCAL", host names: not an address, nothing to match
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped  # Windows logs IPv4 peers as ::ffff:a.b.c.d
-        raws.append(raw)
-        versions.append(addr.version)
-        hexes.append(f"{int(addr):032x}")
-    return pa.table(
-        {
-            "raw": pa.array(raws, pa.string()),
-            "version": pa.array(versions, pa.int8()),
-            "hex": pa.array(hexes, pa.string()),
-        }
-    )
+        for version, length in prefixes:
+            if version != addr.version:
+                continue
+            net = ipaddress.ip_network((addr, length), strict=False)
+            raws.append(raw)
+            nets.append(str(net.network_address) if net.num_addresses == 1 else str(net))
+    return pa.table({"raw": pa.array(raws, pa.string()), "net": pa.array(nets, pa.string())})
 
 
 def _event_rows(cur: duckdb.DuckDBPyConnection, events: str, rids: list[int]) -> dict[int, tuple[Any, ...]]:
