@@ -8,7 +8,7 @@ Case-wide steps (correlation, clustering, attribution, reports) are recomputed f
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -183,6 +183,8 @@ def investigate(
     case_dir: str | Path,
     *,
     rules: Sequence[str | Path],
+    placeholders: Mapping[str, list[str]] | None = None,
+    rule_cache: Path | None = None,
     attributor: Attributor | None = None,
     indicators: IndicatorMatcher | None = None,
     min_level: Level = Level.INFORMATIONAL,
@@ -195,6 +197,7 @@ def investigate(
 ) -> InvestigateResult:
     """Add `evidence` to the case at `case_dir` (created if needed) and rebuild its results.
 
+    `rules`, `placeholders` and `rule_cache` are what `casefile hunt` takes (see `load_rules`).
     `attributor` (see `casefile.case.attribution.kb_attributor`) attributes the clusters; without
     it attribution is skipped with a warning and everything else still runs. `indicators` matches
     known indicators against every event of the case (re-run each time: the intel may be newer).
@@ -212,7 +215,7 @@ def investigate(
             on_warning(w)
 
     bar.stage("Loading rules", None)
-    ruleset = load_rules(rules)
+    ruleset = load_rules(rules, placeholders=placeholders, cache_dir=rule_cache)
     if not ruleset.rules and not ruleset.correlations:
         raise ConfigError(f"no usable Sigma rules under {', '.join(map(str, rules))}")
     discovered: list[IngestWarning] = []

@@ -19,8 +19,10 @@ from casefile.case.investigate import Attributor, IndicatorMatcher, StageProgres
 from casefile.case.store import Case
 from casefile.case.timeline import TIMELINE_FORMATS, build_timeline
 from casefile.cli._common import console, handle_errors, progress
+from casefile.cli.hunt import PlaceholderOpt, RulesOpt, _placeholders
 from casefile.config import Settings
 from casefile.errors import ConfigError, KnowledgeBaseError
+from casefile.hunt.update import installed_rule_dirs
 from casefile.models import Level
 
 case_app = typer.Typer(
@@ -58,11 +60,6 @@ def _stage_bars() -> Iterator[StageProgress]:
         bars.finish()
 
 
-def _default_rules() -> list[Path]:
-    rules = Settings.from_env().rules_dir
-    return [rules] if rules.is_dir() else []
-
-
 def _attributor(kb: list[Path]) -> Attributor | None:
     """The knowledge-base attributor, or None (attribution skipped, with a warning) without a KB."""
     from casefile.attack import installed_bundles
@@ -96,10 +93,8 @@ def _indicator_matcher(intel: Path | None) -> IndicatorMatcher | None:
 def investigate_cmd(
     evidence: Annotated[list[Path], typer.Argument(help="Evidence files or folders (EVTX, JSON, zip, gz).")],
     case: Annotated[Path, typer.Option("--case", help="Case folder (created if missing, extended if not).")],
-    rules: Annotated[
-        list[Path] | None,
-        typer.Option("--rules", help="Sigma rule files/folders (default: installed rules)."),
-    ] = None,
+    rules: RulesOpt = None,
+    placeholder: PlaceholderOpt = [],  # noqa: B006 - typer reads the default, never mutates it
     kb: Annotated[
         list[Path] | None, typer.Option("--kb", help="ATT&CK STIX bundle(s) (default: installed bundle).")
     ] = None,
@@ -113,11 +108,14 @@ def investigate_cmd(
     window: Annotated[int, typer.Option("--window", help="Clustering time window in minutes.")] = 120,
 ) -> None:
     """Hunt, correlate, cluster, attribute and report: the whole case from collected evidence."""
+    settings = Settings.from_env()
     with _stage_bars() as bars:
         result = investigate(
             evidence,
             case,
-            rules=rules or _default_rules(),
+            rules=rules or installed_rule_dirs(settings),
+            placeholders=_placeholders(placeholder),
+            rule_cache=settings.cache_dir,
             attributor=_attributor(kb or []),
             indicators=_indicator_matcher(intel),
             min_level=Level.parse(min_level),
