@@ -253,3 +253,20 @@ def test_evtx_zip_member_with_bad_crc(sample: bytes, tmp_path: Path) -> None:
         f"{source}: chunk 1 checksum mismatch (records): records 99..197 may be damaged or altered; "
         "read as found",
     ]
+
+
+def test_compressed_evtx_copy_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from casefile.ingest.readers import evtx as evtx_reader
+
+    monkeypatch.setattr(evtx_reader, "MAX_COPY", 3 << 20)
+    gz = tmp_path / "bomb.evtx.gz"
+    gz.write_bytes(gzip.compress(_header(100) + bytes(8 << 20)))
+    events, warnings = _read(gz)
+    assert events == []
+    assert warnings[0].reason == "compressed EVTX larger than 3 MiB: only its beginning is read"
+    garbage = tmp_path / "not.evtx.gz"
+    garbage.write_bytes(gzip.compress(b"MZ" + bytes(4 << 20)))
+    events, warnings = _read(garbage)
+    assert [w.reason for w in warnings] == [
+        "not an EVTX file: expected magic b'ElfFile\\x00', found b'MZ\\x00\\x00\\x00\\x00\\x00\\x00'"
+    ]

@@ -26,6 +26,8 @@ CHUNK_HEADER_SIZE = 512
 RECORD_MAGIC = b"\x2a\x2a\x00\x00"
 #: What reading a damaged zip member or gzip stream raises.
 COMPRESSED_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError)
+#: Compressed EVTX is copied to a temporary file up to this size (Windows logs stay far below).
+MAX_COPY = 16 << 30
 #: After this many errors in a row without a good record the rest of the file is given up.
 MAX_CONSECUTIVE_ERRORS = 256
 
@@ -156,6 +158,16 @@ class EvtxReader:
                 read = getattr(stream, "read1", stream.read)
                 try:
                     while block := read(1 << 20):
+                        if copied == 0 and not block.startswith(MAGIC[: len(block)]):
+                            out.write(block)  # not EVTX: the header check below says so
+                            break
+                        if copied + len(block) > MAX_COPY:
+                            # A decompression bomb must not fill the disk.
+                            on_warning(IngestWarning(
+                                source, f"compressed EVTX larger than {MAX_COPY >> 20} MiB: "
+                                "only its beginning is read",
+                            ))
+                            break
                         out.write(block)
                         copied += len(block)
                 except COMPRESSED_ERRORS as exc:
