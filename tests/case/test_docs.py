@@ -19,5 +19,17 @@ def test_every_case_command_and_investigate_option_is_documented() -> None:
     for name in names:
         assert f"casefile case {name}" in DOC, name
     assert "casefile investigate" in DOC
-    for option in ("--case", "--rules", "--placeholder", "--kb", "--intel", "--min-level", "--window"):
+    for option in (
+        "--case",
+        "--rules",
+        "--placeholder",
+        "--kb",
+        "--galaxy",
+        "--vendor-map",
+        "--victim-country",
+        "--victim-sector",
+        "--intel",
+        "--min-level",
+        "--window",
+    ):
         assert option in DOC, option

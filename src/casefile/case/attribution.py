@@ -19,7 +19,9 @@ from casefile.errors import KnowledgeBaseError
 from casefile.models import Detection, DetectionKind, IngestWarning
 
 
-def evidence_from(detections: Iterable[Detection]) -> Evidence:
+def evidence_from(
+    detections: Iterable[Detection], *, victim_country: str | None = None, victim_sector: str | None = None
+) -> Evidence:
     """What the attribution engine weighs, from a set of detections.
 
     Techniques are counted per detection and per distinct host; software comes from `attack.sNNNN`
@@ -51,6 +53,8 @@ def evidence_from(detections: Iterable[Detection]) -> Evidence:
         indicator_groups=tuple(groups),
         first_seen=min(stamps) if stamps else None,
         last_seen=max(stamps) if stamps else None,
+        victim_country=victim_country,
+        victim_sector=victim_sector,
     )
 
 
@@ -65,9 +69,16 @@ def _catalog(kb: KnowledgeBase, seen: Iterable[str]) -> list[TechniqueInfo]:
 
 
 def attribute_case(
-    case: Case, kb: KnowledgeBase, *, top: int = 10, progress: StageProgress | None = None
+    case: Case,
+    kb: KnowledgeBase,
+    *,
+    top: int = 10,
+    victim_country: str | None = None,
+    victim_sector: str | None = None,
+    progress: StageProgress | None = None,
 ) -> list[IngestWarning]:
     """Attribute every cluster and the whole case; store results and ATT&CK names in the case."""
+    victim = {"victim_country": victim_country, "victim_sector": victim_sector}
     stored = case.detections()
     by_id: dict[str, StoredDetection] = {sd.id: sd for sd in stored}
     clusters = case.clusters()
@@ -76,11 +87,11 @@ def attribute_case(
     results: dict[str, Attribution] = {}
     for cl in clusters:
         results[cl.id] = attribute(
-            evidence_from(by_id[i].detection for i in cl.detection_ids if i in by_id), kb, top=top
+            evidence_from((by_id[i].detection for i in cl.detection_ids if i in by_id), **victim), kb, top=top
         )
         if progress is not None:
             progress.advance()
-    results["case"] = attribute(evidence_from(sd.detection for sd in stored), kb, top=top)
+    results["case"] = attribute(evidence_from((sd.detection for sd in stored), **victim), kb, top=top)
     if progress is not None:
         progress.advance()
     seen = {t for sd in stored for t in sd.detection.rule.techniques}
@@ -106,8 +117,17 @@ def attribute_case(
     ]
 
 
-def kb_attributor(bundles: Sequence[Path], *, top: int = 10) -> Attributor:
-    """An `investigate` attributor that loads the bundles once it is needed.
+def kb_attributor(
+    bundles: Sequence[Path],
+    *,
+    top: int = 10,
+    galaxy_dir: Path | None = None,
+    vendor_map: Path | None = None,
+    victim_country: str | None = None,
+    victim_sector: str | None = None,
+) -> Attributor:
+    """An `investigate` attributor that loads the bundles (plus the MISP galaxy and a vendor naming map
+    for aliases and sponsors, when given) once it is needed.
 
     A knowledge base that cannot be loaded becomes a warning: the rest of the case is kept.
     """
@@ -115,10 +135,12 @@ def kb_attributor(bundles: Sequence[Path], *, top: int = 10) -> Attributor:
     def run(case: Case, progress: StageProgress) -> list[IngestWarning]:
         progress.stage("Loading ATT&CK knowledge base", None)
         try:
-            kb = load_knowledge_base(list(bundles))
+            kb = load_knowledge_base(list(bundles), galaxy_dir=galaxy_dir, vendor_map=vendor_map)
         except KnowledgeBaseError as exc:
             where = ", ".join(map(str, bundles))
             return [IngestWarning(where, f"knowledge base not loaded ({exc}); attribution skipped")]
-        return attribute_case(case, kb, top=top, progress=progress)
+        return attribute_case(
+            case, kb, top=top, victim_country=victim_country, victim_sector=victim_sector, progress=progress
+        )
 
     return run

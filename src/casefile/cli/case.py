@@ -60,7 +60,13 @@ def _stage_bars() -> Iterator[StageProgress]:
         bars.finish()
 
 
-def _attributor(kb: list[Path]) -> Attributor | None:
+def _attributor(
+    kb: list[Path],
+    galaxy: Path | None = None,
+    vendor_map: Path | None = None,
+    country: str | None = None,
+    sector: str | None = None,
+) -> Attributor | None:
     """The knowledge-base attributor, or None (attribution skipped, with a warning) without a KB."""
     from casefile.attack import installed_bundles
     from casefile.case.attribution import kb_attributor
@@ -70,7 +76,9 @@ def _attributor(kb: list[Path]) -> Attributor | None:
             kb = installed_bundles(Settings.from_env().attack_dir)
         except KnowledgeBaseError:
             return None
-    return kb_attributor(kb)
+    return kb_attributor(
+        kb, galaxy_dir=galaxy, vendor_map=vendor_map, victim_country=country, victim_sector=sector
+    )
 
 
 def _indicator_matcher(intel: Path | None) -> IndicatorMatcher | None:
@@ -98,6 +106,17 @@ def investigate_cmd(
     kb: Annotated[
         list[Path] | None, typer.Option("--kb", help="ATT&CK STIX bundle(s) (default: installed bundle).")
     ] = None,
+    galaxy: Annotated[
+        Path | None, typer.Option("--galaxy", help="MISP galaxy folder (threat-actor aliases, sponsors).")
+    ] = None,
+    vendor_map: Annotated[
+        Path | None,
+        typer.Option("--vendor-map", help="Vendor actor naming map (e.g. MicrosoftMapping.json)."),
+    ] = None,
+    victim_country: Annotated[
+        str | None, typer.Option("--victim-country", help="Victim's country, ISO 3166-1 alpha-2.")
+    ] = None,
+    victim_sector: Annotated[str | None, typer.Option("--victim-sector", help="Victim's sector.")] = None,
     intel: Annotated[
         Path | None,
         typer.Option("--intel", help="Intel store to match (default: <CASEFILE_HOME>/intel.duckdb)."),
@@ -116,7 +135,7 @@ def investigate_cmd(
             rules=rules or installed_rule_dirs(settings),
             placeholders=_placeholders(placeholder),
             rule_cache=settings.cache_dir,
-            attributor=_attributor(kb or []),
+            attributor=_attributor(kb or [], galaxy, vendor_map, victim_country, victim_sector),
             indicators=_indicator_matcher(intel),
             min_level=Level.parse(min_level),
             window=timedelta(minutes=window),
