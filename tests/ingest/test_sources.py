@@ -230,3 +230,15 @@ def test_fifo_and_dangling_link_are_skipped(tmp_path: Path) -> None:
     pipe_warnings: list[IngestWarning] = []
     assert discover([tmp_path / "pipe.json"], on_warning=pipe_warnings.append) == []
     assert [w.reason for w in pipe_warnings] == ["not a regular file; skipped"]
+
+
+def test_small_truncated_gzip_keeps_its_first_records(tmp_path: Path) -> None:
+    gz = tmp_path / "small.jsonl.gz"
+    whole = gzip.compress(b'{"EventID": 1}\n{"EventID": 2}\n' * 40)
+    gz.write_bytes(whole[:-12])  # the end-of-stream marker and the last bytes are gone
+    events, warnings = _read(gz)
+    assert [e.event_id for e in events][:2] == [1, 2]
+    assert [w.reason for w in warnings] == [
+        "damaged archive data, reading stopped here: EOFError: Compressed file ended before the "
+        "end-of-stream marker was reached",
+    ]

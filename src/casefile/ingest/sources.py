@@ -41,6 +41,22 @@ def _pick(head: bytes, name: str) -> str | None:
     return best
 
 
+def _gzip_head(fileobj: IO[bytes]) -> bytes:
+    """The first decompressed bytes of a gzip stream; what came before damage if it is damaged
+    early (the reader then reports the damage), the error itself if nothing could be read."""
+    parts: list[bytes] = []
+    size = 0
+    with gzip.GzipFile(fileobj=fileobj) as inner:
+        try:
+            while size < SNIFF_BYTES and (block := inner.read1(SNIFF_BYTES - size)):
+                parts.append(block)
+                size += len(block)
+        except ARCHIVE_ERRORS:
+            if not parts:
+                raise
+    return b"".join(parts)
+
+
 def _walk(path: Path, on_warning: WarningSink) -> Iterator[Path]:
     """Files under a folder in a stable order; symlinked folders are not followed (no loops)."""
 
@@ -80,8 +96,8 @@ def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
                 name = info.filename
                 if is_gzip:
                     name = name.removesuffix(".gz")
-                    with archive.open(info) as member, gzip.GzipFile(fileobj=member) as inner:
-                        head = inner.read(SNIFF_BYTES)
+                    with archive.open(info) as member:
+                        head = _gzip_head(member)
             except _MEMBER_ERRORS as exc:
                 on_warning(IngestWarning(source, f"unreadable zip member: {exc}"))
                 continue
@@ -103,8 +119,7 @@ def _classify(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
             is_gzip = head.startswith(GZIP_MAGIC)
             if is_gzip:
                 fh.seek(0)
-                with gzip.GzipFile(fileobj=fh) as inner:
-                    head = inner.read(SNIFF_BYTES)
+                head = _gzip_head(fh)
     except ARCHIVE_ERRORS as exc:
         on_warning(IngestWarning(str(path), f"unreadable file: {exc}"))
         return
