@@ -281,6 +281,10 @@ def test_post_status_media_types_and_bad_objects(server: Srv) -> None:
         assert again == status
         assert h.post(base, content="{}", headers={"Content-Type": "application/json"}).status_code == 415
         assert h.post(base, content="{broken", headers={"Content-Type": TAXII}).status_code == 400
+        bomb = "[" * 100_000 + "]" * 100_000
+        assert h.post(base, content=bomb, headers={"Content-Type": TAXII}).status_code == 400
+        too_many = h.get(base, params={"match[id]": ",".join("x" * 1001)})
+        assert too_many.status_code == 400 and too_many.json()["title"] == "Too many filter values"
         assert h.get(base, headers={"Accept": "text/html"}).status_code == 406
         assert h.get(base, params={"match[colour]": "red"}).status_code == 400
         assert h.get(base, params={"limit": "0"}).status_code == 400

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from casefile.errors import CasefileError
 from casefile.web.state import Account, Collection, ObjectFilter, StoredObject, TaxiiState, timestamp_key
+
+log = logging.getLogger(__name__)
 
 TAXII_MEDIA = "application/taxii+json;version=2.1"
 STIX_MEDIA = "application/stix+json;version=2.1"
@@ -28,6 +33,8 @@ MAX_CONTENT_LENGTH = 10 * 1024 * 1024
 #: Most objects one page returns, whatever `limit` asks.
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+#: Most values one match[...] filter takes (each is a bound SQL parameter).
+MAX_MATCH_VALUES = 1000
 API_ROOT = "api"
 
 
@@ -73,6 +80,8 @@ def _csv_param(request: Request, name: str) -> tuple[str, ...]:
     values: list[str] = []
     for raw in request.query_params.getlist(name):
         values.extend(v.strip() for v in raw.split(",") if v.strip())
+    if len(values) > MAX_MATCH_VALUES:
+        raise TaxiiError(400, "Too many filter values", f"{name} takes at most {MAX_MATCH_VALUES} values")
     return tuple(values)
 
 
@@ -160,6 +169,16 @@ def create_app(data_dir: str | Path, *, title: str = "casefile TAXII server") ->
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(exc.status_code, "Not found" if exc.status_code == 404 else str(exc.detail))
+
+    @app.exception_handler(CasefileError)
+    async def _state_error(request: Request, exc: CasefileError) -> Response:
+        log.error("TAXII %s %s failed: %s", request.method, request.url.path, exc)
+        return _error(500, "Server error", "the server could not complete the request; see its log")
+
+    @app.exception_handler(sqlite3.Error)
+    async def _db_error(request: Request, exc: sqlite3.Error) -> Response:
+        log.error("TAXII %s %s: database error: %s", request.method, request.url.path, exc)
+        return _error(503, "Service unavailable", "the server's store is busy or failing; retry later")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -284,8 +303,8 @@ def create_app(data_dir: str | Path, *, title: str = "casefile TAXII server") ->
                 raise TaxiiError(413, "Request too large", f"at most {MAX_CONTENT_LENGTH} bytes")
         try:
             body = json.loads(raw)
-        except ValueError as exc:
-            raise TaxiiError(400, "Invalid JSON", str(exc)) from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting bombs
+            raise TaxiiError(400, "Invalid JSON", str(exc)[:200]) from None
         if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
             raise TaxiiError(400, "Invalid envelope", "send an envelope or bundle with an 'objects' list")
         status_body = state.add_objects(col.id, account(request), body["objects"])
