@@ -313,3 +313,52 @@ def test_match_type_and_spec_version_filters(server: Srv) -> None:
             h.get(base, params={"match[type]": "identity", "match[spec_version]": "2.0"}).json()["objects"]
             == []
         )
+
+
+def test_intel_import_pulls_a_taxii_collection_page_by_page(server: Srv, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from casefile.cli import app
+    from casefile.share import IntelStore
+
+    objs = [indicator(n, tag="pull") for n in range(1205)]  # more than one 1000-object page
+    pull = TaxiiState(server.data).add_collection("pull", read=["partner"], write=["analyst"])
+    col = f"/api/collections/{pull}/objects/"
+    with http(server, "analyst") as h:
+        for i in range(0, len(objs), 500):
+            h.post(col, content=_envelope(objs[i : i + 500]), headers={"Content-Type": TAXII})
+    store = tmp_path / "pulled.duckdb"
+    runner = CliRunner()
+    pulled = runner.invoke(
+        app,
+        [
+            "intel",
+            "import",
+            f"{server.url}/api/collections/{pull}/",
+            "--store",
+            str(store),
+            "--user",
+            "partner",
+            "--token",
+            server.tokens["partner"],
+        ],
+    )
+    assert pulled.exit_code == 0, pulled.output
+    # 1205 objects read over two pages; they name 250 addresses, so 250 indicators, 955 merges
+    assert "250 new indicators, 955 merged" in pulled.stdout
+    with IntelStore.open(store) as intel:
+        values = {a.value for i in intel.indicators() for a in i.atoms}
+    assert values == {f"198.51.100.{n}" for n in range(250)}
+    denied = runner.invoke(
+        app,
+        [
+            "intel",
+            "import",
+            f"{server.url}/api/collections/{server.internal}/objects/",
+            "--store",
+            str(store),
+        ],
+        env={"CASEFILE_INTEL_TOKEN": server.tokens["partner"]},
+    )
+    assert denied.exit_code == 0
+    assert "403 Forbidden" in " ".join(denied.output.split())

@@ -43,8 +43,17 @@ def intel_import(
     store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
     source: str | None = typer.Option(None, "--source", help="name to record as the source"),
     tlp: str | None = typer.Option(None, "--tlp", help="TLP for indicators that carry none (e.g. amber)"),
+    user: str | None = typer.Option(None, "--user", help="URLs/TAXII: HTTP Basic user (token as password)"),
+    token: str | None = typer.Option(
+        None, "--token", envvar="CASEFILE_INTEL_TOKEN", help="URLs/TAXII: Bearer token (or Basic password)"
+    ),
+    added_after: str | None = typer.Option(
+        None, "--added-after", help="TAXII: only objects added after this"
+    ),
 ) -> None:
-    """Import indicators and STIX objects; a bad object is reported and the rest imported."""
+    """Import indicators and STIX objects; a bad object is reported and the rest imported.
+
+    A URL of a TAXII 2.1 collection (.../collections/<id>/) is read page by page."""
     from casefile.errors import IntelError
     from casefile.share import ImportOptions, ImportResult, IntelStore, import_intel
     from casefile.share.store import tlp_name
@@ -55,7 +64,15 @@ def intel_import(
     total = ImportResult(source=", ".join(targets))
     with IntelStore.open(_store_path(store)) as intel:
         for target in targets:
-            total.add(import_intel(intel, target, ImportOptions(source=source, tlp=marking)))
+            total.add(
+                import_intel(
+                    intel,
+                    target,
+                    ImportOptions(
+                        source=source, tlp=marking, user=user, token=token, added_after=added_after
+                    ),
+                )
+            )
         n_ind, n_obj = intel.count()
     for issue in total.issues:
         console.print(f"warning: {issue}", style="yellow", highlight=False, markup=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -39,6 +40,16 @@ class ImportOptions:
 
     source: str | None = None  # name to record (default: the file name or URL)
     tlp: str | None = None  # marking for rows/objects without one
+    user: str | None = None  # for URLs: HTTP Basic user (with `token` as password)
+    token: str | None = None  # for URLs: Bearer token (or Basic password with `user`)
+    added_after: str | None = None  # for TAXII collections: only objects added after this
+
+
+#: A TAXII 2.1 collection URL (".../collections/<id>/" or its ".../objects/").
+_TAXII_COLLECTION = re.compile(r"^(https?://.+/collections/[^/]+)/(?:objects/?)?$")
+TAXII_MEDIA = "application/taxii+json;version=2.1"
+#: Pages read from one TAXII collection at most (a server that never ends its `more` is cut off).
+MAX_TAXII_PAGES = 10_000
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -321,11 +332,12 @@ def detect(data: Any) -> str:
     return "stix"
 
 
-def _sources(target: str | Path) -> Iterator[tuple[str, str, Any] | IntelIssue]:
-    """(name, reader, content) for a file, folder or http(s) URL."""
+def _sources(target: str | Path, opts: ImportOptions) -> Iterator[tuple[str, str, Any] | IntelIssue]:
+    """(name, reader, content) for a file, folder, http(s) URL or TAXII 2.1 collection."""
     text_target = str(target)
     if text_target.startswith(("http://", "https://")):
-        yield _fetch(text_target)
+        taxii = _TAXII_COLLECTION.match(text_target)
+        yield _fetch_taxii(taxii.group(1), opts) if taxii else _fetch(text_target, opts)
         return
     path = Path(target)
     if path.is_dir():
@@ -358,11 +370,52 @@ def _file_source(path: Path) -> Iterator[tuple[str, str, Any] | IntelIssue]:
     yield (str(path), detect(data), data)
 
 
-def _fetch(url: str) -> tuple[str, str, Any] | IntelIssue:
+def _auth(opts: ImportOptions) -> tuple[dict[str, str], tuple[str, str] | None]:
+    if opts.token and opts.user:
+        return {}, (opts.user, opts.token)
+    return ({"Authorization": f"Bearer {opts.token}"} if opts.token else {}), None
+
+
+def _fetch_taxii(collection: str, opts: ImportOptions) -> tuple[str, str, Any] | IntelIssue:
+    """Every object of a TAXII 2.1 collection, paged with `next` (optionally `added_after`)."""
     import httpx
 
+    headers, basic = _auth(opts)
+    headers["Accept"] = TAXII_MEDIA
+    objects: list[Any] = []
+    params: dict[str, str] = {"limit": "1000"}
+    if opts.added_after:
+        params["added_after"] = opts.added_after
+    url = f"{collection}/objects/"
     try:
-        resp = httpx.get(url, timeout=60, follow_redirects=True)
+        with httpx.Client(headers=headers, auth=basic, timeout=60, follow_redirects=True) as client:
+            for _ in range(MAX_TAXII_PAGES):
+                resp = client.get(url, params=params)
+                resp.raise_for_status()
+                page = resp.json()
+                if not isinstance(page, dict):
+                    return IntelIssue(collection, "-", "TAXII server sent something other than an envelope")
+                objects.extend(page.get("objects") or [])
+                if not page.get("more") or not page.get("next"):
+                    break
+                params["next"] = str(page["next"])
+            else:
+                return IntelIssue(
+                    collection, "-", f"TAXII collection still had more after {MAX_TAXII_PAGES} pages"
+                )
+    except httpx.HTTPError as exc:
+        return IntelIssue(collection, "-", f"cannot fetch from TAXII server: {exc}")
+    except ValueError as exc:
+        return IntelIssue(collection, "-", f"TAXII server sent invalid JSON: {exc}")
+    return (collection, "stix", {"objects": objects})
+
+
+def _fetch(url: str, opts: ImportOptions) -> tuple[str, str, Any] | IntelIssue:
+    import httpx
+
+    headers, basic = _auth(opts)
+    try:
+        resp = httpx.get(url, headers=headers, auth=basic, timeout=60, follow_redirects=True)
         resp.raise_for_status()
     except httpx.HTTPError as exc:
         return IntelIssue(url, "-", f"cannot fetch: {exc}")
@@ -383,7 +436,7 @@ def import_intel(store: IntelStore, target: str | Path, options: ImportOptions |
     """
     opts = options or ImportOptions()
     total = ImportResult(source=opts.source or str(target))
-    for entry in _sources(target):
+    for entry in _sources(target, opts):
         if isinstance(entry, IntelIssue):
             total.issues.append(entry)
             continue
