@@ -121,6 +121,29 @@ def test_demo_evidence_with_knowledge_base(shared_data: Path, tmp_path: Path) ->
     assert rels and all(0 <= r["confidence"] <= 100 for r in rels)
     html = (root / "report.html").read_text()
     assert "Evidence for" in html and "Whole case" in html
+    # Without a knowledge base, a re-run keeps the attribution while the clusters stay the same...
+    investigate([REPO / "demo" / "evidence"], root, rules=[REPO / "demo" / "rules"], write_outputs=False)
+    with Case.open(root, read_only=True) as case:
+        assert set(case.attributions()) == {"case"} | {c.id for c in case.clusters()}
+    # ...and drops it, saying so, once new evidence changes them.
+    extra = tmp_path / "extra.ndjson"
+    extra.write_text(
+        json.dumps(
+            {
+                "TimeCreated": "2022-07-15T10:30:00Z",
+                "Computer": "DC01.mofa.gov.example",
+                "EventID": 7045,
+                "Channel": "System",
+                "ServiceName": "PSEXESVC",
+            }
+        )
+        + "\n"
+    )
+    again = investigate([extra], root, rules=[REPO / "demo" / "rules"], write_outputs=False)
+    assert any("earlier attribution dropped" in w.reason for w in again.warnings)
+    with Case.open(root, read_only=True) as case:
+        assert case.attributions() == {}
+        assert case.techniques()["T1505.003"].name == "Web Shell"  # the ATT&CK names stay
 
 
 def test_bad_knowledge_base_is_a_warning_not_a_failure(tmp_path: Path) -> None:

@@ -245,16 +245,24 @@ def investigate(
             bar.stage("Matching indicators", None)
             n_ioc = match_case_indicators(case, indicators)
         bar.stage("Clustering", None)
+        before = {c.id for c in case.clusters()}
         n_clusters = cluster_case(case, window=window)
         attributed = False
         if attributor is None:
-            skip = IngestWarning(
-                case.name,
-                "no ATT&CK knowledge base (pass --kb BUNDLE or run `casefile rules update`): "
-                "attribution skipped",
-            )
-            case.add_warnings([skip], stage="attribute", replace=True)
-            warn(skip)
+            skip = [
+                IngestWarning(
+                    case.name,
+                    "no ATT&CK knowledge base (pass --kb BUNDLE or run `casefile rules update`): "
+                    "attribution skipped",
+                )
+            ]
+            if case.attributions() and {c.id for c in case.clusters()} != before:
+                # Results for clusters that no longer exist would mislead: drop them, and say so.
+                case.set_attributions({}, attack_version=case.attack_version)
+                skip.append(IngestWarning(case.name, "earlier attribution dropped: the clusters changed"))
+            case.add_warnings(skip, stage="attribute", replace=True)
+            for w in skip:
+                warn(w)
         else:
             attr_warnings = attributor(case, bar)
             case.add_warnings(attr_warnings, stage="attribute", replace=True)
