@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 from sigma.conditions import (
     ConditionAND,
     ConditionFieldEqualsValueExpression,
-    ConditionItem,
     ConditionNOT,
     ConditionOR,
     ConditionValueExpression,
@@ -241,8 +240,6 @@ class Compiler:
             return self.value(fields.get(node.field, node.field), node.value, fields)
         if isinstance(node, ConditionValueExpression):
             return self.value(None, node.value, fields)
-        if isinstance(node, ConditionItem):
-            raise UnsupportedRule(f"condition element {type(node).__name__} is not supported")
         raise UnsupportedRule(f"condition element {type(node).__name__} is not supported")
 
     def compile(self, rule: SigmaRule, sources: tuple[Source, ...]) -> list[ir.Program]:
