@@ -76,3 +76,21 @@ def test_timesketch_has_required_fields_and_skips_untimed() -> None:
     assert rec["timestamp_desc"] == "Event Recorded"
     assert rec["message"] == "[medium] Rule 1 on WS1 as adm : =cmd|' /C calc'!A0"
     assert rec["tag"] == ["attack.credential-access", "T1003.001"]
+
+
+def test_technique_tactics_trusts_the_knowledge_base_over_mismatched_tags() -> None:
+    from casefile.case.timeline import technique_tactics
+
+    cat = {
+        "T1505": TechniqueInfo("T1505", "Server Software Component", ("persistence",), False),
+        "T1078": TechniqueInfo(
+            "T1078", "Valid Accounts", ("defense-evasion", "persistence", "initial-access"), False
+        ),
+    }
+    # The tag names a tactic the technique is not in: the technique's own tactic is used instead.
+    assert technique_tactics("T1505.003", ("execution",), cat) == ("persistence",)
+    # Tags narrow a multi-tactic technique to the columns the rule means.
+    assert technique_tactics("T1078", ("initial-access", "execution"), cat) == ("initial-access",)
+    assert technique_tactics("T1078", (), cat) == ("defense-evasion", "persistence", "initial-access")
+    # Without the knowledge base the tags are all there is.
+    assert technique_tactics("T9999", ("impact",), cat) == ("impact",)

@@ -82,6 +82,20 @@ def tactics_for(
     return tuple(out)
 
 
+def technique_tactics(
+    tid: str, tags_tactics: Sequence[str], catalog: Mapping[str, TechniqueInfo]
+) -> tuple[str, ...]:
+    """The matrix columns one technique of a rule belongs in.
+
+    The rule's tactic tags that the knowledge base confirms for the technique; if none match (or the
+    rule has none), the technique's own tactics; without a knowledge base, the rule's tags as given.
+    """
+    info = catalog.get(tid) or catalog.get(tid.split(".")[0])
+    if info is None:
+        return tuple(tags_tactics)
+    return tuple(t for t in tags_tactics if t in info.tactics) or info.tactics
+
+
 def entries_from(
     detections: Iterable[StoredDetection],
     *,

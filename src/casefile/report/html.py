@@ -21,7 +21,7 @@ from markupsafe import Markup
 
 from casefile.case.clusters import Cluster
 from casefile.case.store import Case, TechniqueInfo
-from casefile.case.timeline import TimelineEntry, build_timeline
+from casefile.case.timeline import TimelineEntry, build_timeline, technique_tactics
 
 #: Tactic order of the Enterprise matrix, used when the case has no knowledge base to give it.
 DEFAULT_TACTICS: tuple[tuple[str, str], ...] = (
@@ -195,11 +195,8 @@ def _matrix_chart(
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for e in entries:
         for tid in e.techniques:
-            parent = tid.split(".")[0]
-            info = catalog.get(parent)
-            for tactic in e.tactics:
-                if info is None or tactic in info.tactics:
-                    counts[(tactic, parent)] += 1
+            for tactic in technique_tactics(tid, e.tactics, catalog):
+                counts[(tactic, tid.split(".")[0])] += 1
     order = tactics or list(DEFAULT_TACTICS)
     col_w, cell_h, head = 150, 18, 40
     top = max(counts.values(), default=1)

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from casefile.case.store import Case
-from casefile.case.timeline import tactics_for
+from casefile.case.timeline import technique_tactics
 
 LAYER_FORMAT = "4.5"
 NAVIGATOR_VERSION = "5.1.0"
@@ -28,12 +28,9 @@ def navigator_layer(case: Case, *, name: str | None = None) -> dict[str, Any]:
     for sd in case.detections():
         d = sd.detection
         for tid in d.rule.techniques:
-            tactics = tactics_for(d.rule.tactics, (tid,), catalog) or (None,)
-            info = catalog.get(tid) or catalog.get(tid.split(".")[0])
+            # A tactic tag the technique does not belong to would place it in the wrong column.
+            tactics: tuple[str | None, ...] = technique_tactics(tid, d.rule.tactics, catalog) or (None,)
             for tactic in tactics:
-                # A tactic tag the technique does not belong to would place it in the wrong column.
-                if tactic is not None and info is not None and tactic not in info.tactics:
-                    continue
                 key = (tid, tactic)
                 counts[key] += 1
                 rules.setdefault(key, set()).add(d.rule.title)
