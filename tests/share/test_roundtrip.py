@@ -171,6 +171,14 @@ def test_cli_intel_import_and_exports(tmp_path: Path) -> None:
     misp_out = runner.invoke(app, ["export", "misp", str(case_dir)])
     assert misp_out.exit_code == 0, misp_out.output
     assert (case_dir / "export" / "misp" / "manifest.json").is_file()
+    listed = runner.invoke(app, ["intel", "list", "--store", str(store)])
+    assert listed.exit_code == 0, listed.output
+    assert "[domain-name:value = 'c2.example']" in listed.stdout and "TLP:AMBER" in listed.stdout
+    kb = runner.invoke(
+        app, ["intel", "bundle", str(tmp_path / "kb.json"), "--type", "indicator", "--store", str(store)]
+    )
+    assert kb.exit_code == 0, kb.output
+    assert len(json.loads((tmp_path / "kb.json").read_text())["objects"]) == 4
     matched = runner.invoke(app, ["intel", "match", str(case_dir), "--store", str(store)])
     assert matched.exit_code == 0, matched.output
     assert matched.stdout.startswith("3 indicator hits (3 indicators)")

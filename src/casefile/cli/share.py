@@ -19,6 +19,7 @@ users_app = typer.Typer(help="Accounts of the TAXII server.", no_args_is_help=Tr
 collections_app = typer.Typer(help="Collections of the TAXII server.", no_args_is_help=True)
 
 STORE_HELP = "intel store file (default: <CASEFILE_HOME>/intel.duckdb)"
+_FLATTEN = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
 DATA_HELP = "server state folder (default: <CASEFILE_HOME>/taxii)"
 
 
@@ -81,6 +82,45 @@ def intel_import(
         f"{total.objects} other objects, "
         f"{len(total.issues)} problems; store holds {n_ind} indicators and {n_obj} objects"
     )
+
+
+@intel_app.command("bundle")
+@handle_errors
+def intel_bundle(
+    out: Path = typer.Argument(..., help="STIX bundle file to write"),
+    types: list[str] = typer.Option(
+        [], "--type", help="only these object types (repeatable), e.g. intrusion-set, malware, relationship"
+    ),
+    store: Path | None = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """Write the store as one STIX 2.1 bundle (e.g. partners' groups and malware for `attribute --kb`)."""
+    from casefile.share import IntelStore
+
+    with IntelStore.open(_store_path(store)) as intel:
+        typer.echo(str(intel.write_bundle(out, types or None)))
+
+
+@intel_app.command("list")
+@handle_errors
+def intel_list(store: Path | None = typer.Option(None, "--store", help=STORE_HELP)) -> None:
+    """Show the stored indicators, one per line, tab-separated: pattern, TLP, first seen, last seen,
+    sources, note."""
+    from casefile.share import IntelStore
+
+    with IntelStore.open(_store_path(store)) as intel:
+        indicators = intel.indicators()
+    for i in indicators:
+        cells = (
+            i.pattern,
+            i.tlp or "-",
+            i.first_seen.isoformat() if i.first_seen else "-",
+            i.last_seen.isoformat() if i.last_seen else "-",
+            i.source,
+            i.note or "",
+        )
+        # tabs and newlines inside partners' text would break the columns
+        typer.echo("\t".join(c.translate(_FLATTEN) for c in cells))
+    console.print(f"{len(indicators)} indicators", highlight=False)
 
 
 @intel_app.command("match")
