@@ -287,11 +287,15 @@ def match_case(case_path: str | Path, store: IntelStore) -> list[Detection]:
     """Match the store's indicators against a case's events and record the hits in the case
     (replacing earlier indicator hits, so re-running after a new import is idempotent)."""
     from casefile.case import Case
-    from casefile.case.store import EVENTS_TABLE
+    from casefile.case.investigate import match_case_indicators
 
     indicators = store.indicators()
+    hits: list[Detection] = []
+
+    def matcher(con: duckdb.DuckDBPyConnection) -> list[Detection]:
+        hits.extend(match_indicators(con, indicators))
+        return hits
+
     with Case.open(case_path) as case:
-        with case.transaction() as con:
-            hits = match_indicators(con, indicators, table=EVENTS_TABLE)
-        case.replace_case_detections(DetectionKind.IOC.value, hits)
+        match_case_indicators(case, matcher)
     return hits
