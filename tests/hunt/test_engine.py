@@ -207,3 +207,17 @@ def test_rule_cache_reuses_and_invalidates(tmp_path: Path) -> None:
     stored_new = next(cache.glob("rules-*.pickle"))
     stored_new.write_bytes(b"not a pickle")  # a damaged cache is rebuilt, never an error
     assert load_rules([rules], cache_dir=cache).rules[0].info.level is Level.CRITICAL
+
+
+def test_parallel_run_matches_sequential(shared_data: Path) -> None:
+    """Two worker processes give the same detections, in the same order, as one."""
+    from casefile.hunt import run_hunt
+
+    folder = "rules/windows/process_creation"
+    rs = load_rules([shared_data / "sigma" / folder])
+    evidence = sorted((shared_data / "sigma" / "regression_data" / folder).rglob("*.evtx"))[:12]
+    one = run_hunt(evidence, rs)
+    two = run_hunt(evidence, rs, workers=2)
+    assert one.stats.detections >= 12 and one.stats.events == two.stats.events
+    key = [(d.rule.id, d.file, d.record_id, dict(d.matched)) for d in one.detections]
+    assert key == [(d.rule.id, d.file, d.record_id, dict(d.matched)) for d in two.detections]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,6 +119,9 @@ def hunt_cmd(
         str, typer.Option("--min-level", help="Lowest rule level reported.")
     ] = "informational",
     placeholder: PlaceholderOpt = [],  # noqa: B006  (typer needs a literal default)
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=0, help="Worker processes (0: one per CPU).")
+    ] = 1,
 ) -> None:
     """Hunt evidence with Sigma rules; detections to stdout (or --output), summary to stderr."""
     if fmt not in FORMATS:
@@ -125,7 +129,8 @@ def hunt_cmd(
     level = Level.parse(min_level)
     ruleset = _load(rules, placeholder)
     with _bar() as bar:
-        result = run_hunt(paths, ruleset, min_level=level, on_warning=_warn, progress=bar)
+        workers = jobs or os.cpu_count() or 1
+        result = run_hunt(paths, ruleset, min_level=level, on_warning=_warn, progress=bar, workers=workers)
     out: TextIO
     with (output.open("w", encoding="utf-8", newline="") if output else _stdout()) as out:
         if fmt == "table":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -11,6 +13,7 @@ from typing import Any, NamedTuple, Protocol
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.hunt.evaluate import EventView, Predicate, compile_node
 from casefile.hunt.rules import CompiledRule, RuleSet
+from casefile.ingest import EvidenceFile, discover, read_file
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
 
 
@@ -102,6 +105,34 @@ def match_event(
             yield _detection(info, event, matched)
 
 
+def _index(ruleset: RuleSet, min_level: Level) -> RuleIndex:
+    """The rules worth evaluating: at or above min_level, or feeding a correlation."""
+    needed = input_rule_ids(ruleset.correlations) if ruleset.correlations else frozenset()
+    return RuleIndex([r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed])
+
+
+def _emit(
+    hits: Iterable[Detection],
+    ruleset: RuleSet,
+    min_level: Level,
+    on_warning: Callable[[IngestWarning], None] | None,
+) -> Iterator[Detection]:
+    """Report base hits (minus suppressed and below-level ones), then correlation hits."""
+    correlations = list(ruleset.correlations)
+    suppressed = suppressed_rule_ids(correlations) if correlations else frozenset()
+    needed = input_rule_ids(correlations) if correlations else frozenset()
+    fed: list[Detection] = []
+    for d in hits:
+        if d.rule.id in needed:
+            fed.append(d)
+        if d.rule.id not in suppressed and d.rule.level >= min_level:
+            yield d
+    if correlations:
+        for d in correlate(correlations, fed, on_warning=on_warning):
+            if d.rule.level >= min_level:
+                yield d
+
+
 def hunt(
     events: Iterable[Event],
     ruleset: RuleSet,
@@ -114,21 +145,9 @@ def hunt(
     Rules referenced by a correlation with `generate: false` feed the correlation but are not
     emitted; `min_level` filters what is emitted (correlation inputs are evaluated regardless).
     """
-    correlations = list(ruleset.correlations)
-    suppressed = suppressed_rule_ids(correlations) if correlations else frozenset()
-    needed = input_rule_ids(correlations) if correlations else frozenset()
-    index = RuleIndex([r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed])
-    fed: list[Detection] = []
-    for event in events:
-        for d in match_event(index, event):
-            if d.rule.id in needed:
-                fed.append(d)
-            if d.rule.id not in suppressed and d.rule.level >= min_level:
-                yield d
-    if correlations:
-        for d in correlate(correlations, fed, on_warning=on_warning):
-            if d.rule.level >= min_level:
-                yield d
+    index = _index(ruleset, min_level)
+    hits = (d for event in events for d in match_event(index, event))
+    yield from _emit(hits, ruleset, min_level, on_warning)
 
 
 @dataclass
@@ -166,14 +185,14 @@ def run_hunt(
     min_level: Level = Level.INFORMATIONAL,
     on_warning: Callable[[IngestWarning], None] | None = None,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> HuntResult:
     """Read every evidence file under `paths`, hunt with `ruleset`, count everything.
 
-    Ingest warnings (damaged files/records) are collected in the result and also passed to
-    `on_warning` as they happen; the run goes on.
+    Ingest warnings (damaged files/records) are collected in the result and passed to
+    `on_warning`; the run goes on. With `workers > 1`, files are hunted in that many processes
+    (each compiles the rule set once); detections come out in the same order as with one.
     """
-    from casefile.ingest import discover, read_file
-
     stats = HuntStats(rules_loaded=len(ruleset), rules_skipped=len(ruleset.skipped))
     warnings: list[IngestWarning] = []
 
@@ -187,15 +206,16 @@ def run_hunt(
     if progress is not None:
         progress.start(len(evidence))
 
-    def events() -> Iterator[Event]:
-        for ev in evidence:
-            for e in read_file(ev, warn):
-                stats.events += 1
-                yield e
-            if progress is not None:
-                progress.file_done(str(ev.path))
+    def done(ev: EvidenceFile, events: int) -> None:
+        stats.events += events
+        if progress is not None:
+            progress.file_done(ev.path)
 
-    detections = list(hunt(events(), ruleset, min_level=min_level, on_warning=warn))
+    if workers > 1 and len(evidence) > 1:
+        hits: Iterable[Detection] = _parallel_hits(evidence, ruleset, min_level, workers, warn, done)
+    else:
+        hits = _sequential_hits(evidence, _index(ruleset, min_level), warn, done)
+    detections = list(_emit(hits, ruleset, min_level, warn))
     stats.detections = len(detections)
     for d in detections:
         stats.by_rule[d.rule.id] = stats.by_rule.get(d.rule.id, 0) + 1
@@ -203,5 +223,63 @@ def run_hunt(
     return HuntResult(detections, stats, warnings)
 
 
-__all__ = ["HuntResult", "HuntStats", "Progress", "RuleIndex", "hunt", "match_event", "run_hunt"]
+def _file_hits(
+    ev: EvidenceFile, index: RuleIndex, warn: Callable[[IngestWarning], None]
+) -> tuple[list[Detection], int]:
+    hits: list[Detection] = []
+    n = 0
+    for event in read_file(ev, warn):
+        n += 1
+        hits.extend(match_event(index, event))
+    return hits, n
 
+
+def _sequential_hits(
+    evidence: Sequence[EvidenceFile],
+    index: RuleIndex,
+    warn: Callable[[IngestWarning], None],
+    done: Callable[[EvidenceFile, int], None],
+) -> Iterator[Detection]:
+    for ev in evidence:
+        hits, n = _file_hits(ev, index, warn)
+        yield from hits
+        done(ev, n)
+
+
+# Worker-process state: each worker compiles the rule set once (set by its pool initializer).
+_worker_index: RuleIndex | None = None
+
+
+def _init_worker(ruleset: RuleSet, min_level: Level) -> None:
+    global _worker_index
+    _worker_index = _index(ruleset, min_level)
+
+
+def _worker_file(ev: EvidenceFile) -> tuple[list[Detection], list[IngestWarning], int]:
+    assert _worker_index is not None, "worker used without its initializer"
+    warnings: list[IngestWarning] = []
+    hits, n = _file_hits(ev, _worker_index, warnings.append)
+    return hits, warnings, n
+
+
+def _parallel_hits(
+    evidence: Sequence[EvidenceFile],
+    ruleset: RuleSet,
+    min_level: Level,
+    workers: int,
+    warn: Callable[[IngestWarning], None],
+    done: Callable[[EvidenceFile, int], None],
+) -> Iterator[Detection]:
+    # spawn, not fork: the parent may run threads (progress display, servers) that fork would copy
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(ruleset, min_level)
+    ) as pool:
+        for ev, (hits, file_warnings, n) in zip(evidence, pool.map(_worker_file, evidence), strict=True):
+            for w in file_warnings:
+                warn(w)
+            yield from hits
+            done(ev, n)
+
+
+__all__ = ["HuntResult", "HuntStats", "Progress", "RuleIndex", "hunt", "match_event", "run_hunt"]
