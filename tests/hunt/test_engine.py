@@ -213,7 +213,7 @@ def test_parallel_run_matches_sequential(shared_data: Path) -> None:
     """Two worker processes give the same detections, in the same order, as one."""
     from casefile.hunt import run_hunt
 
-    folder = "rules/windows/process_creation"
+    folder = "rules/windows/registry"
     rs = load_rules([shared_data / "sigma" / folder])
     evidence = sorted((shared_data / "sigma" / "regression_data" / folder).rglob("*.evtx"))[:12]
     one = run_hunt(evidence, rs)
