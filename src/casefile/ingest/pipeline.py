@@ -15,7 +15,7 @@ from typing import Any
 
 from casefile.errors import InputError
 from casefile.ingest.model import EvidenceFile, RawRecord
-from casefile.ingest.plugins import READERS, SHAPES, Shape, WarningSink, shapes_by_priority
+from casefile.ingest.plugins import READERS, SHAPES, Reader, Shape, WarningSink, shapes_by_priority
 from casefile.ingest.sources import discover, open_evidence
 from casefile.models import Event, IngestWarning
 
@@ -24,9 +24,14 @@ from casefile.models import Event, IngestWarning
 _READ_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError, UnicodeError, InputError)
 
 
-def read_records(evidence: EvidenceFile, on_warning: WarningSink) -> Iterator[RawRecord]:
-    """The raw records of one evidence file; damage becomes warnings, records read so far are kept."""
-    reader = READERS.get(evidence.format)
+def read_records(
+    evidence: EvidenceFile, on_warning: WarningSink, *, reader: Reader | None = None
+) -> Iterator[RawRecord]:
+    """The raw records of one evidence file; damage becomes warnings, records read so far are kept.
+
+    `reader` replaces the registered reader for the file's format (e.g. one that keeps raw text).
+    """
+    reader = reader or READERS.get(evidence.format)
     disk_path = evidence.location if evidence.member is None and not evidence.gzip else None
     try:
         with open_evidence(evidence) as stream:

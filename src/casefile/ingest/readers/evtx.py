@@ -8,7 +8,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,7 +78,8 @@ def _complete_records(chunk: bytes) -> tuple[int, int | None]:
 
 
 def _records(
-    parser: Any, source: str, on_warning: WarningSink, *, last_number: int, what: str = ""
+    parser: Any, source: str, on_warning: WarningSink, *, last_number: int, what: str = "",
+    decode: Callable[[str], Any] = json.loads,
 ) -> Iterator[RawRecord]:
     """Iterate a parser's JSON records; a bad chunk or record becomes a warning and iteration goes on.
 
@@ -108,7 +109,7 @@ def _records(
         number = record.get("event_record_id")
         last_number = number if isinstance(number, int) else last_number + 1
         try:
-            data = json.loads(record["data"])
+            data = decode(record["data"])
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             on_warning(IngestWarning(source, f"EVTX record{what} is not valid JSON: {exc}", last_number))
             continue
@@ -131,9 +132,11 @@ class EvtxReader:
 
     name = "evtx"
 
-    def __init__(self, threads: int = 0) -> None:
+    def __init__(self, threads: int = 0, decode: Callable[[str], Any] = json.loads) -> None:
         #: Rust worker threads per file; 0 lets the parser decide (1 when files run in parallel).
         self.threads = threads
+        #: Turns a record's JSON text into its `RawRecord.data` (the vectorised hunt keeps the text).
+        self.decode = decode
 
     def sniff(self, head: bytes, name: str) -> int:
         if head.startswith(MAGIC):
@@ -204,7 +207,7 @@ class EvtxReader:
             on_warning(IngestWarning(source, f"unreadable EVTX file: {exc}"))
             return
         last = 0
-        for raw in _records(parser, source, on_warning, last_number=0):
+        for raw in _records(parser, source, on_warning, last_number=0, decode=self.decode):
             last = raw.index
             yield raw
         if partial:
@@ -243,7 +246,7 @@ class EvtxReader:
             on_warning(IngestWarning(source, f"truncated EVTX: partial last chunk unreadable: {exc}"))
             return
         what = f" in partial chunk {full_chunks}"
-        for raw in _records(parser, source, on_warning, last_number=last, what=what):
+        for raw in _records(parser, source, on_warning, last_number=last, what=what, decode=self.decode):
             recovered += 1
             yield raw
         on_warning(IngestWarning(
