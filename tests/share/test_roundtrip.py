@@ -16,12 +16,13 @@ from casefile.case import Case
 from casefile.case.store import EvidenceBatch
 from casefile.cli import app
 from casefile.ingest.columnar import write_events
-from casefile.models import Event
+from casefile.models import Detection, DetectionKind, Event, Level, RuleInfo
 from casefile.share import IntelStore, bundle_to_misp_event, export_case, import_intel, match_indicators
 from casefile.share.models import Atom, AtomKind
 
 SHA256 = "9f" * 32
 CREATED = datetime(2022, 7, 20, 12, 0, tzinfo=UTC)
+SIGMA_ID = "5b0c1a7e-0000-4000-8000-000000000001"
 
 
 def _event(record: int, event_id: int, **fields: Any) -> Event:
@@ -58,7 +59,30 @@ def build_case(tmp_path: Path) -> Path:
     for e in events:
         batch.add_event(e)
     batch.detections.extend(hits)
+    wiper = events[0]
+    batch.detections.append(
+        Detection(
+            RuleInfo(
+                SIGMA_ID,
+                "Wiper dropped",
+                Level.CRITICAL,
+                "test",
+                "casefile",
+                ("attack.impact", "attack.t1485"),
+            ),
+            DetectionKind.SIGMA,
+            wiper.timestamp,
+            wiper.computer,
+            wiper.channel,
+            wiper.event_id,
+            wiper.record_id,
+            wiper.source_file,
+            {"Image": wiper.fields["Image"]},
+            dict(wiper.fields),
+        )
+    )
     case.add_evidence(batch)
+    case.add_rule_texts([(SIGMA_ID, "Wiper dropped", None, f"title: Wiper dropped\nid: {SIGMA_ID}\n")])
     case.close()
     return root
 
@@ -70,7 +94,8 @@ def test_case_stix_export_imports_into_a_fresh_store_with_nothing_lost(tmp_path:
     bundle = json.loads(written.read_text())
     stix2.parse(bundle, allow_custom=True)  # a valid STIX 2.1 bundle
     sightings = [o for o in bundle["objects"] if o["type"] == "sighting"]
-    assert len(sightings) == 3
+    assert len(sightings) == 4  # three indicator hits and the Sigma rule's hit
+    assert {o.get("pattern_type") for o in bundle["objects"] if o["type"] == "indicator"} == {"stix", "sigma"}
 
     with IntelStore.open(tmp_path / "fresh.duckdb") as fresh:
         result = import_intel(fresh, written)
@@ -94,6 +119,8 @@ def test_case_misp_feed_carries_indicators_sightings_and_reimports(tmp_path: Pat
     event = bundle_to_misp_event(bundle)["Event"]
     by_type = {a["type"]: a for a in event["Attribute"] if a["to_ids"]}
     assert sorted(by_type) == ["domain", "ip-dst", "sha256"]
+    (sigma,) = [a for a in event["Attribute"] if a["type"] == "sigma"]
+    assert "Wiper dropped" in sigma["comment"] and len(sigma["Sighting"]) == 1
     assert by_type["sha256"]["value"] == SHA256
     assert all(len(a["Sighting"]) == 1 for a in by_type.values())
     assert event["info"].startswith("casefile case")
@@ -184,10 +211,10 @@ def test_cli_intel_import_and_exports(tmp_path: Path) -> None:
     assert matched.stdout.startswith("3 indicator hits (3 indicators)")
     with Case.open(case_dir, read_only=True) as case:
         kinds = sorted(sd.detection.kind.value for sd in case.detections())
-    assert kinds == ["ioc"] * 6  # the 3 per-file hits from the hunt plus the 3 case-wide ones
+    assert kinds == ["ioc"] * 6 + ["sigma"]  # the 3 per-file hits from the hunt plus the 3 case-wide ones
     again = runner.invoke(app, ["intel", "match", str(case_dir), "--store", str(store)])
     assert again.exit_code == 0
     with Case.open(case_dir, read_only=True) as case:
-        assert len(case.detections()) == 6  # re-matching replaces, never duplicates
+        assert len(case.detections()) == 7  # re-matching replaces, never duplicates
     missing = runner.invoke(app, ["intel", "import", str(tmp_path / "absent.csv"), "--store", str(store)])
     assert missing.exit_code == 2 and "no such file" in " ".join(missing.output.split())

@@ -17,7 +17,7 @@ from typing import Any
 
 from casefile.errors import IntelError
 from casefile.registry import Registry
-from casefile.share.models import AtomKind
+from casefile.share.models import Atom, AtomKind
 from casefile.share.patterns import parse_pattern
 from casefile.share.store import TLP_BY_MARKING_ID
 
@@ -26,6 +26,15 @@ Exporter = Callable[[Mapping[str, Any], Path], Path]
 EXPORTERS: Registry[Exporter] = Registry("exporter")
 
 _MISP_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://casefile/misp")
+#: Indicator pattern languages -> the MISP attribute type that carries such a rule.
+_PATTERN_TYPES = {
+    "stix": "stix2-pattern",
+    "sigma": "sigma",
+    "yara": "yara",
+    "snort": "snort",
+    "suricata": "snort",
+    "pcre": "pattern-in-traffic",
+}
 _HASH_TYPES = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
 
 
@@ -75,9 +84,7 @@ def bundle_to_misp_event(bundle: Mapping[str, Any], *, org: str = "casefile") ->
 
     tags = [
         {"name": f'misp-galaxy:mitre-attack-pattern="{name}"'}
-        for name in sorted(
-            f"{o.get('name')} - {_attack_id(o)}" for o in by_type.get("attack-pattern", []) if _attack_id(o)
-        )
+        for name in sorted(_galaxy_name(o) for o in by_type.get("attack-pattern", []) if _attack_id(o))
     ]
     tags += [
         {"name": f'misp-galaxy:threat-actor="{o.get("name")}"'}
@@ -122,6 +129,12 @@ def bundle_to_misp_event(bundle: Mapping[str, Any], *, org: str = "casefile") ->
     return {"Event": event}
 
 
+def _galaxy_name(obj: Mapping[str, Any]) -> str:
+    """MISP's ATT&CK galaxy value, "Name - T1234" (just the id when the bundle names it by id)."""
+    tid, name = _attack_id(obj), str(obj.get("name") or "")
+    return f"{name} - {tid}" if name and name != tid else str(tid)
+
+
 def _attack_id(obj: Mapping[str, Any]) -> str | None:
     for ref in obj.get("external_references") or ():
         if isinstance(ref, dict) and ref.get("source_name") == "mitre-attack" and ref.get("external_id"):
@@ -132,10 +145,13 @@ def _attack_id(obj: Mapping[str, Any]) -> str | None:
 def _indicator_attributes(ind: Mapping[str, Any], seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
     oid = str(ind["id"])
     stamp = _epoch(ind.get("modified") or ind.get("created"))
-    try:
-        atoms, _note = parse_pattern(str(ind.get("pattern", "")))
-    except IntelError:
-        atoms = []
+    pattern_type = str(ind.get("pattern_type", "stix"))
+    atoms: list[Atom] = []
+    if pattern_type == "stix":
+        try:
+            atoms, _note = parse_pattern(str(ind.get("pattern", "")))
+        except IntelError:
+            atoms = []
     sighting_rows = [
         {
             "type": "0",
@@ -157,8 +173,8 @@ def _indicator_attributes(ind: Mapping[str, Any], seen: list[dict[str, Any]]) ->
             {
                 **base,
                 "uuid": _uuid_of(oid),
-                "type": "stix2-pattern",
-                "category": "External analysis",
+                "type": _PATTERN_TYPES.get(pattern_type, "text"),
+                "category": "Artifacts dropped" if pattern_type in ("sigma", "yara") else "External analysis",
                 "value": str(ind.get("pattern", "")),
                 "to_ids": False,
                 "Sighting": sighting_rows,

@@ -115,10 +115,11 @@ def read_stix(source: str, data: Any) -> Iterator[Item]:
         if obj["type"] != "indicator":
             yield obj
             continue
-        if obj.get("pattern_type", "stix") != "stix" or not isinstance(obj.get("pattern"), str):
-            yield IntelIssue(
-                source, obj["id"], f"pattern_type {obj.get('pattern_type')!r} is not a STIX pattern"
-            )
+        if not isinstance(obj.get("pattern"), str):
+            yield IntelIssue(source, obj["id"], "indicator without a string 'pattern'")
+            continue
+        if obj.get("pattern_type", "stix") != "stix":
+            yield obj  # a Sigma/YARA/Snort indicator: kept as it is, not matched as an indicator
             continue
         try:
             first = parse_time(obj.get("valid_from") or obj.get("created"))
