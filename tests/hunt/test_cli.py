@@ -170,3 +170,14 @@ def test_rules_update_from_local_copy(tmp_path: Path, case_files: tuple[Path, Pa
     assert "enterprise-attack.json" in result.stderr
     check = runner.invoke(app, ["rules", "check"])
     assert check.exit_code == 0 and "1 rules and 0 correlations loaded, 0 skipped" in check.stderr
+
+
+def test_hunt_names_damaged_record_and_goes_on(case_files: tuple[Path, Path]) -> None:
+    rules, evidence = case_files
+    lines = [json.dumps(EVENTS[1]), "{not json", json.dumps(EVENTS[0])]
+    (evidence / "events.json").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["hunt", str(evidence), "-r", str(rules), "-f", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1  # the record after the damaged one is still hunted
+    warning = next(line for line in result.stderr.splitlines() if "events.json" in line)
+    assert "record 2" in warning

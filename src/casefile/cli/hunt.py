@@ -98,11 +98,13 @@ def _summary(result: HuntResult) -> None:
         f"files {s.files}, events {s.events}, warnings {s.warnings}, "
         f"rules loaded {s.rules_loaded}, skipped {s.rules_skipped}, detections {s.detections}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
 def _warn(w: IngestWarning) -> None:
-    console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False)
+    # one line per warning, never wrapped: users grep and parse these
+    console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
 
 
 @handle_errors
