@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from casefile.attribute.models import Attribution
 from casefile.case.clusters import Cluster
@@ -72,6 +73,80 @@ _DETECTION_COLUMNS_SQL = """
     event_id INTEGER, record_id BIGINT, file VARCHAR, matched VARCHAR, fields VARCHAR, grp VARCHAR,
     indicator VARCHAR, source VARCHAR"""
 _SCHEMA = _SCHEMA.replace("{detection_columns}", _DETECTION_COLUMNS_SQL)
+
+# Arrow schemas for bulk inserts: DuckDB's executemany costs milliseconds per row.
+_DETECTION_ARROW = pa.schema(
+    [
+        ("id", pa.string()),
+        ("evidence_sha256", pa.string()),
+        ("kind", pa.string()),
+        ("rule_id", pa.string()),
+        ("rule_title", pa.string()),
+        ("level", pa.int32()),
+        ("rule_status", pa.string()),
+        ("rule_author", pa.string()),
+        ("rule_tags", pa.list_(pa.string())),
+        ("rule_description", pa.string()),
+        ("rule_references", pa.list_(pa.string())),
+        ("rule_path", pa.string()),
+        ("ts", pa.timestamp("us")),
+        ("computer", pa.string()),
+        ("channel", pa.string()),
+        ("event_id", pa.int32()),
+        ("record_id", pa.int64()),
+        ("file", pa.string()),
+        ("matched", pa.string()),
+        ("fields", pa.string()),
+        ("grp", pa.string()),
+        ("indicator", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+assert tuple(_DETECTION_ARROW.names) == DETECTION_COLUMNS
+_WARNING_ARROW = pa.schema(
+    [
+        ("evidence_sha256", pa.string()),
+        ("file", pa.string()),
+        ("record", pa.int64()),
+        ("reason", pa.string()),
+        ("stage", pa.string()),
+        ("added_at", pa.timestamp("us")),
+    ]
+)
+_TECHNIQUE_ARROW = pa.schema(
+    [
+        ("id", pa.string()),
+        ("name", pa.string()),
+        ("tactics", pa.list_(pa.string())),
+        ("is_subtechnique", pa.bool_()),
+    ]
+)
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema(list(fields))
+
+
+def _insert_arrow(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    schema: pa.Schema,
+    rows: Sequence[Sequence[Any]],
+    *,
+    ignore_duplicates: bool = False,
+) -> None:
+    """Insert rows (tuples in `schema` order) through one Arrow table; `table` is ours, never data."""
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [() for _ in schema.names]
+    arrays = [pa.array(list(c), type=f.type) for c, f in zip(columns, schema, strict=True)]
+    data = pa.Table.from_arrays(arrays, schema=schema)
+    view = "_casefile_rows"
+    con.register(view, data)
+    try:
+        cols = ", ".join(schema.names)
+        verb = "INSERT OR IGNORE INTO" if ignore_duplicates else "INSERT INTO"
+        con.execute(f"{verb} {table} ({cols}) SELECT {cols} FROM {view}")
+    finally:
+        con.unregister(view)
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
@@ -362,12 +437,9 @@ class Case:
         for d in detections:
             row = detection_row(d, sha)
             rows[row[0]] = row
-        if not rows:
-            return 0
-        cols = ", ".join(DETECTION_COLUMNS)
-        marks = ", ".join("?" for _ in DETECTION_COLUMNS)
-        # `table` is one of our two table names, never data.
-        con.executemany(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", list(rows.values()))
+        if rows:
+            # `table` is one of our two table names, never data.
+            _insert_arrow(con, table, _DETECTION_ARROW, list(rows.values()), ignore_duplicates=True)
         return len(rows)
 
     def _insert_warnings(
@@ -375,8 +447,10 @@ class Case:
     ) -> None:
         if warnings:
             now = to_naive_utc(self._clock())
-            con.executemany(
-                "INSERT INTO warnings VALUES (?, ?, ?, ?, ?, ?)",
+            _insert_arrow(
+                con,
+                "warnings",
+                _WARNING_ARROW,
                 [(sha, w.file, w.record, w.reason, stage, now) for w in warnings],
             )
 
@@ -478,8 +552,10 @@ class Case:
         with self.transaction() as con:
             con.execute("DELETE FROM clusters")
             if clusters:
-                con.executemany(
-                    "INSERT INTO clusters VALUES (?, ?, ?)",
+                _insert_arrow(
+                    con,
+                    "clusters",
+                    _schema(("id", pa.string()), ("seq", pa.int32()), ("body", pa.string())),
                     [(c.id, i, dumps(_cluster_json(c))) for i, c in enumerate(clusters)],
                 )
 
@@ -499,8 +575,10 @@ class Case:
         with self.transaction() as con:
             con.execute("DELETE FROM attributions")
             if results:
-                con.executemany(
-                    "INSERT INTO attributions VALUES (?, ?)",
+                _insert_arrow(
+                    con,
+                    "attributions",
+                    _schema(("scope", pa.string()), ("body", pa.string())),
                     [(k, dumps(attribution_to_json(v))) for k, v in sorted(results.items())],
                 )
             self._set_meta(con, "attack_version", attack_version)
@@ -508,13 +586,17 @@ class Case:
                 con.execute("DELETE FROM techniques")
                 con.execute("DELETE FROM tactics")
             if techniques:
-                con.executemany(
-                    "INSERT INTO techniques VALUES (?, ?, ?, ?)",
+                _insert_arrow(
+                    con,
+                    "techniques",
+                    _TECHNIQUE_ARROW,
                     [(t.id, t.name, list(t.tactics), t.is_subtechnique) for t in techniques],
                 )
             if tactics:
-                con.executemany(
-                    "INSERT INTO tactics VALUES (?, ?, ?)",
+                _insert_arrow(
+                    con,
+                    "tactics",
+                    _schema(("seq", pa.int32()), ("shortname", pa.string()), ("name", pa.string())),
                     [(i, short, name) for i, (short, name) in enumerate(tactics)],
                 )
 
@@ -543,7 +625,12 @@ class Case:
         with self.transaction() as con:
             con.execute("DELETE FROM software")
             if software:
-                con.executemany("INSERT OR REPLACE INTO software VALUES (?, ?, ?)", list(software))
+                _insert_arrow(
+                    con,
+                    "software",
+                    _schema(("id", pa.string()), ("name", pa.string()), ("type", pa.string())),
+                    list(dict((row[0], row) for row in software).values()),
+                )
 
     def software(self) -> dict[str, tuple[str, str]]:
         """id -> (name, "tool"|"malware")."""
@@ -554,7 +641,19 @@ class Case:
         """Keep (id, title, path, YAML text) of rules that fired, so the case is self-contained."""
         if rules:
             with self.transaction() as con:
-                con.executemany("INSERT OR REPLACE INTO rules VALUES (?, ?, ?, ?)", list(rules))
+                ids = [r[0] for r in rules]
+                con.execute("DELETE FROM rules WHERE list_contains(?, id)", [ids])
+                _insert_arrow(
+                    con,
+                    "rules",
+                    _schema(
+                        ("id", pa.string()),
+                        ("title", pa.string()),
+                        ("path", pa.string()),
+                        ("text", pa.string()),
+                    ),
+                    list(dict((row[0], row) for row in rules).values()),
+                )
 
     def rule_texts(self) -> dict[str, str]:
         return {r[0]: r[1] for r in self._con.execute("SELECT id, text FROM rules ORDER BY id").fetchall()}
