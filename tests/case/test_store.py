@@ -126,3 +126,22 @@ def test_a_second_writer_gets_a_clear_error(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "CaseError" in proc.stderr and "is another casefile using it?" in proc.stderr
+
+
+def test_streamed_file_is_flushed_in_chunks_and_still_all_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(EvidenceBatch, "FLUSH_EVERY", 2)
+    events = [Event(TS, "H1", "Security", "p", 4688, i, "f.json", {"n": i}) for i in range(5)]
+    with Case.create(tmp_path / "c") as case:
+        with pytest.raises(RuntimeError), case.evidence("c" * 64, "f.json", 10, "json") as batch:
+            for ev in events:
+                batch.add_event(ev)
+            assert batch.event_count == 5 and case.event_count() == 4  # two chunks already written
+            raise RuntimeError("reader died")
+        assert case.event_count() == 0 and case.evidence_files() == []
+        with case.evidence("c" * 64, "f.json", 10, "json") as batch:
+            for ev in events:
+                batch.add_event(ev)
+        assert [e.fields["n"] for e in case.events()] == [0, 1, 2, 3, 4]
+        assert case.evidence_files()[0].events == 5
