@@ -1,0 +1,207 @@
+"""Read STIX 2.0/2.1 bundles (plain or gzip) into compact ATT&CK records; raw dicts stop here."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from casefile.attack.models import Campaign, Group, Software, Tactic, Technique, Use
+from casefile.errors import KnowledgeBaseError
+
+#: Bump when ParsedBundle changes shape, so stale caches are ignored.
+CACHE_FORMAT = 1
+_ATTACK_SOURCES = frozenset({"mitre-attack", "mitre-mobile-attack", "mitre-ics-attack"})
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBundle:
+    """Active (not revoked, not deprecated) objects of one bundle, keyed by ATT&CK id."""
+
+    path: str
+    version: str | None
+    techniques: tuple[Technique, ...] = ()
+    software: tuple[Software, ...] = ()
+    groups: tuple[Group, ...] = ()
+    campaigns: tuple[Campaign, ...] = ()
+    tactics: tuple[Tactic, ...] = ()
+    uses: tuple[Use, ...] = ()
+    #: (campaign id, group id, created)
+    attributed: tuple[tuple[str, str, date], ...] = ()
+
+
+def _day(value: object) -> date | None:
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _attack_id(obj: dict[str, Any]) -> str | None:
+    for ref in obj.get("external_references") or ():
+        if isinstance(ref, dict) and ref.get("source_name") in _ATTACK_SOURCES and ref.get("external_id"):
+            return str(ref["external_id"])
+    return None
+
+
+def _reports(obj: dict[str, Any]) -> frozenset[str]:
+    """Citation keys of a relationship (ATT&CK's own id references are not reports)."""
+    keys = set()
+    for ref in obj.get("external_references") or ():
+        if isinstance(ref, dict) and ref.get("source_name") and ref.get("source_name") not in _ATTACK_SOURCES:
+            keys.add(str(ref["source_name"]))
+    return frozenset(keys)
+
+
+def read_objects(path: Path) -> list[dict[str, Any]]:
+    """The objects of a STIX bundle file (gzip detected by magic bytes); KnowledgeBaseError names the file."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        doc = json.loads(raw)
+    except (OSError, EOFError, gzip.BadGzipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KnowledgeBaseError(f"{path}: cannot read STIX bundle: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("type") != "bundle" or not isinstance(doc.get("objects"), list):
+        raise KnowledgeBaseError(
+            f"{path}: not a STIX bundle (expected an object with type 'bundle' and 'objects')"
+        )
+    return [o for o in doc["objects"] if isinstance(o, dict)]
+
+
+def parse_bundle(path: Path) -> ParsedBundle:
+    """Parse one bundle, dropping revoked and deprecated objects and relationships between them."""
+    objects = read_objects(path)
+    active = [o for o in objects if not o.get("revoked") and not o.get("x_mitre_deprecated")]
+    ids: dict[str, str] = {}  # STIX id -> ATT&CK id (or STIX id for foreign objects)
+    tactic_objs: dict[str, Tactic] = {}
+    techniques: list[Technique] = []
+    software: list[Software] = []
+    groups: list[Group] = []
+    campaigns: list[Campaign] = []
+    version: str | None = None
+    matrix_order: list[str] = []
+    pending_techniques: list[tuple[dict[str, Any], str]] = []
+    for o in active:
+        kind = o.get("type")
+        sid = str(o.get("id", ""))
+        aid = _attack_id(o) or sid
+        if kind == "x-mitre-collection" and o.get("x_mitre_version"):
+            version = str(o["x_mitre_version"])
+        elif kind == "x-mitre-matrix":
+            matrix_order.extend(str(t) for t in o.get("tactic_refs") or ())
+        elif kind == "x-mitre-tactic":
+            tactic_objs[sid] = Tactic(aid, str(o.get("name", aid)), str(o.get("x_mitre_shortname", "")))
+        elif kind == "attack-pattern":
+            ids[sid] = aid
+            pending_techniques.append((o, aid))
+        elif kind in ("malware", "tool"):
+            ids[sid] = aid
+            aliases = tuple(str(a) for a in (o.get("x_mitre_aliases") or o.get("aliases") or ()))
+            software.append(Software(aid, str(o.get("name", aid)), str(kind), aliases, sid))
+        elif kind == "intrusion-set":
+            ids[sid] = aid
+            aliases = tuple(str(a) for a in o.get("aliases") or ())
+            groups.append(Group(aid, str(o.get("name", aid)), aliases, None, sid))
+        elif kind == "campaign":
+            ids[sid] = aid
+            created = _day(o.get("created")) or date.min
+            campaigns.append(
+                Campaign(
+                    aid,
+                    str(o.get("name", aid)),
+                    created,
+                    _day(o.get("first_seen")),
+                    _day(o.get("last_seen")),
+                    sid,
+                )
+            )
+    tactics = [tactic_objs[t] for t in matrix_order if t in tactic_objs]
+    tactics += [t for s, t in sorted(tactic_objs.items(), key=lambda kv: kv[1].id) if s not in matrix_order]
+    order = {t.shortname: i for i, t in enumerate(tactics)}
+    for o, aid in pending_techniques:
+        phases = {
+            str(p.get("phase_name"))
+            for p in o.get("kill_chain_phases") or ()
+            if isinstance(p, dict) and p.get("phase_name")
+        }
+        techniques.append(
+            Technique(
+                aid,
+                str(o.get("name", aid)),
+                tuple(sorted(phases, key=lambda p: (order.get(p, len(order)), p))),
+                bool(o.get("x_mitre_is_subtechnique")) or "." in aid,
+                str(o.get("id", "")),
+            )
+        )
+    if version is None:
+        stamps = [str(o.get("modified", "")) for o in active if o.get("type") == "attack-pattern"]
+        version = f"modified {max(stamps)[:10]}" if stamps else None
+    uses: list[Use] = []
+    attributed: list[tuple[str, str, date]] = []
+    for o in active:
+        if o.get("type") != "relationship":
+            continue
+        src, dst = ids.get(str(o.get("source_ref"))), ids.get(str(o.get("target_ref")))
+        if src is None or dst is None:
+            continue  # an end is revoked, deprecated, or of a type we do not model
+        created = _day(o.get("created")) or date.min
+        rtype = o.get("relationship_type")
+        if rtype == "uses":
+            uses.append(Use(src, dst, _reports(o), created))
+        elif rtype == "attributed-to" and src.startswith("C") and dst.startswith("G"):
+            attributed.append((src, dst, created))
+    return ParsedBundle(
+        str(path),
+        version,
+        tuple(techniques),
+        tuple(software),
+        tuple(groups),
+        tuple(campaigns),
+        tuple(tactics),
+        tuple(uses),
+        tuple(attributed),
+    )
+
+
+_MEMO: dict[tuple[str, int, int], ParsedBundle] = {}
+
+
+def load_parsed(path: Path, cache_dir: Path | None = None) -> ParsedBundle:
+    """`parse_bundle` with a per-process memo and an optional on-disk pickle keyed by the file's SHA-256."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise KnowledgeBaseError(f"{path}: cannot read STIX bundle: {exc}") from exc
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _MEMO:
+        return _MEMO[key]
+    cached: Path | None = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        cached = cache_dir / f"attack-{CACHE_FORMAT}-{digest}.pickle"
+        if cached.is_file():
+            try:
+                # The cache is written by us into casefile's own data directory, never taken from evidence.
+                parsed = pickle.loads(cached.read_bytes())
+            except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError) as exc:
+                cached.unlink(missing_ok=True)
+                raise KnowledgeBaseError(f"{cached}: corrupt cache removed, run again ({exc})") from exc
+            if isinstance(parsed, ParsedBundle):
+                _MEMO[key] = parsed
+                return parsed
+    parsed = parse_bundle(path)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".part")
+        tmp.write_bytes(pickle.dumps(parsed, protocol=pickle.HIGHEST_PROTOCOL))
+        tmp.replace(cached)
+    _MEMO[key] = parsed
+    return parsed

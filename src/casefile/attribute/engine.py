@@ -1,0 +1,257 @@
+"""Attribution as Bayesian model comparison over ATT&CK's own reports.
+
+Each group is a generative model of the features (techniques and software) an incident report shows: a
+feature is drawn from the group's profile with probability 1 - mixture, in proportion to how many of the
+group's cited reports support (group uses feature), or else from the background distribution of all groups.
+The background alone is the "no known group" hypothesis. A seen feature adds log(p_g(f) / q(f)): a technique
+half of all groups use says little, a tool only one group uses says a lot. What the group shows in most of its
+reports but that was not seen adds log((1 - r_g(f)) / (1 - r(f))) (per-report rates), scaled by
+`absence_weight` because evidence is always partial. Posteriors are a softmax of scores / temperature with a
+fitted prior logit for "unknown" (see docs/attribution.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from casefile.attack.kb import SOFTWARE_ID, TECHNIQUE_ID, KnowledgeBase
+from casefile.attack.models import Use
+from casefile.attribute.models import (
+    Attribution,
+    Evidence,
+    EvidenceItem,
+    GroupHypothesis,
+    SponsorHypothesis,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelParams:
+    """Model constants; the defaults were fitted by benchmarks/attribution.py (see docs/attribution.md)."""
+
+    mixture: float = 0.5  # share of a group's features drawn from the background (profiles are incomplete)
+    absence_weight: float = 0.1
+    temperature: float = 1.5
+    unknown_logit: float = -2.0  # prior log-odds of "no known group" against all groups together
+    indicator_lr: float = 20.0  # likelihood ratio of an indicator match naming the group
+    against_listed: int = 5  # how many evidence_against items each hypothesis explains
+
+
+@dataclass(frozen=True, slots=True)
+class Profiles:
+    """Per-group report counts of each feature, and the background rate of each feature."""
+
+    counts: Mapping[str, Mapping[str, int]]  # group -> feature -> reports citing it
+    reports: Mapping[str, int]  # group -> number of distinct reports
+    totals: Mapping[str, int]  # group -> sum of its counts
+    background: Mapping[str, float]  # feature -> share of all counts (the "unknown" model)
+    floor: float  # background share of a known feature no group uses
+    rates: Mapping[str, float]  # feature -> mean per-report rate over groups (for absence)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(sorted(self.counts))
+
+
+def build_profiles(uses: Iterable[Use]) -> Profiles:
+    """Profiles from group `uses` relationships (techniques, software); an uncited one counts once."""
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    reports: dict[str, set[str]] = defaultdict(set)
+    for u in uses:
+        if not (TECHNIQUE_ID.match(u.target) or SOFTWARE_ID.match(u.target)):
+            continue
+        n = max(1, len(u.reports))
+        counts[u.source][u.target] = counts[u.source].get(u.target, 0) + n
+        reports[u.source].update(u.reports or {f"uncited:{u.source}:{u.target}"})
+    n_reports = {g: max(1, len(reports[g]), max(counts[g].values())) for g in counts}
+    totals = {g: sum(feats.values()) for g, feats in counts.items()}
+    rate: dict[str, float] = defaultdict(float)
+    mass: dict[str, int] = defaultdict(int)
+    for g, feats in counts.items():
+        for f, c in feats.items():
+            rate[f] += c / n_reports[g]
+            mass[f] += c
+    n_groups = max(1, len(counts))
+    grand = max(1, sum(totals.values()))
+    background = {f: (m + 0.5) / grand for f, m in mass.items()}
+    rates = {f: (r + 0.5) / (n_groups + 1) for f, r in rate.items()}
+    return Profiles(dict(counts), n_reports, totals, background, 0.5 / grand, rates)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupScore:
+    group_id: str
+    present: float  # sum of log-likelihood ratios of seen features
+    absent: float  # sum over the group's unseen features (before absence_weight)
+    items_for: tuple[tuple[str, float], ...]
+    items_against: tuple[tuple[str, float], ...]
+
+
+def score_groups(
+    profiles: Profiles, features: Iterable[str], *, mixture: float, explain: bool = False
+) -> list[GroupScore]:
+    """Log-likelihood ratios of every profiled group against the background for a set of seen features."""
+    seen = sorted(set(features))
+    seen_set = set(seen)
+    qs = [profiles.background.get(f, profiles.floor) for f in seen]
+    out = []
+    for g in profiles.groups:
+        feats = profiles.counts[g]
+        share = (1 - mixture) / profiles.totals[g]
+        pos = 0.0
+        items_for: list[tuple[str, float]] = []
+        for f, q in zip(seen, qs, strict=True):
+            w = math.log((share * feats.get(f, 0) + mixture * q) / q)
+            pos += w
+            if explain:
+                items_for.append((f, w))
+        neg = 0.0
+        items_against: list[tuple[str, float]] = []
+        r_g = profiles.reports[g]
+        for f, c in feats.items():
+            if f in seen_set:
+                continue
+            p = min(c / r_g, 0.95)
+            w = math.log((1 - p) / (1 - min(profiles.rates.get(f, 0.0), 0.95)))
+            neg += w
+            if explain:
+                items_against.append((f, w))
+        out.append(GroupScore(g, pos, neg, tuple(items_for), tuple(items_against)))
+    return out
+
+
+def posterior(
+    scores: list[GroupScore], params: ModelParams, bonus: Mapping[str, float] | None = None
+) -> tuple[dict[str, float], float]:
+    """Group probabilities and the "unknown" probability (they sum to 1)."""
+    if not scores:
+        return {}, 1.0
+    prior = -math.log(len(scores))
+    bonus = bonus or {}
+    logits = {
+        s.group_id: (s.present + params.absence_weight * s.absent + bonus.get(s.group_id, 0.0))
+        / params.temperature
+        + prior
+        for s in scores
+    }
+    top = max([*logits.values(), params.unknown_logit])
+    z = math.exp(params.unknown_logit - top) + sum(math.exp(v - top) for v in logits.values())
+    probs = {g: math.exp(v - top) / z for g, v in logits.items()}
+    return probs, math.exp(params.unknown_logit - top) / z
+
+
+def evidence_features(evidence: Evidence, kb: KnowledgeBase) -> tuple[list[str], list[str], list[str]]:
+    """(profiled feature ids, unprofiled technique ids, unresolved software names) of the evidence."""
+    feats: list[str] = []
+    unprofiled: list[str] = []
+    unresolved: list[str] = []
+    for s in evidence.techniques:
+        tid = s.technique_id.strip().upper()
+        if kb.is_known_technique_id(tid):
+            feats.append(tid)
+        elif TECHNIQUE_ID.match(tid):
+            unprofiled.append(tid)  # newer than the KB: a known-unknown, reported and weighed as neutral
+        else:
+            unresolved.append(s.technique_id)
+    for name in evidence.software:
+        sid = kb.find_software(name)
+        if sid is None:
+            unresolved.append(name)
+        else:
+            feats.append(sid)
+    return sorted(set(feats)), sorted(set(unprofiled)), unresolved
+
+
+def _label(kb: KnowledgeBase, feature: str) -> str:
+    t = kb.technique(feature)
+    if t is not None:
+        return t.name
+    s = kb.software(feature)
+    return s.name if s is not None else feature
+
+
+def _item(
+    kb: KnowledgeBase, profiles: Profiles, group: str, feature: str, weight: float, seen: bool
+) -> EvidenceItem:
+    kind = "software" if SOFTWARE_ID.match(feature) else "technique"
+    c = profiles.counts[group].get(feature, 0)
+    r = profiles.reports[group]
+    share = profiles.rates.get(feature, 0.0)
+    if seen:
+        detail = f"seen; in {c} of the group's {r} reports; mean rate over groups {share:.3f}"
+    else:
+        detail = f"not seen; the group shows it in {c} of {r} reports"
+    return EvidenceItem(kind, feature, _label(kb, feature), round(weight, 4), detail)
+
+
+def attribute(
+    evidence: Evidence,
+    kb: KnowledgeBase,
+    *,
+    top: int = 10,
+    params: ModelParams | None = None,
+    profiles: Profiles | None = None,
+) -> Attribution:
+    """Rank known groups (and "no known group") for one activity cluster's evidence; every score explained."""
+    params = params or ModelParams()
+    profiles = profiles or build_profiles(kb.group_uses)
+    feats, unprofiled, _unresolved = evidence_features(evidence, kb)
+    scores = score_groups(profiles, feats, mixture=params.mixture, explain=True)
+    bonus: dict[str, float] = {}
+    indicator_items: dict[str, list[EvidenceItem]] = defaultdict(list)
+    for name in evidence.indicator_groups:
+        for gid in kb.find_groups(name):
+            bonus[gid] = bonus.get(gid, 0.0) + math.log(params.indicator_lr)
+            indicator_items[gid].append(
+                EvidenceItem(
+                    "indicator", gid, name, round(math.log(params.indicator_lr), 4), "indicator match"
+                )
+            )
+    if not feats and not bonus:
+        scores = []  # no profiled evidence: nothing can point at a known group
+    probs, unknown = posterior(scores, params, bonus)
+    ranked = sorted(scores, key=lambda s: (-probs[s.group_id], s.group_id))
+    hypotheses = []
+    for s in ranked[: max(0, top)]:
+        g = kb.group(s.group_id)
+        for_items = [_item(kb, profiles, s.group_id, f, w, True) for f, w in s.items_for if w > 0]
+        against = [_item(kb, profiles, s.group_id, f, w, True) for f, w in s.items_for if w <= 0]
+        absent = sorted(s.items_against, key=lambda fw: fw[1])[: params.against_listed]
+        against += [_item(kb, profiles, s.group_id, f, w * params.absence_weight, False) for f, w in absent]
+        hypotheses.append(
+            GroupHypothesis(
+                group_id=s.group_id,
+                name=g.name if g else s.group_id,
+                sponsor=g.sponsor if g else None,
+                probability=probs[s.group_id],
+                evidence_for=tuple(
+                    sorted(for_items, key=lambda i: -i.weight) + indicator_items.get(s.group_id, [])
+                ),
+                evidence_against=tuple(sorted(against, key=lambda i: i.weight)),
+                aliases=g.aliases if g else (),
+            )
+        )
+    return Attribution(
+        groups=tuple(hypotheses),
+        sponsors=sponsor_ranking(kb, probs, unknown),
+        unknown_probability=unknown,
+        kb_version=kb.attack_version,
+        unprofiled_techniques=tuple(unprofiled),
+    )
+
+
+def sponsor_ranking(
+    kb: KnowledgeBase, probs: Mapping[str, float], unknown: float
+) -> tuple[SponsorHypothesis, ...]:
+    """Sponsor countries ranked by the summed probability of their groups; the rest is "unknown"."""
+    by_country: dict[str, float] = defaultdict(float)
+    by_country["unknown"] = unknown
+    for gid, p in probs.items():
+        g = kb.group(gid)
+        by_country[(g.sponsor if g and g.sponsor else "unknown")] += p
+    return tuple(
+        SponsorHypothesis(c, p) for c, p in sorted(by_country.items(), key=lambda cp: (-cp[1], cp[0]))
+    )

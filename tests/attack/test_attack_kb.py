@@ -1,0 +1,139 @@
+"""Knowledge base loading: STIX 2.0/2.1, gzip/plain, revoked/deprecated, --before, campaign switch, names."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import date
+from pathlib import Path
+
+import pytest
+from kbfixture import write_bundle
+
+from casefile.attack import KnowledgeBase, load_knowledge_base
+from casefile.attack.aliases import country_code, resolve_names
+from casefile.errors import KnowledgeBaseError
+
+
+@pytest.mark.parametrize(("spec", "gz"), [("2.0", False), ("2.0", True), ("2.1", False), ("2.1", True)])
+def test_loads_every_format(tmp_path: Path, spec: str, gz: bool) -> None:
+    kb = load_knowledge_base([write_bundle(tmp_path / "b.json", spec=spec, gz=gz)])
+    assert sorted(kb.groups) == ["G0001", "G0002", "G0003", "G0004"]
+    assert kb.technique("t1003") is not None and kb.technique("T1003").name == "Rare"  # type: ignore[union-attr]
+    assert kb.software("S0001") is not None and kb.find_software("rt.exe") == "S0001"
+    assert [t.shortname for t in kb.tactics()] == ["initial-access", "execution"]
+    assert kb.attack_version == ("99.1" if spec == "2.1" else "modified 2024-05-01")
+
+
+def test_revoked_and_deprecated_are_ignored(tiny_bundle: Path) -> None:
+    kb = load_knowledge_base([tiny_bundle])
+    assert kb.technique("T1004") is None and kb.technique("T1006") is None
+    # the relationship to the revoked technique is gone too
+    assert not [u for u in kb.group_uses if u.target == "T1004"]
+
+
+def test_before_cuts_relationships(tiny_bundle: Path) -> None:
+    full = load_knowledge_base([tiny_bundle])
+    cut = load_knowledge_base([tiny_bundle], before=date(2024, 1, 1))
+    assert ("G0004", "T1003") in {(u.source, u.target) for u in full.group_uses}
+    assert ("G0004", "T1003") not in {(u.source, u.target) for u in cut.group_uses}
+    assert full.campaign_groups == {"C0001": ("G0002",)}
+    assert load_knowledge_base([tiny_bundle], before=date(2023, 1, 1)).campaign_groups == {}
+
+
+def test_campaign_techniques_are_a_separate_switch(tiny_bundle: Path) -> None:
+    own = load_knowledge_base([tiny_bundle])
+    merged = load_knowledge_base([tiny_bundle], include_campaigns=True)
+    assert ("G0002", "T1003") not in {(u.source, u.target) for u in own.group_uses}
+    inherited = [u for u in merged.group_uses if (u.source, u.target) == ("G0002", "T1003")]
+    assert len(inherited) == 1 and inherited[0].via == "C0001"
+
+
+def test_uses_keep_their_reports(tiny_bundle: Path) -> None:
+    kb = load_knowledge_base([tiny_bundle])
+    use = next(u for u in kb.group_uses if (u.source, u.target) == ("G0001", "S0001"))
+    assert use.reports == frozenset({"R-a1", "R-a2"}) and use.created == date(2019, 1, 1)
+
+
+def test_bad_bundles_raise_clear_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json.gz"
+    broken.write_bytes(gzip.compress(b"{not json")[:-4])
+    with pytest.raises(KnowledgeBaseError, match=r"broken\.json\.gz"):
+        load_knowledge_base([broken])
+    notbundle = tmp_path / "list.json"
+    notbundle.write_text("[1, 2]")
+    with pytest.raises(KnowledgeBaseError, match="not a STIX bundle"):
+        load_knowledge_base([notbundle])
+    with pytest.raises(KnowledgeBaseError, match="rules update"):
+        load_knowledge_base([])
+
+
+def test_cache_round_trip(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "c.json")
+    first = load_knowledge_base([bundle], cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("attack-*.pickle"))) == 1
+    from casefile.attack import stix
+
+    stix._MEMO.clear()  # force the on-disk cache path
+    second = load_knowledge_base([bundle], cache_dir=tmp_path / "cache")
+    assert second.groups == first.groups and second.group_uses == first.group_uses
+
+
+def test_inline_naming_sources(tmp_path: Path) -> None:
+    galaxy = tmp_path / "galaxy"
+    galaxy.mkdir()
+    (galaxy / "threat-actor.json").write_text(
+        """{"values": [
+        {"value": "Alpha Kitten", "meta": {"country": "IR", "synonyms": ["ALPHA-X"]}},
+        {"value": "Shared", "meta": {"country": "CN"}},
+        {"value": "Bravo team", "meta": {"cfr-suspected-state-sponsor": "Russian Federation",
+                                         "refs": ["https://attack.mitre.org/groups/G0002/"]}}]}""",
+        encoding="utf-8",
+    )
+    ms = tmp_path / "ms.json"
+    ms.write_text(
+        '[{"Threat actor name": "Storm-0042", "Origin/Threat": "Iran, Influence operations",'
+        ' "Other names": "ALPHA-X, DEV-0099"}]',
+        encoding="utf-8",
+    )
+    names = {
+        "G0001": ("Alpha", "Alpha Kitten"),
+        "G0002": ("Bravo",),
+        "G0003": ("Charlie", "Shared"),
+        "G0004": ("Delta", "Shared"),
+    }
+    out = resolve_names(names, {}, galaxy_dir=galaxy, vendor_map=ms)
+    assert out.sponsors["G0001"] == "IR"  # galaxy and Microsoft agree
+    assert out.sponsors["G0002"] == "RU"  # CFR name normalised, linked by the ATT&CK URL
+    assert "G0003" not in out.sponsors and "G0004" not in out.sponsors  # a shared alias decides nothing
+    assert {"ALPHA-X", "Storm-0042", "DEV-0099"} <= set(out.aliases["G0001"])
+    assert country_code("Korea (Democratic People's Republic of)") == "KP" and country_code("Unknown") is None
+
+
+@pytest.mark.shared
+def test_real_attack_counts_and_lookups(real_kb: KnowledgeBase) -> None:
+    assert len(real_kb.groups) == 172
+    assert len(real_kb.techniques) == 691
+    assert len(real_kb.tactics()) == 14 and real_kb.tactics()[0].shortname == "reconnaissance"
+    t = real_kb.technique("T1505.003")
+    assert t is not None and t.name == "Web Shell" and t.is_subtechnique and t.tactics == ("persistence",)
+    assert real_kb.software("S0002") is not None and real_kb.software("S0002").name == "Mimikatz"  # type: ignore[union-attr]
+    assert real_kb.technique("T1685") is None  # newer than v18.1
+
+
+@pytest.mark.shared
+def test_real_aliases_and_sponsors(real_kb: KnowledgeBase) -> None:
+    assert real_kb.find_groups("APT34") == ("G0049",)
+    assert real_kb.find_groups("Hazel Sandstorm") == ("G0049",)  # Microsoft's name
+    assert real_kb.find_groups("Mint Sandstorm") == ("G0059",)
+    sponsors = {gid: real_kb.groups[gid].sponsor for gid in ("G0049", "G0007", "G0032", "G0006")}
+    assert sponsors == {"G0049": "IR", "G0007": "RU", "G0032": "KP", "G0006": "CN"}
+
+
+@pytest.mark.shared
+def test_real_campaign_switch_and_cut(shared_data: Path, real_kb: KnowledgeBase) -> None:
+    bundle = shared_data / "attack" / "enterprise-attack.json.gz"
+    merged = load_knowledge_base([bundle], include_campaigns=True)
+    assert len(merged.group_uses) > len(real_kb.group_uses)
+    cut = load_knowledge_base([bundle], before=date(2020, 1, 1))
+    assert all(u.created < date(2020, 1, 1) for u in cut.group_uses)
+    assert 0 < len(cut.group_uses) < len(real_kb.group_uses)
