@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -98,7 +99,7 @@ class TimelineChart:
 def _timeline_chart(entries: list[TimelineEntry]) -> TimelineChart:
     timed = [e for e in entries if e.timestamp is not None]
     hosts = sorted({e.host or "unknown" for e in entries})
-    lane_h, top, left, width = 34, 24, 190, 1100
+    lane_h, top, left, width = 34, 24, 230, 1100
     height = top + lane_h * max(len(hosts), 1) + 30
     lanes = [
         HostLane(h, top + i * lane_h + lane_h / 2, sum(1 for e in entries if (e.host or "unknown") == h))
@@ -181,7 +182,8 @@ class MatrixChart:
 def _heat(count: int, top: int) -> str:
     if count == 0:
         return "#eef1f4"
-    frac = count / max(top, 1)
+    # Log scale: one noisy technique (hundreds of hits) must not wash out the ones seen a few times.
+    frac = math.log1p(count) / math.log1p(max(top, 1))
     # From light yellow to deep red as the share of detections grows.
     r = 255 - int(63 * frac)
     g = 226 - int(208 * frac)
