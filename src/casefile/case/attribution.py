@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import date
 from pathlib import Path
 
 from casefile.attack import KnowledgeBase, load_knowledge_base
-from casefile.attribute.engine import attribute
-from casefile.attribute.models import Attribution, Evidence, TechniqueSighting
+from casefile.attribute import Attribution, Evidence, TechniqueSighting, attribute
 from casefile.case.investigate import Attributor, StageProgress
 from casefile.case.store import Case, StoredDetection, TechniqueInfo
 from casefile.errors import KnowledgeBaseError
@@ -121,13 +121,15 @@ def kb_attributor(
     bundles: Sequence[Path],
     *,
     top: int = 10,
+    before: date | None = None,
     galaxy_dir: Path | None = None,
     vendor_map: Path | None = None,
+    cache_dir: Path | None = None,
     victim_country: str | None = None,
     victim_sector: str | None = None,
 ) -> Attributor:
     """An `investigate` attributor that loads the bundles (plus the MISP galaxy and a vendor naming map
-    for aliases and sponsors, when given) once it is needed.
+    for aliases and sponsors, when given; `before` replays what ATT&CK knew then) once it is needed.
 
     A knowledge base that cannot be loaded becomes a warning: the rest of the case is kept.
     """
@@ -135,7 +137,13 @@ def kb_attributor(
     def run(case: Case, progress: StageProgress) -> list[IngestWarning]:
         progress.stage("Loading ATT&CK knowledge base", None)
         try:
-            kb = load_knowledge_base(list(bundles), galaxy_dir=galaxy_dir, vendor_map=vendor_map)
+            kb = load_knowledge_base(
+                list(bundles),
+                before=before,
+                galaxy_dir=galaxy_dir,
+                vendor_map=vendor_map,
+                cache_dir=cache_dir,
+            )
         except KnowledgeBaseError as exc:
             where = ", ".join(map(str, bundles))
             return [IngestWarning(where, f"knowledge base not loaded ({exc}); attribution skipped")]

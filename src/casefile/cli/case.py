@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -62,22 +62,42 @@ def _stage_bars() -> Iterator[StageProgress]:
 
 def _attributor(
     kb: list[Path],
-    galaxy: Path | None = None,
-    vendor_map: Path | None = None,
-    country: str | None = None,
-    sector: str | None = None,
+    *,
+    before: str | None,
+    top: int,
+    galaxy: Path | None,
+    vendor_map: Path | None,
+    country: str | None,
+    sector: str | None,
 ) -> Attributor | None:
-    """The knowledge-base attributor, or None (attribution skipped, with a warning) without a KB."""
+    """The knowledge-base attributor, or None (attribution skipped, with a warning) without a KB.
+
+    Like `casefile attribute`: the installed bundle and naming data (MISP galaxy, vendor map) by default.
+    """
     from casefile.attack import installed_bundles
     from casefile.case.attribution import kb_attributor
 
+    settings = Settings.from_env()
     if not kb:
         try:
-            kb = installed_bundles(Settings.from_env().attack_dir)
+            kb = installed_bundles(settings.attack_dir)
         except KnowledgeBaseError:
             return None
+    try:
+        cut = date.fromisoformat(before) if before else None
+    except ValueError as exc:
+        raise ConfigError(f"--before {before!r}: expected a date YYYY-MM-DD") from exc
+    installed_galaxy = settings.data_dir / "misp-galaxy"
+    installed_vendor = settings.data_dir / "vendor-naming" / "MicrosoftMapping.json"
     return kb_attributor(
-        kb, galaxy_dir=galaxy, vendor_map=vendor_map, victim_country=country, victim_sector=sector
+        kb,
+        top=top,
+        before=cut,
+        galaxy_dir=galaxy or (installed_galaxy if installed_galaxy.is_dir() else None),
+        vendor_map=vendor_map or (installed_vendor if installed_vendor.is_file() else None),
+        cache_dir=settings.cache_dir,
+        victim_country=country,
+        victim_sector=sector,
     )
 
 
@@ -106,12 +126,16 @@ def investigate_cmd(
     kb: Annotated[
         list[Path] | None, typer.Option("--kb", help="ATT&CK STIX bundle(s) (default: installed bundle).")
     ] = None,
+    before: Annotated[
+        str | None, typer.Option("--before", help="Attribute with ATT&CK as known before YYYY-MM-DD.")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Groups kept per attribution.")] = 10,
     galaxy: Annotated[
-        Path | None, typer.Option("--galaxy", help="MISP galaxy folder (threat-actor aliases, sponsors).")
+        Path | None, typer.Option("--galaxy", help="MISP galaxy folder (default: the installed one).")
     ] = None,
     vendor_map: Annotated[
         Path | None,
-        typer.Option("--vendor-map", help="Vendor actor naming map (e.g. MicrosoftMapping.json)."),
+        typer.Option("--vendor-map", help="Vendor naming map (default: the installed one)."),
     ] = None,
     victim_country: Annotated[
         str | None, typer.Option("--victim-country", help="Victim's country, ISO 3166-1 alpha-2.")
@@ -135,7 +159,15 @@ def investigate_cmd(
             rules=rules or installed_rule_dirs(settings),
             placeholders=_placeholders(placeholder),
             rule_cache=settings.cache_dir,
-            attributor=_attributor(kb or [], galaxy, vendor_map, victim_country, victim_sector),
+            attributor=_attributor(
+                kb or [],
+                before=before,
+                top=top,
+                galaxy=galaxy,
+                vendor_map=vendor_map,
+                country=victim_country,
+                sector=victim_sector,
+            ),
             indicators=_indicator_matcher(intel),
             min_level=Level.parse(min_level),
             window=timedelta(minutes=window),
