@@ -253,3 +253,19 @@ def test_import_from_a_url_on_loopback(tmp_path: Path) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_misp_feed_inside_a_folder_tree_is_read_as_a_feed(tmp_path: Path) -> None:
+    feed = tmp_path / "partners" / "misp"
+    feed.mkdir(parents=True)
+    event = "5f1a0000-0000-4000-8000-0000000000aa"
+    (feed / "manifest.json").write_text(json.dumps({event: {}}))
+    (feed / f"{event}.json").write_text(
+        json.dumps(misp_event(event, [{"type": "domain", "value": "c2.example", "to_ids": True}]))
+    )
+    (feed / "hashes.csv").write_text(f"0cc175b9c0f1b6a831c399e269772661,{event}\n")  # md5 of a value
+    (tmp_path / "partners" / "list.csv").write_text("value\n203.0.113.1\n")
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, tmp_path)
+        assert (result.indicators_new, result.issues) == (2, [])
+        assert sorted(a.kind.value for i in store.indicators() for a in i.atoms) == ["domain", "ip"]

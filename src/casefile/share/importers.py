@@ -345,8 +345,14 @@ def _sources(target: str | Path, opts: ImportOptions) -> Iterator[tuple[str, str
         if (path / "manifest.json").is_file():
             yield (str(path), "misp-feed", path)
             return
+        # A MISP feed inside the tree is read as a feed: its event files are named by its manifest,
+        # and its hashes.csv holds hashes of attribute values, not indicators.
+        feeds = sorted(m.parent for m in path.rglob("manifest.json"))
+        for feed in feeds:
+            yield (str(feed), "misp-feed", feed)
         for child in sorted(path.rglob("*")):
-            if child.is_file() and child.suffix.lower() in (".json", ".csv", ".txt"):
+            in_feed = any(child.is_relative_to(feed) for feed in feeds)
+            if not in_feed and child.is_file() and child.suffix.lower() in (".json", ".csv", ".txt"):
                 yield from _file_source(child)
         return
     if not path.exists():
