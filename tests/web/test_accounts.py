@@ -47,6 +47,16 @@ def test_users_and_collections_from_the_cli(tmp_path: Path) -> None:
     assert state.authenticate(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     (seen,) = state.collections(partner)
     assert (seen.id, seen.title, seen.can_read, seen.can_write) == (cid, "Wiper IOCs", True, False)
+    # roles: analysts read every collection but write only where granted; partners see only grants
+    closed = state.add_collection("Internal only")
+    ana = state.users()[0]
+    assert ana.name == "ana" and ana.role is Role.ANALYST
+    assert [(c.title, c.can_read, c.can_write) for c in state.collections(ana)] == [
+        ("Wiper IOCs", True, True),
+        ("Internal only", True, False),
+    ]
+    assert state.collection(closed, partner) is not None
+    assert [c.id for c in state.collections(partner)] == [cid]
 
     raw = b"".join(p.read_bytes() for p in data.iterdir())  # the database and its WAL
     assert token.encode() not in raw  # only the hash is stored

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS clock (id INTEGER PRIMARY KEY CHECK (id = 1), last TE
 
 
 class Role(StrEnum):
-    """Admins read and write every collection; analysts and partners only what they are granted."""
+    """Admins read and write every collection; the CERT's analysts read every collection and write
+    where granted; partners read and write only what they are granted."""
 
     ADMIN = "admin"
     ANALYST = "analyst"
@@ -266,7 +267,8 @@ class TaxiiState:
     @staticmethod
     def _collection(row: tuple[Any, ...], account: Account) -> Collection:
         admin = account.role is Role.ADMIN
-        return Collection(row[0], row[1], row[2], admin or bool(row[3]), admin or bool(row[4]))
+        reads_all = admin or account.role is Role.ANALYST
+        return Collection(row[0], row[1], row[2], reads_all or bool(row[3]), admin or bool(row[4]))
 
     # -- objects ---------------------------------------------------------------------------------
     def add_objects(self, cid: str, account: Account, objects: Sequence[Any]) -> dict[str, Any]:
