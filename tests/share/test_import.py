@@ -202,6 +202,10 @@ def test_misp_feed_folder_with_a_broken_event(tmp_path: Path) -> None:
     with IntelStore.open(tmp_path / "intel.duckdb") as store:
         result = import_intel(store, feed)
         assert result.indicators_new == 3
+        assert result.skipped == {
+            "MISP attribute not flagged to_ids": 1,
+            "MISP attribute type mutex (not matched by casefile)": 1,
+        }
         reasons = {i.object: i.reason for i in result.issues}
         assert set(reasons) == {broken, missing, "6a000000-0000-4000-8000-000000000004"}
         assert "cannot read event file" in reasons[broken]

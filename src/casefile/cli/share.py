@@ -77,6 +77,8 @@ def intel_import(
         n_ind, n_obj = intel.count()
     for issue in total.issues:
         console.print(f"warning: {issue}", style="yellow", highlight=False, markup=False)
+    for reason, count in sorted(total.skipped.items()):
+        console.print(f"skipped {count}: {reason}", highlight=False, markup=False)
     typer.echo(
         f"{total.indicators_new} new indicators, {total.indicators_merged} merged, "
         f"{total.objects} other objects, "

@@ -20,14 +20,14 @@ from typing import Any
 
 from casefile.errors import IntelError
 from casefile.registry import Registry
-from casefile.share.models import Atom, AtomKind, ImportResult, IndicatorInput, IntelIssue
+from casefile.share.models import Atom, AtomKind, ImportResult, IndicatorInput, IntelIssue, Skipped
 from casefile.share.patterns import atom_pattern, guess_atom, normalise
 from casefile.share.store import TLP_BY_MARKING_ID, IntelStore, tlp_name
 
 #: Namespace of ids casefile gives indicators that did not come as STIX (CSV rows, MISP attributes).
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://casefile/intel")
 
-Item = IndicatorInput | dict[str, Any] | IntelIssue
+Item = IndicatorInput | dict[str, Any] | IntelIssue | Skipped
 #: A reader: (source name, content, base folder for feeds) -> items.
 Reader = Callable[[str, Any], Iterator[Item]]
 
@@ -205,7 +205,11 @@ def read_misp_event(source: str, data: Any) -> Iterator[Item]:
             continue
         ident = str(attr.get("uuid") or f"Attribute[{n}]")
         atype, value = str(attr.get("type", "")), attr.get("value")
-        if not attr.get("to_ids", True) or not isinstance(value, str):
+        if not attr.get("to_ids", True):
+            yield Skipped("MISP attribute not flagged to_ids")
+            continue
+        if not isinstance(value, str):
+            yield IntelIssue(source, ident, "attribute value is not a string")
             continue
         if atype in _MISP_COMPOSITE:
             parts = value.split("|")
@@ -214,10 +218,10 @@ def read_misp_event(source: str, data: Any) -> Iterator[Item]:
                 continue
             value = parts[_MISP_COMPOSITE[atype]]
             atype = atype.split("|")[_MISP_COMPOSITE[atype]]
-            atype = {"ip": "ip-dst", "port": "ip-dst"}.get(atype, atype)
         kind = MISP_TYPES.get(atype)
-        if kind is None:
-            continue  # not a kind of indicator casefile matches (filenames, mutexes, ...): not an error
+        if kind is None:  # filenames, mutexes, registry keys ...: not an error, but counted
+            yield Skipped(f"MISP attribute type {atype} (not matched by casefile)")
+            continue
         try:
             atom = Atom(kind, normalise(kind, value))
             stamp = parse_time(attr.get("timestamp"))
@@ -454,6 +458,8 @@ def import_intel(store: IntelStore, target: str | Path, options: ImportOptions |
         for item in READERS.get(reader)(opts.source or name, content):
             if isinstance(item, IntelIssue):
                 result.issues.append(item)
+            elif isinstance(item, Skipped):
+                result.skipped[item.reason] = result.skipped.get(item.reason, 0) + 1
             elif isinstance(item, IndicatorInput):
                 if item.tlp is None and opts.tlp is not None:
                     item = replace(item, tlp=opts.tlp)

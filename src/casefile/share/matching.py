@@ -64,7 +64,9 @@ class FieldMap:
         "query",
         "dns.question.name",
         "cs-host",
-        "Hostname_query",
+        "r-dns",
+        "destination.domain",
+        "url.domain",
     )
     URL_EXACT: ClassVar[tuple[str, ...]] = (
         "url",

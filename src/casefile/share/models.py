@@ -72,12 +72,24 @@ class ImportResult:
     indicators_merged: int = 0
     objects: int = 0  # other STIX objects stored (intrusion sets, malware, relationships ...)
     issues: list[IntelIssue] = field(default_factory=list)
+    #: entries read but deliberately not stored, by reason (MISP attributes of types casefile does
+    #: not match, attributes not flagged for detection): counted so nothing vanishes unseen
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: ImportResult) -> None:
         self.indicators_new += other.indicators_new
         self.indicators_merged += other.indicators_merged
         self.objects += other.objects
         self.issues.extend(other.issues)
+        for reason, n in other.skipped.items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An entry a reader read and deliberately did not import, with the reason."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
