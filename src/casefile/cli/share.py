@@ -214,6 +214,14 @@ def serve(
     """Run the TAXII 2.1 server (discovery at /taxii2/)."""
     from casefile.web import serve as run_server
 
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        console.print(
+            f"warning: serving on {host}, reachable beyond this machine; tokens travel in clear over "
+            "plain HTTP, so put a TLS-terminating proxy in front",
+            style="yellow",
+            highlight=False,
+            markup=False,
+        )
     run_server(_data_dir(data), host=host, port=port)
 
 
