@@ -41,7 +41,10 @@ class Settings:
 
 
 def shared_data_dir() -> Path | None:
-    """The reference data folder for tests/benchmarks: $CASEFILE_SHARED_DATA or ../shared/data beside the repo."""
+    """The reference data folder for tests and benchmarks.
+
+    $CASEFILE_SHARED_DATA, else ../shared/data beside the repository.
+    """
     env = os.environ.get(SHARED_DATA_ENV)
     candidates = [Path(env)] if env else []
     candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data")

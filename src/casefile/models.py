@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 from casefile.errors import CasefileError
@@ -71,7 +71,7 @@ class IngestWarning:
         return f"{where}: {self.reason}"
 
 
-class DetectionKind(str, Enum):
+class DetectionKind(StrEnum):
     SIGMA = "sigma"
     CORRELATION = "correlation"
     IOC = "ioc"
