@@ -25,6 +25,7 @@ from casefile.attribute.evaluation import (
     group_out_units,
     metrics,
     nll,
+    pooled_units,
     report_units,
     sample,
     score_units,
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     tests = campaign_units(kb)
     campaign_reports = frozenset().union(*(u.held_reports for u in tests))
     base_uses = [u for u in kb.group_uses if not (u.reports & campaign_reports)]
-    train = sample(report_units(base_uses), args.limit) + group_out_units(base_uses)
+    train = sample(report_units(base_uses), args.limit) + group_out_units(base_uses) + pooled_units(base_uses)
     results["a"] = run_protocol("a) campaigns", kb, list(kb.group_uses), train, tests)
 
     # (b) leave-one-report-out, k folds by report; calibration fitted on the other folds.
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     tests = campaign_units(kb_cut, truth_kb=kb, since=args.cutoff)
     tests += report_units(later, exclude_reports=pre_reports)
     train = sample(report_units(kb_cut.group_uses), args.limit) + group_out_units(kb_cut.group_uses)
+    train += pooled_units(kb_cut.group_uses)
     results["c"] = run_protocol(f"c) time split at {args.cutoff}", kb, list(kb_cut.group_uses), train, tests)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

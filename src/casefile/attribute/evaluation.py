@@ -170,7 +170,7 @@ def metrics(
     scored: Sequence[Scored], params: ModelParams, kb: KnowledgeBase, *, baseline: bool = False
 ) -> Metrics:
     """Ranking, sponsor and calibration metrics; `baseline` evaluates the TF-IDF ranking instead."""
-    ranks: list[int] = []
+    ranks: list[float] = []
     sponsor_hits: list[bool] = []
     conf: list[tuple[float, bool]] = []
     unknown_hits: list[bool] = []
@@ -178,8 +178,10 @@ def metrics(
     for s in scored:
         if baseline:
             total = sum(s.baseline.values())
-            probs = {g: v / total for g, v in s.baseline.items()} if total > 0 else {}
-            unknown = 1.0 if total <= 0 else 0.0
+            # the plain ranking has no "unknown": no overlap at all is a tie between every group
+            n_groups = max(1, len(s.baseline))
+            probs = {g: (v / total if total > 0 else 1 / n_groups) for g, v in s.baseline.items()}
+            unknown = 0.0
         else:
             probs, unknown = _probs(s, params)
         order = sorted(probs, key=lambda g: (-probs[g], g))
@@ -187,7 +189,7 @@ def metrics(
         top_is_unknown = unknown >= top_group_p
         truth = s.unit.truth
         if truth:
-            rank = next((i + 1 for i, g in enumerate(order) if g in truth), len(order) + 1)
+            rank = _fair_rank(probs, truth)
             ranks.append(rank)
             false_unknown.append(top_is_unknown)
             conf.append((unknown, False) if top_is_unknown else (top_group_p, order[0] in truth))
@@ -221,6 +223,16 @@ def metrics(
         unknown_recall=share(unknown_hits),
         false_unknown=share(false_unknown),
     )
+
+
+def _fair_rank(probs: dict[str, float], truth: frozenset[str]) -> float:
+    """Expected rank of the best true group under random tie-breaking (ties must not favour any id)."""
+    if not any(g in probs for g in truth):
+        return float(len(probs) + 1)  # the true group has no profile left: ranked below every candidate
+    t = max(probs[g] for g in truth if g in probs)
+    greater = sum(v > t for v in probs.values())
+    ties = sum(v == t for v in probs.values()) - 1
+    return 1 + greater + ties / 2
 
 
 def expected_calibration_error(conf: Sequence[tuple[float, bool]], bins: int = 10) -> float:
@@ -283,6 +295,29 @@ def group_out_units(uses: Sequence[Use], *, min_features: int = 2, per_group: in
     for g, us in sorted(by_group.items()):
         us.sort(key=lambda x: _stable(x.name))
         units += [replace(x, truth=frozenset(), held_groups=frozenset({g})) for x in us[:per_group]]
+    return units
+
+
+def pooled_units(uses: Sequence[Use], *, reports: int = 3, per_group: int = 2, seed: int = 1) -> list[Unit]:
+    """Campaign-sized units: `reports` reports of one group pooled, all of them held out (citations only)."""
+    import random
+
+    by_group: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for u in uses:
+        for r in u.reports:
+            by_group[u.source][r].add(u.target)
+    rnd = random.Random(seed)
+    units = []
+    for g in sorted(by_group):
+        names = sorted(by_group[g])
+        if len(names) <= reports:
+            continue
+        for _ in range(per_group):
+            pick = frozenset(rnd.sample(names, reports))
+            feats = frozenset().union(*(by_group[g][r] for r in pick))
+            units.append(
+                Unit(f"{g} / pooled {sorted(pick)}", feats, frozenset({g}), pick, drop_relationships=False)
+            )
     return units
 
 
