@@ -92,6 +92,9 @@ def test_outputs_validate(samples_case: Path) -> None:
     layer = json.loads((samples_case / "navigator-layer.json").read_text())
     jsonschema.validate(layer, SCHEMA)
     assert any(t["techniqueID"] == "T1021.002" for t in layer["techniques"])
+    with Case.open(samples_case, read_only=True) as case:
+        loaded = case.attack_version
+    assert loaded and {"name": "attack_version", "value": loaded} in layer["metadata"]
     summary = json.loads((samples_case / "summary.json").read_text())
     with Case.open(samples_case, read_only=True) as case:
         assert summary["counts"]["detections"] == case.detection_count()

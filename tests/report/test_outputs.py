@@ -33,6 +33,7 @@ def test_layer_validates_and_scores_techniques_per_tactic(sample_case: Case) -> 
         ("T1561.002", "impact"): 1,
     }
     assert layer["gradient"]["maxValue"] == 3
+    assert {"name": "attack_version", "value": "18.1"} in layer["metadata"]
 
 
 def test_layer_without_knowledge_base_has_no_attack_version(tmp_path: Path) -> None:

@@ -77,7 +77,9 @@ def navigator_layer(case: Case, *, name: str | None = None) -> dict[str, Any]:
         "techniques": techniques,
         "gradient": {"colors": ["#fff3c4", "#f08c2e", "#c0122c"], "minValue": 0, "maxValue": top},
         "legendItems": [],
-        "metadata": [{"name": "generator", "value": "casefile"}],
+        # The loaded knowledge base's own version label, even when it is not a Navigator version number.
+        "metadata": [{"name": "generator", "value": "casefile"}]
+        + ([{"name": "attack_version", "value": case.attack_version}] if case.attack_version else []),
         "links": [],
         "showTacticRowBackground": False,
         "tacticRowBackground": "#dddddd",
