@@ -1,0 +1,197 @@
+"""The fast hunt path: worker processes read groups of files as raw JSON and hunt them in batches.
+
+Each worker owns one `VectorIndex` (programs by partition, with their guards) and one DuckDB
+connection; the parent only hands out file groups in order and merges what comes back, so the
+detections, their order and the event counts are those of the serial engine.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from casefile.hunt.rules import CompiledRule
+from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
+from casefile.ingest import EvidenceFile, RawRecord, normalise, read_file, read_records
+from casefile.ingest.readers.evtx import EvtxReader
+from casefile.models import Detection, Event, IngestWarning
+
+#: Records hunted per DuckDB batch: big enough to amortise a query per partition, small enough
+#: that a batch's rows and candidate events stay a few tens of MB.
+BATCH_RECORDS = 20_000
+#: Evidence bytes per task handed to a worker (files are never split).
+TASK_BYTES = 16 * 1024 * 1024
+#: Tasks in flight per worker; bounds the results waiting in the parent.
+IN_FLIGHT = 2
+
+
+class _Unparsed(dict[str, Any]):
+    """A raw EVTX record left as JSON text (the reader's `decode` hook); it is empty as a dict."""
+
+    __slots__ = ("text",)
+
+    text: str
+
+
+def _keep_text(text: str) -> _Unparsed:
+    d = _Unparsed()
+    d.text = text
+    return d
+
+
+def _normalise(raw: RawJson, on_warning: Callable[[IngestWarning], None]) -> Event | None:
+    """A raw record as the serial path's Event (same JSON decoding, same shape, same warnings)."""
+    try:
+        data = json.loads(raw.text)
+    except (ValueError, RecursionError) as exc:
+        on_warning(IngestWarning(raw.source, f"EVTX record is not valid JSON: {exc}", raw.index))
+        return None
+    if not isinstance(data, dict):
+        on_warning(IngestWarning(raw.source, f"EVTX record is a JSON {type(data).__name__}", raw.index))
+        return None
+    return normalise(RawRecord(index=raw.index, data=data, shape="evtx-json"), raw.source, on_warning)
+
+
+@dataclass
+class TaskResult:
+    """What one group of files gave: detections in order, warnings, events per file."""
+
+    detections: list[Detection]
+    warnings: list[IngestWarning]
+    events: list[int]
+
+
+class FileHunter:
+    """Hunts file groups in the current process (a worker, or the parent with one worker)."""
+
+    def __init__(self, rules: Sequence[CompiledRule], *, batch_records: int = BATCH_RECORDS) -> None:
+        self.index = VectorIndex(rules)
+        self.hunter = BatchHunter(self.index, _normalise)
+        self.reader = EvtxReader(threads=1, decode=_keep_text)
+        self.batch_records = batch_records
+
+    def hunt(self, evidence: Sequence[EvidenceFile]) -> TaskResult:
+        warnings: list[IngestWarning] = []
+        warn = warnings.append
+        detections: list[Detection] = []
+        events = [0] * len(evidence)
+        batch: list[RawJson] = []
+        owner: list[int] = []  # file position of each batch record
+
+        def flush() -> None:
+            result = self.hunter.run(batch, warn)
+            detections.extend(result.detections)
+            lost = set(result.not_events)
+            for ri, pos in enumerate(owner):
+                if ri not in lost:
+                    events[pos] += 1
+            batch.clear()
+            owner.clear()
+
+        for pos, ev in enumerate(evidence):
+            if ev.format != self.reader.name:
+                flush()
+                for event in read_file(ev, warn):
+                    events[pos] += 1
+                    detections.extend(self.hunter.match_event(event))
+                continue
+            for raw in read_records(ev, warn, reader=self.reader):
+                data = raw.data
+                text = data.text if isinstance(data, _Unparsed) else json.dumps(data)
+                batch.append(RawJson(text, raw.index, ev.path))
+                owner.append(pos)
+                if len(batch) >= self.batch_records:
+                    flush()
+        flush()
+        return TaskResult(detections, warnings, events)
+
+    def close(self) -> None:
+        self.hunter.close()
+
+
+def _groups(evidence: Sequence[EvidenceFile], task_bytes: int) -> Iterator[list[EvidenceFile]]:
+    group: list[EvidenceFile] = []
+    size = 0
+    for ev in evidence:
+        group.append(ev)
+        size += ev.size
+        if size >= task_bytes:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+# Worker-process state, set by the pool initializer.
+_worker: FileHunter | None = None
+
+
+def _init_worker(rules: Sequence[CompiledRule], batch_records: int) -> None:
+    global _worker
+    _worker = FileHunter(rules, batch_records=batch_records)
+
+
+def _worker_task(evidence: list[EvidenceFile]) -> TaskResult:
+    assert _worker is not None, "worker used without its initializer"
+    return _worker.hunt(evidence)
+
+
+def vector_hits(
+    evidence: Sequence[EvidenceFile],
+    rules: Sequence[CompiledRule],
+    *,
+    workers: int,
+    warn: Callable[[IngestWarning], None],
+    done: Callable[[EvidenceFile, int], None],
+    batch_records: int = BATCH_RECORDS,
+    task_bytes: int = TASK_BYTES,
+) -> Iterator[Detection]:
+    """Base-rule detections of `rules` over `evidence`, in the serial engine's order.
+
+    Reports warnings and per-file event counts through `warn` and `done`, file by file in order.
+    """
+    groups = _groups(evidence, task_bytes)
+    if workers <= 1:
+        hunter = FileHunter(rules, batch_records=batch_records)
+        try:
+            for group in groups:
+                yield from _deliver(group, hunter.hunt(group), warn, done)
+        finally:
+            hunter.close()
+        return
+    # spawn, not fork: the parent may run threads (progress display, DuckDB) that fork would copy
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker,
+        initargs=(tuple(rules), batch_records),
+    ) as pool:
+        pending: deque[tuple[list[EvidenceFile], Future[TaskResult]]] = deque()
+        for group in groups:
+            pending.append((group, pool.submit(_worker_task, group)))
+            if len(pending) >= workers * IN_FLIGHT:
+                g, fut = pending.popleft()
+                yield from _deliver(g, fut.result(), warn, done)
+        while pending:
+            g, fut = pending.popleft()
+            yield from _deliver(g, fut.result(), warn, done)
+
+
+def _deliver(
+    group: list[EvidenceFile],
+    result: TaskResult,
+    warn: Callable[[IngestWarning], None],
+    done: Callable[[EvidenceFile, int], None],
+) -> Iterator[Detection]:
+    for w in result.warnings:
+        warn(w)
+    yield from result.detections
+    for ev, n in zip(group, result.events, strict=True):
+        done(ev, n)
+
+
+__all__ = ["BATCH_RECORDS", "FileHunter", "TaskResult", "vector_hits"]
