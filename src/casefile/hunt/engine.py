@@ -186,12 +186,15 @@ def run_hunt(
     on_warning: Callable[[IngestWarning], None] | None = None,
     progress: Progress | None = None,
     workers: int = 1,
+    vectorised: bool = True,
 ) -> HuntResult:
     """Read every evidence file under `paths`, hunt with `ruleset`, count everything.
 
     Ingest warnings (damaged files/records) are collected in the result and passed to
     `on_warning`; the run goes on. With `workers > 1`, files are hunted in that many processes
     (each compiles the rule set once); detections come out in the same order as with one.
+    `vectorised` hunts EVTX through the batched pre-filter (`hunt/vector.py`), the reference
+    evaluator confirming every hit; False evaluates every routed program on every event.
     """
     stats = HuntStats(rules_loaded=len(ruleset), rules_skipped=len(ruleset.skipped))
     warnings: list[IngestWarning] = []
@@ -211,8 +214,14 @@ def run_hunt(
         if progress is not None:
             progress.file_done(ev.path)
 
-    if workers > 1 and len(evidence) > 1:
-        hits: Iterable[Detection] = _parallel_hits(evidence, ruleset, min_level, workers, warn, done)
+    if vectorised:  # same detections, order and counts; see casefile/hunt/vector.py
+        from casefile.hunt.parallel import vector_hits
+
+        needed = input_rule_ids(ruleset.correlations) if ruleset.correlations else frozenset()
+        rules = [r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed]
+        hits: Iterable[Detection] = vector_hits(evidence, rules, workers=workers, warn=warn, done=done)
+    elif workers > 1 and len(evidence) > 1:
+        hits = _parallel_hits(evidence, ruleset, min_level, workers, warn, done)
     else:
         hits = _sequential_hits(evidence, _index(ruleset, min_level), warn, done)
     detections = list(_emit(hits, ruleset, min_level, warn))
