@@ -101,6 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     base_uses = [u for u in kb.group_uses if not (u.reports & campaign_reports)]
     train = sample(report_units(base_uses), args.limit) + group_out_units(base_uses) + pooled_units(base_uses)
     results["a"] = run_protocol("a) campaigns", kb, list(kb.group_uses), train, tests)
+    # (a') the same campaigns, constants fitted on the other campaigns (5 folds by campaign)
+    t0 = time.time()
+    scored_a = score_units(tests, list(kb.group_uses), MIXTURES)
+    fold_a = [hash_fold(u.name, args.folds) for u in tests]
+    params_a = [
+        fit_all({m: [s for s, f in zip(ss, fold_a, strict=True) if f != k] for m, ss in scored_a.items()})
+        for k in range(args.folds)
+    ]
+    engine_a = merge_folds(scored_a, fold_a, params_a, kb, args.folds)
+    print(f"\n### (a') campaigns, calibration cross-fitted on other campaigns  {time.time() - t0:.0f}s")
+    print(HEADER)
+    print(row("engine", engine_a))
+    results["a_crossfit"] = {"params": [asdict(p) for p in params_a], "engine": asdict(engine_a)}
 
     # (b) leave-one-report-out, k folds by report; calibration fitted on the other folds.
     units = sample(report_units(kb.group_uses), args.limit) + group_out_units(kb.group_uses)
@@ -132,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     tests += report_units(later, exclude_reports=pre_reports)
     train = sample(report_units(kb_cut.group_uses), args.limit) + group_out_units(kb_cut.group_uses)
     train += pooled_units(kb_cut.group_uses)
+    train += [u for u in campaign_units(kb_cut) if kb.campaigns[u.name.split()[-1]].created < args.cutoff]
     results["c"] = run_protocol(f"c) time split at {args.cutoff}", kb, list(kb_cut.group_uses), train, tests)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -32,10 +32,12 @@ from casefile.attribute.models import (
 class ModelParams:
     """Model constants; the defaults were fitted by benchmarks/attribution.py (see docs/attribution.md)."""
 
-    mixture: float = 0.5  # share of a group's features drawn from the background (profiles are incomplete)
+    mixture: float = 0.8  # share of a group's features drawn from the background (profiles are incomplete)
     absence_weight: float = 0.1
-    temperature: float = 1.5
+    temperature: float = 1.0
     unknown_logit: float = -2.0  # prior log-odds of "no known group" against all groups together
+    #: scores are divided by n_features ** length_power: features of one incident are not independent
+    length_power: float = 0.0
     indicator_lr: float = 20.0  # likelihood ratio of an indicator match naming the group
     against_listed: int = 5  # how many evidence_against items each hypothesis explains
 
@@ -124,16 +126,20 @@ def score_groups(
 
 
 def posterior(
-    scores: list[GroupScore], params: ModelParams, bonus: Mapping[str, float] | None = None
+    scores: list[GroupScore],
+    params: ModelParams,
+    bonus: Mapping[str, float] | None = None,
+    n_features: int = 1,
 ) -> tuple[dict[str, float], float]:
     """Group probabilities and the "unknown" probability (they sum to 1)."""
     if not scores:
         return {}, 1.0
     prior = -math.log(len(scores))
     bonus = bonus or {}
+    scale = params.temperature * max(1, n_features) ** params.length_power
     logits = {
-        s.group_id: (s.present + params.absence_weight * s.absent + bonus.get(s.group_id, 0.0))
-        / params.temperature
+        s.group_id: (s.present + params.absence_weight * s.absent) / scale
+        + bonus.get(s.group_id, 0.0) / params.temperature
         + prior
         for s in scores
     }
@@ -212,7 +218,7 @@ def attribute(
             )
     if not feats and not bonus:
         scores = []  # no profiled evidence: nothing can point at a known group
-    probs, unknown = posterior(scores, params, bonus)
+    probs, unknown = posterior(scores, params, bonus, len(feats))
     ranked = sorted(scores, key=lambda s: (-probs[s.group_id], s.group_id))
     hypotheses = []
     for s in ranked[: max(0, top)]:

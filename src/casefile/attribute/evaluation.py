@@ -120,14 +120,15 @@ def _probs(s: Scored, params: ModelParams) -> tuple[dict[str, float], float]:
     from casefile.attribute.engine import GroupScore
 
     scores = [GroupScore(g, s.present[g], s.absent[g], (), ()) for g in s.present]
-    return posterior(scores, params)
+    return posterior(scores, params, n_features=len(s.unit.features))
 
 
 def nll(scored: Sequence[Scored], params: ModelParams) -> float:
     """Mean negative log probability of the truth (its groups, or "unknown")."""
     total = 0.0
-    lam, temp, b = params.absence_weight, params.temperature, params.unknown_logit
+    lam, b = params.absence_weight, params.unknown_logit
     for s in scored:
+        temp = params.temperature * max(1, len(s.unit.features)) ** params.length_power
         if not s.present:
             total -= math.log(1.0)
             continue
@@ -145,8 +146,9 @@ def nll(scored: Sequence[Scored], params: ModelParams) -> float:
 
 GRID: dict[str, tuple[float, ...]] = {
     "absence_weight": (0.0, 0.05, 0.1, 0.2, 0.4),
-    "temperature": (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
+    "temperature": (0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
     "unknown_logit": (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0),
+    "length_power": (0.0, 0.25, 0.5, 0.75),
 }
 
 
