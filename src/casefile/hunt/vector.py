@@ -259,8 +259,11 @@ class _FieldAnchors:
 
     eq: dict[str, list[int]] = field(default_factory=dict)
     basename: dict[str, list[int]] = field(default_factory=dict)
-    ends: dict[int, dict[str, list[int]]] = field(default_factory=dict)
-    starts: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    # endswith/startswith literals of >= 3 characters by their last/first 3; shorter ones by length
+    ends: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    starts: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    ends_short: list[tuple[str, int]] = field(default_factory=list)
+    starts_short: list[tuple[str, int]] = field(default_factory=list)
     short: list[tuple[str, int]] = field(default_factory=list)  # contains, shorter than a gram
     grams: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # contains, by rarest gram
     all: set[int] = field(default_factory=set)
@@ -278,10 +281,14 @@ class _FieldAnchors:
         elif op == "endswith" and lit.startswith("\\") and lit.count("\\") == 1:
             # `\\name.exe`: the value ends with it exactly when its last path part is it.
             self.basename.setdefault(lit, []).append(pos)
+        elif op == "endswith" and len(lit) >= _GRAM:
+            self.ends.setdefault(lit[-_GRAM:], []).append((lit, pos))
         elif op == "endswith":
-            self.ends.setdefault(len(lit), {}).setdefault(lit, []).append(pos)
+            self.ends_short.append((lit, pos))
+        elif op == "startswith" and len(lit) >= _GRAM:
+            self.starts.setdefault(lit[:_GRAM], []).append((lit, pos))
         elif op == "startswith":
-            self.starts.setdefault(len(lit), {}).setdefault(lit, []).append(pos)
+            self.starts_short.append((lit, pos))
         elif len(lit) < _GRAM:
             self.short.append((lit, pos))
         else:
@@ -314,16 +321,19 @@ class _FieldAnchors:
                 got = self.basename.get(v[cut:])
                 if got:
                     out.update(got)
-        for length, table in self.ends.items():
-            if length <= n:
-                got = table.get(v[n - length:])
-                if got:
-                    out.update(got)
-        for length, table in self.starts.items():
-            if length <= n:
-                got = table.get(v[:length])
-                if got:
-                    out.update(got)
+        if n >= _GRAM:
+            for lit, pos in self.ends.get(v[-_GRAM:], ()):
+                if v.endswith(lit):
+                    out.add(pos)
+            for lit, pos in self.starts.get(v[:_GRAM], ()):
+                if v.startswith(lit):
+                    out.add(pos)
+        for lit, pos in self.ends_short:
+            if v.endswith(lit):
+                out.add(pos)
+        for lit, pos in self.starts_short:
+            if v.startswith(lit):
+                out.add(pos)
         for lit, pos in self.short:
             if lit in v:
                 out.add(pos)
