@@ -137,3 +137,68 @@ def test_real_campaign_switch_and_cut(shared_data: Path, real_kb: KnowledgeBase)
     cut = load_knowledge_base([bundle], before=date(2020, 1, 1))
     assert all(u.created < date(2020, 1, 1) for u in cut.group_uses)
     assert 0 < len(cut.group_uses) < len(real_kb.group_uses)
+
+
+def test_ally_bundle_merges_across_bundles(tmp_path: Path) -> None:
+    import json
+
+    from kbfixture import _sid
+
+    ally = {
+        "type": "bundle",
+        "id": "bundle--00000000-0000-0000-0000-0000000000aa",
+        "objects": [
+            {
+                "type": "intrusion-set",
+                "id": "intrusion-set--aaaaaaaa-0000-4000-8000-000000000001",
+                "spec_version": "2.1",
+                "name": "Echo",
+                "aliases": ["Echo", "Ally-7"],
+            },
+            {
+                "type": "malware",
+                "id": "malware--aaaaaaaa-0000-4000-8000-000000000002",
+                "spec_version": "2.1",
+                "name": "EchoRAT",
+                "is_family": True,
+            },
+            {
+                "type": "relationship",
+                "id": "relationship--aaaaaaaa-0000-4000-8000-000000000003",
+                "spec_version": "2.1",
+                "relationship_type": "uses",
+                "created": "2022-02-02T00:00:00Z",
+                "source_ref": "intrusion-set--aaaaaaaa-0000-4000-8000-000000000001",
+                "target_ref": "malware--aaaaaaaa-0000-4000-8000-000000000002",
+                "external_references": [{"source_name": "Ally report 1"}],
+            },
+            # points at the ATT&CK bundle's RareTool by its STIX id
+            {
+                "type": "relationship",
+                "id": "relationship--aaaaaaaa-0000-4000-8000-000000000004",
+                "spec_version": "2.1",
+                "relationship_type": "uses",
+                "created": "2022-02-02T00:00:00Z",
+                "source_ref": "intrusion-set--aaaaaaaa-0000-4000-8000-000000000001",
+                "target_ref": _sid("tool", 1),
+                "external_references": [{"source_name": "Ally report 1"}],
+            },
+            {
+                "type": "relationship",
+                "id": "relationship--aaaaaaaa-0000-4000-8000-000000000005",
+                "spec_version": "2.1",
+                "relationship_type": "uses",
+                "created": "2022-02-02T00:00:00Z",
+                "source_ref": "intrusion-set--aaaaaaaa-0000-4000-8000-000000000001",
+                "target_ref": "malware--ffffffff-0000-4000-8000-000000000009",
+            },  # defined nowhere: dropped
+        ],
+    }
+    path = tmp_path / "ally.json"
+    path.write_text(json.dumps(ally))
+    kb = load_knowledge_base([write_bundle(tmp_path / "attack.json"), path])
+    gid = kb.find_groups("Ally-7")
+    assert gid == ("intrusion-set--aaaaaaaa-0000-4000-8000-000000000001",)
+    targets = {u.target for u in kb.group_uses if u.source == gid[0]}
+    assert targets == {"S0001", "malware--aaaaaaaa-0000-4000-8000-000000000002"}
+    assert kb.find_software("EchoRAT") == "malware--aaaaaaaa-0000-4000-8000-000000000002"

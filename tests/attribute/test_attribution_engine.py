@@ -107,3 +107,38 @@ def test_real_kb_rare_software_points_to_its_group(real_kb: KnowledgeBase) -> No
     countries = [s.country for s in result.sponsors if s.country != "unknown"]
     assert countries[0] == "IR"
     assert math.isclose(total(attribute(ev("T1059.001"), real_kb, top=500)), 1.0)
+
+
+def test_ally_software_is_evidence(tmp_path: Path) -> None:
+    import json
+
+    from kbfixture import write_bundle
+
+    ally = {
+        "type": "bundle",
+        "id": "bundle--00000000-0000-0000-0000-0000000000ab",
+        "objects": [
+            {
+                "type": "malware",
+                "id": "malware--bbbbbbbb-0000-4000-8000-000000000002",
+                "spec_version": "2.1",
+                "name": "EchoRAT",
+                "is_family": True,
+            },
+            {
+                "type": "relationship",
+                "id": "relationship--bbbbbbbb-0000-4000-8000-000000000003",
+                "spec_version": "2.1",
+                "relationship_type": "uses",
+                "created": "2022-02-02T00:00:00Z",
+                "source_ref": "intrusion-set--00000003-1111-1111-1111-111111111111",  # Charlie, G0003
+                "target_ref": "malware--bbbbbbbb-0000-4000-8000-000000000002",
+                "external_references": [{"source_name": "Ally report"}],
+            },
+        ],
+    }
+    (tmp_path / "ally.json").write_text(json.dumps(ally))
+    kb = load_knowledge_base([write_bundle(tmp_path / "attack.json"), tmp_path / "ally.json"])
+    result = attribute(ev("T1001", software=("EchoRAT",)), kb)
+    assert result.groups[0].group_id == "G0003"
+    assert any(i.kind == "software" and i.name == "EchoRAT" for i in result.groups[0].evidence_for)

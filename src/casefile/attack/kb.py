@@ -106,7 +106,20 @@ def load_knowledge_base(
             campaigns.setdefault(c.id, c)
         known_tactics = {t.id for t in tactics}
         tactics += [t for t in p.tactics if t.id not in known_tactics]
-        for u in p.uses:
+    # STIX id -> catalog id over all bundles, for relationships that cross bundles
+    by_stix = {
+        x.stix_id: x.id
+        for coll in (techniques.values(), software.values(), groups.values(), campaigns.values())
+        for x in coll
+        if x.stix_id
+    }
+    known = set(techniques) | set(software) | set(groups) | set(campaigns)
+    for p in parsed:
+        for u0 in p.uses:
+            src, dst = by_stix.get(u0.source, u0.source), by_stix.get(u0.target, u0.target)
+            if src not in known or dst not in known:
+                continue  # an end no bundle defines (or one that is revoked/deprecated)
+            u = replace(u0, source=src, target=dst)
             if before is not None and u.created >= before:
                 continue
             key = (u.source, u.target)
@@ -117,8 +130,9 @@ def load_knowledge_base(
                 )
             else:
                 uses[key] = u
-        for cid, gid, created in p.attributed:
-            if before is None or created < before:
+        for c0, g0, created in p.attributed:
+            cid, gid = by_stix.get(c0, c0), by_stix.get(g0, g0)
+            if cid in campaigns and gid in groups and (before is None or created < before):
                 attributed.setdefault(cid, set()).add(gid)
     group_uses = [u for u in uses.values() if u.source in groups]
     campaign_uses = [u for u in uses.values() if u.source in campaigns]

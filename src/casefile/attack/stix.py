@@ -15,7 +15,8 @@ from casefile.attack.models import Campaign, Group, Software, Tactic, Technique,
 from casefile.errors import KnowledgeBaseError
 
 #: Bump when ParsedBundle changes shape, so stale caches are ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+_MODELLED = ("attack-pattern--", "malware--", "tool--", "intrusion-set--", "campaign--")
 _ATTACK_SOURCES = frozenset({"mitre-attack", "mitre-mobile-attack", "mitre-ics-attack"})
 
 
@@ -146,17 +147,27 @@ def parse_bundle(path: Path) -> ParsedBundle:
         version = f"modified {max(stamps)[:10]}" if stamps else None
     uses: list[Use] = []
     attributed: list[tuple[str, str, date]] = []
+    inactive = {str(o.get("id")) for o in objects if o.get("revoked") or o.get("x_mitre_deprecated")}
+
+    def end(ref: object) -> str | None:
+        # A reference to an object of another bundle (an ally's bundle pointing at ATT&CK) stays a STIX id,
+        # resolved when the bundles are merged.
+        text = str(ref)
+        if text in inactive:
+            return None
+        return ids.get(text) or (text if text.startswith(_MODELLED) else None)
+
     for o in active:
         if o.get("type") != "relationship":
             continue
-        src, dst = ids.get(str(o.get("source_ref"))), ids.get(str(o.get("target_ref")))
+        src, dst = end(o.get("source_ref")), end(o.get("target_ref"))
         if src is None or dst is None:
             continue  # an end is revoked, deprecated, or of a type we do not model
         created = _day(o.get("created")) or date.min
         rtype = o.get("relationship_type")
         if rtype == "uses":
             uses.append(Use(src, dst, _reports(o), created))
-        elif rtype == "attributed-to" and src.startswith("C") and dst.startswith("G"):
+        elif rtype == "attributed-to":
             attributed.append((src, dst, created))
     return ParsedBundle(
         str(path),

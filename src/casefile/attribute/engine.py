@@ -13,11 +13,12 @@ fitted prior logit for "unknown" (see docs/attribution.md).
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from casefile.attack.kb import SOFTWARE_ID, TECHNIQUE_ID, KnowledgeBase
+from casefile.attack.kb import TECHNIQUE_ID, KnowledgeBase
 from casefile.attack.models import Use
 from casefile.attribute.models import (
     Attribution,
@@ -26,6 +27,8 @@ from casefile.attribute.models import (
     GroupHypothesis,
     SponsorHypothesis,
 )
+
+_NOT_FEATURE = re.compile(r"^(?:[GC]\d{4}|intrusion-set--|campaign--)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +66,8 @@ def build_profiles(uses: Iterable[Use]) -> Profiles:
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     reports: dict[str, set[str]] = defaultdict(set)
     for u in uses:
-        if not (TECHNIQUE_ID.match(u.target) or SOFTWARE_ID.match(u.target)):
-            continue
+        if _NOT_FEATURE.match(u.target):
+            continue  # groups and campaigns are not features (ally bundles may link them with `uses`)
         n = max(1, len(u.reports))
         counts[u.source][u.target] = counts[u.source].get(u.target, 0) + n
         reports[u.source].update(u.reports or {f"uncited:{u.source}:{u.target}"})
@@ -182,7 +185,7 @@ def _label(kb: KnowledgeBase, feature: str) -> str:
 def _item(
     kb: KnowledgeBase, profiles: Profiles, group: str, feature: str, weight: float, seen: bool
 ) -> EvidenceItem:
-    kind = "software" if SOFTWARE_ID.match(feature) else "technique"
+    kind = "technique" if TECHNIQUE_ID.match(feature) else "software"
     c = profiles.counts[group].get(feature, 0)
     r = profiles.reports[group]
     share = profiles.rates.get(feature, 0.0)
