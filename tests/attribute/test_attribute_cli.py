@@ -58,3 +58,30 @@ def test_errors_are_one_clear_line(tiny_bundle: Path) -> None:
     assert res.exit_code == 2 and "--before" in res.output
     res = runner.invoke(app, ["attribute", "--kb", str(tiny_bundle), "--format", "xml"])
     assert res.exit_code == 2 and "--format" in res.output
+
+
+def test_real_naming_data_gives_sponsors(shared_data: Path) -> None:
+    res = runner.invoke(
+        app,
+        [
+            "attribute",
+            "--techniques",
+            "T1059.001,T1105",
+            "--software",
+            "S0170,S0269",
+            "--kb",
+            str(shared_data / "attack" / "enterprise-attack.json.gz"),
+            "--galaxy",
+            str(shared_data / "misp-galaxy"),
+            "--vendor-map",
+            str(shared_data / "vendor-naming" / "MicrosoftMapping.json"),
+            "--top",
+            "2",
+            "--format",
+            "json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["groups"][0]["group_id"] == "G0049" and doc["groups"][0]["sponsor"] == "IR"
+    assert "IR" in [s["country"] for s in doc["sponsors"][:2]]

@@ -10,15 +10,24 @@ from casefile.attack.kb import KnowledgeBase, installed_bundles, load_knowledge_
 from casefile.attribute.engine import attribute
 from casefile.attribute.models import Attribution, Evidence, TechniqueSighting
 from casefile.config import Settings
+from casefile.errors import ConfigError
 
 
 def default_knowledge_base(
-    settings: Settings, *, bundles: Sequence[Path] | None = None, before: date | None = None
+    settings: Settings,
+    *,
+    bundles: Sequence[Path] | None = None,
+    before: date | None = None,
+    galaxy_dir: Path | None = None,
+    vendor_map: Path | None = None,
 ) -> KnowledgeBase:
-    """The KB from `bundles` (or the installed ATT&CK bundle) with the installed naming data, cached."""
+    """The KB from `bundles` (or the installed bundle) with the given or installed naming data, cached."""
+    for given in (galaxy_dir, vendor_map):
+        if given is not None and not given.exists():
+            raise ConfigError(f"{given}: not found")
     chosen = list(bundles) if bundles else installed_bundles(settings.attack_dir)
-    galaxy = settings.data_dir / "misp-galaxy"
-    vendor = settings.data_dir / "vendor-naming" / "MicrosoftMapping.json"
+    galaxy = galaxy_dir or settings.data_dir / "misp-galaxy"
+    vendor = vendor_map or settings.data_dir / "vendor-naming" / "MicrosoftMapping.json"
     return load_knowledge_base(
         chosen,
         before=before,
@@ -36,9 +45,17 @@ def attribute_observed(
     before: date | None = None,
     top: int = 10,
     settings: Settings | None = None,
+    galaxy_dir: Path | None = None,
+    vendor_map: Path | None = None,
 ) -> Attribution:
     """Attribute a list of technique ids and software ids/names (the CLI's `attribute --techniques`)."""
-    kb = default_knowledge_base(settings or Settings.from_env(), bundles=bundles, before=before)
+    kb = default_knowledge_base(
+        settings or Settings.from_env(),
+        bundles=bundles,
+        before=before,
+        galaxy_dir=galaxy_dir,
+        vendor_map=vendor_map,
+    )
     evidence = Evidence(
         techniques=tuple(TechniqueSighting(t) for t in techniques),
         software=tuple(software),

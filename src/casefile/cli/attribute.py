@@ -65,6 +65,12 @@ def register(app: typer.Typer) -> None:
         before: Annotated[
             str | None, typer.Option("--before", help="Use only relationships created before YYYY-MM-DD.")
         ] = None,
+        galaxy: Annotated[
+            Path | None, typer.Option("--galaxy", help="MISP galaxy folder (default: the installed one).")
+        ] = None,
+        vendor_map: Annotated[
+            Path | None, typer.Option("--vendor-map", help="Microsoft naming map JSON (default: installed).")
+        ] = None,
         top: Annotated[int, typer.Option("--top", min=1, help="How many groups to list.")] = 10,
         fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     ) -> None:
@@ -78,7 +84,13 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise ConfigError(f"--before {before!r}: expected a date YYYY-MM-DD") from exc
         result = attribute_observed(
-            _split(techniques), _split(software), bundles=kb or None, before=cut, top=top
+            _split(techniques),
+            _split(software),
+            bundles=kb or None,
+            before=cut,
+            top=top,
+            galaxy_dir=galaxy,
+            vendor_map=vendor_map,
         )
         if fmt == "json":
             typer.echo(json.dumps(attribution_json(result), indent=2))
