@@ -61,7 +61,7 @@ def run_protocol(
     params = fit_all(score_units(train_units, profile_uses, MIXTURES))
     test = score_units(test_units, profile_uses, (params.mixture,))[params.mixture]
     engine, base = metrics(test, params, kb), metrics(test, params, kb, baseline=True)
-    print(f"\n### ({name})  {time.time() - t0:.0f}s  fitted: {params}", flush=True)
+    print(f"\n### {name}  {time.time() - t0:.0f}s  fitted: {params}", flush=True)
     print(HEADER)
     print(row("engine", engine))
     print(row("tf-idf", base))
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     campaign_reports = frozenset().union(*(u.held_reports for u in tests))
     base_uses = [u for u in kb.group_uses if not (u.reports & campaign_reports)]
     train = sample(report_units(base_uses), args.limit) + group_out_units(base_uses) + pooled_units(base_uses)
-    results["a"] = run_protocol("a) campaigns", kb, list(kb.group_uses), train, tests)
+    results["a"] = run_protocol("(a) campaigns", kb, list(kb.group_uses), train, tests)
     # (a') the same campaigns, constants fitted on the other campaigns (5 folds by campaign)
     t0 = time.time()
     scored_a = score_units(tests, list(kb.group_uses), MIXTURES)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     train = sample(report_units(kb_cut.group_uses), args.limit) + group_out_units(kb_cut.group_uses)
     train += pooled_units(kb_cut.group_uses)
     train += [u for u in campaign_units(kb_cut) if kb.campaigns[u.name.split()[-1]].created < args.cutoff]
-    results["c"] = run_protocol(f"c) time split at {args.cutoff}", kb, list(kb_cut.group_uses), train, tests)
+    results["c"] = run_protocol(f"(c) time split at {args.cutoff}", kb, list(kb_cut.group_uses), train, tests)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
