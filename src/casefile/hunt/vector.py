@@ -592,9 +592,13 @@ class BatchHunter:
         found: list[tuple[int, int, Detection]] = []
         events: dict[int, Event | None] = {}
 
+        views: dict[int, EventView] = {}  # one per record: its lower-cased values are shared by rules
+
         def event(ri: int) -> Event | None:
             if ri not in events:
-                events[ri] = self.normalise(records[ri], on_warning)
+                events[ri] = ev = self.normalise(records[ri], on_warning)
+                if ev is not None:
+                    views[ri] = EventView(ev.fields)
             return events[ri]
 
         python_rows: list[int] = []
@@ -617,7 +621,7 @@ class BatchHunter:
                     if ev is None:
                         continue
                     result.confirmations += 1
-                    self._confirm(n, pos, ri, ev, found)
+                    self._confirm(n, pos, ri, ev, views[ri], found)
         for ri in python_rows:
             ev = event(ri)
             if ev is None:
@@ -626,14 +630,14 @@ class BatchHunter:
             ch = channel if isinstance(channel, str) else None
             eid = _event_id(ev)
             plan = self.index.plan(ch, eid)
-            view = EventView(ev.fields)
+            view = views[ri]
             if view.get("EventID") == eid and isinstance(eid, int) and view.get("Channel") == ch:
                 # The partition's specialised guards hold for this event: pre-filter in Python.
                 positions = plan.candidates(self._python_hits(plan, view, records[ri].text))
             else:
                 positions = list(range(len(plan.entries)))
             for pos in positions:
-                self._confirm(plan.entries[pos], pos, ri, ev, found)
+                self._confirm(plan.entries[pos], pos, ri, ev, view, found)
         found.sort(key=lambda t: (t[0], t[1]))
         result.detections = [d for _, _, d in found]
         result.not_events = sorted(ri for ri, ev in events.items() if ev is None)
@@ -646,13 +650,15 @@ class BatchHunter:
         channel = event.channel if event.channel is not None else event.fields.get("Channel")
         entries = self.index.candidates(channel if isinstance(channel, str) else None, _event_id(event))
         found: list[tuple[int, int, Detection]] = []
+        view = EventView(event.fields)
         for pos, n in enumerate(entries):
-            self._confirm(n, pos, 0, event, found)
+            self._confirm(n, pos, 0, event, view, found)
         return [d for _, _, d in found]
 
-    def _confirm(self, n: int, pos: int, ri: int, ev: Event, found: list[tuple[int, int, Detection]]) -> None:
+    def _confirm(
+        self, n: int, pos: int, ri: int, ev: Event, view: EventView, found: list[tuple[int, int, Detection]]
+    ) -> None:
         pred = self.index.predicate(n)
-        view = EventView(ev.fields)
         if pred(view, None):
             matched: dict[str, Any] = {}
             pred(view, matched)
