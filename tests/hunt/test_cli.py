@@ -158,16 +158,19 @@ def test_rules_update_rejects_zip_slip(web_root: tuple[str, Path]) -> None:
     assert result.exit_code == 2 and "unsafe member path" in result.stderr
 
 
-def test_rules_update_from_local_copy(tmp_path: Path, case_files: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("bundle", ["enterprise-attack.json", "enterprise-attack.json.gz"])
+def test_rules_update_from_local_copy(tmp_path: Path, case_files: tuple[Path, Path], bundle: str) -> None:
     src = tmp_path / "offline"
     (src / "sigma" / "rules").mkdir(parents=True)
     (src / "sigma" / "rules" / "whoami.yml").write_text(RULE, encoding="utf-8")
     (src / "attack").mkdir()
-    (src / "attack" / "enterprise-attack.json").write_text("{}", encoding="utf-8")
+    (src / "attack" / "README.md").write_text("not a bundle", encoding="utf-8")
+    (src / "attack" / bundle).write_bytes(b"{}")
     runner = CliRunner()
     result = runner.invoke(app, ["rules", "update", "--from", str(src)])
     assert result.exit_code == 0, result.output
-    assert "enterprise-attack.json" in result.stderr
+    said = result.stderr.replace("\n", "")  # rich may wrap long paths
+    assert "no ATT&CK bundle" not in said and f"/attack/{bundle}" in said
     check = runner.invoke(app, ["rules", "check"])
     assert check.exit_code == 0 and "1 rules and 0 correlations loaded, 0 skipped" in check.stderr
 

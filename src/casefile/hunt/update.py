@@ -149,7 +149,13 @@ def update_offline(settings: Settings, source: Path) -> UpdateResult:
         _replace_dir(staging, settings.data_dir / name)
         copied.append(name)
     count = sum(1 for _ in settings.rules_dir.rglob("*.yml"))
-    bundles = sorted(settings.attack_dir.glob("*.json")) if settings.attack_dir.is_dir() else []
+    bundles = (
+        sorted(
+            p for p in settings.attack_dir.iterdir() if p.is_file() and p.name.endswith((".json", ".json.gz"))
+        )
+        if settings.attack_dir.is_dir()
+        else []
+    )
     enterprise = [b for b in bundles if "enterprise" in b.name]
     chosen = enterprise or bundles
     attack_file = chosen[0] if chosen else None
