@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from casefile.cli._common import handle_errors
+from casefile.attribute.models import Attribution
+from casefile.cli._common import console, handle_errors
 from casefile.errors import ConfigError
 
 
@@ -19,11 +20,8 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def attribution_json(result: object) -> dict[str, object]:
+def attribution_json(result: Attribution) -> dict[str, object]:
     """The JSON shape of `casefile attribute --format json`."""
-    from casefile.attribute.models import Attribution
-
-    assert isinstance(result, Attribution)
 
     def items(xs: tuple[object, ...]) -> list[dict[str, object]]:
         from dataclasses import asdict
@@ -55,6 +53,13 @@ def register(app: typer.Typer) -> None:
     @app.command("attribute")
     @handle_errors
     def attribute_cmd(
+        case: Annotated[
+            Path | None,
+            typer.Argument(
+                help="A case folder: attribute each activity cluster and the whole case, store the results "
+                "and rewrite the case's reports (instead of --techniques/--software)."
+            ),
+        ] = None,
         techniques: Annotated[str, typer.Option("--techniques", help="Comma-separated ATT&CK ids.")] = "",
         software: Annotated[
             str, typer.Option("--software", help="Comma-separated software ids or names.")
@@ -74,7 +79,8 @@ def register(app: typer.Typer) -> None:
         top: Annotated[int, typer.Option("--top", min=1, help="How many groups to list.")] = 10,
         fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     ) -> None:
-        """Rank known threat groups (and "no known group") for observed techniques and software."""
+        """Rank known threat groups (and "no known group") for observed techniques and software, or for
+        every activity cluster of a case."""
         from casefile.attribute.service import attribute_observed
 
         if fmt not in ("table", "json"):
@@ -83,6 +89,16 @@ def register(app: typer.Typer) -> None:
             cut = date.fromisoformat(before) if before else None
         except ValueError as exc:
             raise ConfigError(f"--before {before!r}: expected a date YYYY-MM-DD") from exc
+        if case is not None:
+            if techniques or software:
+                raise ConfigError("give either a CASE or --techniques/--software, not both")
+            results = _attribute_case(case, kb or None, cut, top, galaxy, vendor_map)
+            if fmt == "json":
+                typer.echo(json.dumps({scope: attribution_json(r) for scope, r in results.items()}, indent=2))
+            else:
+                for scope, r in results.items():
+                    _print_table(r, f"Attribution of {scope} (ATT&CK {r.kb_version})")
+            return
         result = attribute_observed(
             _split(techniques),
             _split(software),
@@ -95,23 +111,54 @@ def register(app: typer.Typer) -> None:
         if fmt == "json":
             typer.echo(json.dumps(attribution_json(result), indent=2))
             return
-        out = Console()
-        table = Table(title=f"Attribution (ATT&CK {result.kb_version})")
-        for col in ("group", "name", "sponsor", "probability", "strongest evidence for", "against"):
-            table.add_column(col)
-        for g in result.groups:
-            table.add_row(
-                g.group_id,
-                g.name,
-                g.sponsor or "-",
-                f"{g.probability:.1%}",
-                ", ".join(f"{i.id} {i.name}" for i in g.evidence_for[:3]),
-                ", ".join(f"{i.id}" for i in g.evidence_against[:3]),
-            )
-        out.print(table)
-        out.print(f"no known group: {result.unknown_probability:.1%}")
-        out.print("sponsors: " + ", ".join(f"{s.country} {s.probability:.1%}" for s in result.sponsors[:5]))
-        if result.unprofiled_techniques:
-            out.print(
-                "not in this ATT&CK version (kept, no profile): " + ", ".join(result.unprofiled_techniques)
-            )
+        _print_table(result, f"Attribution (ATT&CK {result.kb_version})")
+
+
+def _attribute_case(
+    path: Path,
+    bundles: list[Path] | None,
+    before: date | None,
+    top: int,
+    galaxy: Path | None,
+    vendor_map: Path | None,
+) -> dict[str, Attribution]:
+    """Re-attribute a case with the given knowledge base, store the results and rewrite its reports."""
+    from casefile.attribute.service import default_knowledge_base
+    from casefile.case import Case
+    from casefile.case.attribution import attribute_case
+    from casefile.config import Settings
+    from casefile.report import write_reports
+
+    kb = default_knowledge_base(
+        Settings.from_env(), bundles=bundles, before=before, galaxy_dir=galaxy, vendor_map=vendor_map
+    )
+    with Case.open(path) as opened:
+        for warning in attribute_case(opened, kb, top=top):
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        write_reports(opened)
+        stored = opened.attributions()
+    # The whole case first, then clusters in stored order.
+    return {"case": stored["case"], **{k: v for k, v in stored.items() if k != "case"}}
+
+
+def _print_table(result: Attribution, title: str) -> None:
+    out = Console()
+    table = Table(title=title)
+    for col in ("group", "name", "sponsor", "probability", "strongest evidence for", "against"):
+        table.add_column(col)
+    for g in result.groups:
+        table.add_row(
+            g.group_id,
+            g.name,
+            g.sponsor or "-",
+            f"{g.probability:.1%}",
+            ", ".join(f"{i.id} {i.name}" for i in g.evidence_for[:3]),
+            ", ".join(f"{i.id}" for i in g.evidence_against[:3]),
+        )
+    out.print(table)
+    out.print(f"no known group: {result.unknown_probability:.1%}")
+    out.print("sponsors: " + ", ".join(f"{s.country} {s.probability:.1%}" for s in result.sponsors[:5]))
+    if result.unprofiled_techniques:
+        out.print(
+            "not in this ATT&CK version (kept, no profile): " + ", ".join(result.unprofiled_techniques)
+        )
