@@ -22,6 +22,7 @@ from casefile.attribute.evaluation import (
     Unit,
     campaign_units,
     fit,
+    fit_sponsor,
     group_out_units,
     metrics,
     nll,
@@ -32,24 +33,31 @@ from casefile.attribute.evaluation import (
 )
 from casefile.config import shared_data_dir
 
-MIXTURES = (0.1, 0.3, 0.5, 0.8)
+MIXTURES = (0.1, 0.3, 0.5, 0.8, 0.9, 0.95)
+MIXTURES_USED: list[float] = list(MIXTURES)
 
 
-def fit_all(train: dict[float, list[Scored]]) -> ModelParams:
-    """Best (mixture, absence weight, temperature, unknown prior) by log loss on training units only."""
+def fit_all(train: dict[float, list[Scored]], kb: KnowledgeBase) -> ModelParams:
+    """Best (mixture, absence weight, temperature, unknown prior and slope) by log loss on training units
+    only, then the sponsor ranking's country-model weight and temperature on the same units."""
     best, best_loss = ModelParams(), float("inf")
     for a, scored in train.items():
-        p = fit(scored, ModelParams(mixture=a))
+        p = fit(scored, ModelParams(mixture=a), fixed=FIXED)
         loss = nll(scored, p)
         if loss < best_loss:
             best, best_loss = p, loss
-    return best
+    return fit_sponsor(train[best.mixture], best, kb)
+
+
+#: constants kept at their defaults (the --no-slope ablation fixes unknown_slope at 0)
+FIXED: set[str] = set()
 
 
 def row(name: str, m: Metrics) -> str:
     return (
         f"| {name} | {m.n} | {m.n_unknown} | {m.top1:.1%} | {m.top5:.1%} | {m.top10:.1%} | {m.mrr:.3f} | "
-        f"{m.sponsor_top1:.1%} (n={m.sponsor_n}) | {m.ece:.3f} | {m.unknown_recall:.1%} | "
+        f"{m.sponsor_top1:.1%} / {m.sponsor_top1_pooled:.1%} (n={m.sponsor_n}) | {m.ece:.3f} | "
+        f"{m.unknown_recall:.1%} | "
         f"{m.false_unknown:.1%} |"
     )
 
@@ -58,8 +66,9 @@ def run_protocol(
     name: str, kb: KnowledgeBase, profile_uses: list, train_units: list[Unit], test_units: list[Unit]
 ) -> dict[str, object]:
     t0 = time.time()
-    params = fit_all(score_units(train_units, profile_uses, MIXTURES))
-    test = score_units(test_units, profile_uses, (params.mixture,))[params.mixture]
+    sponsors = {g.id: g.sponsor for g in kb.groups.values()}
+    params = fit_all(score_units(train_units, profile_uses, MIXTURES_USED, sponsors), kb)
+    test = score_units(test_units, profile_uses, (params.mixture,), sponsors)[params.mixture]
     engine, base = metrics(test, params, kb), metrics(test, params, kb, baseline=True)
     print(f"\n### {name}  {time.time() - t0:.0f}s  fitted: {params}", flush=True)
     print(HEADER)
@@ -69,8 +78,8 @@ def run_protocol(
 
 
 HEADER = (
-    "| ranking | n | n unknown | top-1 | top-5 | top-10 | MRR | sponsor top-1 | ECE | unknown recall "
-    "| false unknown |\n"
+    "| ranking | n | n unknown | top-1 | top-5 | top-10 | MRR | sponsor top-1 (sum / combined) | ECE "
+    "| unknown recall | false unknown |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -81,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cutoff", type=date.fromisoformat, default=date(2024, 1, 1))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-slope", action="store_true", help="ablation: unknown prior independent of size")
+    ap.add_argument(
+        "--pooled-out", action="store_true", help="variant: add campaign-sized unknown calibration units"
+    )
+    ap.add_argument("--mixtures", type=lambda t: tuple(float(x) for x in t.split(",")), default=MIXTURES)
     args = ap.parse_args(argv)
+    if args.no_slope:
+        FIXED.add("unknown_slope")
+    MIXTURES_USED[:] = args.mixtures
     data = shared_data_dir()
     if data is None:
         print("reference data not found: set CASEFILE_SHARED_DATA", file=sys.stderr)
@@ -100,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     campaign_reports = frozenset().union(*(u.held_reports for u in tests))
     base_uses = [u for u in kb.group_uses if not (u.reports & campaign_reports)]
     train = sample(report_units(base_uses), args.limit) + group_out_units(base_uses) + pooled_units(base_uses)
+    if args.pooled_out:
+        train += pooled_units(base_uses, group_out=True)
     results["a"] = run_protocol("(a) campaigns", kb, list(kb.group_uses), train, tests)
     # (a') the same campaigns, constants fitted on the other campaigns (5 folds by campaign)
     t0 = time.time()
-    scored_a = score_units(tests, list(kb.group_uses), MIXTURES)
+    sponsors = {g.id: g.sponsor for g in kb.groups.values()}
+    scored_a = score_units(tests, list(kb.group_uses), MIXTURES_USED, sponsors)
     fold_a = [hash_fold(u.name, args.folds) for u in tests]
     params_a = [
-        fit_all({m: [s for s, f in zip(ss, fold_a, strict=True) if f != k] for m, ss in scored_a.items()})
+        fit_all({m: [s for s, f in zip(ss, fold_a, strict=True) if f != k] for m, ss in scored_a.items()}, kb)
         for k in range(args.folds)
     ]
     engine_a = merge_folds(scored_a, fold_a, params_a, kb, args.folds)
@@ -118,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     # (b) leave-one-report-out, k folds by report; calibration fitted on the other folds.
     units = sample(report_units(kb.group_uses), args.limit) + group_out_units(kb.group_uses)
     t0 = time.time()
-    scored = score_units(units, list(kb.group_uses), MIXTURES)
+    scored = score_units(units, list(kb.group_uses), MIXTURES_USED, sponsors)
     fold_of = [hash_fold(sorted(u.held_reports)[0], args.folds) for u in units]
     fold_params = [
-        fit_all({a: [s for s, f in zip(ss, fold_of, strict=True) if f != k] for a, ss in scored.items()})
+        fit_all({a: [s for s, f in zip(ss, fold_of, strict=True) if f != k] for a, ss in scored.items()}, kb)
         for k in range(args.folds)
     ]
     engine = merge_folds(scored, fold_of, fold_params, kb, args.folds)
-    base = metrics(scored[MIXTURES[0]], ModelParams(), kb, baseline=True)
+    base = metrics(scored[MIXTURES_USED[0]], ModelParams(), kb, baseline=True)
     print(f"\n### (b) leave-one-report-out  {time.time() - t0:.0f}s  fold constants: {fold_params}")
     print(HEADER)
     print(row("engine", engine))
@@ -145,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     tests += report_units(later, exclude_reports=pre_reports)
     train = sample(report_units(kb_cut.group_uses), args.limit) + group_out_units(kb_cut.group_uses)
     train += pooled_units(kb_cut.group_uses)
+    if args.pooled_out:
+        train += pooled_units(kb_cut.group_uses, group_out=True)
     train += [u for u in campaign_units(kb_cut) if kb.campaigns[u.name.split()[-1]].created < args.cutoff]
     results["c"] = run_protocol(f"(c) time split at {args.cutoff}", kb, list(kb_cut.group_uses), train, tests)
     if args.json:
@@ -195,6 +217,7 @@ def merge_folds(
         mrr=avg("mrr", "n"),
         sponsor_top1=avg("sponsor_top1", "s"),
         sponsor_n=sum(m.sponsor_n for m, _ in per_fold),
+        sponsor_top1_pooled=avg("sponsor_top1_pooled", "s"),
         ece=avg("ece", "all"),
         unknown_recall=avg("unknown_recall", "u"),
         false_unknown=avg("false_unknown", "n"),

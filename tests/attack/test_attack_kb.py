@@ -11,6 +11,7 @@ from kbfixture import write_bundle
 
 from casefile.attack import KnowledgeBase, load_knowledge_base
 from casefile.attack.aliases import country_code, resolve_names
+from casefile.attack.stix import ATTACK_RELEASES, infer_attack_version
 from casefile.errors import KnowledgeBaseError
 
 
@@ -21,7 +22,23 @@ def test_loads_every_format(tmp_path: Path, spec: str, gz: bool) -> None:
     assert kb.technique("t1003") is not None and kb.technique("T1003").name == "Rare"  # type: ignore[union-attr]
     assert kb.software("S0001") is not None and kb.find_software("rt.exe") == "S0001"
     assert [t.shortname for t in kb.tactics()] == ["initial-access", "execution"]
-    assert kb.attack_version == ("99.1" if spec == "2.1" else "modified 2024-05-01")
+    # 2.1: the x-mitre-collection object; 2.0 has none, so the release is inferred from the newest
+    # `modified` day (2024-05-01: the next release in the table is 16.0, 2024-10-31)
+    assert (kb.attack_version, kb.attack_version_source) == (
+        ("99.1", "x-mitre-collection") if spec == "2.1" else ("16.0", "inferred from content dates")
+    )
+
+
+def test_release_table_inference() -> None:
+    assert infer_attack_version(date(2025, 11, 12)) == "18.1"  # the reference bundle's newest day
+    assert infer_attack_version(date(2025, 11, 13)) == "18.1"
+    assert infer_attack_version(date(2025, 10, 1)) == "18.0"
+    assert infer_attack_version(date(2025, 4, 1)) == "17.1"  # 17.0 and 17.1 share a day: the later
+    assert infer_attack_version(date(2023, 5, 1)) == "13.1"
+    assert infer_attack_version(date(2026, 6, 1)) is None  # newer than the table: not guessed
+    assert infer_attack_version(date(2015, 1, 1)) is None  # older than the table
+    days = [d for _, d in ATTACK_RELEASES]
+    assert days == sorted(days)
 
 
 def test_revoked_and_deprecated_are_ignored(tiny_bundle: Path) -> None:
@@ -118,6 +135,8 @@ def test_real_attack_counts_and_lookups(real_kb: KnowledgeBase) -> None:
     assert t is not None and t.name == "Web Shell" and t.is_subtechnique and t.tactics == ("persistence",)
     assert real_kb.software("S0002") is not None and real_kb.software("S0002").name == "Mimikatz"  # type: ignore[union-attr]
     assert real_kb.technique("T1685") is None  # newer than v18.1
+    # the STIX 2.0 reference bundle has no x-mitre-collection: inferred from its newest day, 2025-11-12
+    assert (real_kb.attack_version, real_kb.attack_version_source) == ("18.1", "inferred from content dates")
 
 
 @pytest.mark.shared

@@ -9,7 +9,7 @@ import pytest
 
 from casefile.attack import KnowledgeBase, load_knowledge_base
 from casefile.attribute import Evidence, TechniqueSighting, attribute
-from casefile.attribute.engine import build_profiles
+from casefile.attribute.engine import ModelParams, build_profiles
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +142,37 @@ def test_ally_software_is_evidence(tmp_path: Path) -> None:
     result = attribute(ev("T1001", software=("EchoRAT",)), kb)
     assert result.groups[0].group_id == "G0003"
     assert any(i.kind == "software" and i.name == "EchoRAT" for i in result.groups[0].evidence_for)
+
+
+def test_unknown_slope_raises_unknown_with_more_features(kb: KnowledgeBase) -> None:
+    flat = ModelParams(unknown_slope=0.0)
+    steep = ModelParams(unknown_slope=1.0)
+    one = (attribute(ev("T1001"), kb, params=flat), attribute(ev("T1001"), kb, params=steep))
+    # log(1) = 0: a single feature is unaffected by the slope
+    assert one[0].unknown_probability == pytest.approx(one[1].unknown_probability)
+    two = (
+        attribute(ev("T1001", "T1002"), kb, params=flat),
+        attribute(ev("T1001", "T1002"), kb, params=steep),
+    )
+    assert two[1].unknown_probability > two[0].unknown_probability
+    assert math.isclose(total(two[1]), 1.0)
+
+
+@pytest.mark.shared
+def test_country_model_mixes_into_sponsor_ranking(real_kb: KnowledgeBase) -> None:
+    evidence = ev("T1059.001", "T1105", software=("S0170", "S0269"))
+    old = attribute(evidence, real_kb, params=ModelParams(sponsor_weight=0.0))
+    new = attribute(evidence, real_kb, params=ModelParams(sponsor_weight=0.5, sponsor_temperature=2.0))
+    # only the split between known countries changes: groups, "unknown" and the total stay the same
+    assert [g.probability for g in new.groups] == pytest.approx([g.probability for g in old.groups])
+    assert math.isclose(sum(s.probability for s in new.sponsors), 1.0)
+    unk = {s.country: s.probability for s in old.sponsors}["unknown"]
+    assert {s.country: s.probability for s in new.sponsors}["unknown"] == pytest.approx(unk)
+    assert {s.country: s.probability for s in new.sponsors} != pytest.approx(
+        {s.country: s.probability for s in old.sponsors}
+    )
+    assert next(s.country for s in old.sponsors if s.country != "unknown") == "IR"
+    # the country model alone (weight 1) keeps the known countries' mass and splits it by pooled profiles
+    alone = attribute(evidence, real_kb, params=ModelParams(sponsor_weight=1.0))
+    known = sum(s.probability for s in old.sponsors if s.country != "unknown")
+    assert sum(s.probability for s in alone.sponsors if s.country != "unknown") == pytest.approx(known)

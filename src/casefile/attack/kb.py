@@ -34,6 +34,8 @@ class KnowledgeBase:
     campaign_groups: dict[str, tuple[str, ...]]
     before: date | None = None
     include_campaigns: bool = False
+    #: "x-mitre-collection" or "inferred from content dates" (release table in casefile.attack.stix)
+    attack_version_source: str | None = None
     _names: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     _software_names: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -171,6 +173,7 @@ def load_knowledge_base(
         campaign_groups={c: tuple(sorted(g)) for c, g in attributed.items()},
         before=before,
         include_campaigns=include_campaigns,
+        attack_version_source=parsed[0].version_source,
         _names={k: tuple(v) for k, v in name_index.items()},
         _software_names=software_names,
     )

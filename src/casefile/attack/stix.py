@@ -7,7 +7,7 @@ import hashlib
 import json
 import pickle
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,45 @@ from casefile.attack.models import Campaign, Group, Software, Tactic, Technique,
 from casefile.errors import KnowledgeBaseError
 
 #: Bump when ParsedBundle changes shape, so stale caches are ignored.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 _MODELLED = ("attack-pattern--", "malware--", "tool--", "intrusion-set--", "campaign--")
 _ATTACK_SOURCES = frozenset({"mitre-attack", "mitre-mobile-attack", "mitre-ics-attack"})
+
+#: ATT&CK releases (version -> release day), from MITRE's published release history
+#: (attack.mitre.org/resources/versions/ and the mitre/cti CHANGELOG). Used only when a bundle has no
+#: x-mitre-collection object (the STIX 2.0 bundles of mitre/cti): content is modified before it is released,
+#: so the bundle is the first release on or after its newest `modified` day. Add a row for each new release.
+ATTACK_RELEASES: tuple[tuple[str, date], ...] = (
+    ("10.0", date(2021, 10, 21)),
+    ("11.0", date(2022, 4, 25)),
+    ("12.0", date(2022, 10, 25)),
+    ("13.0", date(2023, 4, 25)),
+    ("13.1", date(2023, 5, 9)),
+    ("14.0", date(2023, 10, 31)),
+    ("15.0", date(2024, 4, 23)),
+    ("15.1", date(2024, 4, 23)),
+    ("16.0", date(2024, 10, 31)),
+    ("16.1", date(2024, 11, 12)),
+    ("17.0", date(2025, 4, 22)),
+    ("17.1", date(2025, 4, 22)),
+    ("18.0", date(2025, 10, 28)),
+    ("18.1", date(2025, 11, 13)),
+)
+VERSION_FROM_COLLECTION = "x-mitre-collection"
+VERSION_FROM_DATES = "inferred from content dates"
+
+
+def infer_attack_version(newest_modified: date) -> str | None:
+    """The ATT&CK release a bundle whose newest object was modified on `newest_modified` belongs to: the
+    latest release of the first release day on or after it (15.0 and 15.1 shipped the same day: 15.1).
+    None when the content is newer than every release in the table, or older than the table."""
+    if newest_modified < ATTACK_RELEASES[0][1] - timedelta(days=183):
+        return None  # older than the table: no release in it can be meant
+    days = [d for _, d in ATTACK_RELEASES if d >= newest_modified]
+    if not days:
+        return None
+    first = min(days)
+    return [v for v, d in ATTACK_RELEASES if d == first][-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +62,8 @@ class ParsedBundle:
 
     path: str
     version: str | None
+    #: where `version` came from: VERSION_FROM_COLLECTION, VERSION_FROM_DATES, or None when unknown
+    version_source: str | None = None
     techniques: tuple[Technique, ...] = ()
     software: tuple[Software, ...] = ()
     groups: tuple[Group, ...] = ()
@@ -88,6 +126,7 @@ def parse_bundle(path: Path) -> ParsedBundle:
     groups: list[Group] = []
     campaigns: list[Campaign] = []
     version: str | None = None
+    version_source: str | None = None
     matrix_order: list[str] = []
     pending_techniques: list[tuple[dict[str, Any], str]] = []
     for o in active:
@@ -96,6 +135,7 @@ def parse_bundle(path: Path) -> ParsedBundle:
         aid = _attack_id(o) or sid
         if kind == "x-mitre-collection" and o.get("x_mitre_version"):
             version = str(o["x_mitre_version"])
+            version_source = VERSION_FROM_COLLECTION
         elif kind == "x-mitre-matrix":
             matrix_order.extend(str(t) for t in o.get("tactic_refs") or ())
         elif kind == "x-mitre-tactic":
@@ -143,8 +183,11 @@ def parse_bundle(path: Path) -> ParsedBundle:
             )
         )
     if version is None:
-        stamps = [str(o.get("modified", "")) for o in active if o.get("type") == "attack-pattern"]
-        version = f"modified {max(stamps)[:10]}" if stamps else None
+        stamps = [d for o in active if o.get("type") == "attack-pattern" and (d := _day(o.get("modified")))]
+        if stamps:
+            inferred = infer_attack_version(max(stamps))
+            version = inferred or f"modified {max(stamps).isoformat()}"
+            version_source = VERSION_FROM_DATES if inferred else None
     uses: list[Use] = []
     attributed: list[tuple[str, str, date]] = []
     inactive = {str(o.get("id")) for o in objects if o.get("revoked") or o.get("x_mitre_deprecated")}
@@ -172,6 +215,7 @@ def parse_bundle(path: Path) -> ParsedBundle:
     return ParsedBundle(
         str(path),
         version,
+        version_source,
         tuple(techniques),
         tuple(software),
         tuple(groups),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from casefile.attack.kb import TECHNIQUE_ID, KnowledgeBase
@@ -41,6 +41,13 @@ class ModelParams:
     unknown_logit: float = -2.0  # prior log-odds of "no known group" against all groups together
     #: scores are divided by n_features ** length_power: features of one incident are not independent
     length_power: float = 0.0
+    #: the unknown prior logit grows by unknown_slope * log(n_features): more features, more chances that a
+    #: group's profile fits by accident (fitted on calibration units, see docs/attribution.md)
+    unknown_slope: float = 0.0
+    #: sponsor ranking: weight of the country-level model (profiles pooled per sponsor) against the summed
+    #: group probabilities, and the country model's temperature
+    sponsor_weight: float = 0.0
+    sponsor_temperature: float = 1.0
     indicator_lr: float = 20.0  # likelihood ratio of an indicator match naming the group
     against_listed: int = 5  # how many evidence_against items each hypothesis explains
 
@@ -146,10 +153,52 @@ def posterior(
         + prior
         for s in scores
     }
-    top = max([*logits.values(), params.unknown_logit])
-    z = math.exp(params.unknown_logit - top) + sum(math.exp(v - top) for v in logits.values())
+    b = unknown_logit(params, n_features)
+    top = max([*logits.values(), b])
+    z = math.exp(b - top) + sum(math.exp(v - top) for v in logits.values())
     probs = {g: math.exp(v - top) / z for g, v in logits.items()}
-    return probs, math.exp(params.unknown_logit - top) / z
+    return probs, math.exp(b - top) / z
+
+
+def unknown_logit(params: ModelParams, n_features: int) -> float:
+    """Prior log-odds of "no known group" for an incident with `n_features` profiled features."""
+    return params.unknown_logit + params.unknown_slope * math.log(max(1, n_features))
+
+
+def sponsor_uses(uses: Iterable[Use], sponsors: Mapping[str, str | None]) -> list[Use]:
+    """Group `uses` relabelled with the group's sponsor country (unsponsored groups left out)."""
+    out = []
+    for u in uses:
+        c = sponsors.get(u.source)
+        if c:
+            out.append(Use(c, u.target, u.reports, u.created, u.via))
+    return out
+
+
+def country_posterior(country_scores: Mapping[str, float], params: ModelParams) -> dict[str, float]:
+    """Softmax over sponsor countries of the pooled-profile log-likelihood ratios (uniform prior)."""
+    if not country_scores:
+        return {}
+    logits = {c: v / params.sponsor_temperature for c, v in country_scores.items()}
+    top = max(logits.values())
+    z = sum(math.exp(v - top) for v in logits.values())
+    return {c: math.exp(v - top) / z for c, v in logits.items()}
+
+
+def combine_sponsors(
+    group_sum: Mapping[str, float], country_post: Mapping[str, float], weight: float
+) -> dict[str, float]:
+    """Known-country probabilities: a mixture of summed group probabilities and the country model.
+
+    The mass of known countries (1 - unknown - unsponsored groups) is kept; only its split changes.
+    """
+    mass = sum(group_sum.values())
+    if mass <= 0 or weight <= 0 or not country_post:
+        return dict(group_sum)
+    countries = set(group_sum) | set(country_post)
+    return {
+        c: (1 - weight) * group_sum.get(c, 0.0) + weight * mass * country_post.get(c, 0.0) for c in countries
+    }
 
 
 def evidence_features(evidence: Evidence, kb: KnowledgeBase) -> tuple[list[str], list[str], list[str]]:
@@ -245,22 +294,46 @@ def attribute(
         )
     return Attribution(
         groups=tuple(hypotheses),
-        sponsors=sponsor_ranking(kb, probs, unknown),
+        sponsors=sponsor_ranking(
+            kb, probs, unknown, _country_scores(kb, feats, params, bool(scores)), params
+        ),
         unknown_probability=unknown,
         kb_version=kb.attack_version,
         unprofiled_techniques=tuple(unprofiled),
     )
 
 
+def _country_scores(
+    kb: KnowledgeBase, feats: Sequence[str], params: ModelParams, any_evidence: bool
+) -> dict[str, float]:
+    if params.sponsor_weight <= 0 or not any_evidence or not feats:
+        return {}
+    sponsors = {g.id: g.sponsor for g in kb.groups.values()}
+    prof = build_profiles(sponsor_uses(kb.group_uses, sponsors))
+    return {s.group_id: s.present for s in score_groups(prof, feats, mixture=params.mixture)}
+
+
 def sponsor_ranking(
-    kb: KnowledgeBase, probs: Mapping[str, float], unknown: float
+    kb: KnowledgeBase,
+    probs: Mapping[str, float],
+    unknown: float,
+    country_scores: Mapping[str, float] | None = None,
+    params: ModelParams | None = None,
 ) -> tuple[SponsorHypothesis, ...]:
-    """Sponsor countries ranked by the summed probability of their groups; the rest is "unknown"."""
-    by_country: dict[str, float] = defaultdict(float)
-    by_country["unknown"] = unknown
+    """Sponsor countries ranked by their groups' summed probability, mixed with the country-level model
+    (`ModelParams.sponsor_weight`) when `country_scores` are given; the rest is "unknown"."""
+    params = params or ModelParams()
+    known: dict[str, float] = defaultdict(float)
+    rest = unknown
     for gid, p in probs.items():
         g = kb.group(gid)
-        by_country[(g.sponsor if g and g.sponsor else "unknown")] += p
+        if g and g.sponsor:
+            known[g.sponsor] += p
+        else:
+            rest += p
+    country = country_posterior(country_scores or {}, params)
+    by_country = combine_sponsors(known, country, params.sponsor_weight)
+    by_country["unknown"] = rest
     return tuple(
         SponsorHypothesis(c, p) for c, p in sorted(by_country.items(), key=lambda cp: (-cp[1], cp[0]))
     )

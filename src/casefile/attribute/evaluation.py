@@ -13,13 +13,23 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
 
 from casefile.attack.kb import KnowledgeBase
 from casefile.attack.models import Use
-from casefile.attribute.engine import ModelParams, Profiles, build_profiles, posterior, score_groups
+from casefile.attribute.engine import (
+    ModelParams,
+    Profiles,
+    build_profiles,
+    combine_sponsors,
+    country_posterior,
+    posterior,
+    score_groups,
+    sponsor_uses,
+    unknown_logit,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +51,7 @@ class Scored:
     present: dict[str, float]
     absent: dict[str, float]
     baseline: dict[str, float]
+    country: dict[str, float] = field(default_factory=dict)  # pooled per-sponsor profile scores
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,8 @@ class Metrics:
     ece: float
     unknown_recall: float  # share of unknown-truth units where "unknown" is the top answer
     false_unknown: float  # share of known-truth units where "unknown" is the top answer
+    #: sponsor top-1 of the combined ranking (country-level model mixed in); sponsor_top1 is the old sum
+    sponsor_top1_pooled: float = float("nan")
 
 
 def _stable(text: str) -> int:
@@ -96,21 +109,33 @@ def _tfidf(profiles: Profiles, features: frozenset[str]) -> dict[str, float]:
 
 
 def score_units(
-    units: Sequence[Unit], uses: Sequence[Use], mixtures: Sequence[float]
+    units: Sequence[Unit],
+    uses: Sequence[Use],
+    mixtures: Sequence[float],
+    sponsors: Mapping[str, str | None] | None = None,
 ) -> dict[float, list[Scored]]:
-    """Score each unit, per mixture weight, against profiles built without its held-out reports/groups."""
+    """Score each unit, per mixture weight, against profiles built without its held-out reports/groups;
+    with `sponsors` (group -> country), also against per-country pooled profiles built the same way."""
     out: dict[float, list[Scored]] = {m: [] for m in mixtures}
     for u in units:
-        prof = build_profiles(_without(uses, u.held_reports, u.held_groups, u.drop_relationships))
+        kept = _without(uses, u.held_reports, u.held_groups, u.drop_relationships)
+        prof = build_profiles(kept)
+        cprof = build_profiles(sponsor_uses(kept, sponsors)) if sponsors else None
         baseline = _tfidf(prof, u.features)
         for m in mixtures:
             scores = score_groups(prof, u.features, mixture=m)
+            country = (
+                {s.group_id: s.present for s in score_groups(cprof, u.features, mixture=m)}
+                if cprof is not None and cprof.counts
+                else {}
+            )
             out[m].append(
                 Scored(
                     u,
                     {s.group_id: s.present for s in scores},
                     {s.group_id: s.absent for s in scores},
                     baseline,
+                    country,
                 )
             )
     return out
@@ -126,8 +151,9 @@ def _probs(s: Scored, params: ModelParams) -> tuple[dict[str, float], float]:
 def nll(scored: Sequence[Scored], params: ModelParams) -> float:
     """Mean negative log probability of the truth (its groups, or "unknown")."""
     total = 0.0
-    lam, b = params.absence_weight, params.unknown_logit
+    lam = params.absence_weight
     for s in scored:
+        b = unknown_logit(params, len(s.unit.features))
         temp = params.temperature * max(1, len(s.unit.features)) ** params.length_power
         if not s.present:
             total -= math.log(1.0)
@@ -149,15 +175,27 @@ GRID: dict[str, tuple[float, ...]] = {
     "temperature": (0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
     "unknown_logit": (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0),
     "length_power": (0.0, 0.25, 0.5, 0.75),
+    "unknown_slope": (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0),
+}
+
+SPONSOR_GRID: dict[str, tuple[float, ...]] = {
+    "sponsor_weight": (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+    "sponsor_temperature": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0),
 }
 
 
-def fit(scored: Sequence[Scored], base: ModelParams, rounds: int = 3) -> ModelParams:
-    """Absence weight, temperature and the unknown prior by coordinate descent on mean log loss."""
+def fit(
+    scored: Sequence[Scored], base: ModelParams, rounds: int = 3, fixed: Iterable[str] = ()
+) -> ModelParams:
+    """Absence weight, temperature and the unknown prior by coordinate descent on mean log loss
+    (constants named in `fixed` keep their value in `base`)."""
+    skip = set(fixed)
     best, best_loss = base, nll(scored, base)
     for _ in range(rounds):
         changed = False
         for name, values in GRID.items():
+            if name in skip:
+                continue
             for v in values:
                 cand = replace(best, **{name: v})  # type: ignore[arg-type]
                 loss = nll(scored, cand)
@@ -168,12 +206,54 @@ def fit(scored: Sequence[Scored], base: ModelParams, rounds: int = 3) -> ModelPa
     return best
 
 
+def _sponsor_probs(
+    s: Scored, probs: Mapping[str, float], params: ModelParams, kb: KnowledgeBase, pooled: bool
+) -> dict[str, float]:
+    by_c: dict[str, float] = defaultdict(float)
+    for g, p in probs.items():
+        sp = kb.groups[g].sponsor if g in kb.groups else None
+        if sp:
+            by_c[sp] += p
+    if not pooled:
+        return dict(by_c)
+    return combine_sponsors(by_c, country_posterior(s.country, params), params.sponsor_weight)
+
+
+def sponsor_nll(scored: Sequence[Scored], params: ModelParams, kb: KnowledgeBase) -> float:
+    """Mean negative log share of the true sponsor among the known countries (combined ranking)."""
+    total, n = 0.0, 0
+    for s in scored:
+        true = {sp for g in s.unit.truth if g in kb.groups and (sp := kb.groups[g].sponsor)}
+        if not true or not s.present:
+            continue
+        probs, _ = _probs(s, params)
+        by_c = _sponsor_probs(s, probs, params, kb, pooled=True)
+        mass = sum(by_c.values())
+        p = sum(by_c.get(c, 0.0) for c in true) / mass if mass > 0 else 0.0
+        total -= math.log(max(p, 1e-9))
+        n += 1
+    return total / max(1, n)
+
+
+def fit_sponsor(scored: Sequence[Scored], base: ModelParams, kb: KnowledgeBase) -> ModelParams:
+    """The country model's weight and temperature by log loss of the true sponsor (grid search)."""
+    best, best_loss = base, sponsor_nll(scored, base, kb)
+    for w in SPONSOR_GRID["sponsor_weight"]:
+        for t in SPONSOR_GRID["sponsor_temperature"]:
+            cand = replace(base, sponsor_weight=w, sponsor_temperature=t)
+            loss = sponsor_nll(scored, cand, kb)
+            if loss < best_loss - 1e-9:
+                best, best_loss = cand, loss
+    return best
+
+
 def metrics(
     scored: Sequence[Scored], params: ModelParams, kb: KnowledgeBase, *, baseline: bool = False
 ) -> Metrics:
     """Ranking, sponsor and calibration metrics; `baseline` evaluates the TF-IDF ranking instead."""
     ranks: list[float] = []
     sponsor_hits: list[bool] = []
+    pooled_hits: list[bool] = []
     conf: list[tuple[float, bool]] = []
     unknown_hits: list[bool] = []
     false_unknown: list[bool] = []
@@ -197,13 +277,10 @@ def metrics(
             conf.append((unknown, False) if top_is_unknown else (top_group_p, order[0] in truth))
             true_sponsors = {kb.groups[g].sponsor for g in truth if g in kb.groups and kb.groups[g].sponsor}
             if true_sponsors:
-                by_c: dict[str, float] = defaultdict(float)
-                for g, p in probs.items():
-                    sp = kb.groups[g].sponsor if g in kb.groups else None
-                    if sp:
-                        by_c[sp] += p
-                best = min(by_c, key=lambda c: (-by_c[c], c)) if by_c else None
-                sponsor_hits.append(best in true_sponsors)
+                for pooled, hits in ((False, sponsor_hits), (True, pooled_hits)):
+                    by_c = _sponsor_probs(s, probs, params, kb, pooled and not baseline)
+                    best = min(by_c, key=lambda c: (-by_c[c], c)) if by_c else None
+                    hits.append(best in true_sponsors)
         else:
             unknown_hits.append(top_is_unknown)
             conf.append((unknown, True) if top_is_unknown else (top_group_p, False))
@@ -224,6 +301,7 @@ def metrics(
         ece=expected_calibration_error(conf),
         unknown_recall=share(unknown_hits),
         false_unknown=share(false_unknown),
+        sponsor_top1_pooled=share(pooled_hits),
     )
 
 
@@ -300,8 +378,16 @@ def group_out_units(uses: Sequence[Use], *, min_features: int = 2, per_group: in
     return units
 
 
-def pooled_units(uses: Sequence[Use], *, reports: int = 3, per_group: int = 2, seed: int = 1) -> list[Unit]:
-    """Campaign-sized units: `reports` reports of one group pooled, all of them held out (citations only)."""
+def pooled_units(
+    uses: Sequence[Use],
+    *,
+    reports: int = 3,
+    per_group: int = 2,
+    seed: int = 1,
+    group_out: bool = False,
+) -> list[Unit]:
+    """Campaign-sized units: `reports` reports of one group pooled, all of them held out (citations only);
+    with `group_out`, the whole group is held out and the truth is "unknown"."""
     import random
 
     by_group: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
@@ -317,9 +403,10 @@ def pooled_units(uses: Sequence[Use], *, reports: int = 3, per_group: int = 2, s
         for _ in range(per_group):
             pick = frozenset(rnd.sample(names, reports))
             feats = frozenset().union(*(by_group[g][r] for r in pick))
-            units.append(
-                Unit(f"{g} / pooled {sorted(pick)}", feats, frozenset({g}), pick, drop_relationships=False)
-            )
+            unit = Unit(f"{g} / pooled {sorted(pick)}", feats, frozenset({g}), pick, drop_relationships=False)
+            if group_out:
+                unit = replace(unit, truth=frozenset(), held_groups=frozenset({g}))
+            units.append(unit)
     return units
 
 

@@ -19,8 +19,13 @@ def _major(version: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def navigator_layer(case: Case, *, name: str | None = None) -> dict[str, Any]:
-    """A Navigator layer scoring each detected technique by its number of detections, per tactic."""
+def navigator_layer(
+    case: Case, *, name: str | None = None, attack_version_source: str | None = None
+) -> dict[str, Any]:
+    """A Navigator layer scoring each detected technique by its number of detections, per tactic.
+
+    `attack_version_source` (KnowledgeBase.attack_version_source: "x-mitre-collection" or "inferred from
+    content dates") is recorded in the layer's metadata next to the version label when given."""
     catalog = case.techniques()
     counts: Counter[tuple[str, str | None]] = Counter()
     rules: dict[tuple[str, str | None], set[str]] = {}
@@ -79,7 +84,12 @@ def navigator_layer(case: Case, *, name: str | None = None) -> dict[str, Any]:
         "legendItems": [],
         # The loaded knowledge base's own version label, even when it is not a Navigator version number.
         "metadata": [{"name": "generator", "value": "casefile"}]
-        + ([{"name": "attack_version", "value": case.attack_version}] if case.attack_version else []),
+        + ([{"name": "attack_version", "value": case.attack_version}] if case.attack_version else [])
+        + (
+            [{"name": "attack_version_source", "value": attack_version_source}]
+            if case.attack_version and attack_version_source
+            else []
+        ),
         "links": [],
         "showTacticRowBackground": False,
         "tacticRowBackground": "#dddddd",
