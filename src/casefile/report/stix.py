@@ -14,6 +14,8 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+from stix2patterns.validator import validate as validate_pattern
+
 from casefile.case.store import Case, StoredDetection
 from casefile.case.timeline import tactics_for
 from casefile.models import DetectionKind
@@ -42,8 +44,14 @@ def _quote(value: str) -> str:
 
 
 def indicator_pattern(value: str) -> str:
-    """A STIX pattern for an indicator value, by its shape (hash, IP, URL, domain, else file name)."""
+    """A STIX pattern for an indicator value, by its shape (hash, IP or CIDR, URL, domain, else file name).
+
+    A value that already is a valid STIX pattern (an IOC hit on a CIDR or multi-value indicator carries the
+    indicator's whole pattern) is returned unchanged.
+    """
     v = value.strip()
+    if v.startswith("[") and validate_pattern(v, ret_errs=False, print_errs=False):
+        return v
     if _HEX.match(v) and len(v) in (32, 40, 64):
         algo = {32: "MD5", 40: "SHA-1", 64: "SHA-256"}[len(v)]
         return f"[file:hashes.'{algo}' = {_quote(v.lower())}]"
@@ -52,6 +60,12 @@ def indicator_pattern(value: str) -> str:
         return f"[{'ipv4' if ip.version == 4 else 'ipv6'}-addr:value = {_quote(v)}]"
     except ValueError:
         pass
+    if "/" in v and "://" not in v:
+        try:
+            net = ipaddress.ip_network(v, strict=False)
+            return f"[{'ipv4' if net.version == 4 else 'ipv6'}-addr:value = {_quote(str(net))}]"
+        except ValueError:
+            pass
     if "://" in v:
         return f"[url:value = {_quote(v)}]"
     if _DOMAIN.match(v):
