@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from stix2patterns.validator import validate as validate_pattern
+from stix2patterns.validator import validate as validate_pattern  # type: ignore[import-untyped]
 
 from casefile.case.store import Case, StoredDetection
 from casefile.case.timeline import tactics_for
