@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, TextIO
@@ -16,7 +16,7 @@ from rich.table import Table
 
 from casefile.cli._common import console, fail, handle_errors, progress
 from casefile.config import Settings
-from casefile.hunt import HuntResult, RuleSet, load_rules, run_hunt
+from casefile.hunt import HuntStats, RuleSet, iter_hunt, load_rules
 from casefile.hunt.output import WRITERS, write_detections
 from casefile.hunt.update import installed_rule_dirs, update_offline, update_online
 from casefile.models import Detection, IngestWarning, Level
@@ -72,7 +72,7 @@ def _load(rules: list[Path] | None, placeholder: list[str]) -> RuleSet:
         return load_rules(dirs, placeholders=_placeholders(placeholder), cache_dir=settings.cache_dir)
 
 
-def _render_table(detections: list[Detection], out: TextIO) -> None:
+def _render_table(detections: Iterable[Detection], out: TextIO) -> None:
     table = Table(show_lines=False)
     for col in ("time", "level", "rule", "computer", "event", "record", "matched"):
         table.add_column(col)
@@ -92,8 +92,7 @@ def _render_table(detections: list[Detection], out: TextIO) -> None:
     Console(file=out, width=200 if not out.isatty() else None).print(table)
 
 
-def _summary(result: HuntResult) -> None:
-    s = result.stats
+def _summary(s: HuntStats) -> None:
     console.print(
         f"files {s.files}, events {s.events}, warnings {s.warnings}, "
         f"rules loaded {s.rules_loaded}, skipped {s.rules_skipped}, detections {s.detections}",
@@ -130,16 +129,20 @@ def hunt_cmd(
         raise fail(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
     level = Level.parse(min_level)
     ruleset = _load(rules, placeholder)
-    with _bar() as bar:
-        workers = jobs or os.cpu_count() or 1
-        result = run_hunt(paths, ruleset, min_level=level, on_warning=_warn, progress=bar, workers=workers)
+    workers = jobs or os.cpu_count() or 1
+    stats = HuntStats()
     out: TextIO
-    with (output.open("w", encoding="utf-8", newline="") if output else _stdout()) as out:
+    # detections are written as they are found (only counters stay in memory); the table
+    # format keeps its rendered rows until the end because rich lays a table out whole
+    with _bar() as bar, (output.open("w", encoding="utf-8", newline="") if output else _stdout()) as out:
+        detections = iter_hunt(
+            paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=workers
+        )
         if fmt == "table":
-            _render_table(result.detections, out)
+            _render_table(detections, out)
         else:
-            write_detections(result.detections, fmt, out)
-    _summary(result)
+            write_detections(detections, fmt, out)
+    _summary(stats)
 
 
 @contextmanager

@@ -3,12 +3,22 @@
     load_rules(paths, placeholders=None) -> RuleSet          every rule compiled or listed as skipped
     hunt(events, ruleset, min_level=...) -> Iterator[Detection]
     run_hunt(paths, ruleset, min_level=..., on_warning=..., progress=None) -> HuntResult
+    iter_hunt(paths, ruleset, stats=HuntStats(), ...) -> Iterator[Detection]   streamed, bounded memory
 
 A rule compiles (compiler.py) to one IR program (ir.py) per log source (routing.py, logsources.yaml);
 the reference evaluator (evaluate.py) runs programs on the events routed to them (engine.py).
 """
 
-from casefile.hunt.engine import HuntResult, HuntStats, Progress, RuleIndex, hunt, match_event, run_hunt
+from casefile.hunt.engine import (
+    HuntResult,
+    HuntStats,
+    Progress,
+    RuleIndex,
+    hunt,
+    iter_hunt,
+    match_event,
+    run_hunt,
+)
 from casefile.hunt.rules import CompiledRule, RuleSet, SkippedRule, load_rules, rule_files
 
 __all__ = [
@@ -20,6 +30,7 @@ __all__ = [
     "RuleSet",
     "SkippedRule",
     "hunt",
+    "iter_hunt",
     "load_rules",
     "match_event",
     "rule_files",

@@ -178,29 +178,30 @@ class Progress(Protocol):
     def file_done(self, path: str) -> None: ...
 
 
-def run_hunt(
+def iter_hunt(
     paths: Sequence[str | Path],
     ruleset: RuleSet,
     *,
+    stats: HuntStats | None = None,
     min_level: Level = Level.INFORMATIONAL,
     on_warning: Callable[[IngestWarning], None] | None = None,
     progress: Progress | None = None,
     workers: int = 1,
     vectorised: bool = True,
-) -> HuntResult:
-    """Read every evidence file under `paths`, hunt with `ruleset`, count everything.
+) -> Iterator[Detection]:
+    """Detections of every evidence file under `paths`, yielded as they are found.
 
-    Ingest warnings (damaged files/records) are collected in the result and passed to
-    `on_warning`; the run goes on. With `workers > 1`, files are hunted in that many processes
-    (each compiles the rule set once); detections come out in the same order as with one.
-    `vectorised` hunts EVTX through the batched pre-filter (`hunt/vector.py`), the reference
-    evaluator confirming every hit; False evaluates every routed program on every event.
+    Same detections and order as `run_hunt`, but nothing is kept: only counters in `stats` (filled
+    as the iterator advances; complete once it is exhausted) and, for correlations, the base hits
+    of the rules they reference. Warnings go to `on_warning` and are counted, not stored. With
+    `workers > 1` at most a few file groups' results wait in the parent (bounded queue).
     """
-    stats = HuntStats(rules_loaded=len(ruleset), rules_skipped=len(ruleset.skipped))
-    warnings: list[IngestWarning] = []
+    stats = stats if stats is not None else HuntStats()
+    stats.rules_loaded = len(ruleset)
+    stats.rules_skipped = len(ruleset.skipped)
 
     def warn(w: IngestWarning) -> None:
-        warnings.append(w)
+        stats.warnings += 1
         if on_warning is not None:
             on_warning(w)
 
@@ -224,11 +225,46 @@ def run_hunt(
         hits = _parallel_hits(evidence, ruleset, min_level, workers, warn, done)
     else:
         hits = _sequential_hits(evidence, _index(ruleset, min_level), warn, done)
-    detections = list(_emit(hits, ruleset, min_level, warn))
-    stats.detections = len(detections)
-    for d in detections:
-        stats.by_rule[d.rule.id] = stats.by_rule.get(d.rule.id, 0) + 1
-    stats.warnings = len(warnings)
+    by_rule = stats.by_rule
+    for d in _emit(hits, ruleset, min_level, warn):
+        stats.detections += 1
+        by_rule[d.rule.id] = by_rule.get(d.rule.id, 0) + 1
+        yield d
+
+
+def run_hunt(
+    paths: Sequence[str | Path],
+    ruleset: RuleSet,
+    *,
+    min_level: Level = Level.INFORMATIONAL,
+    on_warning: Callable[[IngestWarning], None] | None = None,
+    progress: Progress | None = None,
+    workers: int = 1,
+    vectorised: bool = True,
+) -> HuntResult:
+    """Read every evidence file under `paths`, hunt with `ruleset`, keep every detection.
+
+    Ingest warnings (damaged files/records) are collected in the result and passed to
+    `on_warning`; the run goes on. With `workers > 1`, files are hunted in that many processes
+    (each compiles the rule set once); detections come out in the same order as with one.
+    `vectorised` hunts EVTX through the batched pre-filter (`hunt/vector.py`), the reference
+    evaluator confirming every hit; False evaluates every routed program on every event.
+    Holds every detection in memory: for large evidence, stream with `iter_hunt` instead.
+    """
+    stats = HuntStats()
+    warnings: list[IngestWarning] = []
+
+    def warn(w: IngestWarning) -> None:
+        warnings.append(w)
+        if on_warning is not None:
+            on_warning(w)
+
+    detections = list(
+        iter_hunt(
+            paths, ruleset, stats=stats, min_level=min_level, on_warning=warn, progress=progress,
+            workers=workers, vectorised=vectorised,
+        )
+    )
     return HuntResult(detections, stats, warnings)
 
 
@@ -291,4 +327,6 @@ def _parallel_hits(
             done(ev, n)
 
 
-__all__ = ["HuntResult", "HuntStats", "Progress", "RuleIndex", "hunt", "match_event", "run_hunt"]
+__all__ = [
+    "HuntResult", "HuntStats", "Progress", "RuleIndex", "hunt", "iter_hunt", "match_event", "run_hunt",
+]

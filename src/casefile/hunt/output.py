@@ -37,11 +37,19 @@ def write_jsonl(detections: Iterable[Detection], out: TextIO) -> int:
 
 
 def write_json(detections: Iterable[Detection], out: TextIO) -> int:
-    """A JSON array of `Detection.to_record()` objects."""
-    records = [d.to_record() for d in detections]
-    json.dump(records, out, ensure_ascii=False, indent=2, default=_json_default)
-    out.write("\n")
-    return len(records)
+    """A JSON array of `Detection.to_record()` objects, written one element at a time.
+
+    The text is that of `json.dump(records, indent=2)` (JSON strings never hold a raw newline,
+    so indenting each element's lines by two spaces nests it exactly).
+    """
+    n = 0
+    for d in detections:
+        text = json.dumps(d.to_record(), ensure_ascii=False, indent=2, default=_json_default)
+        out.write("[\n  " if n == 0 else ",\n  ")
+        out.write(text.replace("\n", "\n  "))
+        n += 1
+    out.write("\n]\n" if n else "[]\n")
+    return n
 
 
 def write_csv(detections: Iterable[Detection], out: TextIO) -> int:
