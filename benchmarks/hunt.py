@@ -94,7 +94,10 @@ def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, int, subproces
     start = time.perf_counter()
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("casefile")), *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     peak = 0
     stop = threading.Event()
