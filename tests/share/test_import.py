@@ -273,3 +273,39 @@ def test_a_misp_feed_inside_a_folder_tree_is_read_as_a_feed(tmp_path: Path) -> N
         result = import_intel(store, tmp_path)
         assert (result.indicators_new, result.issues) == (2, [])
         assert sorted(a.kind.value for i in store.indicators() for a in i.atoms) == ["domain", "ip"]
+
+
+def test_cli_import_of_bundle_with_only_unmatchable_comparisons(tmp_path: Path) -> None:
+    """Indicators with no matchable atom (file name, mutex) are stored with a note, never a crash.
+
+    Regression: storing an indicator without atoms once ran DuckDB executemany on an empty list.
+    """
+    from typer.testing import CliRunner
+
+    from casefile.cli import app
+
+    when = "2022-07-15T00:00:00Z"
+    by_name = stix2.Indicator(pattern="[file:name = 'evil.exe']", pattern_type="stix", valid_from=when)
+    mutex = stix2.Indicator(pattern="[mutex:name = 'Global\\\\wiper']", pattern_type="stix", valid_from=when)
+    domain = stix2.Indicator(
+        pattern="[domain-name:value = 'c2.example']", pattern_type="stix", valid_from=when
+    )
+    malware = stix2.Malware(name="ZeroCleare", is_family=True)
+    bundle = tmp_path / "partner.json"
+    bundle.write_text(stix2.Bundle(by_name, mutex, domain, malware).serialize(), encoding="utf-8")
+    store = tmp_path / "intel.duckdb"
+    runner = CliRunner()
+
+    first = runner.invoke(app, ["intel", "import", str(bundle), "--store", str(store)])
+    assert first.exit_code == 0, first.output
+    assert "3 new indicators, 0 merged, 1 other objects, 0 problems" in first.stdout
+    again = runner.invoke(app, ["intel", "import", str(bundle), "--store", str(store)])
+    assert again.exit_code == 0, again.output
+    assert "0 new indicators, 3 merged, 1 other objects, 0 problems" in again.stdout
+    with IntelStore.open(store) as intel:
+        stored = {i.id: i for i in intel.indicators()}
+        assert intel.count() == (3, 1)
+    assert stored[by_name.id].atoms == () and stored[by_name.id].note == "not matchable: file:name ="
+    assert stored[mutex.id].atoms == () and stored[mutex.id].note == "not matchable: mutex:name ="
+    assert stored[domain.id].atoms == (Atom(AtomKind.DOMAIN, "c2.example"),)
+    assert stored[domain.id].note is None
