@@ -149,7 +149,7 @@ def test_no_rules_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_cli_investigate_show_timeline_export(tmp_path: Path) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "40"})  # narrow: output must not depend on the terminal width
     root = tmp_path / "case"
     res = runner.invoke(
         app, ["investigate", str(DEMO_EVIDENCE), "--rules", str(DEMO_RULES), "--case", str(root)]
@@ -159,6 +159,8 @@ def test_cli_investigate_show_timeline_export(tmp_path: Path) -> None:
     assert (root / "report.html").is_file() and (root / "bundle.json").is_file()
     res = runner.invoke(app, ["case", "show", str(root)])
     assert res.exit_code == 0 and "C-" in res.output and "detections" in res.output
+    rows = [line for line in res.output.splitlines() if line.startswith("│ C-")]
+    assert len(rows) == 2 and all(".mofa.gov.example" in row for row in rows)  # one line per cluster
     res = runner.invoke(app, ["case", "timeline", str(root), "--format", "timesketch"])
     assert res.exit_code == 0
     lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
@@ -175,11 +177,12 @@ def test_cli_investigate_show_timeline_export(tmp_path: Path) -> None:
     assert res.exit_code == 0
     assert "checked SP01 &lt;b&gt;" in (tmp_path / "out" / "report.html").read_text()
     res = runner.invoke(app, ["case", "show", str(tmp_path / "nothing")])
-    assert res.exit_code == 2 and "no case here" in " ".join(res.output.split())
+    (error,) = res.output.splitlines()
+    assert res.exit_code == 2 and error.startswith("error: ") and "no case here" in error
 
 
 def test_indicator_hits_from_the_intel_store(tmp_path: Path) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "40"})  # narrow: the summary line stays whole
     res = runner.invoke(app, ["intel", "import", str(REPO / "demo" / "intel" / "partner-indicators.json")])
     assert res.exit_code == 0, res.output
     root = tmp_path / "case"
@@ -188,7 +191,8 @@ def test_indicator_hits_from_the_intel_store(tmp_path: Path) -> None:
             app, ["investigate", str(DEMO_EVIDENCE), "--rules", str(DEMO_RULES), "--case", str(root)]
         )
         assert res.exit_code == 0, res.output
-    assert "2 indicator hits" in " ".join(res.output.split())
+    (summary,) = [line for line in res.output.splitlines() if line.startswith("case ")]
+    assert "2 indicator hits" in summary
     with Case.open(root, read_only=True) as case:
         iocs = [sd.detection for sd in case.detections() if sd.detection.kind.value == "ioc"]
         assert sorted((d.computer, d.indicator) for d in iocs) == [

@@ -163,7 +163,8 @@ def test_misp_export_keeps_unmatchable_patterns_and_attack_tags() -> None:
 
 def test_cli_intel_import_and_exports(tmp_path: Path) -> None:
     case_dir = build_case(tmp_path)
-    runner = CliRunner()
+    # A narrow terminal: problem and error lines stay whole (rich once hard-wrapped them at its width).
+    runner = CliRunner(env={"COLUMNS": "40"})
     store = tmp_path / "cli.duckdb"
     bad = tmp_path / "bad.json"
     bad.write_text(
@@ -191,7 +192,10 @@ def test_cli_intel_import_and_exports(tmp_path: Path) -> None:
     )
     assert out.exit_code == 0, out.output
     assert "4 new indicators, 0 merged, 0 other objects, 1 problems" in out.stdout
-    assert "indicator--00000000-0000-4000-8000-000000000001" in out.output
+    (warning,) = [line for line in out.output.splitlines() if line.startswith("warning:")]
+    assert warning.startswith(
+        f"warning: {bad} [indicator--00000000-0000-4000-8000-000000000001]: invalid STIX pattern '[broken'"
+    )
     stix_out = runner.invoke(app, ["export", "stix", str(case_dir), "--out", str(tmp_path / "b.json")])
     assert stix_out.exit_code == 0, stix_out.output
     assert json.loads((tmp_path / "b.json").read_text())["type"] == "bundle"
@@ -201,6 +205,7 @@ def test_cli_intel_import_and_exports(tmp_path: Path) -> None:
     listed = runner.invoke(app, ["intel", "list", "--store", str(store)])
     assert listed.exit_code == 0, listed.output
     assert "[domain-name:value = 'c2.example']" in listed.stdout and "TLP:AMBER" in listed.stdout
+    assert listed.output.splitlines()[-1] == "4 indicators"
     kb = runner.invoke(
         app, ["intel", "bundle", str(tmp_path / "kb.json"), "--type", "indicator", "--store", str(store)]
     )
@@ -217,4 +222,6 @@ def test_cli_intel_import_and_exports(tmp_path: Path) -> None:
     with Case.open(case_dir, read_only=True) as case:
         assert len(case.detections()) == 7  # re-matching replaces, never duplicates
     missing = runner.invoke(app, ["intel", "import", str(tmp_path / "absent.csv"), "--store", str(store)])
-    assert missing.exit_code == 2 and "no such file" in " ".join(missing.output.split())
+    (error,) = missing.output.splitlines()
+    assert missing.exit_code == 2 and error.startswith("error: ") and "no such file" in error
+    assert str(tmp_path / "absent.csv") in error

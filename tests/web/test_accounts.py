@@ -70,11 +70,13 @@ def test_users_and_collections_from_the_cli(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_unknown_role_and_unknown_users(tmp_path: Path) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "20"})  # narrow: each error stays one line whatever the width
     bad_role = runner.invoke(app, ["users", "add", "x", "--role", "root", "--data", str(tmp_path)])
-    assert bad_role.exit_code == 2 and "unknown role 'root'" in " ".join(bad_role.output.split())
+    (error,) = bad_role.output.splitlines()
+    assert bad_role.exit_code == 2 and error.startswith("error: unknown role 'root'")
     bad_user = runner.invoke(app, ["collections", "add", "T", "--read", "ghost", "--data", str(tmp_path)])
-    assert bad_user.exit_code == 2 and "unknown user(s) ghost" in " ".join(bad_user.output.split())
+    (error,) = bad_user.output.splitlines()
+    assert bad_user.exit_code == 2 and error.startswith("error: ") and "unknown user(s) ghost" in error
     state = TaxiiState(tmp_path)
     state.add_user("boss", Role.ADMIN)
     assert state.collections(state.users()[0]) == []  # the refused collection was not half-made

@@ -208,7 +208,8 @@ def show_cmd(case_dir: Annotated[Path, typer.Argument(help="Case folder.")]) -> 
         "attribution",
         f"{top['name']} ({top['group_id']}) p={top['probability']}" if top and top["name"] else "not run",
     )
-    stdout = Console(highlight=False)
+    # Piped or captured, the tables keep their rows whole instead of folding to a guessed width.
+    stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     stdout.print(out)
     clusters = Table("cluster", "detections", "hosts", "most likely group")
     for c in s["clusters"]:

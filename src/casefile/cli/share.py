@@ -75,10 +75,11 @@ def intel_import(
                 )
             )
         n_ind, n_obj = intel.count()
+    # One line per problem whatever the terminal width (soft wrap): users grep them for object ids.
     for issue in total.issues:
-        console.print(f"warning: {issue}", style="yellow", highlight=False, markup=False)
+        console.print(f"warning: {issue}", style="yellow", highlight=False, markup=False, soft_wrap=True)
     for reason, count in sorted(total.skipped.items()):
-        console.print(f"skipped {count}: {reason}", highlight=False, markup=False)
+        console.print(f"skipped {count}: {reason}", highlight=False, markup=False, soft_wrap=True)
     typer.echo(
         f"{total.indicators_new} new indicators, {total.indicators_merged} merged, "
         f"{total.objects} other objects, "
@@ -122,7 +123,7 @@ def intel_list(store: Path | None = typer.Option(None, "--store", help=STORE_HEL
         )
         # tabs and newlines inside partners' text would break the columns
         typer.echo("\t".join(c.translate(_FLATTEN) for c in cells))
-    console.print(f"{len(indicators)} indicators", highlight=False)
+    console.print(f"{len(indicators)} indicators", highlight=False, soft_wrap=True)
 
 
 @intel_app.command("match")
@@ -221,6 +222,7 @@ def serve(
             style="yellow",
             highlight=False,
             markup=False,
+            soft_wrap=True,
         )
     run_server(_data_dir(data), host=host, port=port)
 
