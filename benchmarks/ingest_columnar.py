@@ -38,7 +38,8 @@ QUERIES = {
         [SYSMON, 1, "%powershell%"],
     ),
     "table per source": (
-        "SELECT count(*) FROM events_sysmon_1 WHERE fields['CommandLine'] ILIKE ?", ["%powershell%"],
+        "SELECT count(*) FROM events_sysmon_1 WHERE fields['CommandLine'] ILIKE ?",
+        ["%powershell%"],
     ),
     "MAP, all events": ("SELECT count(*) FROM events WHERE fields['CommandLine'] ILIKE ?", ["%powershell%"]),
     "JSON, all events": (
@@ -102,8 +103,10 @@ def main() -> int:
                 [SYSMON, 1],
             )
             con.execute("CHECKPOINT")
-            print(f"\nDuckDB file: {size / 1e6:.1f} MB with the events table "
-                  f"({os.path.getsize(db) / 1e6:.1f} MB with the JSON and per-source copies added)")
+            print(
+                f"\nDuckDB file: {size / 1e6:.1f} MB with the events table "
+                f"({os.path.getsize(db) / 1e6:.1f} MB with the JSON and per-source copies added)"
+            )
             print(f"\n{'query':24} {'rows':>7} {'median ms':>10}")
             for label, (sql, params) in QUERIES.items():
                 times = []
