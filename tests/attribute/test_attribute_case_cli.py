@@ -49,3 +49,30 @@ def test_attribute_case_refuses_case_and_techniques_together(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["attribute", str(tmp_path), "--techniques", "T1190"])
     assert result.exit_code == 2
     assert "either a CASE or --techniques" in result.stderr
+
+
+def test_attribute_case_remembers_the_stated_victim(tmp_path: Path, shared_data: Path) -> None:
+    case_dir = tmp_path / "case"
+    runner = CliRunner()
+    made = runner.invoke(
+        app, ["investigate", str(DEMO / "evidence"), "--rules", str(DEMO / "rules"), "--case", str(case_dir)]
+    )
+    assert made.exit_code == 0, made.output
+    kb = ["--kb", str(shared_data / "attack" / "enterprise-attack.json.gz"),
+          "--galaxy", str(shared_data / "misp-galaxy"), "--top", "300", "--format", "json"]
+
+    def victim_items(out: dict[str, dict[str, list[dict[str, list[dict[str, str]]]]]]) -> set[str]:
+        return {
+            i["id"] for g in out["case"]["groups"] for i in g["evidence_for"] + g["evidence_against"]
+            if i["kind"] == "victim"
+        }
+
+    stated = runner.invoke(app, ["attribute", str(case_dir), *kb, "--victim-country", "Israel",
+                                 "--victim-sector", "Government"])
+    assert stated.exit_code == 0, stated.output
+    assert victim_items(json.loads(stated.stdout)) == {"country:IL", "sector:government"}
+    with Case.open(case_dir, read_only=True) as case:
+        assert case.victim() == ("IL", "government")
+    again = runner.invoke(app, ["attribute", str(case_dir), *kb])  # not restated: the stored one is weighed
+    assert again.exit_code == 0, again.output
+    assert victim_items(json.loads(again.stdout)) == {"country:IL", "sector:government"}

@@ -11,9 +11,11 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pycountry
 
 from casefile.errors import KnowledgeBaseError
 
@@ -48,6 +50,19 @@ COUNTRY_CODES: Mapping[str, str] = {
     "singapore": "SG",
     "ukraine": "UA",
 }
+#: Victim names CFR spells in ways ISO's tables do not know.
+_VICTIM_NAMES: Mapping[str, str] = {
+    "ivory coast": "CI", "the philippines": "PH", "brunei": "BN", "laos": "LA", "kosovo": "XK",
+}
+#: Sector spellings folded onto one label (CFR's `cfr-target-category` is free text).
+_SECTOR_SYNONYMS: Mapping[str, str] = {
+    "financial": "finance", "banking": "finance", "ngo": "ngos", "governments": "government",
+    "information technology": "high-tech", "it": "high-tech", "technology": "high-tech",
+    "defence": "defense", "telecommunication": "telecommunications", "telecom": "telecommunications",
+    "health": "healthcare", "pharmaceutical": "pharmaceuticals",
+}
+#: Weight of a sponsor vote from a cluster that links to the group explicitly (id, URL, STIX relation).
+EXPLICIT_VOTE = 3
 _GID = re.compile(r"^G\d{4}$")
 _GROUP_URL = re.compile(r"attack\.mitre\.org/groups/(G\d{4})")
 _DEV = re.compile(r"^(?:dev|storm)-(\d+)$")
@@ -63,6 +78,28 @@ def country_code(name: str | None) -> str | None:
     return COUNTRY_CODES.get(text.casefold())
 
 
+def victim_country_code(name: str | None) -> str | None:
+    """ISO code of a victim country named by code or by any ISO or common English name; None for regions
+    ("Middle East"), organisations and anything else that is not one country."""
+    code = country_code(name)
+    if code or not name:
+        return code
+    text = name.strip()
+    if text.casefold() in _VICTIM_NAMES:
+        return _VICTIM_NAMES[text.casefold()]
+    try:
+        found = pycountry.countries.lookup(text)
+    except LookupError:
+        return None
+    return str(found.alpha_2)
+
+
+def sector_key(name: str) -> str:
+    """One label per victim sector: case-folded, spaces collapsed, common spellings folded together."""
+    key = " ".join(name.casefold().replace("_", " ").split())
+    return _SECTOR_SYNONYMS.get(key, key)
+
+
 def norm(name: str) -> str:
     """Name key: case-folded, DEV-#### folded into Storm-#### (Microsoft renamed them keeping the number)."""
     key = name.strip().casefold()
@@ -72,10 +109,13 @@ def norm(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ActorNames:
-    """What the naming sources add to each ATT&CK group: aliases and a sponsor country."""
+    """What the naming sources add to each ATT&CK group: aliases, a sponsor country, and victimology
+    (countries and sectors the galaxy's CFR fields say the group targeted; absent for most groups)."""
 
     aliases: Mapping[str, tuple[str, ...]]
     sponsors: Mapping[str, str]
+    victims: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    sectors: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def _load_json(path: Path) -> Any:
@@ -102,6 +142,11 @@ def resolve_names(
             index[norm(n)].add(gid)
     extra: dict[str, set[str]] = defaultdict(set)
     votes: dict[str, Counter[str]] = defaultdict(Counter)
+    # victimology from clusters that link to a group by name only, and from those that link explicitly
+    victims: dict[str, set[str]] = defaultdict(set)
+    sectors: dict[str, set[str]] = defaultdict(set)
+    victims_sure: dict[str, set[str]] = defaultdict(set)
+    sectors_sure: dict[str, set[str]] = defaultdict(set)
 
     def link(names: Iterable[str], explicit: set[str]) -> set[str]:
         found = set(explicit)
@@ -109,13 +154,13 @@ def resolve_names(
             found |= index.get(norm(n), set())
         return {g for g in found if g in groups}
 
-    def record(found: set[str], names: Iterable[str], country: str | None) -> None:
+    def record(found: set[str], names: Iterable[str], country: str | None, weight: int = 1) -> None:
         if len(found) != 1:
             return  # a cluster linking to several groups tells us nothing certain about any of them
         (gid,) = found
         extra[gid].update(n.strip() for n in names if n.strip())
         if country:
-            votes[gid][country] += 1
+            votes[gid][country] += weight
 
     if galaxy_dir is not None:
         ta_path = galaxy_dir / "threat-actor.json"
@@ -141,7 +186,20 @@ def resolve_names(
                         explicit.add(stix_ids[dest])
                 country = country_code(meta.get("country") if isinstance(meta.get("country"), str) else None)
                 country = country or country_code(meta.get("cfr-suspected-state-sponsor"))
-                record(link(names, explicit), [n for n in names if not _GID.match(n)], country)
+                found = link(names, explicit)
+                # A cluster that names the group by id, URL or STIX link outvotes clusters that only share
+                # a name with it: names are reused (Microsoft's IRIDIUM was Sandworm; the galaxy's IRIDIUM
+                # cluster is an unrelated Iranian actor).
+                sure = bool({g for g in explicit if g in groups} & found)
+                record(found, [n for n in names if not _GID.match(n)], country, EXPLICIT_VOTE if sure else 1)
+                if len(found) == 1:  # same rule as sponsors: a cluster naming several groups says nothing
+                    (gid,) = found
+                    target = (victims_sure, sectors_sure) if sure else (victims, sectors)
+                    for v in _strings(meta.get("cfr-suspected-victims")):
+                        code = victim_country_code(v)
+                        if code:
+                            target[0][gid].add(code)
+                    target[1][gid].update(sector_key(v) for v in _strings(meta.get("cfr-target-category")))
     if vendor_map is not None and vendor_map.is_file():
         for gid, learned in extra.items():  # the galaxy bridges vendor names ATT&CK does not list
             for n in learned:
@@ -165,4 +223,14 @@ def resolve_names(
                 seen.setdefault(norm(n), n)
         aliases[gid] = tuple(seen.values())
     sponsors = {gid: min(c, key=lambda k: (-c[k], k)) for gid, c in votes.items() if c}
-    return ActorNames(aliases, sponsors)
+    return ActorNames(aliases, sponsors, _prefer(victims_sure, victims), _prefer(sectors_sure, sectors))
+
+
+def _prefer(sure: Mapping[str, set[str]], loose: Mapping[str, set[str]]) -> dict[str, frozenset[str]]:
+    """Per group, what explicitly linked clusters say, else what name-linked ones say."""
+    out = {g: frozenset(sure.get(g) or loose.get(g) or ()) for g in set(sure) | set(loose)}
+    return {g: v for g, v in out.items() if v}
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str) and v.strip()] if isinstance(value, list) else []

@@ -149,7 +149,11 @@ def load_knowledge_base(
     actor = resolve_names(names, stix_ids, galaxy_dir=galaxy_dir, vendor_map=vendor_map)
     for gid, g in list(groups.items()):
         groups[gid] = replace(
-            g, aliases=g.aliases + actor.aliases.get(gid, ()), sponsor=actor.sponsors.get(gid, g.sponsor)
+            g,
+            aliases=g.aliases + actor.aliases.get(gid, ()),
+            sponsor=actor.sponsors.get(gid, g.sponsor),
+            victims=g.victims | actor.victims.get(gid, frozenset()),
+            sectors=g.sectors | actor.sectors.get(gid, frozenset()),
         )
     name_index: dict[str, list[str]] = {}
     for gid, g in groups.items():

@@ -46,6 +46,8 @@ class Group:
     aliases: tuple[str, ...] = ()
     sponsor: str | None = None  # ISO 3166-1 alpha-2, None when no source names one
     stix_id: str = ""
+    victims: frozenset[str] = frozenset()  # ISO codes of countries it is known to target (MISP galaxy, CFR)
+    sectors: frozenset[str] = frozenset()  # sector labels it is known to target (`aliases.sector_key`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from casefile.attack.aliases import sector_key, victim_country_code
 from casefile.attack.kb import TECHNIQUE_ID, KnowledgeBase
 from casefile.attack.models import Use
 from casefile.attribute.models import (
@@ -49,6 +50,10 @@ class ModelParams:
     sponsor_weight: float = 0.0
     sponsor_temperature: float = 1.0
     indicator_lr: float = 20.0  # likelihood ratio of an indicator match naming the group
+    #: victimology (stated victim country/sector against the galaxy's CFR lists): share of a group's victims
+    #: drawn from the background rather than its known list (the lists are short and incomplete); chosen by
+    #: benchmarks/attribution_victims.py on 10 campaigns, see docs/attribution.md
+    victim_mixture: float = 0.7
     against_listed: int = 5  # how many evidence_against items each hypothesis explains
 
 
@@ -269,7 +274,10 @@ def attribute(
                 )
             )
     if not feats and not bonus:
-        scores = []  # no profiled evidence: nothing can point at a known group
+        scores = []  # no profiled evidence: nothing can point at a known group (victimology alone cannot)
+    victim_items = victim_evidence(evidence, kb, params) if scores else {}
+    for gid, items in victim_items.items():
+        bonus[gid] = bonus.get(gid, 0.0) + sum(i.weight for i in items)
     probs, unknown = posterior(scores, params, bonus, len(feats))
     ranked = sorted(scores, key=lambda s: (-probs[s.group_id], s.group_id))
     hypotheses = []
@@ -286,9 +294,14 @@ def attribute(
                 sponsor=g.sponsor if g else None,
                 probability=probs[s.group_id],
                 evidence_for=tuple(
-                    sorted(for_items, key=lambda i: -i.weight) + indicator_items.get(s.group_id, [])
+                    sorted(for_items, key=lambda i: -i.weight)
+                    + indicator_items.get(s.group_id, [])
+                    + [i for i in victim_items.get(s.group_id, ()) if i.weight > 0]
                 ),
-                evidence_against=tuple(sorted(against, key=lambda i: i.weight)),
+                evidence_against=tuple(
+                    sorted(against + [i for i in victim_items.get(s.group_id, ()) if i.weight <= 0],
+                           key=lambda i: i.weight)
+                ),
                 aliases=g.aliases if g else (),
             )
         )
@@ -301,6 +314,50 @@ def attribute(
         kb_version=kb.attack_version,
         unprofiled_techniques=tuple(unprofiled),
     )
+
+
+def victim_evidence(
+    evidence: Evidence, kb: KnowledgeBase, params: ModelParams
+) -> dict[str, list[EvidenceItem]]:
+    """Log-likelihood ratios of the stated victim country and sector for every group with victimology.
+
+    Per attribute, a group with a known list draws a victim from its list (uniformly) with probability
+    1 - `victim_mixture`, else from the background: how often each value is listed over all groups, with
+    add-one smoothing (a country no group lists keeps a small share). Groups without a list, and the
+    "no known group" hypothesis, are the background itself: their ratio is 1 and they get no item.
+    """
+    out: dict[str, list[EvidenceItem]] = defaultdict(list)
+    sector = sector_key(evidence.victim_sector) if evidence.victim_sector else None
+    country = victim_country_code(evidence.victim_country)
+    stated = (
+        ("country", country, {g: v.victims for g, v in kb.groups.items()}),
+        ("sector", sector, {g: v.sectors for g, v in kb.groups.items()}),
+    )
+    for kind, value, listed in stated:
+        if not value:
+            continue
+        lists = {gid: values for gid, values in listed.items() if values}
+        if not lists:
+            continue
+        counts: dict[str, int] = defaultdict(int)
+        for values in lists.values():
+            for v in values:
+                counts[v] += 1
+        q = (counts.get(value, 0) + 1) / (sum(counts.values()) + len(counts) + 1)
+        beta = params.victim_mixture
+        plural = {"country": "countries", "sector": "sectors"}
+        for gid, values in lists.items():
+            hit = value in values
+            p = (1 - beta) * (1 / len(values) if hit else 0.0) + beta * q
+            w = math.log(p / q)
+            detail = (
+                f"{'among' if hit else 'not among'} the {len(values)} {plural[kind]} the group is known to "
+                f"target (MISP galaxy, CFR); {counts.get(value, 0)} of {len(lists)} groups with a list "
+                "name it"
+            )
+            item = EvidenceItem("victim", f"{kind}:{value}", f"victim {kind} {value}", round(w, 4), detail)
+            out[gid].append(item)
+    return dict(out)
 
 
 def _country_scores(

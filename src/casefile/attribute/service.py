@@ -6,11 +6,24 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from casefile.attack.aliases import sector_key, victim_country_code
 from casefile.attack.kb import KnowledgeBase, installed_bundles, load_knowledge_base
 from casefile.attribute.engine import attribute
 from casefile.attribute.models import Attribution, Evidence, TechniqueSighting
 from casefile.config import Settings
 from casefile.errors import ConfigError
+
+
+def stated_victim(country: str | None, sector: str | None) -> tuple[str | None, str | None]:
+    """The analyst's victim country as an ISO code (a code or a name is accepted) and sector as a label.
+
+    Raises ConfigError for a country that is not one (a region such as "Europe" is not weighed).
+    """
+    code = victim_country_code(country) if country and country.strip() else None
+    if country and country.strip() and code is None:
+        raise ConfigError(f"victim country {country!r}: not an ISO 3166 country code or English name")
+    label = sector_key(sector) if sector and sector.strip() else None
+    return code, label
 
 
 def default_knowledge_base(
@@ -47,8 +60,12 @@ def attribute_observed(
     settings: Settings | None = None,
     galaxy_dir: Path | None = None,
     vendor_map: Path | None = None,
+    victim_country: str | None = None,
+    victim_sector: str | None = None,
 ) -> Attribution:
-    """Attribute a list of technique ids and software ids/names (the CLI's `attribute --techniques`)."""
+    """Attribute a list of technique ids and software ids/names (the CLI's `attribute --techniques`), with
+    what the analyst states about the victim."""
+    country, sector = stated_victim(victim_country, victim_sector)
     kb = default_knowledge_base(
         settings or Settings.from_env(),
         bundles=bundles,
@@ -59,5 +76,7 @@ def attribute_observed(
     evidence = Evidence(
         techniques=tuple(TechniqueSighting(t) for t in techniques),
         software=tuple(software),
+        victim_country=country,
+        victim_sector=sector,
     )
     return attribute(evidence, kb, top=top)

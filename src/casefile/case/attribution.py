@@ -13,6 +13,7 @@ from pathlib import Path
 
 from casefile.attack import KnowledgeBase, load_knowledge_base
 from casefile.attribute import Attribution, Evidence, TechniqueSighting, attribute
+from casefile.attribute.service import stated_victim
 from casefile.case.investigate import Attributor, StageProgress
 from casefile.case.store import Case, StoredDetection, TechniqueInfo
 from casefile.errors import KnowledgeBaseError
@@ -77,7 +78,15 @@ def attribute_case(
     victim_sector: str | None = None,
     progress: StageProgress | None = None,
 ) -> list[IngestWarning]:
-    """Attribute every cluster and the whole case; store results and ATT&CK names in the case."""
+    """Attribute every cluster and the whole case; store results and ATT&CK names in the case.
+
+    A stated victim country or sector is stored in the case; when neither is given, the stored ones are used.
+    """
+    if victim_country is None and victim_sector is None:
+        victim_country, victim_sector = case.victim()
+    else:
+        victim_country, victim_sector = stated_victim(victim_country, victim_sector)
+        case.set_victim(victim_country, victim_sector)
     victim = {"victim_country": victim_country, "victim_sector": victim_sector}
     stored = case.detections()
     by_id: dict[str, StoredDetection] = {sd.id: sd for sd in stored}

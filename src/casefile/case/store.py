@@ -370,6 +370,16 @@ class Case:
         """The ATT&CK version of the knowledge base the case was last attributed with."""
         return self._meta("attack_version")
 
+    def victim(self) -> tuple[str | None, str | None]:
+        """The victim's country (ISO code) and sector as the analyst last stated them (None: never)."""
+        return self._meta("victim_country"), self._meta("victim_sector")
+
+    def set_victim(self, country: str | None, sector: str | None) -> None:
+        """Remember what the analyst states about the victim; re-attribution weighs it again."""
+        with self.transaction() as con:
+            self._set_meta(con, "victim_country", country)
+            self._set_meta(con, "victim_sector", sector)
+
     # --- evidence ---------------------------------------------------------------------------------
 
     def has_evidence(self, sha256: str) -> bool:

@@ -76,12 +76,26 @@ def register(app: typer.Typer) -> None:
         vendor_map: Annotated[
             Path | None, typer.Option("--vendor-map", help="Microsoft naming map JSON (default: installed).")
         ] = None,
+        victim_country: Annotated[
+            str | None,
+            typer.Option(
+                "--victim-country",
+                help="Victim's country (ISO 3166-1 code or English name), weighed against the groups' known "
+                "victims; with a CASE, stored in it.",
+            ),
+        ] = None,
+        victim_sector: Annotated[
+            str | None,
+            typer.Option(
+                "--victim-sector", help="Victim's sector (government, energy, ...), weighed likewise."
+            ),
+        ] = None,
         top: Annotated[int, typer.Option("--top", min=1, help="How many groups to list.")] = 10,
         fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     ) -> None:
         """Rank known threat groups (and "no known group") for observed techniques and software, or for
         every activity cluster of a case."""
-        from casefile.attribute.service import attribute_observed
+        from casefile.attribute.service import attribute_observed, stated_victim
 
         if fmt not in ("table", "json"):
             raise ConfigError(f"--format {fmt!r}: expected 'table' or 'json'")
@@ -89,10 +103,13 @@ def register(app: typer.Typer) -> None:
             cut = date.fromisoformat(before) if before else None
         except ValueError as exc:
             raise ConfigError(f"--before {before!r}: expected a date YYYY-MM-DD") from exc
+        stated_victim(victim_country, victim_sector)  # a typo fails before the knowledge base loads
         if case is not None:
             if techniques or software:
                 raise ConfigError("give either a CASE or --techniques/--software, not both")
-            results = _attribute_case(case, kb or None, cut, top, galaxy, vendor_map)
+            results = _attribute_case(
+                case, kb or None, cut, top, galaxy, vendor_map, victim_country, victim_sector
+            )
             if fmt == "json":
                 typer.echo(json.dumps({scope: attribution_json(r) for scope, r in results.items()}, indent=2))
             else:
@@ -107,6 +124,8 @@ def register(app: typer.Typer) -> None:
             top=top,
             galaxy_dir=galaxy,
             vendor_map=vendor_map,
+            victim_country=victim_country,
+            victim_sector=victim_sector,
         )
         if fmt == "json":
             typer.echo(json.dumps(attribution_json(result), indent=2))
@@ -121,6 +140,8 @@ def _attribute_case(
     top: int,
     galaxy: Path | None,
     vendor_map: Path | None,
+    victim_country: str | None = None,
+    victim_sector: str | None = None,
 ) -> dict[str, Attribution]:
     """Re-attribute a case with the given knowledge base, store the results and rewrite its reports."""
     from casefile.attribute.service import default_knowledge_base
@@ -133,7 +154,9 @@ def _attribute_case(
         Settings.from_env(), bundles=bundles, before=before, galaxy_dir=galaxy, vendor_map=vendor_map
     )
     with Case.open(path) as opened:
-        for warning in attribute_case(opened, kb, top=top):
+        for warning in attribute_case(
+            opened, kb, top=top, victim_country=victim_country, victim_sector=victim_sector
+        ):
             console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         write_reports(opened)
         stored = opened.attributions()

@@ -75,8 +75,10 @@ def _attributor(
     Like `casefile attribute`: the installed bundle and naming data (MISP galaxy, vendor map) by default.
     """
     from casefile.attack import installed_bundles
+    from casefile.attribute.service import stated_victim
     from casefile.case.attribution import kb_attributor
 
+    country, sector = stated_victim(country, sector)  # a typo fails now, not after the hunt
     settings = Settings.from_env()
     if not kb:
         try:
@@ -138,9 +140,12 @@ def investigate_cmd(
         typer.Option("--vendor-map", help="Vendor naming map (default: the installed one)."),
     ] = None,
     victim_country: Annotated[
-        str | None, typer.Option("--victim-country", help="Victim's country, ISO 3166-1 alpha-2.")
+        str | None,
+        typer.Option("--victim-country", help="Victim's country: ISO 3166-1 code or English name."),
     ] = None,
-    victim_sector: Annotated[str | None, typer.Option("--victim-sector", help="Victim's sector.")] = None,
+    victim_sector: Annotated[
+        str | None, typer.Option("--victim-sector", help="Victim's sector (government, energy, ...).")
+    ] = None,
     intel: Annotated[
         Path | None,
         typer.Option("--intel", help="Intel store to match (default: <CASEFILE_HOME>/intel.duckdb)."),
