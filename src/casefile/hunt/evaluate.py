@@ -14,6 +14,7 @@ Semantics (also in docs/hunt.md):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -236,13 +237,19 @@ _CMP: dict[str, Callable[[float, float], bool]] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a field value spells, None when it is not one (logs repeat a few addresses a lot)."""
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
 def _in_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Callable[[Any], bool]:
     def test(v: Any) -> bool:
-        try:
-            addr = ipaddress.ip_address(_as_str(v).strip())
-        except ValueError:
-            return False
-        return addr.version == net.version and addr in net
+        addr = _ip(_as_str(v))
+        return addr is not None and addr.version == net.version and addr in net
 
     return test
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import ahocorasick
 import duckdb
 import pyarrow as pa
 
@@ -130,6 +131,8 @@ class Entry:
 
 Anchor = tuple[str, str, str]  # (field, op, lower-cased literal)
 _GRAM = 3
+#: `contains` literals on one field above which they are searched with an Aho-Corasick automaton.
+_AUTOMATON_MIN = 8
 
 
 Clause = list[Anchor]
@@ -296,9 +299,23 @@ class _FieldAnchors:
 
     long: list[tuple[str, int]] = field(default_factory=list)
     n_long: int = 0
+    #: Every `contains` literal in one Aho-Corasick automaton (literal -> owners), when there are enough of
+    #: them that one pass over the value beats testing each: then `short` and `grams` are left empty.
+    automaton: Any = None
 
     def finish(self) -> None:
         pending = self.grams.pop("", [])
+        if len(pending) + len(self.short) > _AUTOMATON_MIN:
+            owners: dict[str, list[int]] = defaultdict(list)
+            for lit, pos in [*pending, *self.short]:
+                owners[lit].append(pos)
+            auto = ahocorasick.Automaton()
+            for lit, poss in owners.items():
+                auto.add_word(lit, tuple(poss))
+            auto.make_automaton()
+            self.automaton = auto
+            self.short = []
+            return
         self.long, self.n_long = pending, len(pending)
         freq: dict[str, int] = defaultdict(int)
         for lit, _ in pending:
@@ -337,7 +354,10 @@ class _FieldAnchors:
         for lit, pos in self.short:
             if lit in v:
                 out.add(pos)
-        if self.n_long * 8 <= n:
+        if self.automaton is not None:
+            for _end, owners in self.automaton.iter(v):
+                out.update(owners)
+        elif self.n_long * 8 <= n:
             # Few literals, long text: searching each is cheaper than listing the text's grams.
             for lit, pos in self.long:
                 if lit in v:
@@ -684,11 +704,14 @@ class BatchHunter:
         ri_col = out.column(0).to_pylist()
         xs_col = out.column(1).to_pylist()
         xt_col = out.column(2).to_pylist()
+        # Logs repeat their values (the same image paths, services, accounts): the anchors one value hits
+        # are looked up once per query, per field (a pure function of the value, so nothing changes).
+        memo: list[dict[str, set[int]]] = [{} for _ in plan.anchors]
         for ri, xs, xt in zip(ri_col, xs_col, xt_col, strict=True):
             hit = set()
             if plan.raw is not None:
                 self._raw_hits(plan.raw, records[ri].text, hit)
-            for fa, (i, alt, system_int) in zip(plan.anchors, plan.slots, strict=True):
+            for k, (fa, (i, alt, system_int)) in enumerate(zip(plan.anchors, plan.slots, strict=True)):
                 t, v = xt[i], xs[i]
                 if t == "OBJECT" and alt is not None:
                     t, v = xt[alt], xs[alt]
@@ -701,7 +724,12 @@ class BatchHunter:
                 ):
                     hit |= fa.all  # no exact string form here: the reference decides
                     continue
-                fa.hits(v.lower(), hit)
+                known = memo[k].get(v)
+                if known is None:
+                    known = set()
+                    fa.hits(v.lower(), known)
+                    memo[k][v] = known
+                hit |= known
             for pos in plan.candidates(hit):
                 yield ri, pos
 

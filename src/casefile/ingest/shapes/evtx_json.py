@@ -16,12 +16,20 @@ _SYSTEM_INTS = frozenset(
 )
 
 
+_SCALARS = (str, int, float, list, type(None))
+
+
+def _is_map(value: Any) -> bool:
+    """`isinstance(value, Mapping)`, without the slow ABC check for the JSON scalars most values are."""
+    return isinstance(value, dict) or (not isinstance(value, _SCALARS) and isinstance(value, Mapping))
+
+
 def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
     """`Provider.#attributes.Name` -> `Provider_Name`, `EventID.#text` -> `EventID`, scalars as is."""
     for key, value in system.items():
-        if isinstance(value, Mapping):
+        if _is_map(value):
             attrs = value.get("#attributes")
-            if isinstance(attrs, Mapping):
+            if _is_map(attrs):
                 for attr, attr_value in attrs.items():
                     fields[f"{key}_{attr}"] = attr_value
             if "#text" in value:
@@ -40,21 +48,21 @@ def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
 
 def _event_data_fields(data: Any, fields: dict[str, Any]) -> None:
     """Named `<Data Name="X">` -> X; unnamed `<Data>` -> `Data` (a list when repeated)."""
-    if not isinstance(data, Mapping):
+    if not _is_map(data):
         if data is not None:
             put(fields, "Data", data, qualifier="EventData")
         return
     for key, value in data.items():
-        if key == "#attributes" and isinstance(value, Mapping):
+        if key == "#attributes" and _is_map(value):
             for attr, attr_value in value.items():
                 put(fields, f"EventData_{attr}", attr_value, qualifier="EventData")
         elif key == "#text":
             put(fields, "Data", value, qualifier="EventData")
-        elif isinstance(value, Mapping) and set(value) <= {"#text", "#attributes"}:
+        elif _is_map(value) and set(value) <= {"#text", "#attributes"}:
             if "#text" in value:
                 put(fields, key, value["#text"], qualifier="EventData")
             flatten_leaves({"#attributes": value.get("#attributes", {})}, fields, qualifier=key)
-        elif isinstance(value, Mapping):
+        elif _is_map(value):
             flatten_leaves(value, fields, qualifier="EventData", name=key)
         else:
             put(fields, key, value, qualifier="EventData")
