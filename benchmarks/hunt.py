@@ -6,7 +6,7 @@
 The corpus is every EVTX file under <shared>/evtx, the hayabusa folder's copy of
 EVTX-ATTACK-SAMPLES counted once. It is repeated N times through a folder of hard links (rep0001/,
 rep0002/, ...), so the CLI reads N times the files exactly as a user's run would. Printed:
-events, wall seconds, events/s, peak RSS (sum over the CLI's process tree, sampled every 50 ms),
+events, wall seconds, events/s, peak RSS (sum over the CLI's process tree, sampled every 100 ms),
 detections (lines of the JSONL output), warm start-up (the CLI on one file with the rule cache
 filled), and the bare parse rate of the same file list with `evtx.PyEvtxParser(...).records_json()`
 alone: the floor, and the ratio hunt/parse that issue #3 tracks.
@@ -106,7 +106,7 @@ def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, int, subproces
         nonlocal peak
         while not stop.is_set():
             peak = max(peak, _tree_rss(proc.pid))
-            stop.wait(0.05)
+            stop.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

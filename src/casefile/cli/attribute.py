@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from casefile.attribute.models import Attribution
@@ -157,7 +158,7 @@ def _attribute_case(
         for warning in attribute_case(
             opened, kb, top=top, victim_country=victim_country, victim_sector=victim_sector
         ):
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            console.print(f"[yellow]warning:[/] {escape(str(warning))}", highlight=False, soft_wrap=True)
         write_reports(opened)
         stored = opened.attributions()
     # The whole case first, then clusters in stored order.

@@ -163,6 +163,7 @@ def rules_check_cmd(
         f"{len(ruleset.rules)} rules and {len(ruleset.correlations)} correlations loaded, "
         f"{len(ruleset.skipped)} skipped, from {ruleset.files} files",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -188,9 +189,12 @@ def rules_update_cmd(
         else:
             result = update_online(settings, sigma_url=sigma_url, attack_url=attack_url)
     console.print(
-        f"installed {result.rule_files} rule files in {result.rules_dir}"
-        + (f"; ATT&CK bundle {result.attack_file}" if result.attack_file else "; no ATT&CK bundle"),
+        escape(
+            f"installed {result.rule_files} rule files in {result.rules_dir}"
+            + (f"; ATT&CK bundle {result.attack_file}" if result.attack_file else "; no ATT&CK bundle")
+        ),
         highlight=False,
+        soft_wrap=True,
     )
 
 
