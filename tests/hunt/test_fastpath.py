@@ -187,3 +187,36 @@ def test_specialise_decides_event_id_and_channel() -> None:
     assert specialise(cond, "Security", 4688) == ir.StrMatch(F, "eq", "x")
     assert specialise(cond, "Security", 4624) == ir.Const(False)
     assert specialise(ir.Not(ir.NumEq("EventID", 1)), "Security", 1) == ir.Const(False)
+
+
+@pytest.mark.parametrize("n_literals", [3, 40])  # below and above the automaton threshold
+def test_field_anchor_index_finds_exactly_the_anchors_a_value_holds(n_literals: int) -> None:
+    import random
+
+    from casefile.hunt.vector import _AUTOMATON_MIN, _FieldAnchors
+
+    rng = random.Random(n_literals)
+    alphabet = "ab\\.xé-"  # few letters: overlapping and repeated literals, one non-ASCII letter
+    anchors = _FieldAnchors()
+    expected: list[tuple[str, str, int]] = []
+    for pos in range(n_literals):
+        op = rng.choice(["contains", "contains", "eq", "startswith", "endswith"])
+        lit = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+        anchors.add(op, lit, pos)
+        expected.append((op, lit, pos))
+    anchors.finish()
+    assert (anchors.automaton is not None) == (n_literals > _AUTOMATON_MIN)
+    for _ in range(2000):
+        v = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        got: set[int] = set()
+        anchors.hits(v, got)
+        want = {
+            pos
+            for op, lit, pos in expected
+            if (op == "contains" and lit in v)
+            or (op == "eq" and v == lit)
+            or (op == "startswith" and v.startswith(lit))
+            or (op == "endswith" and v.endswith(lit))
+        }
+        assert got >= want, (v, want - got)  # never drop a match
+        assert got == want, (v, got - want)  # and no stray hits on this alphabet
