@@ -15,7 +15,7 @@ from casefile.attack.models import Campaign, Group, Software, Tactic, Technique,
 from casefile.errors import KnowledgeBaseError
 
 #: Bump when ParsedBundle changes shape, so stale caches are ignored.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4  # 4: Group gained victims and sectors
 _MODELLED = ("attack-pattern--", "malware--", "tool--", "intrusion-set--", "campaign--")
 _ATTACK_SOURCES = frozenset({"mitre-attack", "mitre-mobile-attack", "mitre-ics-attack"})
 
