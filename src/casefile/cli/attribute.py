@@ -104,7 +104,8 @@ def register(app: typer.Typer) -> None:
             cut = date.fromisoformat(before) if before else None
         except ValueError as exc:
             raise ConfigError(f"--before {before!r}: expected a date YYYY-MM-DD") from exc
-        stated_victim(victim_country, victim_sector)  # a typo fails before the knowledge base loads
+        # normalised once here, so a typo fails before the knowledge base loads
+        victim_country, victim_sector = stated_victim(victim_country, victim_sector)
         if case is not None:
             if techniques or software:
                 raise ConfigError("give either a CASE or --techniques/--software, not both")
