@@ -42,14 +42,15 @@ def fit_all(train: dict[float, list[Scored]], kb: KnowledgeBase) -> ModelParams:
     only, then the sponsor ranking's country-model weight and temperature on the same units."""
     best, best_loss = ModelParams(), float("inf")
     for a, scored in train.items():
-        p = fit(scored, ModelParams(mixture=a), fixed=FIXED)
+        start = ModelParams(mixture=a, time_mixture=1.0 if "time_mixture" in FIXED else 0.5)
+        p = fit(scored, start, fixed=FIXED)
         loss = nll(scored, p)
         if loss < best_loss:
             best, best_loss = p, loss
     return fit_sponsor(train[best.mixture], best, kb)
 
 
-#: constants kept at their defaults (the --no-slope ablation fixes unknown_slope at 0)
+#: constants kept at their defaults (--no-slope fixes unknown_slope at 0, --no-time ignores time of activity)
 FIXED: set[str] = set()
 
 
@@ -67,8 +68,9 @@ def run_protocol(
 ) -> dict[str, object]:
     t0 = time.time()
     sponsors = {g.id: g.sponsor for g in kb.groups.values()}
-    params = fit_all(score_units(train_units, profile_uses, MIXTURES_USED, sponsors), kb)
-    test = score_units(test_units, profile_uses, (params.mixture,), sponsors)[params.mixture]
+    years = kb.report_years
+    params = fit_all(score_units(train_units, profile_uses, MIXTURES_USED, sponsors, years), kb)
+    test = score_units(test_units, profile_uses, (params.mixture,), sponsors, years)[params.mixture]
     engine, base = metrics(test, params, kb), metrics(test, params, kb, baseline=True)
     print(f"\n### {name}  {time.time() - t0:.0f}s  fitted: {params}", flush=True)
     print(HEADER)
@@ -92,12 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-slope", action="store_true", help="ablation: unknown prior independent of size")
     ap.add_argument(
+        "--year-out",
+        action="store_true",
+        help="variant: calibration report units also hold out the group's other reports of the same year",
+    )
+    ap.add_argument("--no-time", action="store_true", help="ablation: time of activity not weighed")
+    ap.add_argument(
         "--pooled-out", action="store_true", help="variant: add campaign-sized unknown calibration units"
     )
     ap.add_argument("--mixtures", type=lambda t: tuple(float(x) for x in t.split(",")), default=MIXTURES)
     args = ap.parse_args(argv)
     if args.no_slope:
         FIXED.add("unknown_slope")
+    if args.no_time:
+        FIXED.update({"time_mixture", "time_scale"})
     MIXTURES_USED[:] = args.mixtures
     data = shared_data_dir()
     if data is None:
@@ -113,17 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {}
 
     # (a) campaigns; calibration fitted on report units that cite none of the campaigns' reports.
+    years = kb.report_years
     tests = campaign_units(kb)
     campaign_reports = frozenset().union(*(u.held_reports for u in tests))
     base_uses = [u for u in kb.group_uses if not (u.reports & campaign_reports)]
-    train = sample(report_units(base_uses), args.limit) + group_out_units(base_uses) + pooled_units(base_uses)
+    train = sample(report_units(base_uses, report_years=years, year_out=args.year_out), args.limit)
+    train += group_out_units(base_uses, report_years=years) + pooled_units(base_uses, report_years=years)
     if args.pooled_out:
-        train += pooled_units(base_uses, group_out=True)
+        train += pooled_units(base_uses, group_out=True, report_years=years)
     results["a"] = run_protocol("(a) campaigns", kb, list(kb.group_uses), train, tests)
     # (a') the same campaigns, constants fitted on the other campaigns (5 folds by campaign)
     t0 = time.time()
     sponsors = {g.id: g.sponsor for g in kb.groups.values()}
-    scored_a = score_units(tests, list(kb.group_uses), MIXTURES_USED, sponsors)
+    scored_a = score_units(tests, list(kb.group_uses), MIXTURES_USED, sponsors, years)
     fold_a = [hash_fold(u.name, args.folds) for u in tests]
     params_a = [
         fit_all({m: [s for s, f in zip(ss, fold_a, strict=True) if f != k] for m, ss in scored_a.items()}, kb)
@@ -136,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     results["a_crossfit"] = {"params": [asdict(p) for p in params_a], "engine": asdict(engine_a)}
 
     # (b) leave-one-report-out, k folds by report; calibration fitted on the other folds.
-    units = sample(report_units(kb.group_uses), args.limit) + group_out_units(kb.group_uses)
+    units = sample(report_units(kb.group_uses, report_years=years), args.limit)
+    units += group_out_units(kb.group_uses, report_years=years)
     t0 = time.time()
-    scored = score_units(units, list(kb.group_uses), MIXTURES_USED, sponsors)
+    scored = score_units(units, list(kb.group_uses), MIXTURES_USED, sponsors, years)
     fold_of = [hash_fold(sorted(u.held_reports)[0], args.folds) for u in units]
     fold_params = [
         fit_all({a: [s for s, f in zip(ss, fold_of, strict=True) if f != k] for a, ss in scored.items()}, kb)
@@ -162,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     pre_groups = {u.source for u in kb_cut.group_uses}
     later = [u for u in kb.group_uses if u.created >= args.cutoff and u.source in pre_groups]
     tests = campaign_units(kb_cut, truth_kb=kb, since=args.cutoff)
-    tests += report_units(later, exclude_reports=pre_reports)
-    train = sample(report_units(kb_cut.group_uses), args.limit) + group_out_units(kb_cut.group_uses)
-    train += pooled_units(kb_cut.group_uses)
+    tests += report_units(later, exclude_reports=pre_reports, report_years=years)
+    train = sample(report_units(kb_cut.group_uses, report_years=years, year_out=args.year_out), args.limit)
+    train += group_out_units(kb_cut.group_uses, report_years=years)
+    train += pooled_units(kb_cut.group_uses, report_years=years)
     if args.pooled_out:
-        train += pooled_units(kb_cut.group_uses, group_out=True)
+        train += pooled_units(kb_cut.group_uses, group_out=True, report_years=years)
     train += [u for u in campaign_units(kb_cut) if kb.campaigns[u.name.split()[-1]].created < args.cutoff]
     results["c"] = run_protocol(f"(c) time split at {args.cutoff}", kb, list(kb_cut.group_uses), train, tests)
     if args.json:

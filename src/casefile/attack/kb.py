@@ -36,6 +36,8 @@ class KnowledgeBase:
     include_campaigns: bool = False
     #: "x-mitre-collection" or "inferred from content dates" (release table in casefile.attack.stix)
     attack_version_source: str | None = None
+    #: citation key -> publication year of the report (where the reference gives one)
+    report_years: dict[str, int] = field(default_factory=dict)
     _names: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     _software_names: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -178,6 +180,7 @@ def load_knowledge_base(
         before=before,
         include_campaigns=include_campaigns,
         attack_version_source=parsed[0].version_source,
+        report_years={k: y for p in reversed(parsed) for k, y in p.report_years},
         _names={k: tuple(v) for k, v in name_index.items()},
         _software_names=software_names,
     )

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from casefile.attack.models import Campaign, Group, Software, Tactic, Technique,
 from casefile.errors import KnowledgeBaseError
 
 #: Bump when ParsedBundle changes shape, so stale caches are ignored.
-CACHE_FORMAT = 4  # 4: Group gained victims and sectors
+CACHE_FORMAT = 5  # 4: Group gained victims and sectors; 5: report_years
 _MODELLED = ("attack-pattern--", "malware--", "tool--", "intrusion-set--", "campaign--")
 _ATTACK_SOURCES = frozenset({"mitre-attack", "mitre-mobile-attack", "mitre-ics-attack"})
 
@@ -72,6 +73,8 @@ class ParsedBundle:
     uses: tuple[Use, ...] = ()
     #: (campaign id, group id, created)
     attributed: tuple[tuple[str, str, date], ...] = ()
+    #: (citation key, publication year) of every cited report whose year is known
+    report_years: tuple[tuple[str, int], ...] = ()
 
 
 def _day(value: object) -> date | None:
@@ -97,6 +100,35 @@ def _reports(obj: dict[str, Any]) -> frozenset[str]:
         if isinstance(ref, dict) and ref.get("source_name") and ref.get("source_name") not in _ATTACK_SOURCES:
             keys.add(str(ref["source_name"]))
     return frozenset(keys)
+
+
+# ATT&CK cites as "Author. (2017, May 3). Title. Retrieved ...": the year in parentheses is the publication's.
+_PUBLISHED = re.compile(r"\((\d{4})[,)]")
+_YEAR_IN_KEY = re.compile(r"(?<!\d)((?:19[89]|20\d)\d)(?!\d)")
+
+
+def report_year(source_name: str, description: str) -> int | None:
+    """Publication year of a cited report: from its description, else from its citation key ("FireEye
+    APT28 2015"); None when undated ("(n.d.)" tool pages: their retrieval day says nothing of activity)."""
+    for pattern, text in ((_PUBLISHED, description), (_YEAR_IN_KEY, source_name)):
+        m = pattern.search(text)
+        if m and 1980 <= int(m.group(1)) <= 2100:
+            return int(m.group(1))
+    return None
+
+
+def _report_years(objects: list[dict[str, Any]]) -> tuple[tuple[str, int], ...]:
+    years: dict[str, int] = {}
+    for o in objects:
+        for ref in o.get("external_references") or ():
+            if not isinstance(ref, dict) or ref.get("source_name") in _ATTACK_SOURCES:
+                continue
+            key = str(ref.get("source_name") or "")
+            if key and key not in years:
+                year = report_year(key, str(ref.get("description") or ""))
+                if year is not None:
+                    years[key] = year
+    return tuple(sorted(years.items()))
 
 
 def read_objects(path: Path) -> list[dict[str, Any]]:
@@ -223,6 +255,7 @@ def parse_bundle(path: Path) -> ParsedBundle:
         tuple(tactics),
         tuple(uses),
         tuple(attributed),
+        _report_years(active),
     )
 
 

@@ -6,8 +6,9 @@ group's cited reports support (group uses feature), or else from the background 
 The background alone is the "no known group" hypothesis. A seen feature adds log(p_g(f) / q(f)): a technique
 half of all groups use says little, a tool only one group uses says a lot. What the group shows in most of its
 reports but that was not seen adds log((1 - r_g(f)) / (1 - r(f))) (per-report rates), scaled by
-`absence_weight` because evidence is always partial. Posteriors are a softmax of scores / temperature with a
-fitted prior logit for "unknown" (see docs/attribution.md).
+`absence_weight` because evidence is always partial. A stated victim and the time of activity (against the
+publication years of the group's reports) add their own log-likelihood ratios. Posteriors are a softmax of
+scores / temperature with a fitted prior logit for "unknown" (see docs/attribution.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 
 from casefile.attack.aliases import sector_key, victim_country_code
 from casefile.attack.kb import TECHNIQUE_ID, KnowledgeBase
@@ -54,6 +56,11 @@ class ModelParams:
     #: drawn from the background rather than its known list (the lists are short and incomplete); chosen by
     #: benchmarks/attribution_victims.py on 10 campaigns, see docs/attribution.md
     victim_mixture: float = 0.7
+    #: time of activity against the publication years of the group's reports: share of the incident's year
+    #: drawn from the background (1 ignores time), and the kernel's scale in years; fitted by protocol (a)'s
+    #: calibration like the constants above (see docs/attribution.md)
+    time_mixture: float = 0.1
+    time_scale: float = 1.0
     against_listed: int = 5  # how many evidence_against items each hypothesis explains
 
 
@@ -67,14 +74,19 @@ class Profiles:
     background: Mapping[str, float]  # feature -> share of all counts (the "unknown" model)
     floor: float  # background share of a known feature no group uses
     rates: Mapping[str, float]  # feature -> mean per-report rate over groups (for absence)
+    #: group -> publication year -> distinct dated reports behind its profile (time of activity)
+    years: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
 
     @property
     def groups(self) -> tuple[str, ...]:
         return tuple(sorted(self.counts))
 
 
-def build_profiles(uses: Iterable[Use]) -> Profiles:
-    """Profiles from group `uses` relationships (techniques, software); an uncited one counts once."""
+def build_profiles(uses: Iterable[Use], report_years: Mapping[str, int] | None = None) -> Profiles:
+    """Profiles from group `uses` relationships (techniques, software); an uncited one counts once.
+
+    With `report_years` (citation key -> publication year), each group also gets the years of the reports
+    behind its profile, which the time-of-activity evidence weighs."""
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     reports: dict[str, set[str]] = defaultdict(set)
     for u in uses:
@@ -95,7 +107,51 @@ def build_profiles(uses: Iterable[Use]) -> Profiles:
     grand = max(1, sum(totals.values()))
     background = {f: (m + 0.5) / grand for f, m in mass.items()}
     rates = {f: (r + 0.5) / (n_groups + 1) for f, r in rate.items()}
-    return Profiles(dict(counts), n_reports, totals, background, 0.5 / grand, rates)
+    years: dict[str, dict[int, int]] = {}
+    if report_years:
+        for g in counts:
+            dated = [report_years[r] for r in reports[g] if r in report_years]
+            if dated:
+                years[g] = {y: dated.count(y) for y in sorted(set(dated))}
+    return Profiles(dict(counts), n_reports, totals, background, 0.5 / grand, rates, years)
+
+
+def incident_years(first_seen: date | None, last_seen: date | None) -> tuple[int, ...]:
+    """The calendar years an incident spans (one end may be missing); () when neither is known."""
+    ends = [d.year for d in (first_seen, last_seen) if d is not None]
+    if not ends:
+        return ()
+    return tuple(range(min(ends), max(ends) + 1))
+
+
+def _laplace(distance: int, scale: float) -> float:
+    """Discrete Laplace kernel over whole years (sums to 1 over all integers)."""
+    a = math.exp(-1 / scale)
+    return (1 - a) / (1 + a) * a ** abs(distance)
+
+
+def time_densities(
+    profiles: Profiles, years: Sequence[int], scale: float
+) -> tuple[dict[str, float], float]:
+    """How likely each dated group is to be active in `years` (kernel density over its report years,
+    averaged over the span), and the same for the background: the mean over dated groups."""
+    if not years or not profiles.years:
+        return {}, 0.0
+    dens = {}
+    for g, by_year in profiles.years.items():
+        n = sum(by_year.values())
+        dens[g] = sum(
+            sum(c * _laplace(t - y, scale) for y, c in by_year.items()) / n for t in years
+        ) / len(years)
+    return dens, sum(dens.values()) / len(dens)
+
+
+def time_weights(densities: Mapping[str, float], background: float, time_mixture: float) -> dict[str, float]:
+    """Log-likelihood ratio of the time of activity per dated group; undated groups are the background."""
+    if time_mixture >= 1 or background <= 0:
+        return {}
+    b = time_mixture
+    return {g: math.log(((1 - b) * d + b * background) / background) for g, d in densities.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +316,7 @@ def attribute(
 ) -> Attribution:
     """Rank known groups (and "no known group") for one activity cluster's evidence; every score explained."""
     params = params or ModelParams()
-    profiles = profiles or build_profiles(kb.group_uses)
+    profiles = profiles or build_profiles(kb.group_uses, kb.report_years)
     feats, unprofiled, _unresolved = evidence_features(evidence, kb)
     scores = score_groups(profiles, feats, mixture=params.mixture, explain=True)
     bonus: dict[str, float] = {}
@@ -275,8 +331,13 @@ def attribute(
             )
     if not feats and not bonus:
         scores = []  # no profiled evidence: nothing can point at a known group (victimology alone cannot)
-    victim_items = victim_evidence(evidence, kb, params) if scores else {}
-    for gid, items in victim_items.items():
+    # Context beside the features: the stated victim and the time of activity (each an explained item).
+    context_items = victim_evidence(evidence, kb, params) if scores else {}
+    if scores:
+        years = incident_years(evidence.first_seen, evidence.last_seen)
+        for gid, item in time_evidence(profiles, years, params).items():
+            context_items.setdefault(gid, []).append(item)
+    for gid, items in context_items.items():
         bonus[gid] = bonus.get(gid, 0.0) + sum(i.weight for i in items)
     probs, unknown = posterior(scores, params, bonus, len(feats))
     ranked = sorted(scores, key=lambda s: (-probs[s.group_id], s.group_id))
@@ -296,10 +357,10 @@ def attribute(
                 evidence_for=tuple(
                     sorted(for_items, key=lambda i: -i.weight)
                     + indicator_items.get(s.group_id, [])
-                    + [i for i in victim_items.get(s.group_id, ()) if i.weight > 0]
+                    + [i for i in context_items.get(s.group_id, ()) if i.weight > 0]
                 ),
                 evidence_against=tuple(
-                    sorted(against + [i for i in victim_items.get(s.group_id, ()) if i.weight <= 0],
+                    sorted(against + [i for i in context_items.get(s.group_id, ()) if i.weight <= 0],
                            key=lambda i: i.weight)
                 ),
                 aliases=g.aliases if g else (),
@@ -358,6 +419,25 @@ def victim_evidence(
             item = EvidenceItem("victim", f"{kind}:{value}", f"victim {kind} {value}", round(w, 4), detail)
             out[gid].append(item)
     return dict(out)
+
+
+def time_evidence(profiles: Profiles, years: Sequence[int], params: ModelParams) -> dict[str, EvidenceItem]:
+    """One `time` item per dated group: the incident's years against the years of the group's reports."""
+    dens, background = time_densities(profiles, years, params.time_scale)
+    weights = time_weights(dens, background, params.time_mixture)
+    if not weights:
+        return {}
+    span = f"{years[0]}" if len(years) == 1 else f"{years[0]}-{years[-1]}"
+    out = {}
+    for gid, w in weights.items():
+        by_year = profiles.years[gid]
+        near = sum(c for y, c in by_year.items() if years[0] - 1 <= y <= years[-1] + 1)
+        detail = (
+            f"active {span}; the group's {sum(by_year.values())} dated reports were published "
+            f"{min(by_year)}-{max(by_year)}, {near} of them within a year of it"
+        )
+        out[gid] = EvidenceItem("time", f"years:{span}", f"time of activity {span}", round(w, 4), detail)
+    return out
 
 
 def _country_scores(

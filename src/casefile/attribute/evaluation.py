@@ -25,11 +25,17 @@ from casefile.attribute.engine import (
     build_profiles,
     combine_sponsors,
     country_posterior,
+    incident_years,
     posterior,
     score_groups,
     sponsor_uses,
+    time_densities,
+    time_weights,
     unknown_logit,
 )
+
+#: time-kernel scales (years) scored for every unit, so the fit can choose one without rescoring
+TIME_SCALES: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,8 @@ class Unit:
     held_groups: frozenset[str] = frozenset()
     #: True: drop every relationship citing a held report (protocol a); False: drop only those citations (b)
     drop_relationships: bool = True
+    #: calendar years of activity (a campaign's first to last seen, a report's publication year); () unknown
+    years: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,17 @@ class Scored:
     absent: dict[str, float]
     baseline: dict[str, float]
     country: dict[str, float] = field(default_factory=dict)  # pooled per-sponsor profile scores
+    #: time-kernel scale -> (per-group density of the unit's years, background density)
+    time: dict[float, tuple[dict[str, float], float]] = field(default_factory=dict)
+    _bonus: dict[tuple[float, float], dict[str, float]] = field(default_factory=dict, repr=False)
+
+    def bonus(self, params: ModelParams) -> dict[str, float]:
+        """Time-of-activity log-likelihood ratios under `params` (memoised: fits try many constants)."""
+        key = (params.time_mixture, params.time_scale)
+        if key not in self._bonus:
+            dens, background = self.time.get(params.time_scale, ({}, 0.0))
+            self._bonus[key] = time_weights(dens, background, params.time_mixture)
+        return self._bonus[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +132,16 @@ def score_units(
     uses: Sequence[Use],
     mixtures: Sequence[float],
     sponsors: Mapping[str, str | None] | None = None,
+    report_years: Mapping[str, int] | None = None,
 ) -> dict[float, list[Scored]]:
     """Score each unit, per mixture weight, against profiles built without its held-out reports/groups;
-    with `sponsors` (group -> country), also against per-country pooled profiles built the same way."""
+    with `sponsors` (group -> country), also against per-country pooled profiles built the same way; with
+    `report_years`, also its years of activity against the years of the reports left in each profile."""
     out: dict[float, list[Scored]] = {m: [] for m in mixtures}
     for u in units:
         kept = _without(uses, u.held_reports, u.held_groups, u.drop_relationships)
-        prof = build_profiles(kept)
+        prof = build_profiles(kept, report_years)
+        time = {scale: time_densities(prof, u.years, scale) for scale in TIME_SCALES} if u.years else {}
         cprof = build_profiles(sponsor_uses(kept, sponsors)) if sponsors else None
         baseline = _tfidf(prof, u.features)
         for m in mixtures:
@@ -136,6 +158,7 @@ def score_units(
                     {s.group_id: s.absent for s in scores},
                     baseline,
                     country,
+                    time,
                 )
             )
     return out
@@ -145,7 +168,7 @@ def _probs(s: Scored, params: ModelParams) -> tuple[dict[str, float], float]:
     from casefile.attribute.engine import GroupScore
 
     scores = [GroupScore(g, s.present[g], s.absent[g], (), ()) for g in s.present]
-    return posterior(scores, params, n_features=len(s.unit.features))
+    return posterior(scores, params, s.bonus(params), n_features=len(s.unit.features))
 
 
 def nll(scored: Sequence[Scored], params: ModelParams) -> float:
@@ -159,7 +182,11 @@ def nll(scored: Sequence[Scored], params: ModelParams) -> float:
             total -= math.log(1.0)
             continue
         prior = -math.log(len(s.present))
-        logits = {g: (v + lam * s.absent[g]) / temp + prior for g, v in s.present.items()}
+        bonus = s.bonus(params)
+        logits = {
+            g: (v + lam * s.absent[g]) / temp + bonus.get(g, 0.0) / params.temperature + prior
+            for g, v in s.present.items()
+        }
         top = max(b, *logits.values())
         z = math.exp(b - top) + sum(math.exp(v - top) for v in logits.values())
         if s.unit.truth:
@@ -176,6 +203,8 @@ GRID: dict[str, tuple[float, ...]] = {
     "unknown_logit": (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0),
     "length_power": (0.0, 0.25, 0.5, 0.75),
     "unknown_slope": (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0),
+    "time_mixture": (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
+    "time_scale": TIME_SCALES,
 }
 
 SPONSOR_GRID: dict[str, tuple[float, ...]] = {
@@ -347,29 +376,60 @@ def campaign_units(
         if since is not None and (c is None or c.created < since):
             continue
         truth = frozenset(truth_kb.campaign_groups.get(cid, ()))
-        units.append(Unit(f"campaign {cid}", frozenset(feats[cid]), truth, frozenset(reports[cid])))
+        years = incident_years(*((c.first_seen, c.last_seen) if c else (None, None)))
+        units.append(
+            Unit(f"campaign {cid}", frozenset(feats[cid]), truth, frozenset(reports[cid]), years=years)
+        )
     return units
 
 
 def report_units(
-    uses: Sequence[Use], *, min_features: int = 2, exclude_reports: frozenset[str] = frozenset()
+    uses: Sequence[Use],
+    *,
+    min_features: int = 2,
+    exclude_reports: frozenset[str] = frozenset(),
+    report_years: Mapping[str, int] | None = None,
+    year_out: bool = False,
 ) -> list[Unit]:
-    """Leave-one-report-out units: for each (group, report), the features that report supports."""
+    """Leave-one-report-out units: for each (group, report), the features that report supports (and, with
+    `report_years`, its publication year as the time of activity).
+
+    `year_out` also holds out the group's other reports of the same year: they are mostly about the same
+    events, so the unit then looks like a campaign whose reports are all removed (calibration units)."""
     feats: dict[tuple[str, str], set[str]] = defaultdict(set)
     for u in uses:
         for r in u.reports - exclude_reports:
             feats[(u.source, r)].add(u.target)
+    years = report_years or {}
+    same_year: dict[tuple[str, int], set[str]] = defaultdict(set)
+    if year_out:
+        for g, r in feats:
+            if r in years:
+                same_year[(g, years[r])].add(r)
     return [
-        Unit(f"{g} / {r}", frozenset(f), frozenset({g}), frozenset({r}), drop_relationships=False)
+        Unit(
+            f"{g} / {r}",
+            frozenset(f),
+            frozenset({g}),
+            frozenset(same_year.get((g, years[r]), ()) if r in years else ()) | {r},
+            drop_relationships=False,
+            years=(years[r],) if r in years else (),
+        )
         for (g, r), f in sorted(feats.items())
         if len(f) >= min_features
     ]
 
 
-def group_out_units(uses: Sequence[Use], *, min_features: int = 2, per_group: int = 1) -> list[Unit]:
+def group_out_units(
+    uses: Sequence[Use],
+    *,
+    min_features: int = 2,
+    per_group: int = 1,
+    report_years: Mapping[str, int] | None = None,
+) -> list[Unit]:
     """Leave-one-group-out units: a report of a group scored with that group removed; truth is "unknown"."""
     by_group: dict[str, list[Unit]] = defaultdict(list)
-    for u in report_units(uses, min_features=min_features):
+    for u in report_units(uses, min_features=min_features, report_years=report_years):
         by_group[next(iter(u.truth))].append(u)
     units = []
     for g, us in sorted(by_group.items()):
@@ -385,6 +445,7 @@ def pooled_units(
     per_group: int = 2,
     seed: int = 1,
     group_out: bool = False,
+    report_years: Mapping[str, int] | None = None,
 ) -> list[Unit]:
     """Campaign-sized units: `reports` reports of one group pooled, all of them held out (citations only);
     with `group_out`, the whole group is held out and the truth is "unknown"."""
@@ -403,7 +464,15 @@ def pooled_units(
         for _ in range(per_group):
             pick = frozenset(rnd.sample(names, reports))
             feats = frozenset().union(*(by_group[g][r] for r in pick))
-            unit = Unit(f"{g} / pooled {sorted(pick)}", feats, frozenset({g}), pick, drop_relationships=False)
+            dated = [y for r in pick if (y := (report_years or {}).get(r)) is not None]
+            unit = Unit(
+                f"{g} / pooled {sorted(pick)}",
+                feats,
+                frozenset({g}),
+                pick,
+                drop_relationships=False,
+                years=tuple(range(min(dated), max(dated) + 1)) if dated else (),
+            )
             if group_out:
                 unit = replace(unit, truth=frozenset(), held_groups=frozenset({g}))
             units.append(unit)

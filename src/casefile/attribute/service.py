@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from casefile.attack.aliases import sector_key, victim_country_code
@@ -62,9 +62,11 @@ def attribute_observed(
     vendor_map: Path | None = None,
     victim_country: str | None = None,
     victim_sector: str | None = None,
+    first_seen: datetime | None = None,
+    last_seen: datetime | None = None,
 ) -> Attribution:
     """Attribute a list of technique ids and software ids/names (the CLI's `attribute --techniques`), with
-    what the analyst states about the victim."""
+    what the analyst states about the victim and when the activity was seen."""
     country, sector = stated_victim(victim_country, victim_sector)
     kb = default_knowledge_base(
         settings or Settings.from_env(),
@@ -76,6 +78,8 @@ def attribute_observed(
     evidence = Evidence(
         techniques=tuple(TechniqueSighting(t) for t in techniques),
         software=tuple(software),
+        first_seen=first_seen,
+        last_seen=last_seen,
         victim_country=country,
         victim_sector=sector,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import calendar
 import json
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -91,6 +92,17 @@ def register(app: typer.Typer) -> None:
                 "--victim-sector", help="Victim's sector (government, energy, ...), weighed likewise."
             ),
         ] = None,
+        first_seen: Annotated[
+            str | None,
+            typer.Option(
+                "--first-seen",
+                help="When the activity began (YYYY, YYYY-MM or YYYY-MM-DD), weighed against the years of "
+                "the groups' reports; a CASE takes it from its detections.",
+            ),
+        ] = None,
+        last_seen: Annotated[
+            str | None, typer.Option("--last-seen", help="When the activity was last seen (same forms).")
+        ] = None,
         top: Annotated[int, typer.Option("--top", min=1, help="How many groups to list.")] = 10,
         fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     ) -> None:
@@ -106,9 +118,17 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--before {before!r}: expected a date YYYY-MM-DD") from exc
         # normalised once here, so a typo fails before the knowledge base loads
         victim_country, victim_sector = stated_victim(victim_country, victim_sector)
+        began, ended = _day(first_seen, "--first-seen"), _day(last_seen, "--last-seen", end=True)
+        if began and ended and ended < began:
+            raise ConfigError(f"--last-seen {last_seen} is before --first-seen {first_seen}")
         if case is not None:
             if techniques or software:
                 raise ConfigError("give either a CASE or --techniques/--software, not both")
+            if began or ended:
+                raise ConfigError(
+                    "--first-seen/--last-seen apply to --techniques; a CASE dates its activity from its "
+                    "detections"
+                )
             results = _attribute_case(
                 case, kb or None, cut, top, galaxy, vendor_map, victim_country, victim_sector
             )
@@ -128,11 +148,31 @@ def register(app: typer.Typer) -> None:
             vendor_map=vendor_map,
             victim_country=victim_country,
             victim_sector=victim_sector,
+            first_seen=began,
+            last_seen=ended,
         )
         if fmt == "json":
             typer.echo(json.dumps(attribution_json(result), indent=2))
             return
         _print_table(result, f"Attribution (ATT&CK {result.kb_version})")
+
+
+def _day(value: str | None, option: str, *, end: bool = False) -> datetime | None:
+    """YYYY, YYYY-MM or YYYY-MM-DD as the first day it names, or with `end` the last (UTC midnight)."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 4:
+            day = date(int(text), 12, 31) if end else date(int(text), 1, 1)
+        elif len(text) == 7:
+            first = date.fromisoformat(f"{text}-01")
+            day = first.replace(day=calendar.monthrange(first.year, first.month)[1]) if end else first
+        else:
+            day = date.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option} {value!r}: expected YYYY, YYYY-MM or YYYY-MM-DD") from exc
+    return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
 
 
 def _attribute_case(
