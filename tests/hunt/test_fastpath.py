@@ -220,3 +220,21 @@ def test_field_anchor_index_finds_exactly_the_anchors_a_value_holds(n_literals: 
         }
         assert got >= want, (v, want - got)  # never drop a match
         assert got == want, (v, got - want)  # and no stray hits on this alphabet
+
+
+def test_candidate_bit_sets_agree_with_the_owner_sets() -> None:
+    import random
+
+    from casefile.hunt.vector import _SLOTS, MAX_CLAUSES, PartitionPlan, _bits
+
+    rng = random.Random(7)
+    for _ in range(200):
+        n = rng.randint(1, 60)
+        need = {pos: rng.randint(1, MAX_CLAUSES) for pos in range(n) if rng.random() < 0.8}
+        always = tuple(pos for pos in range(n) if pos not in need)
+        plan = PartitionPlan(tuple(range(n)), None, (), (), always, frozenset(), need=need)
+        owners = {
+            pos * _SLOTS + k for pos, clauses in need.items() for k in range(clauses) if rng.random() < 0.6
+        }
+        assert plan.candidates_bits(_bits(owners)) == plan.candidates(owners)
+        assert plan.candidates_bits(0) == list(always)

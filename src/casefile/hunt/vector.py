@@ -400,6 +400,38 @@ class PartitionPlan:
         out.sort()
         return out
 
+    #: (guarded positions, and per clause number the positions that have that clause), each as a bit
+    #: mask with bit pos * _SLOTS per position; built on first use (not pickled state worth keeping)
+    _masks: tuple[int, tuple[int, ...]] | None = None
+
+    def candidates_bits(self, owners: int) -> list[int]:
+        """`candidates` of an owner bit set (bit o for owner o): the same positions, in order.
+
+        A row's hits OR together as integers, and a position survives when, for every clause it needs,
+        the clause's bit is set; big-integer operations do that for all positions at once.
+        """
+        if self._masks is None:
+            base = 0
+            per_clause = [0] * MAX_CLAUSES
+            for pos, n in self.need.items():
+                base |= 1 << (pos * _SLOTS)
+                for k in range(n):
+                    per_clause[k] |= 1 << (pos * _SLOTS)
+            self._masks = (base, tuple(per_clause))
+        survivors, per_clause_masks = self._masks
+        if owners:
+            for k, mask in enumerate(per_clause_masks):
+                survivors &= ~(mask & ~(owners >> k))
+        else:
+            survivors = 0
+        out = list(self.always)
+        while survivors:
+            low = survivors & -survivors
+            out.append((low.bit_length() - 1) // _SLOTS)
+            survivors ^= low
+        out.sort()
+        return out
+
 
 def build_plan(
     entries: tuple[int, ...], conditions: Sequence[ir.Node], channel: str | None, event_id: int | None
@@ -690,10 +722,10 @@ class BatchHunter:
         """(row, entry position) pairs the guards cannot rule out, in row order."""
         if plan.sql is None:
             for ri in rows:
-                hit: set[int] = set()
+                keyword_hits: set[int] = set()
                 if plan.raw is not None:
-                    self._raw_hits(plan.raw, records[ri].text, hit)
-                yield from ((ri, pos) for pos in plan.candidates(hit))
+                    self._raw_hits(plan.raw, records[ri].text, keyword_hits)
+                yield from ((ri, pos) for pos in plan.candidates(keyword_hits))
             return
         part = batch.take(pa.array(rows, pa.int64()))
         self.con.register("part", part)
@@ -706,11 +738,14 @@ class BatchHunter:
         xt_col = out.column(2).to_pylist()
         # Logs repeat their values (the same image paths, services, accounts): the anchors one value hits
         # are looked up once per query, per field (a pure function of the value, so nothing changes).
-        memo: list[dict[str, set[int]]] = [{} for _ in plan.anchors]
+        memo: list[dict[str, int]] = [{} for _ in plan.anchors]
+        all_bits = [_bits(fa.all) for fa in plan.anchors]
         for ri, xs, xt in zip(ri_col, xs_col, xt_col, strict=True):
-            hit = set()
+            hit = 0  # owner bits (see PartitionPlan.candidates_bits)
             if plan.raw is not None:
-                self._raw_hits(plan.raw, records[ri].text, hit)
+                raw_hit: set[int] = set()
+                self._raw_hits(plan.raw, records[ri].text, raw_hit)
+                hit = _bits(raw_hit)
             for k, (fa, (i, alt, system_int)) in enumerate(zip(plan.anchors, plan.slots, strict=True)):
                 t, v = xt[i], xs[i]
                 if t == "OBJECT" and alt is not None:
@@ -722,15 +757,15 @@ class BatchHunter:
                 elif t not in _PLAIN_TYPES or v is None or (
                     system_int and t == "VARCHAR" and not _CANONICAL_INT.fullmatch(v)
                 ):
-                    hit |= fa.all  # no exact string form here: the reference decides
+                    hit |= all_bits[k]  # no exact string form here: the reference decides
                     continue
                 known = memo[k].get(v)
                 if known is None:
-                    known = set()
-                    fa.hits(v.lower(), known)
-                    memo[k][v] = known
+                    found: set[int] = set()
+                    fa.hits(v.lower(), found)
+                    memo[k][v] = known = _bits(found)
                 hit |= known
-            for pos in plan.candidates(hit):
+            for pos in plan.candidates_bits(hit):
                 yield ri, pos
 
 
@@ -750,6 +785,14 @@ class BatchHunter:
             hit |= anchors.all
         else:
             anchors.hits(text.lower(), hit)
+
+
+def _bits(owners: Iterable[int]) -> int:
+    """A set of anchor owners as an integer bit set."""
+    out = 0
+    for o in owners:
+        out |= 1 << o
+    return out
 
 
 def _shape_is_plain(
