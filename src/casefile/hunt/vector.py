@@ -252,8 +252,16 @@ def regex_literal(pattern: str, flags: frozenset[str]) -> str | None:
     return best.lower()
 
 
+#: Literals nearly every value holds (a file extension at the end of an image path, one or two characters):
+#: a clause with one of them prunes nothing, so another clause of the same rule is preferred.
+_UBIQUITOUS = re.compile(r"\.[a-z0-9]{1,4}|.{0,2}", re.DOTALL)
+
+
 def _cost(anchors: Iterable[Anchor]) -> float:
-    return sum(3.0 if op == "contains" else 1.0 for _, op, _ in anchors)
+    """How often a clause is expected to hold (lower prunes more): a rough rank, not a probability."""
+    return sum(
+        100.0 if _UBIQUITOUS.fullmatch(lit) else 3.0 if op == "contains" else 1.0 for _, op, lit in anchors
+    )
 
 
 @dataclass
