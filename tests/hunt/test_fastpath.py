@@ -173,6 +173,16 @@ def test_guards_are_implied_by_their_conditions() -> None:
     assert guard(ir.Or((ir.StrMatch(F, "eq", "a"), ir.CidrMatch("Ip", "10.0.0.0/8")))) == []
 
 
+def test_an_or_takes_the_selective_clause_of_each_branch() -> None:
+    # EDR-Freeze's shape: "Image contains \\EDR-Freeze and Image endswith .exe" or an imphash; ".exe" holds on
+    # nearly every image, so the branch is represented by its rarer clause.
+    img = ir.And((ir.StrMatch(F, "contains", "\\EDR-Freeze"), ir.StrMatch(F, "endswith", ".exe")))
+    (clause,) = guard(ir.Or((img, ir.StrMatch("Hashes", "contains", "IMPHASH=1195F7"))))
+    assert clause == [(F, "contains", "\\edr-freeze"), ("Hashes", "contains", "imphash=1195f7")]
+    plain = ir.And((ir.StrMatch(F, "contains", "\\EDR-Freeze"), ir.StrMatch(F, "endswith", "\\edr.exe")))
+    assert guard(ir.Or((plain, ir.StrMatch("Hashes", "eq", "x"))))[0][0] == (F, "endswith", "\\edr.exe")
+
+
 def test_regex_literals_are_required_parts_only() -> None:
     assert regex_literal(r"Invoke-(Mimikatz|Kerberoast)", frozenset()) == "invoke-"
     assert regex_literal(r"(a|b)cd?e", frozenset()) is None  # 'c' alone is too short
