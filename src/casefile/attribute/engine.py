@@ -29,6 +29,7 @@ from casefile.attribute.models import (
     EvidenceItem,
     GroupHypothesis,
     SponsorHypothesis,
+    TechniqueSighting,
 )
 
 _NOT_FEATURE = re.compile(r"^(?:[GC]\d{4}|intrusion-set--|campaign--)")
@@ -164,20 +165,31 @@ class GroupScore:
 
 
 def score_groups(
-    profiles: Profiles, features: Iterable[str], *, mixture: float, explain: bool = False
+    profiles: Profiles,
+    features: Iterable[str],
+    *,
+    mixture: float,
+    explain: bool = False,
+    confidence: Mapping[str, float] | None = None,
 ) -> list[GroupScore]:
-    """Log-likelihood ratios of every profiled group against the background for a set of seen features."""
+    """Log-likelihood ratios of every profiled group against the background for a set of seen features.
+
+    A feature with `confidence` c < 1 (it may be a false positive) is soft evidence: its ratio r becomes
+    c * r + (1 - c), the likelihood ratio of "seen with probability c" (at c = 0 it weighs nothing).
+    """
     seen = sorted(set(features))
     seen_set = set(seen)
     qs = [profiles.background.get(f, profiles.floor) for f in seen]
+    soft = [min(1.0, max(0.0, (confidence or {}).get(f, 1.0))) for f in seen]
     out = []
     for g in profiles.groups:
         feats = profiles.counts[g]
         share = (1 - mixture) / profiles.totals[g]
         pos = 0.0
         items_for: list[tuple[str, float]] = []
-        for f, q in zip(seen, qs, strict=True):
-            w = math.log((share * feats.get(f, 0) + mixture * q) / q)
+        for f, q, c in zip(seen, qs, soft, strict=True):
+            ratio = (share * feats.get(f, 0) + mixture * q) / q
+            w = math.log(ratio if c >= 1.0 else c * ratio + (1.0 - c))
             pos += w
             if explain:
                 items_for.append((f, w))
@@ -293,7 +305,13 @@ def _label(kb: KnowledgeBase, feature: str) -> str:
 
 
 def _item(
-    kb: KnowledgeBase, profiles: Profiles, group: str, feature: str, weight: float, seen: bool
+    kb: KnowledgeBase,
+    profiles: Profiles,
+    group: str,
+    feature: str,
+    weight: float,
+    seen: bool,
+    sighting: TechniqueSighting | None = None,
 ) -> EvidenceItem:
     kind = "technique" if TECHNIQUE_ID.match(feature) else "software"
     c = profiles.counts[group].get(feature, 0)
@@ -301,6 +319,11 @@ def _item(
     share = profiles.rates.get(feature, 0.0)
     if seen:
         detail = f"seen; in {c} of the group's {r} reports; mean rate over groups {share:.3f}"
+        if sighting is not None and (sighting.count > 1 or sighting.hosts > 1 or sighting.confidence < 1):
+            detail += (
+                f"; {sighting.count} detection{'s' if sighting.count != 1 else ''} on {sighting.hosts} "
+                f"host{'s' if sighting.hosts != 1 else ''}, confidence {sighting.confidence:.2f}"
+            )
     else:
         detail = f"not seen; the group shows it in {c} of {r} reports"
     return EvidenceItem(kind, feature, _label(kb, feature), round(weight, 4), detail)
@@ -318,7 +341,13 @@ def attribute(
     params = params or ModelParams()
     profiles = profiles or build_profiles(kb.group_uses, kb.report_years)
     feats, unprofiled, _unresolved = evidence_features(evidence, kb)
-    scores = score_groups(profiles, feats, mixture=params.mixture, explain=True)
+    sightings: dict[str, TechniqueSighting] = {}
+    for sight in evidence.techniques:
+        tid = sight.technique_id.strip().upper()
+        if tid not in sightings or sight.confidence > sightings[tid].confidence:
+            sightings[tid] = sight
+    confidence = {tid: x.confidence for tid, x in sightings.items() if x.confidence < 1.0}
+    scores = score_groups(profiles, feats, mixture=params.mixture, explain=True, confidence=confidence)
     bonus: dict[str, float] = {}
     indicator_items: dict[str, list[EvidenceItem]] = defaultdict(list)
     for name in evidence.indicator_groups:
@@ -344,8 +373,12 @@ def attribute(
     hypotheses = []
     for s in ranked[: max(0, top)]:
         g = kb.group(s.group_id)
-        for_items = [_item(kb, profiles, s.group_id, f, w, True) for f, w in s.items_for if w > 0]
-        against = [_item(kb, profiles, s.group_id, f, w, True) for f, w in s.items_for if w <= 0]
+        for_items = [
+            _item(kb, profiles, s.group_id, f, w, True, sightings.get(f)) for f, w in s.items_for if w > 0
+        ]
+        against = [
+            _item(kb, profiles, s.group_id, f, w, True, sightings.get(f)) for f, w in s.items_for if w <= 0
+        ]
         absent = sorted(s.items_against, key=lambda fw: fw[1])[: params.against_listed]
         against += [_item(kb, profiles, s.group_id, f, w * params.absence_weight, False) for f, w in absent]
         hypotheses.append(

@@ -8,11 +8,16 @@ from datetime import datetime
 
 @dataclass(frozen=True, slots=True)
 class TechniqueSighting:
-    """An ATT&CK technique seen in the evidence, with how often and on how many hosts."""
+    """An ATT&CK technique seen in the evidence, with how often and on how many hosts.
+
+    `confidence` is the probability that the technique really occurred: 1 for what an analyst states,
+    lower for detections that may be false positives (`casefile.case.attribution.sighting_confidence`).
+    """
 
     technique_id: str  # "T1059.001"
     count: int = 1
     hosts: int = 1
+    confidence: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,30 @@ from casefile.attribute.service import stated_victim
 from casefile.case.investigate import Attributor, StageProgress
 from casefile.case.store import Case, StoredDetection, TechniqueInfo
 from casefile.errors import KnowledgeBaseError
-from casefile.models import Detection, DetectionKind, IngestWarning
+from casefile.models import Detection, DetectionKind, IngestWarning, Level
+
+#: Chance that one detection by a rule of this level is a true sighting of the techniques it tags. SigmaHQ
+#: describes informational and low rules as notable but usually benign activity, high and critical ones as
+#: rarely benign. Set by hand from that guidance: ATT&CK holds no detections to fit it on.
+LEVEL_TRUST: dict[Level, float] = {
+    Level.INFORMATIONAL: 0.1,
+    Level.LOW: 0.25,
+    Level.MEDIUM: 0.5,
+    Level.HIGH: 0.75,
+    Level.CRITICAL: 0.9,
+}
+
+
+def sighting_confidence(trust_per_host: Iterable[float]) -> float:
+    """Probability that a technique occurred, given the most trusted detection of it on each host.
+
+    Hosts count as independent chances, 1 - prod(1 - trust); repeats on one host do not add, because a
+    benign program that trips a rule once trips it again.
+    """
+    miss = 1.0
+    for trust in trust_per_host:
+        miss *= 1.0 - trust
+    return 1.0 - miss
 
 
 def evidence_from(
@@ -25,20 +48,24 @@ def evidence_from(
 ) -> Evidence:
     """What the attribution engine weighs, from a set of detections.
 
-    Techniques are counted per detection and per distinct host; software comes from `attack.sNNNN`
-    tags; groups named by actor-specific rules (`attack.gNNNN`) or by matched indicators' sources
-    count as indicator evidence.
+    Techniques are counted per detection and per distinct host, with a confidence from the rules' levels
+    and the host spread (`sighting_confidence`); software comes from `attack.sNNNN` tags; groups named by
+    actor-specific rules (`attack.gNNNN`) or by matched indicators' sources count as indicator evidence.
     """
     counts: dict[str, int] = defaultdict(int)
     hosts: dict[str, set[str]] = defaultdict(set)
+    trust: dict[str, dict[str, float]] = defaultdict(dict)  # technique -> host -> most trusted detection
     software: list[str] = []
     groups: list[str] = []
     stamps = []
     for d in detections:
         for tid in d.rule.techniques:
             counts[tid] += 1
-            if d.computer:
-                hosts[tid].add(d.computer.lower())
+            host = (d.computer or "").lower()
+            if host:
+                hosts[tid].add(host)
+            level_trust = LEVEL_TRUST.get(d.rule.level, 0.5)
+            trust[tid][host] = max(trust[tid].get(host, 0.0), level_trust)
         software.extend(s for s in d.rule.software if s not in software)
         groups.extend(g for g in d.rule.groups if g not in groups)
         if d.kind is DetectionKind.IOC and d.source and d.source not in groups:
@@ -47,7 +74,12 @@ def evidence_from(
             stamps.append(d.timestamp)
     return Evidence(
         techniques=tuple(
-            TechniqueSighting(tid, count=n, hosts=max(len(hosts[tid]), 1))
+            TechniqueSighting(
+                tid,
+                count=n,
+                hosts=max(len(hosts[tid]), 1),
+                confidence=sighting_confidence(trust[tid].values()),
+            )
             for tid, n in sorted(counts.items())
         ),
         software=tuple(software),
