@@ -17,7 +17,7 @@ from casefile.hunt import RuleSet, ir, load_rules, run_hunt
 from casefile.hunt.engine import RuleIndex, match_event
 from casefile.hunt.parallel import _normalise
 from casefile.hunt.rules import CompiledRule
-from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex, guard, regex_literal, specialise
+from casefile.hunt.vector import NOT, BatchHunter, RawJson, VectorIndex, guard, regex_literal, specialise
 from casefile.models import Detection, Level, RuleInfo
 
 
@@ -80,6 +80,7 @@ EVENTS = [
     {"Image": "c:\\a_b%c.exe", "CommandLine": "", "IpAddress": "10.1.2.3", "Flag": True},
     {"Image": "C:\\Windows\\explorer.exe", "Data": ["one", "two"], "CommandLine": "x\ny"},
     {"Image": "C:\\w\\cmd.exe", "ParentImage": "C:\\w\\cmd.exe", "CommandLine": "0042"},
+    {"Image": "notepad.exe", "CommandLine": "a`b"},
 ]
 
 F = "Image"
@@ -115,6 +116,23 @@ CONDITIONS: list[ir.Node] = [
     ir.Or((ir.StrMatch("image", "contains", "mimikatz"), ir.StrMatch("Command Line", "contains", "ας"))),
     ir.And((ir.NumEq("EventID", 2), ir.StrMatch(F, "contains", "cmd"))),  # EventID decided: never
     ir.Const(True),
+    # negations pushed down to anchors (`vector._negated`): each outcome of a missing, null, list, cased and
+    # non-ASCII value
+    ir.Not(ir.Or((ir.StrMatch(F, "startswith", "c:\\windows"), ir.StrMatch(F, "endswith", "\\cmd.exe")))),
+    ir.Not(ir.StrMatch("ParentImage", "eq", "")),
+    ir.Not(ir.StrMatch("Data", "eq", "two")),
+    ir.Not(ir.StrMatch("Missing", "contains", "x")),
+    ir.Not(ir.And((ir.StrMatch(F, "contains", "windows"), ir.StrMatch("CommandLine", "contains", "whoami")))),
+    ir.Not(ir.StrMatch(F, "contains", "i̇stanbul")),
+    ir.Not(ir.StrMatch("CommandLine", "contains", "whoami", cased=True)),
+    ir.And((ir.StrMatch(F, "endswith", ".exe"), ir.Not(ir.StrMatch(F, "contains", "\\")))),
+    ir.Not(ir.Not(ir.StrMatch(F, "endswith", "mimikatz.exe"))),
+    # an Or of Ands: every choice of one clause per branch is a guard
+    ir.Or((
+        ir.And((ir.StrMatch(F, "endswith", "\\cmd.exe"), ir.StrMatch("CommandLine", "contains", "whoami"))),
+        ir.And((ir.StrMatch(F, "endswith", "katz.exe"), ir.StrMatch("CommandLine", "contains", "sekurlsa"))),
+    )),
+    ir.RegexMatch("CommandLine", r"\w`\w"),  # one rare character as the regex's anchor
 ]
 
 
@@ -146,6 +164,11 @@ def test_every_ir_node_matches_the_reference() -> None:
     # the inline cases really exercise both outcomes
     assert {"rule-0", "rule-7", "rule-8", "rule-9", "rule-11", "rule-25"} <= fired
     assert "rule-29" not in fired
+    negations = {f"rule-{i}" for i in range(31, 40)}
+    assert negations <= fired  # each negation holds on some event...
+    per_rule = {rid: sum(d.rule.id == rid for d in ref) for rid in negations}
+    assert all(0 < n < len(EVENTS) for rid, n in per_rule.items() if rid != "rule-34"), per_rule  # ...not all
+    assert "rule-40" in fired
 
 
 def test_uncertain_structures_go_to_the_exact_path() -> None:
@@ -169,16 +192,38 @@ def test_guards_are_implied_by_their_conditions() -> None:
     clauses = guard(cond)
     assert [(F, "endswith", "\\cmd.exe"), ("OriginalFileName", "eq", "cmd.exe")] in clauses
     assert [("CommandLine", "contains", "/c")] in clauses
-    assert all(a[0] != "User" for c in clauses for a in c)  # a negated test gives no anchor
+    assert [("User", NOT, '[["contains", "system"]]')] in clauses  # holds when no test passes
     assert guard(ir.Or((ir.StrMatch(F, "eq", "a"), ir.CidrMatch("Ip", "10.0.0.0/8")))) == []
+    # negations of inexact anchors (cased, glob, regex) would drop matches: none
+    assert guard(ir.Not(ir.StrMatch(F, "contains", "X", cased=True))) == []
+    assert guard(ir.Not(ir.RegexMatch(F, "abc"))) == []
+    # not (a or b) on one field is one anchor; not (a and b) is a clause of two
+    filters = ir.Or((ir.StrMatch(F, "startswith", "c:\\windows\\"), ir.StrMatch(F, "endswith", ".tmp")))
+    negated = '[["endswith", ".tmp"], ["startswith", "c:\\\\windows\\\\"]]'
+    assert guard(ir.Not(filters)) == [[(F, NOT, negated)]]
+    both = ir.And((ir.StrMatch(F, "contains", "a"), ir.StrMatch("User", "eq", "b")))
+    assert guard(ir.Not(both)) == [[(F, NOT, '[["contains", "a"]]'), ("User", NOT, '[["eq", "b"]]')]]
+
+
+def test_an_or_of_ands_keeps_every_branch_combination() -> None:
+    # Blue Mockingbird's shape: (cmd.exe and 'sc config' ...) or (wmic.exe and ... endswith cor_profiler).
+    # The images alone hold on most process creations; a clause from the command lines prunes them.
+    cl = "CommandLine"
+    cmd = ir.And((ir.StrMatch(F, "endswith", "\\cmd.exe"), ir.StrMatch(cl, "contains", "sc config")))
+    wmic = ir.And((ir.StrMatch(F, "endswith", "\\wmic.exe"), ir.StrMatch(cl, "endswith", "cor_profiler")))
+    clauses = guard(ir.Or((cmd, wmic)))
+    assert len(clauses) == 4
+    assert [("CommandLine", "contains", "sc config"), ("CommandLine", "endswith", "cor_profiler")] in clauses
+    # a clause another one implies is dropped
+    assert guard(ir.Or((cmd, ir.StrMatch(F, "endswith", "\\cmd.exe")))) == [[(F, "endswith", "\\cmd.exe")]]
 
 
 def test_an_or_takes_the_selective_clause_of_each_branch() -> None:
     # EDR-Freeze's shape: "Image contains \\EDR-Freeze and Image endswith .exe" or an imphash; ".exe" holds on
     # nearly every image, so the branch is represented by its rarer clause.
     img = ir.And((ir.StrMatch(F, "contains", "\\EDR-Freeze"), ir.StrMatch(F, "endswith", ".exe")))
-    (clause,) = guard(ir.Or((img, ir.StrMatch("Hashes", "contains", "IMPHASH=1195F7"))))
-    assert clause == [(F, "contains", "\\edr-freeze"), ("Hashes", "contains", "imphash=1195f7")]
+    clauses = guard(ir.Or((img, ir.StrMatch("Hashes", "contains", "IMPHASH=1195F7"))))
+    assert clauses[0] == [(F, "contains", "\\edr-freeze"), ("Hashes", "contains", "imphash=1195f7")]
     plain = ir.And((ir.StrMatch(F, "contains", "\\EDR-Freeze"), ir.StrMatch(F, "endswith", "\\edr.exe")))
     assert guard(ir.Or((plain, ir.StrMatch("Hashes", "eq", "x"))))[0][0] == (F, "endswith", "\\edr.exe")
 
@@ -188,6 +233,7 @@ def test_regex_literals_are_required_parts_only() -> None:
     assert regex_literal(r"(a|b)cd?e", frozenset()) is None  # 'c' alone is too short
     assert regex_literal(r"x?powershell\.exe", frozenset({"i"})) == "powershell.exe"
     assert regex_literal(r"(?x) power shell", frozenset()) is None  # verbose: spaces are markup
+    assert regex_literal(r"\w+`(\w+|-)`", frozenset()) == "`"  # one character, but a rare one
 
 
 def test_specialise_decides_event_id_and_channel() -> None:
@@ -248,3 +294,39 @@ def test_candidate_bit_sets_agree_with_the_owner_sets() -> None:
         }
         assert plan.candidates_bits(_bits(owners)) == plan.candidates(owners)
         assert plan.candidates_bits(0) == list(always)
+
+
+def test_negated_anchors_hold_exactly_when_no_test_passes() -> None:
+    import random
+
+    from casefile.hunt.vector import _FieldAnchors
+
+    rng = random.Random(11)
+    alphabet = "ab\\.x"
+    ops = ["contains", "eq", "startswith", "endswith"]
+    for _ in range(50):
+        anchors = _FieldAnchors()
+        # owner -> its negated anchors, each a list of (op, literal) tests; some owners have two anchors
+        expected: dict[int, list[list[tuple[str, str]]]] = {}
+        for owner in range(rng.randint(1, 30)):
+            for _anchor in range(rng.choice([1, 1, 2])):
+                tests = sorted({
+                    (rng.choice(ops), "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))))
+                    for _ in range(rng.randint(1, 3))
+                })
+                anchors.add(NOT, json.dumps(tests), owner)
+                expected.setdefault(owner, []).append(tests)
+        anchors.finish()
+        for _ in range(200):
+            v = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+            passes = {
+                "contains": v.__contains__, "eq": v.__eq__,
+                "startswith": v.startswith, "endswith": v.endswith,
+            }
+            want = {
+                owner for owner, group in expected.items()
+                if any(not any(passes[op](lit) for op, lit in tests) for tests in group)
+            }
+            got = anchors.negated_bits(v)
+            assert got == sum(1 << o for o in want), v
+        assert anchors.neg_bits == sum(1 << o for o in expected)  # a missing field: every negation holds

@@ -162,18 +162,70 @@ def guard(node: ir.Node) -> list[Clause]:
     if isinstance(node, ir.And):
         return [clause for child in node.children for clause in guard(child)]
     if isinstance(node, ir.Or):
-        merged: Clause = []
-        for child in node.children:
-            clauses = guard(child)
-            if not clauses:
-                return []
-            merged.extend(min(clauses, key=_cost))
-        return [merged]
+        return _either([guard(child) for child in node.children])
+    if isinstance(node, ir.Not):
+        return _negated(node.child)
     return []
 
 
+def _negated(node: ir.Node) -> list[Clause]:
+    """Clauses implied by `not node`: negations pushed down to exact string tests.
+
+    `not (field op lit or field op2 lit2 ...)` becomes one anchor (`NOT`, its tests as JSON) that holds
+    when the field is missing or its lower-cased value passes none of the tests. Only tests an anchor
+    decides exactly qualify (not cased, not glob or regex): negating an over-approximation drops matches.
+    """
+    if isinstance(node, ir.Not):
+        return guard(node.child)
+    children = node.children if isinstance(node, ir.Or) else (node,)
+    by_field: dict[str, list[tuple[str, str]]] = {}
+    rest: list[ir.Node] = []
+    for child in children:
+        if (
+            isinstance(child, ir.StrMatch) and child.field is not None and child.field != RAW
+            and not child.cased and child.op in ("eq", "contains", "startswith", "endswith")
+            and (child.value or child.op == "eq") and child.value == child.value.lower()
+        ):
+            by_field.setdefault(child.field, []).append((child.op, child.value))
+        else:
+            rest.append(child)
+    out: list[Clause] = [[(f, NOT, json.dumps(sorted(set(tests))))] for f, tests in by_field.items()]
+    if isinstance(node, ir.Or):  # not (a or b) = not a and not b
+        out.extend(clause for child in rest for clause in _negated(child))
+    elif isinstance(node, ir.And):  # not (a and b) = not a or not b
+        out.extend(_either([_negated(child) for child in node.children]))
+    return out
+
+
+def _either(alternatives: list[list[Clause]]) -> list[Clause]:
+    """Clauses implied by the Or of alternatives, each given by its own clauses.
+
+    (A1 and A2) or B implies (A1 or B) and (A2 or B): every choice of one clause per alternative, merged,
+    is implied. Each alternative offers its cheapest few, and the product is capped cheapest first.
+    """
+    combos: list[Clause] = [[]]
+    for clauses in alternatives:
+        options = sorted(clauses, key=_cost)[:_OR_OPTIONS]
+        if not options:
+            return []
+        combos = sorted((c + o for c in combos for o in options), key=_cost)[:_OR_COMBOS]
+    return _minimal([list(dict.fromkeys(c)) for c in combos])
+
+
+def _minimal(clauses: list[Clause]) -> list[Clause]:
+    """`clauses` without those a smaller one implies (a superset of another holds whenever it does)."""
+    sets = [frozenset(c) for c in clauses]
+    return [
+        c for i, c in enumerate(clauses)
+        if not any(j != i and sets[j] <= sets[i] and (sets[j] != sets[i] or j < i) for j in range(len(sets)))
+    ]
+
+
 #: Clauses kept per rule: the cheapest few already prune nearly every row.
-MAX_CLAUSES = 3
+MAX_CLAUSES = 4
+#: Clauses each child of an Or offers, and clauses an Or yields at most (see `guard`).
+_OR_OPTIONS = 3
+_OR_COMBOS = 16
 #: Owner ids of anchors: entry position * _SLOTS + clause number.
 _SLOTS = 8
 
@@ -213,6 +265,8 @@ def specialise(node: ir.Node, channel: str | None, event_id: int | None) -> ir.N
 
 #: The pseudo-field of keyword anchors: the raw record text, lower-cased.
 RAW = ""
+#: The op of a negated anchor; its literal is a JSON list of the [op, literal] tests none of which may pass.
+NOT = "not"
 
 
 def _keyword_guard(node: ir.StrMatch) -> list[Clause]:
@@ -229,7 +283,8 @@ def regex_literal(pattern: str, flags: frozenset[str]) -> str | None:
     """The longest ASCII literal every match of `pattern` must contain (lower-cased), if any.
 
     Only top-level literal runs count (no groups, alternations or optional parts), so the literal
-    is in any text the regex finds a match in.
+    is in any text the regex finds a match in. One character is too common to prune, unless it is
+    one of `_RARE_CHARS`.
     """
     flag = re.IGNORECASE if "i" in flags else 0
     try:
@@ -247,9 +302,13 @@ def regex_literal(pattern: str, flags: frozenset[str]) -> str | None:
         if len(text) > len(best):
             best = text
         run = []
-    if "\u03a3" in best or len(best) < 2:
+    if "\u03a3" in best or (len(best) < 2 and best not in _RARE_CHARS):
         return None
     return best.lower()
+
+
+#: Single characters rare enough in log values to be worth a regex's only anchor (PowerShell's escape `).
+_RARE_CHARS = frozenset("`{}$^~")
 
 
 #: Literals nearly every value holds (a file extension at the end of an image path, one or two characters):
@@ -258,10 +317,23 @@ _UBIQUITOUS = re.compile(r"\.[a-z0-9]{1,4}|.{0,2}", re.DOTALL)
 
 
 def _cost(anchors: Iterable[Anchor]) -> float:
-    """How often a clause is expected to hold (lower prunes more): a rough rank, not a probability."""
-    return sum(
-        100.0 if _UBIQUITOUS.fullmatch(lit) else 3.0 if op == "contains" else 1.0 for _, op, lit in anchors
-    )
+    """How often a clause is expected to hold (lower prunes more): a rough rank, not a probability.
+
+    A negated anchor usually holds (a value rarely starts with a given filter's path), unless what it
+    negates is nearly universal (`not Image endswith .exe`, `not Image contains \\`).
+    """
+    return sum(_anchor_cost(op, lit) for _, op, lit in anchors)
+
+
+def _anchor_cost(op: str, lit: str) -> float:
+    if op == NOT:
+        tests = json.loads(lit)
+        if any(o in ("contains", "endswith") and _UBIQUITOUS.fullmatch(t) for o, t in tests):
+            return 10.0
+        return 30.0 if len(tests) >= 3 else 100.0
+    if _UBIQUITOUS.fullmatch(lit):
+        return 100.0
+    return 3.0 if op == "contains" else 1.0
 
 
 @dataclass
@@ -282,8 +354,25 @@ class _FieldAnchors:
     #: (`ſ` matches `s`), so a non-ASCII value makes them candidates.
     fold_unsafe: set[int] = field(default_factory=set)
 
+    #: Negated anchors (`NOT`): the tests of each, indexed as positive anchors under its own id in `neg`;
+    #: `neg_owner[id]` is its owner, `neg_count` how many negated anchors an owner has here, and `neg_bits`
+    #: every such owner as a bit set (all of them hold on a missing field).
+    neg: _FieldAnchors | None = None
+    neg_owner: list[int] = field(default_factory=list)
+    neg_count: dict[int, int] = field(default_factory=dict)
+    neg_bits: int = 0
+
     def add(self, op: str, lit: str, pos: int) -> None:
         self.all.add(pos)
+        if op == NOT:
+            if self.neg is None:
+                self.neg = _FieldAnchors()
+            for test_op, test_lit in json.loads(lit):
+                self.neg.add(test_op, test_lit, len(self.neg_owner))
+            self.neg_owner.append(pos)
+            self.neg_count[pos] = self.neg_count.get(pos, 0) + 1
+            self.neg_bits |= 1 << pos
+            return
         if op == "regex-i":
             self.fold_unsafe.add(pos)
             op = "contains"
@@ -312,6 +401,8 @@ class _FieldAnchors:
     automaton: Any = None
 
     def finish(self) -> None:
+        if self.neg is not None:
+            self.neg.finish()
         pending = self.grams.pop("", [])
         if len(pending) + len(self.short) > _AUTOMATON_MIN:
             owners: dict[str, list[int]] = defaultdict(list)
@@ -332,6 +423,24 @@ class _FieldAnchors:
         for lit, pos in pending:
             rare = min((lit[i:i + _GRAM] for i in range(len(lit) - _GRAM + 1)), key=lambda g: freq[g])
             self.grams.setdefault(rare, []).append((lit, pos))
+
+    def negated_bits(self, v: str) -> int:
+        """Owner bits of the negated anchors that hold on the lower-cased value `v`.
+
+        An anchor fails when one of its tests passes, and an owner holds unless all its negated anchors
+        here fail; the positive tests of `neg` are exact, which is what makes their negation safe.
+        """
+        if self.neg is None:
+            return 0
+        matched: set[int] = set()
+        self.neg.hits(v, matched)
+        if not matched:
+            return self.neg_bits
+        passed: dict[int, int] = {}
+        for i in matched:
+            o = self.neg_owner[i]
+            passed[o] = passed.get(o, 0) + 1
+        return self.neg_bits & ~_bits(o for o, n in passed.items() if n == self.neg_count[o])
 
     def hits(self, v: str, out: set[int]) -> None:
         if self.fold_unsafe and not v.isascii():
@@ -453,8 +562,8 @@ def build_plan(
         cond = specialise(original, channel, event_id)
         if isinstance(cond, ir.Const) and not cond.value:
             continue  # cannot match in this partition
-        clauses = sorted(guard(cond), key=_cost)[:MAX_CLAUSES]
-        clauses = [c for c in clauses if all(f == RAW or sql.col(f) is not None for f, _, _ in c)]
+        clauses = [c for c in guard(cond) if all(f == RAW or sql.col(f) is not None for f, _, _ in c)]
+        clauses = sorted(clauses, key=_cost)[:MAX_CLAUSES]
         if not clauses:
             always.append(pos)
             continue
@@ -693,7 +802,7 @@ class BatchHunter:
             view = views[ri]
             if view.get("EventID") == eid and isinstance(eid, int) and view.get("Channel") == ch:
                 # The partition's specialised guards hold for this event: pre-filter in Python.
-                positions = plan.candidates(self._python_hits(plan, view, records[ri].text))
+                positions = plan.candidates_bits(self._python_hits(plan, view, records[ri].text))
             else:
                 positions = list(range(len(plan.entries)))
             for pos in positions:
@@ -748,6 +857,7 @@ class BatchHunter:
         # are looked up once per query, per field (a pure function of the value, so nothing changes).
         memo: list[dict[str, int]] = [{} for _ in plan.anchors]
         all_bits = [_bits(fa.all) for fa in plan.anchors]
+        missing_bits = [fa.neg_bits for fa in plan.anchors]
         for ri, xs, xt in zip(ri_col, xs_col, xt_col, strict=True):
             hit = 0  # owner bits (see PartitionPlan.candidates_bits)
             if plan.raw is not None:
@@ -759,7 +869,9 @@ class BatchHunter:
                 if t == "OBJECT" and alt is not None:
                     t, v = xt[alt], xs[alt]
                 if t is None:
-                    continue  # missing: every anchor on it is false, as in the reference
+                    # missing: every test on it is false, as in the reference, so its negations hold
+                    hit |= missing_bits[k]
+                    continue
                 if t == "NULL":
                     v = ""
                 elif t not in _PLAIN_TYPES or v is None or (
@@ -770,22 +882,28 @@ class BatchHunter:
                 known = memo[k].get(v)
                 if known is None:
                     found: set[int] = set()
-                    fa.hits(v.lower(), found)
-                    memo[k][v] = known = _bits(found)
+                    low = v.lower()
+                    fa.hits(low, found)
+                    memo[k][v] = known = _bits(found) | fa.negated_bits(low)
                 hit |= known
             for pos in plan.candidates_bits(hit):
                 yield ri, pos
 
 
-    def _python_hits(self, plan: PartitionPlan, view: EventView, text: str) -> set[int]:
-        """Anchor hits on an already normalised event (its values are exact)."""
+    def _python_hits(self, plan: PartitionPlan, view: EventView, text: str) -> int:
+        """Anchor hits, as owner bits, on an already normalised event (its values are exact)."""
         hit: set[int] = set()
+        negated = 0
         if plan.raw is not None:
             self._raw_hits(plan.raw, text, hit)
         for name, fa in plan.by_name.items():
-            for v in view.lowered(name):
+            values = view.lowered(name)
+            if not values:
+                negated |= fa.neg_bits  # missing or an empty list: no value passes any test
+            for v in values:
                 fa.hits(v, hit)
-        return hit
+                negated |= fa.negated_bits(v)
+        return _bits(hit) | negated
 
     @staticmethod
     def _raw_hits(anchors: _FieldAnchors, text: str, hit: set[int]) -> None:
