@@ -22,6 +22,7 @@ ingest does and confirmed by the reference evaluator. The pre-filter must never 
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 import re._constants as re_constants  # type: ignore[import-not-found]  # the parser `re` uses
@@ -201,15 +202,20 @@ def _either(alternatives: list[list[Clause]]) -> list[Clause]:
     """Clauses implied by the Or of alternatives, each given by its own clauses.
 
     (A1 and A2) or B implies (A1 or B) and (A2 or B): every choice of one clause per alternative, merged,
-    is implied. Each alternative offers its cheapest few, and the product is capped cheapest first.
+    is implied. Each alternative offers its cheapest few, and the product is capped cheapest first
+    (a merged clause costs the sum of its parts, so choices are ranked before any is built).
     """
-    combos: list[Clause] = [[]]
+    combos: list[tuple[float, tuple[Clause, ...]]] = [(0.0, ())]
     for clauses in alternatives:
-        options = sorted(clauses, key=_cost)[:_OR_OPTIONS]
+        options = sorted(((_cost(c), c) for c in clauses), key=lambda pair: pair[0])[:_OR_OPTIONS]
         if not options:
             return []
-        combos = sorted((c + o for c in combos for o in options), key=_cost)[:_OR_COMBOS]
-    return _minimal([list(dict.fromkeys(c)) for c in combos])
+        combos = heapq.nsmallest(
+            _OR_COMBOS,
+            ((cost + extra, (*chosen, clause)) for cost, chosen in combos for extra, clause in options),
+            key=lambda pair: pair[0],
+        )
+    return _minimal([list(dict.fromkeys(a for clause in chosen for a in clause)) for _, chosen in combos])
 
 
 def _minimal(clauses: list[Clause]) -> list[Clause]:
