@@ -16,12 +16,14 @@ _SYSTEM_INTS = frozenset(
 )
 
 
-_SCALARS = (str, int, float, list, type(None))
+#: Exact classes of values that are never a mapping (subclasses take the general path).
+_LEAVES = frozenset({str, int, float, bool, list, type(None)})
 
 
 def _is_map(value: Any) -> bool:
-    """`isinstance(value, Mapping)`, without the slow ABC check for the JSON scalars most values are."""
-    return isinstance(value, dict) or (not isinstance(value, _SCALARS) and isinstance(value, Mapping))
+    """`isinstance(value, Mapping)`, without the slow ABC check for the JSON values most are."""
+    cls = value.__class__
+    return cls is dict or (cls not in _LEAVES and isinstance(value, Mapping))
 
 
 def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
@@ -53,7 +55,13 @@ def _event_data_fields(data: Any, fields: dict[str, Any]) -> None:
             put(fields, "Data", data, qualifier="EventData")
         return
     for key, value in data.items():
-        if key == "#attributes" and _is_map(value):
+        if value.__class__ in _LEAVES and key != "#text":
+            # the common case, a named scalar: what the last branch below does, without its type tests
+            if key in fields:
+                put(fields, key, value, qualifier="EventData")
+            else:
+                fields[key] = value
+        elif key == "#attributes" and _is_map(value):
             for attr, attr_value in value.items():
                 put(fields, f"EventData_{attr}", attr_value, qualifier="EventData")
         elif key == "#text":
