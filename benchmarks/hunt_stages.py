@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     con.register("batch", batch)
-    groups = con.sql(vector._ROUTE_GROUP_SQL).fetchall()
+    groups = con.sql(hunter.index.route_sql).fetchall()
     print(f"  {'DuckDB routing query':40} {time.perf_counter() - start:8.2f} s")
     start = time.perf_counter()
     queries = rows = 0
-    for ch, eid, ok, _shape, part_rows, _keys in groups:
+    for ch, eid, ok, _shape, part_rows, _keys, _kws in groups:
         plan = hunter.index.plan(ch, eid) if ok else None
         if plan is None or plan.sql is None or not plan.entries:
             continue

@@ -330,3 +330,55 @@ def test_negated_anchors_hold_exactly_when_no_test_passes() -> None:
             got = anchors.negated_bits(v)
             assert got == sum(1 << o for o in want), v
         assert anchors.neg_bits == sum(1 << o for o in expected)  # a missing field: every negation holds
+
+
+def test_the_keyword_pre_check_finds_what_pythons_lower_case_scan_finds() -> None:
+    """The routing query's pre-check is a case-insensitive RE2 search of the raw text; the scan it gates
+    looks for ASCII literals in Python's `lower()` of the text. Every character Python lower-cases onto
+    an ASCII one (A-Z, the Kelvin sign) must match it in RE2, but the `UNSAFE_LOWER` ones, whose records
+    are always scanned."""
+    import duckdb
+    import pyarrow as pa
+
+    from casefile.hunt.vector import UNSAFE_LOWER
+
+    pairs = [
+        (chr(c), a)
+        for c in range(1, 0x110000)
+        if not 0xD800 <= c <= 0xDFFF and chr(c) not in UNSAFE_LOWER
+        for a in set(chr(c).lower())
+        if a.isascii()
+    ]
+    assert ("K", "k") in pairs and ("\u212a", "k") in pairs and len(pairs) >= 128
+    con = duckdb.connect()
+    patterns = [f"\\x{{{ord(a):x}}}" for _, a in pairs]  # as `_keyword_sql` writes them
+    con.register("pairs", pa.table({"c": [c for c, _ in pairs], "p": patterns}))
+    missed = con.sql("SELECT c, p FROM pairs WHERE NOT regexp_matches(c, p, 'i')").fetchall()
+    assert missed == []
+    # İ lower-cases to 'i' and a combining dot in Python: RE2 does not fold it onto 'i', hence the list
+    assert con.sql("SELECT regexp_matches('\u0130', 'i', 'i')").fetchall() == [(False,)]
+
+
+def test_records_without_a_keyword_skip_the_scan_and_lose_nothing() -> None:
+    kw_info = RuleInfo(id="kw", title="kw", level=Level.MEDIUM, status=None, author=None)
+    img_info = RuleInfo(id="img", title="img", level=Level.MEDIUM, status=None, author=None)
+    route = ir.Route(channels=("Microsoft-Windows-Sysmon/Operational",), event_ids=(1,))
+    cond = ir.Or((ir.StrMatch(None, "contains", "mimi.katz"), ir.StrMatch(None, "contains", "o'x")))
+    img = ir.StrMatch(F, "endswith", "\\cmd.exe")
+    rules = [
+        CompiledRule(kw_info, (ir.Program("kw", "test", route, cond),)),
+        CompiledRule(img_info, (ir.Program("img", "test", route, img),)),
+    ]
+    values = ["MIMI.KATZ here", "mimiXkatz", "O'X", "İ mimi.katz", "plain", "ΑΣ mimi.katz"]
+    records = [
+        RawJson(_evtx_json(1, "Microsoft-Windows-Sysmon/Operational", {"Image": "c:\\cmd.exe", "Cmd": v}, i),
+                i, "k.evtx")
+        for i, v in enumerate(values)
+    ]
+    hunter = BatchHunter(VectorIndex(rules), _normalise)
+    assert "regexp_matches(j, 'mimi\\x{2e}katz|o\\x{27}x', 'i')" in hunter.index.route_sql  # the pre-check
+    fast = hunter.run(records, lambda w: pytest.fail(str(w))).detections
+    index = RuleIndex(rules)
+    ref = [d for r in records for d in match_event(index, _normalise(r, lambda w: None))]  # type: ignore[arg-type]
+    assert [_key(d) for d in fast] == [_key(d) for d in ref]
+    assert sum(d.rule.id == "kw" for d in ref) == 4  # every value but the decoy and the plain one

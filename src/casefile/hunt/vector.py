@@ -69,7 +69,7 @@ SYSTEM_FIELD_NAMES = frozenset(
 )
 _SYSTEM_FOLDED = {n.replace(" ", "").lower(): n for n in SYSTEM_FIELD_NAMES}
 _EVENT_SECTIONS = frozenset({"#attributes", "System", "EventData"})
-# Characters whose Python `str.lower()` DuckDB's `lower()` does not reproduce (checked by a test
+# Characters a case-insensitive RE2 search does not fold as Python's `str.lower()` does (checked by a test
 # over every code point): U+0130 lower-cases to two code points, final sigma depends on context.
 UNSAFE_LOWER = ("\u0130", "\u03a3")
 _PLAIN_TYPES = frozenset({"VARCHAR", "UBIGINT", "BIGINT", "BOOLEAN"})
@@ -277,12 +277,16 @@ NOT = "not"
 
 def _keyword_guard(node: ir.StrMatch) -> list[Clause]:
     """A keyword in some field value implies its JSON-escaped form in the raw record text."""
-    if node.op != "contains" or not node.value:
-        return []
+    lit = keyword_literal(node)
+    return [[(RAW, "contains", lit)]] if lit is not None else []
+
+
+def keyword_literal(node: ir.StrMatch) -> str | None:
+    """The literal a keyword leaf requires in the lower-cased raw record text, if it gives one."""
+    if node.field is not None or node.op != "contains" or not node.value:
+        return None
     escaped = json.dumps(node.value.lower(), ensure_ascii=False)[1:-1]
-    if not escaped.isascii():
-        return []
-    return [[(RAW, "contains", escaped.lower())]]
+    return escaped.lower() if escaped.isascii() else None
 
 
 def regex_literal(pattern: str, flags: frozenset[str]) -> str | None:
@@ -610,6 +614,19 @@ def build_plan(
     )
 
 
+def _keyword_sql(keywords: list[str]) -> str:
+    """SQL on a record's text `j` that is false only when none of `keywords` is in it as `_raw_hits`
+    lower-cases it: a case-insensitive RE2 search, whose folding matches every character Python's `lower()`
+    maps onto an ASCII one but `UNSAFE_LOWER`; a record holding one of those is always scanned.
+    """
+    def literal(ch: str) -> str:  # RE2 syntax: a code point by number is literal whatever it is
+        return ch if ch.isascii() and ch.isalnum() else f"\\x{{{ord(ch):x}}}"
+
+    pattern = "|".join("".join(map(literal, kw)) for kw in keywords)
+    unsafe = " OR ".join(f"contains(j, {_lit(ch)})" for ch in UNSAFE_LOWER)
+    return f"(regexp_matches(j, {_lit(pattern)}, 'i') OR {unsafe})"
+
+
 class VectorIndex:
     """Programs by partition, as `engine.RuleIndex` routes them, with their pre-filter SQL per partition."""
 
@@ -627,6 +644,15 @@ class VectorIndex:
                         self._table[(ch, eid)].append(n)
         self._plans: dict[tuple[str | None, int | None], PartitionPlan] = {}
         self._predicates: list[Predicate | None] = [None] * len(self.entries)
+        # Every keyword literal of every rule: each RAW anchor of any partition is one of them, so a record
+        # holding none needs no scan for keywords.
+        keywords = {
+            lit
+            for e in self.entries
+            for leaf in ir.leaves(e.program.condition)
+            if isinstance(leaf, ir.StrMatch) and (lit := keyword_literal(leaf)) is not None
+        }
+        self.route_sql = _route_group_sql(_keyword_sql(sorted(keywords)) if keywords else "FALSE")
 
     def __getstate__(self) -> dict[str, Any]:
         # Predicates are closures (not picklable); workers rebuild them on first use.
@@ -692,26 +718,32 @@ SELECT ri,
   CASE WHEN left(x[1], 1) = '"' THEN json_extract_string(x[1], '$')
        WHEN x[1] IS NULL OR x[1] = 'null' THEN NULL ELSE '\x00' END AS ch,
   CASE WHEN left(x[2], 1) = '{' THEN x[3] ELSE x[2] END AS eid_x,
-  t[1] AS event_t, t[2] AS data_t, hash(k) AS shape
+  t[1] AS event_t, t[2] AS data_t, hash(k) AS shape, k, vt, kw
 FROM (SELECT ri,
         json_extract(j, ['$.Event.System.Channel', '$.Event.System.EventID',
                          '$.Event.System.EventID.#text']) AS x,
         json_type(j, ['$.Event', '$.Event.EventData']) AS t,
         json_keys(j, ['$.Event', '$.Event.System', '$.Event.EventData']) AS k,
-        json_type(j, '$.Event.EventData.*') AS vt
+        json_type(j, '$.Event.EventData.*') AS vt,
+        {keywords} AS kw
       FROM batch)
 """
 
-_ROUTE_GROUP_SQL = f"""
-SELECT ch, eid, ok, shape, list(ri ORDER BY ri) AS rows, any_value(k) AS keys FROM (
-  SELECT ri, ch, shape, k,
+
+def _route_group_sql(keywords: str) -> str:
+    """Records of table `batch(ri, j)` grouped by partition and structure; `keywords` is SQL on `j` that
+    says whether the record may hold a keyword (`kws`, one per row)."""
+    return f"""
+SELECT ch, eid, ok, shape, list(ri ORDER BY ri) AS rows, any_value(k) AS keys, list(kw ORDER BY ri) AS kws
+FROM (
+  SELECT ri, ch, shape, k, kw,
     CASE WHEN regexp_full_match(eid_s, '0|[1-9][0-9]{{0,17}}') THEN CAST(eid_s AS BIGINT) END AS eid,
     (ch IS NULL OR ch <> '\x00') AND event_t = 'OBJECT' AND coalesce(data_t IN ('OBJECT', 'NULL'), TRUE)
       AND nested = 0 AND eid_s IS NOT NULL AND regexp_full_match(eid_s, '0|[1-9][0-9]{{0,17}}') AS ok
-  FROM (SELECT ri, ch, shape, k, event_t, data_t, nested,
+  FROM (SELECT ri, ch, shape, k, kw, event_t, data_t, nested,
           CASE WHEN left(eid_x, 1) = '"' THEN json_extract_string(eid_x, '$') ELSE eid_x END AS eid_s
         FROM (SELECT *, len(list_filter(vt, lambda v: v IN ('OBJECT', 'ARRAY'))) AS nested
-              FROM ({_ROUTE_SQL.replace("hash(k) AS shape", "hash(k) AS shape, k, vt")})))
+              FROM ({_ROUTE_SQL.replace("{keywords}", keywords)})))
 ) GROUP BY ALL
 """
 
@@ -759,7 +791,7 @@ class BatchHunter:
         })
         self.con.register("batch", batch)
         try:
-            groups = self.con.sql(_ROUTE_GROUP_SQL).fetchall()
+            groups = self.con.sql(self.index.route_sql).fetchall()
         except (duckdb.InvalidInputException, duckdb.ConversionException):
             groups = None  # a record DuckDB cannot parse: let the Python path report it exactly
         finally:
@@ -781,7 +813,7 @@ class BatchHunter:
         if groups is None:
             python_rows = list(range(len(records)))
         else:
-            for ch, eid, ok, shape, rows, keys in groups:
+            for ch, eid, ok, shape, rows, keys, kws in groups:
                 plan = self.index.plan(ch, eid) if ok else None
                 if plan is not None and not plan.entries:
                     sql_rows += len(rows)
@@ -790,7 +822,8 @@ class BatchHunter:
                     python_rows.extend(rows)
                     continue
                 sql_rows += len(rows)
-                for ri, pos in self._prefilter(plan, batch, rows, records):
+                scan = {ri for ri, kw in zip(rows, kws, strict=True) if kw}
+                for ri, pos in self._prefilter(plan, batch, rows, records, scan):
                     n = plan.entries[pos]
                     ev = event(ri)
                     if ev is None:
@@ -840,13 +873,21 @@ class BatchHunter:
             found.append((ri, pos, _detection(self.index.entries[n].info, ev, matched)))
 
     def _prefilter(
-        self, plan: PartitionPlan, batch: pa.Table, rows: list[int], records: Sequence[RawJson]
+        self,
+        plan: PartitionPlan,
+        batch: pa.Table,
+        rows: list[int],
+        records: Sequence[RawJson],
+        scan: set[int],
     ) -> Iterator[tuple[int, int]]:
-        """(row, entry position) pairs the guards cannot rule out, in row order."""
+        """(row, entry position) pairs the guards cannot rule out, in row order.
+
+        Only the rows in `scan` may hold a keyword (the routing query's pre-check): the others skip the
+        scan of their whole text."""
         if plan.sql is None:
             for ri in rows:
                 keyword_hits: set[int] = set()
-                if plan.raw is not None:
+                if plan.raw is not None and ri in scan:
                     self._raw_hits(plan.raw, records[ri].text, keyword_hits)
                 yield from ((ri, pos) for pos in plan.candidates(keyword_hits))
             return
@@ -866,7 +907,7 @@ class BatchHunter:
         missing_bits = [fa.neg_bits for fa in plan.anchors]
         for ri, xs, xt in zip(ri_col, xs_col, xt_col, strict=True):
             hit = 0  # owner bits (see PartitionPlan.candidates_bits)
-            if plan.raw is not None:
+            if plan.raw is not None and ri in scan:
                 raw_hit: set[int] = set()
                 self._raw_hits(plan.raw, records[ri].text, raw_hit)
                 hit = _bits(raw_hit)
