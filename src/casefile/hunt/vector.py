@@ -277,11 +277,11 @@ NOT = "not"
 
 def _keyword_guard(node: ir.StrMatch) -> list[Clause]:
     """A keyword in some field value implies its JSON-escaped form in the raw record text."""
-    lit = keyword_literal(node)
+    lit = _keyword_literal(node)
     return [[(RAW, "contains", lit)]] if lit is not None else []
 
 
-def keyword_literal(node: ir.StrMatch) -> str | None:
+def _keyword_literal(node: ir.StrMatch) -> str | None:
     """The literal a keyword leaf requires in the lower-cased raw record text, if it gives one."""
     if node.field is not None or node.op != "contains" or not node.value:
         return None
@@ -650,7 +650,7 @@ class VectorIndex:
             lit
             for e in self.entries
             for leaf in ir.leaves(e.program.condition)
-            if isinstance(leaf, ir.StrMatch) and (lit := keyword_literal(leaf)) is not None
+            if isinstance(leaf, ir.StrMatch) and (lit := _keyword_literal(leaf)) is not None
         }
         self.route_sql = _route_group_sql(_keyword_sql(sorted(keywords)) if keywords else "FALSE")
 
