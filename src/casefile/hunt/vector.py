@@ -371,6 +371,7 @@ class _FieldAnchors:
     neg_owner: list[int] = field(default_factory=list)
     neg_count: dict[int, int] = field(default_factory=dict)
     neg_bits: int = 0
+    all_bits: int = 0  # `all` as a bit set, once the anchors are all added (`finish`)
 
     def add(self, op: str, lit: str, pos: int) -> None:
         self.all.add(pos)
@@ -411,6 +412,7 @@ class _FieldAnchors:
     automaton: Any = None
 
     def finish(self) -> None:
+        self.all_bits = _bits(self.all)
         if self.neg is not None:
             self.neg.finish()
         pending = self.grams.pop("", [])
@@ -516,23 +518,13 @@ class PartitionPlan:
     need: dict[int, int] = field(default_factory=dict)  # entry position -> clauses to satisfy
     by_name: dict[str, _FieldAnchors] = field(default_factory=dict)  # every field's anchors
 
-    def candidates(self, owners: set[int]) -> list[int]:
-        """Entry positions whose every clause has a hit, plus the unguarded ones, in order."""
-        got: dict[int, int] = {}
-        for o in owners:
-            pos = o // _SLOTS
-            got[pos] = got.get(pos, 0) | (1 << (o % _SLOTS))
-        out = [pos for pos, bits in got.items() if bits.bit_count() == self.need[pos]]
-        out.extend(self.always)
-        out.sort()
-        return out
-
     #: (guarded positions, and per clause number the positions that have that clause), each as a bit
     #: mask with bit pos * _SLOTS per position; built on first use (not pickled state worth keeping)
     _masks: tuple[int, tuple[int, ...]] | None = None
 
     def candidates_bits(self, owners: int) -> list[int]:
-        """`candidates` of an owner bit set (bit o for owner o): the same positions, in order.
+        """Entry positions whose every clause has a hit in `owners` (bit o for owner o), plus the unguarded
+        ones, in order.
 
         A row's hits OR together as integers, and a position survives when, for every clause it needs,
         the clause's bit is set; big-integer operations do that for all positions at once.
@@ -889,7 +881,7 @@ class BatchHunter:
                 keyword_hits: set[int] = set()
                 if plan.raw is not None and ri in scan:
                     self._raw_hits(plan.raw, records[ri].text, keyword_hits)
-                yield from ((ri, pos) for pos in plan.candidates(keyword_hits))
+                yield from ((ri, pos) for pos in plan.candidates_bits(_bits(keyword_hits)))
             return
         part = batch.take(pa.array(rows, pa.int64()))
         self.con.register("part", part)
@@ -903,7 +895,7 @@ class BatchHunter:
         # Logs repeat their values (the same image paths, services, accounts): the anchors one value hits
         # are looked up once per query, per field (a pure function of the value, so nothing changes).
         memo: list[dict[str, int]] = [{} for _ in plan.anchors]
-        all_bits = [_bits(fa.all) for fa in plan.anchors]
+        all_bits = [fa.all_bits for fa in plan.anchors]
         missing_bits = [fa.neg_bits for fa in plan.anchors]
         for ri, xs, xt in zip(ri_col, xs_col, xt_col, strict=True):
             hit = 0  # owner bits (see PartitionPlan.candidates_bits)
