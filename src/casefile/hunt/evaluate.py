@@ -39,7 +39,8 @@ def _fold(name: str) -> str:
     return name.replace(" ", "").lower()
 
 
-def _fold_keys(fields: Mapping[str, Any]) -> dict[str, str]:
+def fold_keys(fields: Mapping[str, Any]) -> dict[str, str]:
+    """The fields' names by folded name (the first of names that fold alike)."""
     out: dict[str, str] = {}
     for k in fields:
         out.setdefault(_fold(k), k)
@@ -51,9 +52,10 @@ class EventView:
 
     __slots__ = ("_folded", "_lower", "fields")
 
-    def __init__(self, fields: Mapping[str, Any]) -> None:
+    def __init__(self, fields: Mapping[str, Any], folded: dict[str, str] | None = None) -> None:
+        """`folded`, if given, must be `fields`' names by folded name (records of one shape share it)."""
         self.fields = fields
-        self._folded: dict[str, str] | None = None
+        self._folded = folded
         self._lower: dict[str, tuple[str, ...]] = {}
 
     def get(self, name: str) -> Any:
@@ -61,7 +63,7 @@ class EventView:
         v = self.fields.get(name, _MISSING)
         if v is _MISSING:
             if self._folded is None:
-                self._folded = _fold_keys(self.fields)
+                self._folded = fold_keys(self.fields)
             real = self._folded.get(_fold(name))
             if real is not None:
                 return self.fields[real]
@@ -75,7 +77,7 @@ class EventView:
         if name in self.fields:
             return name
         if self._folded is None:
-            self._folded = _fold_keys(self.fields)
+            self._folded = fold_keys(self.fields)
         return self._folded.get(_fold(name), name)
 
     def strings(self, name: str) -> tuple[str, ...]:

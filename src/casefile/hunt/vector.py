@@ -1,23 +1,22 @@
-"""Vectorised hunting: batches of raw EVTX records pre-filtered per log-source partition.
+"""Hunting EVTX records in batches, each rule offered only the records its guards cannot rule out.
 
-The reference evaluator (`evaluate.py`) stays the judge. A batch of raw JSON records goes through
-DuckDB once to find each record's partition (channel, event id) and structure; per partition, one
-query extracts the fields the partition's rules test (one JSON parse, no Python decoding). Every
-rule is reduced to *guards*: clauses of anchors (`field endswith '\\cmd.exe'`, `CommandLine
-contains 'mimikatz'`, a keyword in the raw text, a required regex literal) of which each clause
-must hit whenever the rule matches. Anchors of all rules are indexed per field (hash lookups for
-eq/endswith/startswith, rarest 3-gram buckets for contains), so one pass over a record's values
-finds every rule that might match; only those (record, rule) pairs are normalised exactly as
-ingest does and confirmed by the reference evaluator. The pre-filter must never drop a match:
+The reference evaluator (`evaluate.py`) stays the judge. Every record is parsed once and normalised
+exactly as ingest does; its partition (channel, event id) picks the programs the serial engine would
+run on it. Every rule is reduced to *guards*: clauses of anchors (`field endswith '\\cmd.exe'`,
+`CommandLine contains 'mimikatz'`, a keyword in some value, a required regex literal, or a negation:
+none of a field's exact tests passes) of which each clause must hit whenever the rule matches. Anchors
+of all rules of a partition are indexed per field (hash lookups for eq/endswith/startswith, rarest
+3-gram buckets or one Aho-Corasick automaton for contains), so one pass over a record's values finds
+every rule that might match, and the anchors a value hits are remembered for the batch, since logs
+repeat their values. Only the (record, rule) pairs that get through are confirmed by the reference
+evaluator. The pre-filter must never drop a match:
 
-- guards are implied by the condition (a cased test implies the lower-cased one; And keeps all
-  children's clauses, Or merges one clause per child; Not, cidr, numbers give no anchor), and
+- guards are implied by the condition (a cased test implies the lower-cased one, but for a literal
+  holding a capital sigma, whose lower case depends on its neighbours; And keeps all children's
+  clauses, Or keeps one clause of each child; cidr, numbers and field references give no anchor), and
   EventID/Channel tests are decided from the partition before guards are taken;
-- a value whose SQL string may differ from the reference one (lists, objects, floats, odd System
-  integers) makes every anchor on that field a hit;
-- records whose structure the JSON paths cannot mirror exactly (UserData, nested EventData values,
-  names the reference's folded lookup resolves differently, unusual System children) are
-  normalised first and pre-filtered on their exact field values.
+- anchors are matched on the very values the reference tests: the normalised fields, looked up
+  exactly and then by folded name, and their lower-cased string forms.
 """
 
 from __future__ import annotations
@@ -33,93 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ahocorasick
-import duckdb
-import pyarrow as pa
 
 from casefile.hunt import ir
-from casefile.hunt.evaluate import EventView, Predicate, _fold, compile_node
+from casefile.hunt.evaluate import _MISSING, EventView, Predicate, _as_str, compile_node, fold_keys
 from casefile.hunt.rules import CompiledRule
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, RuleInfo
-
-# --- how the evtx-json shape flattens System (mirrors casefile/ingest/shapes/evtx_json.py) ---------
-#: System children whose value (or `#text`) becomes a field of the same name.
-SYSTEM_SCALARS = frozenset(
-    {"EventID", "Version", "Level", "Task", "Opcode", "Keywords", "EventRecordID", "Channel", "Computer"}
-)
-#: System children whose `#attributes` become `<child>_<attribute>` fields.
-SYSTEM_ATTRIBUTES = frozenset({"Provider", "TimeCreated", "Execution", "Security", "Correlation", "EventID"})
-#: Every System child the pre-filter knows; a record with any other child is evaluated in Python.
-SYSTEM_KNOWN = SYSTEM_SCALARS | SYSTEM_ATTRIBUTES
-#: System values the shape converts to int (`as_int`): a string there is only exact when canonical.
-SYSTEM_INTS = frozenset(
-    {"EventID", "Version", "Level", "Task", "Opcode", "EventRecordID", "Execution_ProcessID",
-     "Execution_ThreadID", "EventID_Qualifiers"}
-)
-#: Field names the System section can produce; an EventData key equal to one is renamed by ingest.
-_ATTRIBUTE_NAMES = {
-    "Provider": ("Name", "Guid", "EventSourceName"),
-    "TimeCreated": ("SystemTime",),
-    "Execution": ("ProcessID", "ThreadID", "ProcessorID", "SessionID", "KernelTime", "UserTime"),
-    "Security": ("UserID",),
-    "Correlation": ("ActivityID", "RelatedActivityID"),
-    "EventID": ("Qualifiers",),
-}
-SYSTEM_FIELD_NAMES = frozenset(
-    set(SYSTEM_KNOWN) | {f"{k}_{a}" for k, attrs in _ATTRIBUTE_NAMES.items() for a in attrs}
-)
-_SYSTEM_FOLDED = {n.replace(" ", "").lower(): n for n in SYSTEM_FIELD_NAMES}
-_EVENT_SECTIONS = frozenset({"#attributes", "System", "EventData"})
-# Characters a case-insensitive RE2 search does not fold as Python's `str.lower()` does (checked by a test
-# over every code point): U+0130 lower-cases to two code points, final sigma depends on context.
-UNSAFE_LOWER = ("\u0130", "\u03a3")
-_PLAIN_TYPES = frozenset({"VARCHAR", "UBIGINT", "BIGINT", "BOOLEAN"})
-_CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")
-_JSON_PATH_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _lit(text: str) -> str:
-    """A SQL string literal (rule text, never evidence: evidence is only ever a bound table)."""
-    if "\x00" in text:
-        raise ValueError("NUL in literal")
-    return "'" + text.replace("'", "''") + "'"
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    """Where one rule field lives in the raw record, and the SQL column prefix for it."""
-
-    name: str
-    col: str
-    path: str
-    text_path: str | None  # System scalars may be {"#text": v, "#attributes": ...}
-    system_int: bool
-    event_data: bool
-
-
-def _field_spec(name: str, col: str) -> _Field | None:
-    """The JSON path of a field, or None when no path can name it (the leaf is then unknown)."""
-    if name in SYSTEM_SCALARS:
-        base = f"$.Event.System.{name}"
-        return _Field(name, col, base, f"{base}.#text", name in SYSTEM_INTS, False)
-    head, _, attr = name.partition("_")
-    if attr and head in SYSTEM_ATTRIBUTES and name in SYSTEM_FIELD_NAMES:
-        path = f"$.Event.System.{head}.#attributes.{attr}"
-        return _Field(name, col, path, None, name in SYSTEM_INTS, False)
-    if _fold(name) in _SYSTEM_FOLDED or not _JSON_PATH_KEY.match(name):
-        return None  # a case variant of a System field, or a name a JSON path cannot quote
-    return _Field(name, col, f"$.Event.EventData.{name}", None, False, True)
-
-
-class _Sql:
-    """Compiles IR trees to (possible, certain) SQL boolean pairs over one partition's columns."""
-
-    def __init__(self) -> None:
-        self.fields: dict[str, _Field | None] = {}
-
-    def col(self, name: str) -> _Field | None:
-        if name not in self.fields:
-            self.fields[name] = _field_spec(name, f"f{len(self.fields)}")
-        return self.fields[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +65,8 @@ def guard(node: ir.Node) -> list[Clause]:
     some child (one clause of each child, merged, is implied).
     """
     if isinstance(node, ir.StrMatch):
+        if node.cased and _SIGMA in node.value:
+            return []  # `ΑΣ`.lower() ends in a final sigma: a cased `Σ` in it is no `σ` once lower-cased
         if node.field is None:
             return _keyword_guard(node)
         value = node.value.lower()
@@ -269,24 +188,19 @@ def specialise(node: ir.Node, channel: str | None, event_id: int | None) -> ir.N
     return node
 
 
-#: The pseudo-field of keyword anchors: the raw record text, lower-cased.
+#: The pseudo-field of keyword anchors: every field's value.
 RAW = ""
 #: The op of a negated anchor; its literal is a JSON list of the [op, literal] tests none of which may pass.
 NOT = "not"
+#: Capital sigma lower-cases to `σ`, or to `ς` ending a word: the one letter whose lower case needs context.
+_SIGMA = "\u03a3"
 
 
 def _keyword_guard(node: ir.StrMatch) -> list[Clause]:
-    """A keyword in some field value implies its JSON-escaped form in the raw record text."""
-    lit = _keyword_literal(node)
-    return [[(RAW, "contains", lit)]] if lit is not None else []
-
-
-def _keyword_literal(node: ir.StrMatch) -> str | None:
-    """The literal a keyword leaf requires in the lower-cased raw record text, if it gives one."""
-    if node.field is not None or node.op != "contains" or not node.value:
-        return None
-    escaped = json.dumps(node.value.lower(), ensure_ascii=False)[1:-1]
-    return escaped.lower() if escaped.isascii() else None
+    """A keyword is in the lower-cased value of some field."""
+    if node.op != "contains" or not node.value:
+        return []
+    return [[(RAW, "contains", node.value.lower())]]
 
 
 def regex_literal(pattern: str, flags: frozenset[str]) -> str | None:
@@ -436,6 +350,12 @@ class _FieldAnchors:
             rare = min((lit[i:i + _GRAM] for i in range(len(lit) - _GRAM + 1)), key=lambda g: freq[g])
             self.grams.setdefault(rare, []).append((lit, pos))
 
+    def bits(self, v: str) -> int:
+        """Owner bits of the anchors, positive and negated, that hold on the lower-cased value `v`."""
+        found: set[int] = set()
+        self.hits(v, found)
+        return _bits(found) | self.negated_bits(v)
+
     def negated_bits(self, v: str) -> int:
         """Owner bits of the negated anchors that hold on the lower-cased value `v`.
 
@@ -503,20 +423,15 @@ class _FieldAnchors:
 class PartitionPlan:
     """The programs one (channel, event id) partition is offered, and how to pre-filter them.
 
-    `sql` extracts, from one row of table `part(ri, j)`, each anchored field's decoded string and
-    JSON type (`slots` says where); `anchors[i]` indexes the anchors on the i-th field. `always`
-    are entry positions without a usable guard.
+    `by_name` indexes the anchors on each field, `raw` the keyword anchors (on every field's value);
+    `always` are entry positions without a usable guard.
     """
 
     entries: tuple[int, ...]
-    sql: str | None
-    anchors: tuple[_FieldAnchors, ...]
-    slots: tuple[tuple[int, int | None, bool], ...]  # (value index, `#text` index, System int)
     always: tuple[int, ...]
-    event_data_fields: frozenset[str]
-    raw: _FieldAnchors | None = None  # keyword anchors, on the lower-cased raw record
+    raw: _FieldAnchors | None = None
     need: dict[int, int] = field(default_factory=dict)  # entry position -> clauses to satisfy
-    by_name: dict[str, _FieldAnchors] = field(default_factory=dict)  # every field's anchors
+    by_name: dict[str, _FieldAnchors] = field(default_factory=dict)
 
     #: (guarded positions, and per clause number the positions that have that clause), each as a bit
     #: mask with bit pos * _SLOTS per position; built on first use (not pickled state worth keeping)
@@ -555,8 +470,7 @@ class PartitionPlan:
 def build_plan(
     entries: tuple[int, ...], conditions: Sequence[ir.Node], channel: str | None, event_id: int | None
 ) -> PartitionPlan:
-    """Guards of every condition, grouped by field, and the SQL extracting those fields."""
-    sql = _Sql()
+    """Guards of every condition, their anchors indexed by field."""
     by_field: dict[str, _FieldAnchors] = {}
     always: list[int] = []
     need: dict[int, int] = {}
@@ -564,8 +478,7 @@ def build_plan(
         cond = specialise(original, channel, event_id)
         if isinstance(cond, ir.Const) and not cond.value:
             continue  # cannot match in this partition
-        clauses = [c for c in guard(cond) if all(f == RAW or sql.col(f) is not None for f, _, _ in c)]
-        clauses = sorted(clauses, key=_cost)[:MAX_CLAUSES]
+        clauses = sorted(guard(cond), key=_cost)[:MAX_CLAUSES]
         if not clauses:
             always.append(pos)
             continue
@@ -575,52 +488,12 @@ def build_plan(
                 by_field.setdefault(f, _FieldAnchors()).add(op, lit, pos * _SLOTS + k)
     for fa in by_field.values():
         fa.finish()
-    names = [n for n, known in sql.fields.items() if known is not None and n in by_field]
-    raw = by_field.get(RAW)
-    fields_by_name = {n: fa for n, fa in by_field.items() if n != RAW}
-    ed_fields = frozenset(
-        name
-        for c in conditions
-        for leaf in ir.leaves(c)
-        for name in (getattr(leaf, "field", None), getattr(leaf, "other", None))
-        if isinstance(name, str)
-    )
-    if not names:
-        return PartitionPlan(entries, None, (), (), tuple(always), ed_fields, raw, need, fields_by_name)
-    paths: list[str] = []
-    slots: list[tuple[int, int | None, bool]] = []
-    for n in names:
-        spec = sql.fields[n]
-        assert spec is not None
-        paths.append(spec.path)
-        alt = None
-        if spec.text_path is not None:
-            paths.append(spec.text_path)
-            alt = len(paths) - 1
-        slots.append((len(paths) - 1 - (1 if alt is not None else 0), alt, spec.system_int))
-    path_list = "[" + ", ".join(_lit(p) for p in paths) + "]"
-    query = f"SELECT ri, json_extract_string(j, {path_list}) AS xs, json_type(j, {path_list}) AS xt FROM part"
-    return PartitionPlan(
-        entries, query, tuple(by_field[n] for n in names), tuple(slots), tuple(always), ed_fields, raw, need,
-        fields_by_name,
-    )
-
-
-def _keyword_sql(keywords: list[str]) -> str:
-    """SQL on a record's text `j` that is false only when none of `keywords` is in it as `_raw_hits`
-    lower-cases it: a case-insensitive RE2 search, whose folding matches every character Python's `lower()`
-    maps onto an ASCII one but `UNSAFE_LOWER`; a record holding one of those is always scanned.
-    """
-    def literal(ch: str) -> str:  # RE2 syntax: a code point by number is literal whatever it is
-        return ch if ch.isascii() and ch.isalnum() else f"\\x{{{ord(ch):x}}}"
-
-    pattern = "|".join("".join(map(literal, kw)) for kw in keywords)
-    unsafe = " OR ".join(f"contains(j, {_lit(ch)})" for ch in UNSAFE_LOWER)
-    return f"(regexp_matches(j, {_lit(pattern)}, 'i') OR {unsafe})"
+    raw = by_field.pop(RAW, None)
+    return PartitionPlan(entries, tuple(always), raw, need, by_field)
 
 
 class VectorIndex:
-    """Programs by partition, as `engine.RuleIndex` routes them, with their pre-filter SQL per partition."""
+    """Programs by partition, as `engine.RuleIndex` routes them, with each partition's pre-filter plan."""
 
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.entries: list[Entry] = []
@@ -636,15 +509,6 @@ class VectorIndex:
                         self._table[(ch, eid)].append(n)
         self._plans: dict[tuple[str | None, int | None], PartitionPlan] = {}
         self._predicates: list[Predicate | None] = [None] * len(self.entries)
-        # Every keyword literal of every rule: each RAW anchor of any partition is one of them, so a record
-        # holding none needs no scan for keywords.
-        keywords = {
-            lit
-            for e in self.entries
-            for leaf in ir.leaves(e.program.condition)
-            if isinstance(leaf, ir.StrMatch) and (lit := _keyword_literal(leaf)) is not None
-        }
-        self.route_sql = _route_group_sql(_keyword_sql(sorted(keywords)) if keywords else "FALSE")
 
     def __getstate__(self) -> dict[str, Any]:
         # Predicates are closures (not picklable); workers rebuild them on first use.
@@ -687,11 +551,6 @@ class VectorIndex:
             self._plans[key] = plan
         return plan
 
-    def warm(self) -> None:
-        """Compile the SQL of every partition a route names (cached with the rule set)."""
-        for ch, eid in list(self._table):
-            self.plan(ch, eid)
-
 
 # --- running one batch ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -705,251 +564,131 @@ class RawJson:
 
 Normaliser = Callable[[RawJson, Callable[[IngestWarning], None]], Event | None]
 
-_ROUTE_SQL = """
-SELECT ri,
-  CASE WHEN left(x[1], 1) = '"' THEN json_extract_string(x[1], '$')
-       WHEN x[1] IS NULL OR x[1] = 'null' THEN NULL ELSE '\x00' END AS ch,
-  CASE WHEN left(x[2], 1) = '{' THEN x[3] ELSE x[2] END AS eid_x,
-  t[1] AS event_t, t[2] AS data_t, hash(k) AS shape, k, vt, kw
-FROM (SELECT ri,
-        json_extract(j, ['$.Event.System.Channel', '$.Event.System.EventID',
-                         '$.Event.System.EventID.#text']) AS x,
-        json_type(j, ['$.Event', '$.Event.EventData']) AS t,
-        json_keys(j, ['$.Event', '$.Event.System', '$.Event.EventData']) AS k,
-        json_type(j, '$.Event.EventData.*') AS vt,
-        {keywords} AS kw
-      FROM batch)
-"""
-
-
-def _route_group_sql(keywords: str) -> str:
-    """Records of table `batch(ri, j)` grouped by partition and structure; `keywords` is SQL on `j` that
-    says whether the record may hold a keyword (`kws`, one per row)."""
-    return f"""
-SELECT ch, eid, ok, shape, list(ri ORDER BY ri) AS rows, any_value(k) AS keys, list(kw ORDER BY ri) AS kws
-FROM (
-  SELECT ri, ch, shape, k, kw,
-    CASE WHEN regexp_full_match(eid_s, '0|[1-9][0-9]{{0,17}}') THEN CAST(eid_s AS BIGINT) END AS eid,
-    (ch IS NULL OR ch <> '\x00') AND event_t = 'OBJECT' AND coalesce(data_t IN ('OBJECT', 'NULL'), TRUE)
-      AND nested = 0 AND eid_s IS NOT NULL AND regexp_full_match(eid_s, '0|[1-9][0-9]{{0,17}}') AS ok
-  FROM (SELECT ri, ch, shape, k, kw, event_t, data_t, nested,
-          CASE WHEN left(eid_x, 1) = '"' THEN json_extract_string(eid_x, '$') ELSE eid_x END AS eid_s
-        FROM (SELECT *, len(list_filter(vt, lambda v: v IN ('OBJECT', 'ARRAY'))) AS nested
-              FROM ({_ROUTE_SQL.replace("{keywords}", keywords)})))
-) GROUP BY ALL
-"""
-
-
 @dataclass
 class BatchResult:
     detections: list[Detection] = field(default_factory=list)
     events: int = 0
-    rows_sql: int = 0
-    rows_python: int = 0
     confirmations: int = 0
     not_events: list[int] = field(default_factory=list)  # rows that did not normalise (warned)
 
 
 class BatchHunter:
-    """Hunts batches of raw records with one DuckDB connection (one per worker process)."""
+    """Hunts batches of raw records against one index's partition plans (one per worker process)."""
 
-    def __init__(self, index: VectorIndex, normalise: Normaliser, *, threads: int = 1) -> None:
+    def __init__(self, index: VectorIndex, normalise: Normaliser) -> None:
         self.index = index
         self.normalise = normalise
-        self.con = duckdb.connect(config={"threads": threads})
-        self._shapes: dict[tuple[int, frozenset[str]], bool] = {}
-
-    def close(self) -> None:
-        self.con.close()
-
-    def _shape_ok(self, shape: int, keys: list[list[str] | None] | None, fields: frozenset[str]) -> bool:
-        key = (shape, fields)
-        ok = self._shapes.get(key)
-        if ok is None:
-            ok = keys is not None and len(keys) == 3 and _shape_is_plain(
-                list(keys[0] or ()), list(keys[1] or ()), list(keys[2] or ()), fields
-            )
-            self._shapes[key] = ok
-        return ok
+        # Per anchor index (by id: plans live as long as the index), the owner bits each value string gave.
+        # Emptied per batch, so memory does not grow with the evidence.
+        self._memo: dict[int, dict[str, int]] = {}
+        # Records of one source repeat their field names: the folded-name lookup table is made once per list
+        # of names (per batch, like the memo).
+        self._folded: dict[tuple[str, ...], dict[str, str]] = {}
 
     def run(self, records: Sequence[RawJson], on_warning: Callable[[IngestWarning], None]) -> BatchResult:
         """Detections of one batch, in record order and, per record, in the serial engine's order."""
-        result = BatchResult()
-        if not records:
-            return result
-        batch = pa.table({
-            "ri": pa.array(range(len(records)), pa.int64()),
-            "j": pa.array([r.text.encode() for r in records], pa.binary()).cast(pa.string()),
-        })
-        self.con.register("batch", batch)
-        try:
-            groups = self.con.sql(self.index.route_sql).fetchall()
-        except (duckdb.InvalidInputException, duckdb.ConversionException):
-            groups = None  # a record DuckDB cannot parse: let the Python path report it exactly
-        finally:
-            self.con.unregister("batch")
-        found: list[tuple[int, int, Detection]] = []
-        events: dict[int, Event | None] = {}
-
-        views: dict[int, EventView] = {}  # one per record: its lower-cased values are shared by rules
-
-        def event(ri: int) -> Event | None:
-            if ri not in events:
-                events[ri] = ev = self.normalise(records[ri], on_warning)
-                if ev is not None:
-                    views[ri] = EventView(ev.fields)
-            return events[ri]
-
-        python_rows: list[int] = []
-        sql_rows = 0
-        if groups is None:
-            python_rows = list(range(len(records)))
-        else:
-            for ch, eid, ok, shape, rows, keys, kws in groups:
-                plan = self.index.plan(ch, eid) if ok else None
-                if plan is not None and not plan.entries:
-                    sql_rows += len(rows)
-                    continue
-                if plan is None or not self._shape_ok(shape, keys, plan.event_data_fields):
-                    python_rows.extend(rows)
-                    continue
-                sql_rows += len(rows)
-                scan = {ri for ri, kw in zip(rows, kws, strict=True) if kw}
-                for ri, pos in self._prefilter(plan, batch, rows, records, scan):
-                    n = plan.entries[pos]
-                    ev = event(ri)
-                    if ev is None:
-                        continue
-                    result.confirmations += 1
-                    self._confirm(n, pos, ri, ev, views[ri], found)
-        for ri in python_rows:
-            ev = event(ri)
+        result = BatchResult(events=len(records))
+        self._memo.clear()
+        self._folded.clear()
+        found = result.detections
+        for ri, raw in enumerate(records):
+            ev = self.normalise(raw, on_warning)
             if ev is None:
+                result.not_events.append(ri)
                 continue
-            channel = ev.channel if ev.channel is not None else ev.fields.get("Channel")
-            ch = channel if isinstance(channel, str) else None
-            eid = _event_id(ev)
-            plan = self.index.plan(ch, eid)
-            view = views[ri]
-            if view.get("EventID") == eid and isinstance(eid, int) and view.get("Channel") == ch:
-                # The partition's specialised guards hold for this event: pre-filter in Python.
-                positions = plan.candidates_bits(self._python_hits(plan, view, records[ri].text))
-            else:
-                positions = list(range(len(plan.entries)))
+            shape = tuple(ev.fields)
+            folded = self._folded.get(shape)
+            if folded is None:
+                folded = self._folded[shape] = fold_keys(ev.fields)
+            view = EventView(ev.fields, folded)
+            plan, positions = self._candidates(ev, view)
+            result.confirmations += len(positions)
             for pos in positions:
-                self._confirm(plan.entries[pos], pos, ri, ev, view, found)
-        found.sort(key=lambda t: (t[0], t[1]))
-        result.detections = [d for _, _, d in found]
-        result.not_events = sorted(ri for ri, ev in events.items() if ev is None)
-        result.events = len(records) - len(result.not_events)
-        result.rows_sql, result.rows_python = sql_rows, len(python_rows)
+                self._confirm(plan.entries[pos], ev, view, found)
+        result.events -= len(result.not_events)
         return result
 
     def match_event(self, event: Event) -> list[Detection]:
         """Every routed program on one event, as `engine.match_event` does (non-EVTX inputs)."""
         channel = event.channel if event.channel is not None else event.fields.get("Channel")
         entries = self.index.candidates(channel if isinstance(channel, str) else None, _event_id(event))
-        found: list[tuple[int, int, Detection]] = []
+        found: list[Detection] = []
         view = EventView(event.fields)
-        for pos, n in enumerate(entries):
-            self._confirm(n, pos, 0, event, view, found)
-        return [d for _, _, d in found]
+        for n in entries:
+            self._confirm(n, event, view, found)
+        return found
 
-    def _confirm(
-        self, n: int, pos: int, ri: int, ev: Event, view: EventView, found: list[tuple[int, int, Detection]]
-    ) -> None:
+    def _candidates(self, ev: Event, view: EventView) -> tuple[PartitionPlan, list[int]]:
+        """The event's partition plan and the positions of its entries the guards cannot rule out."""
+        channel = ev.channel if ev.channel is not None else ev.fields.get("Channel")
+        ch = channel if isinstance(channel, str) else None
+        eid = _event_id(ev)
+        plan = self.index.plan(ch, eid)
+        if not plan.entries:
+            return plan, []
+        if view.get("EventID") == eid and isinstance(eid, int) and view.get("Channel") == ch:
+            # The fields hold the partition's event id and channel, as its specialised guards assume.
+            return plan, plan.candidates_bits(self._hits(plan, view))
+        return plan, list(range(len(plan.entries)))
+
+    def _hits(self, plan: PartitionPlan, view: EventView) -> int:
+        """Owner bits of the anchors the event's values hit (see `PartitionPlan.candidates_bits`)."""
+        out = 0
+        fields = view.fields
+        memo = self._memo
+        for name, fa in plan.by_name.items():
+            v = fields.get(name, _MISSING)
+            if v is _MISSING:
+                v = view.get(name)  # the reference's folded-name lookup
+                if v is _MISSING:
+                    out |= fa.neg_bits  # every test on it is false, so its negations hold
+                    continue
+            if type(v) is not str:
+                if isinstance(v, (list, tuple)):
+                    out |= self._list_bits(fa, name, view)
+                    continue
+                v = _as_str(v)
+            seen = memo.get(id(fa))
+            if seen is None:
+                seen = memo[id(fa)] = {}
+            bits = seen.get(v)
+            if bits is None:
+                bits = seen[v] = fa.bits(v.lower())
+            out |= bits
+        raw = plan.raw
+        if raw is not None:  # keywords: any field's value
+            seen = memo.get(id(raw))
+            if seen is None:
+                seen = memo[id(raw)] = {}
+            for name, v in fields.items():
+                if type(v) is not str:
+                    if isinstance(v, (list, tuple)):
+                        out |= self._list_bits(raw, name, view)
+                        continue
+                    v = _as_str(v)
+                bits = seen.get(v)
+                if bits is None:
+                    bits = seen[v] = raw.bits(v.lower())
+                out |= bits
+        return out
+
+    @staticmethod
+    def _list_bits(fa: _FieldAnchors, name: str, view: EventView) -> int:
+        """Owner bits for a list value: any of its elements' string forms."""
+        values = view.lowered(name)
+        if not values:
+            return fa.neg_bits  # an empty list: no value passes any test
+        bits = 0
+        for low in values:
+            bits |= fa.bits(low)
+        return bits
+
+    def _confirm(self, n: int, ev: Event, view: EventView, found: list[Detection]) -> None:
         pred = self.index.predicate(n)
         if pred(view, None):
             matched: dict[str, Any] = {}
             pred(view, matched)
-            found.append((ri, pos, _detection(self.index.entries[n].info, ev, matched)))
-
-    def _prefilter(
-        self,
-        plan: PartitionPlan,
-        batch: pa.Table,
-        rows: list[int],
-        records: Sequence[RawJson],
-        scan: set[int],
-    ) -> Iterator[tuple[int, int]]:
-        """(row, entry position) pairs the guards cannot rule out, in row order.
-
-        Only the rows in `scan` may hold a keyword (the routing query's pre-check): the others skip the
-        scan of their whole text."""
-        if plan.sql is None:
-            for ri in rows:
-                keyword_hits: set[int] = set()
-                if plan.raw is not None and ri in scan:
-                    self._raw_hits(plan.raw, records[ri].text, keyword_hits)
-                yield from ((ri, pos) for pos in plan.candidates_bits(_bits(keyword_hits)))
-            return
-        part = batch.take(pa.array(rows, pa.int64()))
-        self.con.register("part", part)
-        try:
-            out = self.con.sql(plan.sql).to_arrow_table()
-        finally:
-            self.con.unregister("part")
-        ri_col = out.column(0).to_pylist()
-        xs_col = out.column(1).to_pylist()
-        xt_col = out.column(2).to_pylist()
-        # Logs repeat their values (the same image paths, services, accounts): the anchors one value hits
-        # are looked up once per query, per field (a pure function of the value, so nothing changes).
-        memo: list[dict[str, int]] = [{} for _ in plan.anchors]
-        all_bits = [fa.all_bits for fa in plan.anchors]
-        missing_bits = [fa.neg_bits for fa in plan.anchors]
-        for ri, xs, xt in zip(ri_col, xs_col, xt_col, strict=True):
-            hit = 0  # owner bits (see PartitionPlan.candidates_bits)
-            if plan.raw is not None and ri in scan:
-                raw_hit: set[int] = set()
-                self._raw_hits(plan.raw, records[ri].text, raw_hit)
-                hit = _bits(raw_hit)
-            for k, (fa, (i, alt, system_int)) in enumerate(zip(plan.anchors, plan.slots, strict=True)):
-                t, v = xt[i], xs[i]
-                if t == "OBJECT" and alt is not None:
-                    t, v = xt[alt], xs[alt]
-                if t is None:
-                    # missing: every test on it is false, as in the reference, so its negations hold
-                    hit |= missing_bits[k]
-                    continue
-                if t == "NULL":
-                    v = ""
-                elif t not in _PLAIN_TYPES or v is None or (
-                    system_int and t == "VARCHAR" and not _CANONICAL_INT.fullmatch(v)
-                ):
-                    hit |= all_bits[k]  # no exact string form here: the reference decides
-                    continue
-                known = memo[k].get(v)
-                if known is None:
-                    found: set[int] = set()
-                    low = v.lower()
-                    fa.hits(low, found)
-                    memo[k][v] = known = _bits(found) | fa.negated_bits(low)
-                hit |= known
-            for pos in plan.candidates_bits(hit):
-                yield ri, pos
-
-
-    def _python_hits(self, plan: PartitionPlan, view: EventView, text: str) -> int:
-        """Anchor hits, as owner bits, on an already normalised event (its values are exact)."""
-        hit: set[int] = set()
-        negated = 0
-        if plan.raw is not None:
-            self._raw_hits(plan.raw, text, hit)
-        for name, fa in plan.by_name.items():
-            values = view.lowered(name)
-            if not values:
-                negated |= fa.neg_bits  # missing or an empty list: no value passes any test
-            for v in values:
-                fa.hits(v, hit)
-                negated |= fa.negated_bits(v)
-        return _bits(hit) | negated
-
-    @staticmethod
-    def _raw_hits(anchors: _FieldAnchors, text: str, hit: set[int]) -> None:
-        if "\u03a3" in text:  # final-sigma lower-casing depends on the neighbours
-            hit |= anchors.all
-        else:
-            anchors.hits(text.lower(), hit)
+            found.append(_detection(self.index.entries[n].info, ev, matched))
 
 
 def _bits(owners: Iterable[int]) -> int:
@@ -958,25 +697,6 @@ def _bits(owners: Iterable[int]) -> int:
     for o in owners:
         out |= 1 << o
     return out
-
-
-def _shape_is_plain(
-    event_keys: list[str], system_keys: list[str], data_keys: list[str], fields: frozenset[str]
-) -> bool:
-    """Whether the SQL field paths read exactly what ingest's evtx-json shape would put in fields."""
-    if not set(event_keys) <= _EVENT_SECTIONS or "System" not in event_keys:
-        return False
-    if not set(system_keys) <= SYSTEM_KNOWN or "Channel" not in system_keys or "EventID" not in system_keys:
-        return False
-    data = set(data_keys)
-    if "#attributes" in data or "#text" in data or data & SYSTEM_FIELD_NAMES:
-        return False
-    if any(k.startswith(tuple(f"{s}_" for s in SYSTEM_ATTRIBUTES)) for k in data):
-        return False
-    folded = {_fold(k) for k in data} | {_fold(k) for k in SYSTEM_FIELD_NAMES}
-    # The reference's fallback lookup (case and spaces folded) must not find a field the exact
-    # JSON path does not read.
-    return not any(f not in data and f not in SYSTEM_FIELD_NAMES and _fold(f) in folded for f in fields)
 
 
 def _event_id(event: Event) -> int | None:
@@ -1000,7 +720,9 @@ def _detection(info: RuleInfo, event: Event, matched: dict[str, Any]) -> Detecti
         record_id=event.record_id,
         file=event.source_file,
         matched=matched,
-        fields=dict(event.fields),
+        # The event is this batch's own and is dropped after it, so its detections share its fields rather
+        # than copy them (one dict per event, pickled once per task however many rules hit it).
+        fields=event.fields,
     )
 
 
