@@ -169,7 +169,8 @@ def main() -> int:
             "hunt_over_parse": round(wall / parse_s, 1),
             "start_cold_s": round(cold, 2),
             "start_warm_s": round(warm, 2),
-            "summary": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "",
+            # the CLI's summary line, not what native libraries print at interpreter exit
+            "summary": next((ln for ln in reversed(proc.stderr.splitlines()) if ln.startswith("files ")), ""),
         }
     for k, v in result.items():
         print(f"{k:>24}: {v}")

@@ -262,10 +262,13 @@ def _anchor_cost(op: str, lit: str) -> float:
 
 @dataclass
 class _FieldAnchors:
-    """The anchors on one field, indexed so that one row's value is checked against all at once."""
+    """The anchors on one field, indexed so that one value is checked against all at once.
 
-    eq: dict[str, list[int]] = field(default_factory=dict)
-    basename: dict[str, list[int]] = field(default_factory=dict)
+    Owners are kept as bit masks (bit o for owner o), which is what candidate selection ORs together.
+    """
+
+    eq: dict[str, int] = field(default_factory=dict)
+    basename: dict[str, int] = field(default_factory=dict)
     # endswith/startswith literals of >= 3 characters by their last/first 3; shorter ones by length
     ends: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     starts: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
@@ -273,10 +276,9 @@ class _FieldAnchors:
     starts_short: list[tuple[str, int]] = field(default_factory=list)
     short: list[tuple[str, int]] = field(default_factory=list)  # contains, shorter than a gram
     grams: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # contains, by rarest gram
-    all: set[int] = field(default_factory=set)
     #: Case-insensitive regex anchors: Python folds some non-ASCII letters onto ASCII ones
     #: (`ſ` matches `s`), so a non-ASCII value makes them candidates.
-    fold_unsafe: set[int] = field(default_factory=set)
+    fold_unsafe: int = 0
 
     #: Negated anchors (`NOT`): the tests of each, indexed as positive anchors under its own id in `neg`;
     #: `neg_owner[id]` is its owner, `neg_count` how many negated anchors an owner has here, and `neg_bits`
@@ -285,10 +287,11 @@ class _FieldAnchors:
     neg_owner: list[int] = field(default_factory=list)
     neg_count: dict[int, int] = field(default_factory=dict)
     neg_bits: int = 0
-    all_bits: int = 0  # `all` as a bit set, once the anchors are all added (`finish`)
+    all_bits: int = 0  # every owner with an anchor here
 
     def add(self, op: str, lit: str, pos: int) -> None:
-        self.all.add(pos)
+        bit = 1 << pos
+        self.all_bits |= bit
         if op == NOT:
             if self.neg is None:
                 self.neg = _FieldAnchors()
@@ -296,47 +299,46 @@ class _FieldAnchors:
                 self.neg.add(test_op, test_lit, len(self.neg_owner))
             self.neg_owner.append(pos)
             self.neg_count[pos] = self.neg_count.get(pos, 0) + 1
-            self.neg_bits |= 1 << pos
+            self.neg_bits |= bit
             return
         if op == "regex-i":
-            self.fold_unsafe.add(pos)
+            self.fold_unsafe |= bit
             op = "contains"
         if op == "eq":
-            self.eq.setdefault(lit, []).append(pos)
+            self.eq[lit] = self.eq.get(lit, 0) | bit
         elif op == "endswith" and lit.startswith("\\") and lit.count("\\") == 1:
             # `\\name.exe`: the value ends with it exactly when its last path part is it.
-            self.basename.setdefault(lit, []).append(pos)
+            self.basename[lit] = self.basename.get(lit, 0) | bit
         elif op == "endswith" and len(lit) >= _GRAM:
-            self.ends.setdefault(lit[-_GRAM:], []).append((lit, pos))
+            self.ends.setdefault(lit[-_GRAM:], []).append((lit, bit))
         elif op == "endswith":
-            self.ends_short.append((lit, pos))
+            self.ends_short.append((lit, bit))
         elif op == "startswith" and len(lit) >= _GRAM:
-            self.starts.setdefault(lit[:_GRAM], []).append((lit, pos))
+            self.starts.setdefault(lit[:_GRAM], []).append((lit, bit))
         elif op == "startswith":
-            self.starts_short.append((lit, pos))
+            self.starts_short.append((lit, bit))
         elif len(lit) < _GRAM:
-            self.short.append((lit, pos))
+            self.short.append((lit, bit))
         else:
-            self.grams.setdefault("", []).append((lit, pos))  # re-bucketed by finish()
+            self.grams.setdefault("", []).append((lit, bit))  # re-bucketed by finish()
 
     long: list[tuple[str, int]] = field(default_factory=list)
     n_long: int = 0
-    #: Every `contains` literal in one Aho-Corasick automaton (literal -> owners), when there are enough of
-    #: them that one pass over the value beats testing each: then `short` and `grams` are left empty.
+    #: Every `contains` literal in one Aho-Corasick automaton (literal -> owner bits), when there are enough
+    #: of them that one pass over the value beats testing each: then `short` and `grams` are left empty.
     automaton: Any = None
 
     def finish(self) -> None:
-        self.all_bits = _bits(self.all)
         if self.neg is not None:
             self.neg.finish()
         pending = self.grams.pop("", [])
         if len(pending) + len(self.short) > _AUTOMATON_MIN:
-            owners: dict[str, list[int]] = defaultdict(list)
-            for lit, pos in [*pending, *self.short]:
-                owners[lit].append(pos)
+            owners: dict[str, int] = defaultdict(int)
+            for lit, bit in [*pending, *self.short]:
+                owners[lit] |= bit
             auto = ahocorasick.Automaton()
-            for lit, poss in owners.items():
-                auto.add_word(lit, tuple(poss))
+            for lit, bits in owners.items():
+                auto.add_word(lit, bits)
             auto.make_automaton()
             self.automaton = auto
             self.short = []
@@ -346,15 +348,13 @@ class _FieldAnchors:
         for lit, _ in pending:
             for g in {lit[i:i + _GRAM] for i in range(len(lit) - _GRAM + 1)}:
                 freq[g] += 1
-        for lit, pos in pending:
+        for lit, bit in pending:
             rare = min((lit[i:i + _GRAM] for i in range(len(lit) - _GRAM + 1)), key=lambda g: freq[g])
-            self.grams.setdefault(rare, []).append((lit, pos))
+            self.grams.setdefault(rare, []).append((lit, bit))
 
     def bits(self, v: str) -> int:
         """Owner bits of the anchors, positive and negated, that hold on the lower-cased value `v`."""
-        found: set[int] = set()
-        self.hits(v, found)
-        return _bits(found) | self.negated_bits(v)
+        return (self.positive(v) | self.negated_bits(v)) if self.neg is not None else self.positive(v)
 
     def negated_bits(self, v: str) -> int:
         """Owner bits of the negated anchors that hold on the lower-cased value `v`.
@@ -364,59 +364,58 @@ class _FieldAnchors:
         """
         if self.neg is None:
             return 0
-        matched: set[int] = set()
-        self.neg.hits(v, matched)
-        if not matched:
+        failed = self.neg.positive(v)
+        if not failed:
             return self.neg_bits
-        passed: dict[int, int] = {}
-        for i in matched:
-            o = self.neg_owner[i]
-            passed[o] = passed.get(o, 0) + 1
-        return self.neg_bits & ~_bits(o for o, n in passed.items() if n == self.neg_count[o])
+        counts: dict[int, int] = {}
+        while failed:
+            low = failed & -failed
+            o = self.neg_owner[low.bit_length() - 1]
+            counts[o] = counts.get(o, 0) + 1
+            failed ^= low
+        return self.neg_bits & ~_bits(o for o, n in counts.items() if n == self.neg_count[o])
 
-    def hits(self, v: str, out: set[int]) -> None:
-        if self.fold_unsafe and not v.isascii():
-            out |= self.fold_unsafe
-        got = self.eq.get(v)
-        if got:
-            out.update(got)
+    def positive(self, v: str) -> int:
+        """Owner bits of the positive anchors the lower-cased value `v` holds."""
+        out = self.fold_unsafe if self.fold_unsafe and not v.isascii() else 0
+        if self.eq:
+            out |= self.eq.get(v, 0)
         n = len(v)
         if self.basename:
             cut = v.rfind("\\")
             if cut >= 0:
-                got = self.basename.get(v[cut:])
-                if got:
-                    out.update(got)
+                out |= self.basename.get(v[cut:], 0)
         if n >= _GRAM:
-            for lit, pos in self.ends.get(v[-_GRAM:], ()):
+            for lit, bit in self.ends.get(v[-_GRAM:], ()):
                 if v.endswith(lit):
-                    out.add(pos)
-            for lit, pos in self.starts.get(v[:_GRAM], ()):
+                    out |= bit
+            for lit, bit in self.starts.get(v[:_GRAM], ()):
                 if v.startswith(lit):
-                    out.add(pos)
-        for lit, pos in self.ends_short:
+                    out |= bit
+        for lit, bit in self.ends_short:
             if v.endswith(lit):
-                out.add(pos)
-        for lit, pos in self.starts_short:
+                out |= bit
+        for lit, bit in self.starts_short:
             if v.startswith(lit):
-                out.add(pos)
-        for lit, pos in self.short:
+                out |= bit
+        for lit, bit in self.short:
             if lit in v:
-                out.add(pos)
+                out |= bit
         if self.automaton is not None:
-            for _end, owners in self.automaton.iter(v):
-                out.update(owners)
+            for _end, bits in self.automaton.iter(v):
+                out |= bits
         elif self.n_long * 8 <= n:
             # Few literals, long text: searching each is cheaper than listing the text's grams.
-            for lit, pos in self.long:
+            for lit, bit in self.long:
                 if lit in v:
-                    out.add(pos)
+                    out |= bit
         elif self.grams and n >= _GRAM:
             present = {v[i:i + _GRAM] for i in range(n - _GRAM + 1)}
             for g in present.intersection(self.grams):
-                for lit, pos in self.grams[g]:
+                for lit, bit in self.grams[g]:
                     if lit in v:
-                        out.add(pos)
+                        out |= bit
+        return out
 
 
 @dataclass
