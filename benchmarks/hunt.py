@@ -170,7 +170,9 @@ def main() -> int:
             "start_cold_s": round(cold, 2),
             "start_warm_s": round(warm, 2),
             # the CLI's summary line, not what native libraries print at interpreter exit
-            "summary": next((ln for ln in reversed(proc.stderr.splitlines()) if ln.startswith("files ")), ""),
+            "summary": next(
+                (ln[ln.index("files "):] for ln in reversed(proc.stderr.splitlines()) if "files " in ln), ""
+            ),
         }
     for k, v in result.items():
         print(f"{k:>24}: {v}")
