@@ -59,6 +59,14 @@ def test_evtx_sample_identical_with_two_workers(shared_data: Path, all_rules: Ru
     assert _compare(sample, all_rules, workers=2) > 500
 
 
+def test_json_datasets_identical(shared_data: Path, all_rules: RuleSet) -> None:
+    """JSON logs (OTRF's flat shape, zipped) are hunted one event at a time, pre-filtered the same way."""
+    zips = sorted((shared_data / "json").rglob("*.zip"), key=lambda p: (p.stat().st_size, p.name))[:4]
+    if not zips:
+        pytest.skip(f"no JSON datasets under {shared_data / 'json'}")
+    assert _compare(zips, all_rules, workers=1) > 0
+
+
 # --- inline events, one IR node each ----------------------------------------------------------
 
 def _evtx_json(event_id: int, channel: str, data: dict[str, Any] | None, record: int = 1) -> str:

@@ -27,7 +27,7 @@ import re
 import re._constants as re_constants  # type: ignore[import-not-found]  # the parser `re` uses
 import re._parser as re_parser  # type: ignore[import-not-found]
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,7 +159,7 @@ def specialise(node: ir.Node, channel: str | None, event_id: int | None) -> ir.N
     """`node` on the events of one partition: tests of EventID (and Channel equality) decided.
 
     Exact for the rows the pre-filter sees: their `EventID` field is the partition's event id and
-    their `Channel` field its channel (records where either could differ go to the Python path).
+    their `Channel` field its channel (on other records every program of the partition is confirmed).
     """
     if isinstance(node, ir.And | ir.Or):
         kids = [specialise(c, channel, event_id) for c in node.children]
@@ -561,7 +561,11 @@ class RawJson:
     source: str
 
 
+#: Events `match_event` hunts one at a time between two resets of the memo (a batch's worth).
+_MEMO_EVENTS = 20_000
+
 Normaliser = Callable[[RawJson, Callable[[IngestWarning], None]], Event | None]
+
 
 @dataclass
 class BatchResult:
@@ -583,6 +587,7 @@ class BatchHunter:
         # Records of one source repeat their field names: the folded-name lookup table is made once per list
         # of names (per batch, like the memo).
         self._folded: dict[tuple[str, ...], dict[str, str]] = {}
+        self._single = 0  # events hunted one at a time (`match_event`) since the memo was last emptied
 
     def run(self, records: Sequence[RawJson], on_warning: Callable[[IngestWarning], None]) -> BatchResult:
         """Detections of one batch, in record order and, per record, in the serial engine's order."""
@@ -595,11 +600,7 @@ class BatchHunter:
             if ev is None:
                 result.not_events.append(ri)
                 continue
-            shape = tuple(ev.fields)
-            folded = self._folded.get(shape)
-            if folded is None:
-                folded = self._folded[shape] = fold_keys(ev.fields)
-            view = EventView(ev.fields, folded)
+            view = self._view(ev)
             plan, positions = self._candidates(ev, view)
             result.confirmations += len(positions)
             for pos in positions:
@@ -608,14 +609,25 @@ class BatchHunter:
         return result
 
     def match_event(self, event: Event) -> list[Detection]:
-        """Every routed program on one event, as `engine.match_event` does (non-EVTX inputs)."""
-        channel = event.channel if event.channel is not None else event.fields.get("Channel")
-        entries = self.index.candidates(channel if isinstance(channel, str) else None, _event_id(event))
+        """Detections of one event, as `engine.match_event` gives them (inputs other than EVTX)."""
+        self._single += 1
+        if self._single >= _MEMO_EVENTS:  # as a batch would: memory stays bounded
+            self._single = 0
+            self._memo.clear()
+            self._folded.clear()
+        view = self._view(event)
         found: list[Detection] = []
-        view = EventView(event.fields)
-        for n in entries:
-            self._confirm(n, event, view, found)
+        plan, positions = self._candidates(event, view)
+        for pos in positions:
+            self._confirm(plan.entries[pos], event, view, found)
         return found
+
+    def _view(self, ev: Event) -> EventView:
+        shape = tuple(ev.fields)
+        folded = self._folded.get(shape)
+        if folded is None:
+            folded = self._folded[shape] = fold_keys(ev.fields)
+        return EventView(ev.fields, folded)
 
     def _candidates(self, ev: Event, view: EventView) -> tuple[PartitionPlan, list[int]]:
         """The event's partition plan and the positions of its entries the guards cannot rule out."""
@@ -625,8 +637,11 @@ class BatchHunter:
         plan = self.index.plan(ch, eid)
         if not plan.entries:
             return plan, []
-        if view.get("EventID") == eid and isinstance(eid, int) and view.get("Channel") == ch:
-            # The fields hold the partition's event id and channel, as its specialised guards assume.
+        # The plan's guards decide EventID and Channel tests from the partition (`specialise`): they hold
+        # when the fields carry the partition's values, or when the partition leaves them undecided (None).
+        if (eid is None or (type(view.get("EventID")) is int and view.get("EventID") == eid)) and (
+            ch is None or view.get("Channel") == ch
+        ):
             return plan, plan.candidates_bits(self._hits(plan, view))
         return plan, list(range(len(plan.entries)))
 
@@ -723,17 +738,6 @@ def _detection(info: RuleInfo, event: Event, matched: dict[str, Any]) -> Detecti
         # than copy them (one dict per event, pickled once per task however many rules hit it).
         fields=event.fields,
     )
-
-
-def iter_batches(records: Iterable[RawJson], size: int) -> Iterator[list[RawJson]]:
-    batch: list[RawJson] = []
-    for r in records:
-        batch.append(r)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 __all__ = ["BatchHunter", "BatchResult", "Entry", "PartitionPlan", "RawJson", "VectorIndex"]
