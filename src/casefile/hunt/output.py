@@ -26,11 +26,16 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+#: One encoder for every line: `json.dumps` with options builds a new one per call.
+_LINE = json.JSONEncoder(ensure_ascii=False, default=_json_default)
+
+
 def write_jsonl(detections: Iterable[Detection], out: TextIO) -> int:
     """One `Detection.to_record()` JSON object per line."""
     n = 0
+    encode = _LINE.encode
     for d in detections:
-        out.write(json.dumps(d.to_record(), ensure_ascii=False, default=_json_default))
+        out.write(encode(d.to_record()))
         out.write("\n")
         n += 1
     return n
