@@ -356,6 +356,24 @@ def test_negated_anchors_hold_exactly_when_no_test_passes() -> None:
         assert anchors.neg_bits == sum(1 << o for o in expected)  # a missing field: every negation holds
 
 
+def test_joined_values_lower_case_as_each_value_does() -> None:
+    """The keyword scan lower-cases the joined values at once unless a capital sigma is about: for every
+    other character Python's lower() must not depend on the neighbours, the separator included."""
+    from casefile.hunt.vector import _SEP, _SIGMA
+
+    bad = []
+    for c in range(1, 0x110000):
+        ch = chr(c)
+        if 0xD800 <= c <= 0xDFFF or ch == _SIGMA:
+            continue
+        parts = ["A" + ch, ch + "b", ch]
+        if _SEP.join(parts).lower() != _SEP.join(p.lower() for p in parts):
+            bad.append(ch)
+    assert bad == []
+    parts = ["ΑΣ", "Σα"]  # the one context-dependent letter: final at the end of a value, not before it
+    assert _SEP.join(parts).lower() == _SEP.join(p.lower() for p in parts)  # the separator ends a word too
+
+
 def test_keywords_are_matched_in_each_value_as_the_reference_lower_cases_it() -> None:
     kw_info = RuleInfo(id="kw", title="kw", level=Level.MEDIUM, status=None, author=None)
     img_info = RuleInfo(id="img", title="img", level=Level.MEDIUM, status=None, author=None)

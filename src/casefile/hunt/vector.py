@@ -198,7 +198,7 @@ _SIGMA = "\u03a3"
 
 def _keyword_guard(node: ir.StrMatch) -> list[Clause]:
     """A keyword is in the lower-cased value of some field."""
-    if node.op != "contains" or not node.value:
+    if node.op != "contains" or not node.value or _SEP in node.value:
         return []
     return [[(RAW, "contains", node.value.lower())]]
 
@@ -669,21 +669,8 @@ class BatchHunter:
             if bits is None:
                 bits = seen[v] = fa.bits(v.lower())
             out |= bits
-        raw = plan.raw
-        if raw is not None:  # keywords: any field's value
-            seen = memo.get(id(raw))
-            if seen is None:
-                seen = memo[id(raw)] = {}
-            for name, v in fields.items():
-                if type(v) is not str:
-                    if isinstance(v, (list, tuple)):
-                        out |= self._list_bits(raw, name, view)
-                        continue
-                    v = _as_str(v)
-                bits = seen.get(v)
-                if bits is None:
-                    bits = seen[v] = raw.bits(v.lower())
-                out |= bits
+        if plan.raw is not None:
+            out |= plan.raw.positive(_joined_values(view))
         return out
 
     @staticmethod
@@ -703,6 +690,30 @@ class BatchHunter:
             matched: dict[str, Any] = {}
             pred(view, matched)
             found.append(_detection(self.index.entries[n].info, ev, matched))
+
+
+#: Joins an event's values for the keyword scan; no keyword anchor holds it, so no match spans two values.
+_SEP = "\x00"
+
+
+def _joined_values(view: EventView) -> str:
+    """Every field's lower-cased string forms, as the reference's keyword tests see them, in one string.
+
+    Keyword anchors are `contains` literals, so one scan of the joined values finds what a scan of each
+    would. The values are lower-cased one by one when a capital sigma is about, since its lower case
+    depends on its neighbours (which the separator would otherwise be)."""
+    parts: list[str] = []
+    for name, v in view.fields.items():
+        if type(v) is str:
+            parts.append(v)
+        elif isinstance(v, (list, tuple)):
+            parts.extend(view.strings(name))
+        else:
+            parts.append(_as_str(v))
+    text = _SEP.join(parts)
+    if _SIGMA in text:
+        return _SEP.join(p.lower() for p in parts)
+    return text.lower()
 
 
 def _bits(owners: Iterable[int]) -> int:
