@@ -396,3 +396,61 @@ def test_keywords_are_matched_in_each_value_as_the_reference_lower_cases_it() ->
     ref = [d for r in records for d in match_event(index, _normalise(r, lambda w: None))]  # type: ignore[arg-type]
     assert [_key(d) for d in fast] == [_key(d) for d in ref]
     assert sum(d.rule.id == "kw" for d in ref) == 4  # every value but the decoy and the plain one
+
+
+RULES_WITH_CORRELATION = """
+title: Failed logon
+id: f0000000-0000-4000-8000-0000000000f1
+name: failed_logon
+level: low
+logsource: {product: windows, service: security}
+detection:
+    sel: {EventID: 4625}
+    condition: sel
+---
+title: Successful logon
+id: f0000000-0000-4000-8000-0000000000f2
+level: low
+logsource: {product: windows, service: security}
+detection:
+    sel: {EventID: 4624}
+    condition: sel
+---
+title: Many failed logons for one account
+id: f0000000-0000-4000-8000-0000000000f3
+level: high
+correlation:
+    type: event_count
+    rules: [failed_logon]
+    group-by: [TargetUserName]
+    timespan: 5m
+    condition: {gte: 3}
+    generate: true
+"""
+
+
+def test_event_fields_are_left_out_only_where_nothing_reads_them(tmp_path: Path) -> None:
+    """`iter_hunt(event_fields=False)` (what `casefile hunt` asks for) gives the same records, and keeps the
+    fields of the detections a correlation groups."""
+    from casefile.hunt import iter_hunt
+
+    (tmp_path / "rules.yml").write_text(RULES_WITH_CORRELATION, encoding="utf-8")
+    ruleset = load_rules([tmp_path / "rules.yml"])
+    lines = []
+    for i, (eid, user) in enumerate([(4625, "alice")] * 3 + [(4625, "bob"), (4624, "alice")]):
+        record = json.loads(_evtx_json(eid, "Security", {"TargetUserName": user}, record=i + 1))
+        system = record["Event"]["System"]
+        system["TimeCreated"]["#attributes"]["SystemTime"] = f"2024-01-02T03:04:0{i}.000000Z"
+        lines.append(json.dumps(record))
+    evidence = tmp_path / "security.jsonl"
+    evidence.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    full = list(iter_hunt([evidence], ruleset, workers=1))
+    lean = list(iter_hunt([evidence], ruleset, workers=1, event_fields=False))
+    assert [d.to_record() for d in lean] == [d.to_record() for d in full]
+    assert any(d.rule.title == "Many failed logons for one account" for d in lean)  # grouped on a field
+    for d in lean:
+        if d.rule.title == "Failed logon":
+            assert d.fields["TargetUserName"] in ("alice", "bob")  # a correlation reads them
+        elif d.rule.title == "Successful logon":
+            assert dict(d.fields) == {}
+    assert next(d for d in full if d.rule.title == "Successful logon").fields["TargetUserName"] == "alice"

@@ -135,8 +135,10 @@ def hunt_cmd(
     # detections are written as they are found (only counters stay in memory); the table
     # format keeps its rendered rows until the end because rich lays a table out whole
     with _bar() as bar, (output.open("w", encoding="utf-8", newline="") if output else _stdout()) as out:
+        # no output format writes the events' fields (`to_record`), so workers need not send them
         detections = iter_hunt(
-            paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=workers
+            paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=workers,
+            event_fields=False,
         )
         if fmt == "table":
             _render_table(detections, out)

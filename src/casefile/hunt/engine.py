@@ -188,6 +188,7 @@ def iter_hunt(
     progress: Progress | None = None,
     workers: int = 1,
     vectorised: bool = True,
+    event_fields: bool = True,
 ) -> Iterator[Detection]:
     """Detections of every evidence file under `paths`, yielded as they are found.
 
@@ -195,6 +196,8 @@ def iter_hunt(
     as the iterator advances; complete once it is exhausted) and, for correlations, the base hits
     of the rules they reference. Warnings go to `on_warning` and are counted, not stored. With
     `workers > 1` at most a few file groups' results wait in the parent (bounded queue).
+    With `event_fields=False` the fast path leaves `Detection.fields` empty but for the rules
+    correlations read, for callers that do not use it: workers then send far less.
     """
     stats = stats if stats is not None else HuntStats()
     stats.rules_loaded = len(ruleset)
@@ -220,7 +223,9 @@ def iter_hunt(
 
         needed = input_rule_ids(ruleset.correlations) if ruleset.correlations else frozenset()
         rules = [r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed]
-        hits: Iterable[Detection] = vector_hits(evidence, rules, workers=workers, warn=warn, done=done)
+        hits: Iterable[Detection] = vector_hits(
+            evidence, rules, workers=workers, warn=warn, done=done, fields_of=None if event_fields else needed
+        )
     elif workers > 1 and len(evidence) > 1:
         hits = _parallel_hits(evidence, ruleset, min_level, workers, warn, done)
     else:

@@ -81,9 +81,15 @@ class TaskResult:
 class FileHunter:
     """Hunts file groups in the current process (a worker, or the parent with one worker)."""
 
-    def __init__(self, rules: Sequence[CompiledRule], *, batch_records: int = BATCH_RECORDS) -> None:
+    def __init__(
+        self,
+        rules: Sequence[CompiledRule],
+        *,
+        batch_records: int = BATCH_RECORDS,
+        fields_of: frozenset[str] | None = None,
+    ) -> None:
         self.index = VectorIndex(rules)
-        self.hunter = BatchHunter(self.index, _normalise)
+        self.hunter = BatchHunter(self.index, _normalise, fields_of=fields_of)
         self.reader = EvtxReader(threads=1, decode=_keep_text)
         self.batch_records = batch_records
 
@@ -140,9 +146,9 @@ def _groups(evidence: Sequence[EvidenceFile], task_bytes: int) -> Iterator[list[
 _worker: FileHunter | None = None
 
 
-def _init_worker(rules: bytes, batch_records: int) -> None:
+def _init_worker(rules: bytes, batch_records: int, fields_of: frozenset[str] | None) -> None:
     global _worker
-    _worker = FileHunter(pickle.loads(rules), batch_records=batch_records)
+    _worker = FileHunter(pickle.loads(rules), batch_records=batch_records, fields_of=fields_of)
     # The rule set is most of the worker's objects and lives as long as it: out of the collector's sight,
     # the full collections that the batches' allocations trigger do not walk it again and again.
     gc.freeze()
@@ -162,14 +168,16 @@ def vector_hits(
     done: Callable[[EvidenceFile, int], None],
     batch_records: int = BATCH_RECORDS,
     task_bytes: int = TASK_BYTES,
+    fields_of: frozenset[str] | None = None,
 ) -> Iterator[Detection]:
     """Base-rule detections of `rules` over `evidence`, in the serial engine's order.
 
-    Reports warnings and per-file event counts through `warn` and `done`, file by file in order.
+    Reports warnings and per-file event counts through `warn` and `done`, file by file in order. Only
+    detections of the rule ids in `fields_of` carry their event's fields, if it is given.
     """
     groups = _groups(evidence, task_bytes)
     if workers <= 1:
-        hunter = FileHunter(rules, batch_records=batch_records)
+        hunter = FileHunter(rules, batch_records=batch_records, fields_of=fields_of)
         for group in groups:
             yield from _deliver(group, hunter.hunt(group), warn, done)
         return
@@ -178,7 +186,7 @@ def vector_hits(
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker,
         # pickled once here, not once per worker process started
-        initargs=(pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL), batch_records),
+        initargs=(pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL), batch_records, fields_of),
     ) as pool:
         pending: deque[tuple[list[EvidenceFile], Future[TaskResult]]] = deque()
         for group in groups:

@@ -578,9 +578,13 @@ class BatchResult:
 class BatchHunter:
     """Hunts batches of raw records against one index's partition plans (one per worker process)."""
 
-    def __init__(self, index: VectorIndex, normalise: Normaliser) -> None:
+    def __init__(
+        self, index: VectorIndex, normalise: Normaliser, *, fields_of: frozenset[str] | None = None
+    ) -> None:
+        """`fields_of`: the rule ids whose detections carry their event's fields (None: every rule's)."""
         self.index = index
         self.normalise = normalise
+        self.fields_of = fields_of
         # Per anchor index (by id: plans live as long as the index), the owner bits each value string gave.
         # Emptied per batch, so memory does not grow with the evidence.
         self._memo: dict[int, dict[str, int]] = {}
@@ -689,7 +693,8 @@ class BatchHunter:
         if pred(view, None):
             matched: dict[str, Any] = {}
             pred(view, matched)
-            found.append(_detection(self.index.entries[n].info, ev, matched))
+            info = self.index.entries[n].info
+            found.append(_detection(info, ev, matched, self.fields_of is None or info.id in self.fields_of))
 
 
 #: Joins an event's values for the keyword scan; no keyword anchor holds it, so no match spans two values.
@@ -734,7 +739,7 @@ def _event_id(event: Event) -> int | None:
         return None
 
 
-def _detection(info: RuleInfo, event: Event, matched: dict[str, Any]) -> Detection:
+def _detection(info: RuleInfo, event: Event, matched: dict[str, Any], with_fields: bool = True) -> Detection:
     return Detection(
         rule=info,
         kind=DetectionKind.SIGMA,
@@ -747,7 +752,7 @@ def _detection(info: RuleInfo, event: Event, matched: dict[str, Any]) -> Detecti
         matched=matched,
         # The event is this batch's own and is dropped after it, so its detections share its fields rather
         # than copy them (one dict per event, pickled once per task however many rules hit it).
-        fields=event.fields,
+        fields=event.fields if with_fields else {},
     )
 
 
