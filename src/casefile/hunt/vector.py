@@ -1,4 +1,5 @@
-"""Hunting EVTX records in batches, each rule offered only the records its guards cannot rule out.
+"""Hunting EVTX records in batches (other inputs one event at a time), each rule offered only the
+records its guards cannot rule out.
 
 The reference evaluator (`evaluate.py`) stays the judge. Every record is parsed once and normalised
 exactly as ingest does; its partition (channel, event id) picks the programs the serial engine would
@@ -61,8 +62,8 @@ def guard(node: ir.Node) -> list[Clause]:
 
     A clause holds when one of its anchors does; no clauses means no known constraint (the rule
     is then a candidate on every row). Sound because a case-sensitive test implies the same test
-    on lower-cased text, an And needs every child (their clauses are all kept) and an Or needs
-    some child (one clause of each child, merged, is implied).
+    on lower-cased text (but for a capital sigma, which gives no anchor), an And needs every child
+    (their clauses are all kept) and an Or needs some child (one clause of each child is implied).
     """
     if isinstance(node, ir.StrMatch):
         if node.cased and _SIGMA in node.value:
