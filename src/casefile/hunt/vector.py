@@ -288,11 +288,9 @@ class _FieldAnchors:
     neg_owner: list[int] = field(default_factory=list)
     neg_count: dict[int, int] = field(default_factory=dict)
     neg_bits: int = 0
-    all_bits: int = 0  # every owner with an anchor here
 
     def add(self, op: str, lit: str, pos: int) -> None:
         bit = 1 << pos
-        self.all_bits |= bit
         if op == NOT:
             if self.neg is None:
                 self.neg = _FieldAnchors()
@@ -597,19 +595,13 @@ class BatchHunter:
     def run(self, records: Sequence[RawJson], on_warning: Callable[[IngestWarning], None]) -> BatchResult:
         """Detections of one batch, in record order and, per record, in the serial engine's order."""
         result = BatchResult(events=len(records))
-        self._memo.clear()
-        self._folded.clear()
-        found = result.detections
+        self._forget()
         for ri, raw in enumerate(records):
             ev = self.normalise(raw, on_warning)
             if ev is None:
                 result.not_events.append(ri)
                 continue
-            view = self._view(ev)
-            plan, positions = self._candidates(ev, view)
-            result.confirmations += len(positions)
-            for pos in positions:
-                self._confirm(plan.entries[pos], ev, view, found)
+            result.confirmations += self._hunt(ev, result.detections)
         result.events -= len(result.not_events)
         return result
 
@@ -618,14 +610,22 @@ class BatchHunter:
         self._single += 1
         if self._single >= _MEMO_EVENTS:  # as a batch would: memory stays bounded
             self._single = 0
-            self._memo.clear()
-            self._folded.clear()
-        view = self._view(event)
+            self._forget()
         found: list[Detection] = []
-        plan, positions = self._candidates(event, view)
-        for pos in positions:
-            self._confirm(plan.entries[pos], event, view, found)
+        self._hunt(event, found)
         return found
+
+    def _forget(self) -> None:
+        self._memo.clear()
+        self._folded.clear()
+
+    def _hunt(self, ev: Event, found: list[Detection]) -> int:
+        """Append the event's detections to `found`; returns how many candidates were confirmed."""
+        view = self._view(ev)
+        plan, positions = self._candidates(ev, view)
+        for pos in positions:
+            self._confirm(plan.entries[pos], ev, view, found)
+        return len(positions)
 
     def _view(self, ev: Event) -> EventView:
         shape = tuple(ev.fields)
@@ -644,7 +644,8 @@ class BatchHunter:
             return plan, []
         # The plan's guards decide EventID and Channel tests from the partition (`specialise`): they hold
         # when the fields carry the partition's values, or when the partition leaves them undecided (None).
-        if (eid is None or (type(view.get("EventID")) is int and view.get("EventID") == eid)) and (
+        field_eid = view.get("EventID")
+        if (eid is None or (type(field_eid) is int and field_eid == eid)) and (
             ch is None or view.get("Channel") == ch
         ):
             return plan, plan.candidates_bits(self._hits(plan, view))
