@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import ahocorasick
+import ahocorasick_rs
 
 from casefile.hunt import ir
 from casefile.hunt.evaluate import _MISSING, EventView, Predicate, _as_str, compile_node, fold_keys
@@ -52,6 +52,7 @@ Anchor = tuple[str, str, str]  # (field, op, lower-cased literal)
 _GRAM = 3
 #: `contains` literals on one field above which they are searched with an Aho-Corasick automaton.
 _AUTOMATON_MIN = 8
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 Clause = list[Anchor]
@@ -323,9 +324,24 @@ class _FieldAnchors:
 
     long: list[tuple[str, int]] = field(default_factory=list)
     n_long: int = 0
-    #: Every `contains` literal in one Aho-Corasick automaton (literal -> owner bits), when there are enough
-    #: of them that one pass over the value beats testing each: then `short` and `grams` are left empty.
-    automaton: Any = None
+    #: Every `contains` literal in one Aho-Corasick automaton, when there are enough of them that one pass
+    #: over the value beats testing each (then `short` and `grams` are left empty); `auto_words[i]` is the
+    #: automaton's literal i and `auto_bits[i]` its owner bits. The automaton is rebuilt from `auto_words`
+    #: after unpickling (it cannot be pickled).
+    automaton: ahocorasick_rs.AhoCorasick | None = None
+    auto_words: list[str] = field(default_factory=list)
+    auto_bits: list[int] = field(default_factory=list)
+    odd: list[tuple[str, int]] = field(default_factory=list)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["automaton"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.auto_words:
+            self.automaton = ahocorasick_rs.AhoCorasick(self.auto_words)
 
     def finish(self) -> None:
         if self.neg is not None:
@@ -335,11 +351,11 @@ class _FieldAnchors:
             owners: dict[str, int] = defaultdict(int)
             for lit, bit in [*pending, *self.short]:
                 owners[lit] |= bit
-            auto = ahocorasick.Automaton()
-            for lit, bits in owners.items():
-                auto.add_word(lit, bits)
-            auto.make_automaton()
-            self.automaton = auto
+            # A literal with a lone surrogate (YAML's "\\ud800" escape) has no UTF-8 form: tested on its own.
+            self.odd = [(lit, bits) for lit, bits in owners.items() if _SURROGATES.search(lit)]
+            self.auto_words = [lit for lit in owners if not _SURROGATES.search(lit)]
+            self.auto_bits = [owners[lit] for lit in self.auto_words]
+            self.automaton = ahocorasick_rs.AhoCorasick(self.auto_words)
             self.short = []
             return
         self.long, self.n_long = pending, len(pending)
@@ -374,6 +390,23 @@ class _FieldAnchors:
             failed ^= low
         return self.neg_bits & ~_bits(o for o, n in counts.items() if n == self.neg_count[o])
 
+    def _scan(self, automaton: ahocorasick_rs.AhoCorasick, v: str) -> int:
+        """Owner bits of the automaton's literals that `v` holds."""
+        try:
+            found = automaton.find_matches_as_indexes(v, overlapping=True)
+        except UnicodeEncodeError:
+            # A lone surrogate (`json` keeps them) has no UTF-8 form for the automaton; no literal holds
+            # one, so no match spans one, and the parts between them are searched alone.
+            out = 0
+            for part in _SURROGATES.split(v):
+                out |= self._scan(automaton, part)
+            return out
+        bits = self.auto_bits
+        out = 0
+        for i, _start, _end in found:
+            out |= bits[i]
+        return out
+
     def positive(self, v: str) -> int:
         """Owner bits of the positive anchors the lower-cased value `v` holds."""
         out = self.fold_unsafe if self.fold_unsafe and not v.isascii() else 0
@@ -401,8 +434,17 @@ class _FieldAnchors:
             if lit in v:
                 out |= bit
         if self.automaton is not None:
-            for _end, bits in self.automaton.iter(v):
-                out |= bits
+            try:
+                found = self.automaton.find_matches_as_indexes(v, overlapping=True)
+            except UnicodeEncodeError:
+                out |= self._scan(self.automaton, v)
+            else:
+                bits = self.auto_bits
+                for i, _start, _end in found:
+                    out |= bits[i]
+            for lit, bit in self.odd:
+                if lit in v:
+                    out |= bit
         elif self.n_long * 8 <= n:
             # Few literals, long text: searching each is cheaper than listing the text's grams.
             for lit, bit in self.long:
