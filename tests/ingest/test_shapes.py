@@ -170,3 +170,34 @@ def test_record_that_defeats_its_shape_is_a_warning() -> None:
     event = normalise(raw, "a.evtx", warnings.append)
     assert event is None
     assert warnings == [IngestWarning("a.evtx", "record could not be normalised: KeyError: 'System'", 7)]
+
+
+def test_timestamp_fast_path_agrees_with_the_text_path() -> None:
+    """`parse_timestamp` tries `fromisoformat` on the string as it stands first; whatever it takes there,
+    the full text path (padding, long fractions, " UTC", epoch milliseconds) must read as the same instant."""
+    import random
+
+    from casefile.ingest.shapes._common import _LONG_FRACTION, _parse_text, parse_timestamp
+
+    rng = random.Random(5)
+    fractions = ["", ".1", ".123", ".123456", ".1234567", ".12345678901", ",1234567"]
+    zones = ["", "Z", "+02:00", "-0530", " UTC", "+00:00:30", "z", "+24:00"]
+    seen_fast = seen_text = 0
+    for _ in range(20000):
+        date = rng.choice(["2022-07-15", "20220715", "2022-W28-5", "2022-02-30", "2022-7-15"])
+        clock = rng.choice(["T08:12:01", " 08:12:01", "T08:12", "T0812", "T24:00:00", "T08:12:61", ""])
+        text = date + clock + rng.choice(fractions) + rng.choice(zones)
+        text = rng.choice(["", " ", "\t"]) + text + rng.choice(["", " ", "\n"])
+        try:
+            datetime.fromisoformat(text)
+            fast = _LONG_FRACTION.search(text) is None
+        except ValueError:
+            fast = False
+        seen_fast += fast
+        seen_text += not fast
+        assert parse_timestamp(text) == _parse_text(text), text
+    assert seen_fast > 200 and seen_text > 200  # both paths taken
+    ticks = datetime(2022, 7, 15, 8, 12, 1, 299004, tzinfo=UTC)
+    assert parse_timestamp("2022-07-15T08:12:01.2990047Z") == ticks
+    assert parse_timestamp("/Date(1657872721000)/") == datetime(2022, 7, 15, 8, 12, 1, tzinfo=UTC)
+    assert parse_timestamp(" 2022-07-15 08:12:01 UTC ") == datetime(2022, 7, 15, 8, 12, 1, tzinfo=UTC)

@@ -30,6 +30,20 @@ def parse_timestamp(value: Any) -> datetime | None:
             return None
     if not isinstance(value, str):
         return None
+    if _LONG_FRACTION.search(value) is not None:
+        return _parse_text(value)
+    try:
+        # The common case first (a sizeable part of normalising a record): ISO 8601 as EVTX writes it.
+        # Without a long fraction to cut, what `fromisoformat` takes as it stands `_parse_text` reads as
+        # the same instant, and about five times slower.
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        return _parse_text(value)
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _parse_text(value: str) -> datetime | None:
+    """`parse_timestamp` of a string: epoch-millisecond dates, padding, long fractions, a " UTC" suffix."""
     ms = _MS_DATE.match(value.strip())
     if ms:
         return parse_timestamp(int(ms.group(1)) / 1000)
