@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from casefile.hunt import ir
+from casefile.hunt.regexes import search_test
 
 _MISSING = object()
 
@@ -297,11 +298,7 @@ def compile_node(node: ir.Node) -> Predicate:
         flags = 0
         for f in node.flags:
             flags |= {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}[f]
-        rx = re.compile(node.pattern, flags)
-
-        def rtest(s: str) -> bool:
-            return rx.search(s) is not None
-
+        rtest = search_test(node.pattern, flags)
         if node.field is None:
             return _keyword(rtest, True)
         rfield = node.field

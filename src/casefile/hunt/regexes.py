@@ -1,0 +1,138 @@
+"""Regex tests as the evaluator runs them: `re.search` answers, found sooner.
+
+Sigma's `|re` tests only ask whether a value holds a match, never where, which allows two rewrites that
+keep every answer and spare `re`'s backtracking on long values (PowerShell script blocks):
+
+- the characters every match must hold, counted (`\\+.*\\+.*\\+` needs three `+`): a value with fewer
+  cannot match, which `str.count` tells without running the regex;
+- a leading repeat of one character class (`\\w+`(...)`): some match starts with `\\w+` exactly when
+  one starts with a single `\\w` (the last of the run), and `\\w*` can be left out, so the search no
+  longer grows every run of word characters before giving up on it.
+
+Each rewrite is checked by parsing: the rewritten pattern must parse to exactly the intended tree, or
+the pattern is used as written.
+"""
+
+from __future__ import annotations
+
+import re
+import re._constants as re_constants  # type: ignore[import-not-found]  # the parser `re` uses
+import re._parser as re_parser  # type: ignore[import-not-found]
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+#: Characters no other character matches under IGNORECASE (Unicode folding maps none onto them).
+_FOLD_SAFE = frozenset("0123456789!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ \t")
+
+#: A pattern's global inline flags, then one single-character item and its repeat.
+_LEAD = re.compile(
+    r"(?P<flags>(?:\(\?[aiLmsux]+\))*)"
+    r"(?P<item>\\[wWdDsS]|\.|\[\^?\]?(?:\\.|[^\]\\])*\]|[^\\()\[\]{}|^$.*+?])"
+    r"(?P<rep>[*+])\??"
+)
+
+_SINGLE = {re_constants.IN, re_constants.LITERAL, re_constants.NOT_LITERAL, re_constants.ANY}
+_REPEATS = {re_constants.MAX_REPEAT, re_constants.MIN_REPEAT}
+
+
+def search_test(pattern: str, flags: int = 0) -> Callable[[str], bool]:
+    """`lambda s: re.search(pattern, s, flags) is not None`, with the prefilter and rewrite above."""
+    rx = re.compile(pattern, flags)
+    try:
+        parsed = re_parser.parse(pattern, flags)
+    except (re.error, RecursionError, OverflowError):  # pragma: no cover  (re.compile parsed it)
+        return _plain(rx)
+    search = _rewritten(pattern, flags, parsed) or rx.search
+    ignorecase = bool(parsed.state.flags & re.IGNORECASE)
+    need = [(c, n) for c, n in _required(parsed, ignorecase).items() if n]
+    if not need:
+        return lambda s: search(s) is not None
+    if len(need) == 1:
+        (c, n), = need
+        return lambda s: s.count(c) >= n and search(s) is not None
+
+    def test(s: str) -> bool:
+        for c, n in need:
+            if s.count(c) < n:
+                return False
+        return search(s) is not None
+
+    return test
+
+
+def _plain(rx: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda s: rx.search(s) is not None
+
+
+def _required(items: Any, ignorecase: bool) -> Counter[str]:
+    """Characters every match holds, with how many times: top-level literals, non-optional groups and
+    the minimum of repeats. Alternatives, classes and anything else add nothing (so never too many)."""
+    out: Counter[str] = Counter()
+    for op, av in items:
+        if op is re_constants.LITERAL:
+            c = chr(av)
+            if not ignorecase or c in _FOLD_SAFE:
+                out[c] += 1
+        elif op is re_constants.SUBPATTERN:
+            _group, add_flags, del_flags, sub = av
+            if not add_flags and not del_flags:  # a scoped (?i:...) would change what folds
+                out.update(_required(sub, ignorecase))
+        elif op in _REPEATS:
+            lo, _hi, sub = av
+            if lo:
+                inner = _required(sub, ignorecase)
+                for c in inner:
+                    inner[c] *= min(lo, 1000)
+                out.update(inner)
+    return out
+
+
+def _rewritten(pattern: str, flags: int, parsed: Any) -> Callable[[str], re.Match[str] | None] | None:
+    """The search of `pattern` with its leading single-character repeat cut to one (`+`) or none (`*`),
+    when the pattern has one and the rewrite provably parses to that; None otherwise."""
+    items = list(parsed)
+    if not items or items[0][0] not in _REPEATS or _has_backrefs(parsed):
+        return None
+    lo, _hi, sub = items[0][1]
+    if lo not in (0, 1) or len(sub) != 1 or sub[0][0] not in _SINGLE:
+        return None
+    lead = _LEAD.match(pattern)
+    if lead is None:
+        return None
+    keep = lead["item"] if lo == 1 else ""
+    candidate = lead["flags"] + keep + pattern[lead.end():]
+    try:
+        new = re_parser.parse(candidate, flags)
+    except (re.error, RecursionError, OverflowError):
+        return None
+    want = ([sub[0]] if lo == 1 else []) + items[1:]
+    if new.state.flags != parsed.state.flags or _dump(list(new)) != _dump(want):
+        return None
+    return re.compile(candidate, flags).search
+
+
+def _has_backrefs(items: Any) -> bool:
+    for op, av in items:
+        if op in (re_constants.GROUPREF, re_constants.GROUPREF_EXISTS):
+            return True
+        for part in av if isinstance(av, (tuple, list)) else (av,):
+            if isinstance(part, re_parser.SubPattern) and _has_backrefs(part):
+                return True
+            if isinstance(part, list) and any(
+                isinstance(p, re_parser.SubPattern) and _has_backrefs(p) for p in part
+            ):
+                return True
+    return False
+
+
+def _dump(x: Any) -> Any:
+    """A parse tree as plain nested tuples, comparable with `==`."""
+    if isinstance(x, re_parser.SubPattern):
+        return ("sub", tuple(_dump(i) for i in x.data))
+    if isinstance(x, (list, tuple)):
+        return tuple(_dump(i) for i in x)
+    return x
+
+
+__all__ = ["search_test"]
