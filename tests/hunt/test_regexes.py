@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from casefile.hunt import ir, load_rules
-from casefile.hunt.regexes import _required, _rewritten, search_test
+from casefile.hunt.regexes import _required, _rewritten, _subsequence, search_test
 
 _ALPHABET = "aAbz09_ -+`&\"{}^\\.\n\tßſKé"
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
@@ -117,6 +117,12 @@ CASES = [
     (r"[^a]+a", 0),
     (r"(?i:a)+b\+", 0),
     (r"\w++`", 0),  # possessive: left as written
+    (r"(?s)a.*b.*c", 0),  # literals and .* only: [^b]*b
+    (r"\{.*?\{.*\{.*", 0),
+    (r"`.*`.*`", re.IGNORECASE),
+    (r"a.*b.*c", re.IGNORECASE),  # letters under IGNORECASE: left as written
+    (r"\+.*\+x", 0),  # the last .*\+ is followed by x: only the first is cut
+    (r"x.*.*y", 0),
 ]
 
 
@@ -139,6 +145,15 @@ def test_rewrites_and_counts_are_the_intended_ones() -> None:
     assert rewritten(r"\w+(x)\1") is None  # back reference
     assert rewritten(r"\w{2,}x") is None  # only + and * are cut
     assert rewritten(r"\+.*\+") is None  # the lead is a literal, not a repeat
+    def subsequence(pattern: str) -> str | None:
+        search = _subsequence(P.parse(pattern, 0))
+        return None if search is None else search.__self__.pattern  # type: ignore[attr-defined]
+
+    assert subsequence(r"\+.*\+.*?\+") == r"\+[^\+\n]*\+[^\+\n]*\+"
+    assert subsequence(r"(?s)a.*b") == "a[^b]*b"
+    assert subsequence(r"\+.*\+x") is None
+    assert subsequence(r"\+.*\+x.*\+") == r"\+.*\+x[^\+\n]*\+"
+    assert subsequence(r"(?i)a.*b") is None
     assert dict(_required(P.parse(r"\+.*\+(ab){3}", 0), False)) == {"+": 2, "a": 3, "b": 3}
     assert dict(_required(P.parse(r"(?i)&S&(x|y)", 0), True)) == {"&": 2}
 

@@ -7,7 +7,11 @@ keep every answer and spare `re`'s backtracking on long values (PowerShell scrip
   cannot match, which `str.count` tells without running the regex;
 - a leading repeat of one character class (`\\w+`(...)`): some match starts with `\\w+` exactly when
   one starts with a single `\\w` (the last of the run), and `\\w*` can be left out, so the search no
-  longer grows every run of word characters before giving up on it.
+  longer grows every run of word characters before giving up on it;
+- a pattern of literals and `.*` only (`\\+.*\\+.*\\+`, obfuscation rules counting characters on one
+  line): `.*x` followed by `.*` or the end finds a match exactly when `[^x\\n]*x` does (the first `x`
+  leaves the rest the most room), and the latter never backtracks, where the former tries every
+  combination of `x`s before failing.
 
 Each rewrite is checked by parsing: the rewritten pattern must parse to exactly the intended tree, or
 the pattern is used as written.
@@ -43,7 +47,7 @@ def search_test(pattern: str, flags: int = 0) -> Callable[[str], bool]:
         parsed = re_parser.parse(pattern, flags)
     except (re.error, RecursionError, OverflowError):  # pragma: no cover  (re.compile parsed it)
         return _plain(rx)
-    search = _rewritten(pattern, flags, parsed) or rx.search
+    search = _rewritten(pattern, flags, parsed) or _subsequence(parsed) or rx.search
     ignorecase = bool(parsed.state.flags & re.IGNORECASE)
     need = [(c, n) for c, n in _required(parsed, ignorecase).items() if n]
     if not need:
@@ -110,6 +114,44 @@ def _rewritten(pattern: str, flags: int, parsed: Any) -> Callable[[str], re.Matc
     if new.state.flags != parsed.state.flags or _dump(list(new)) != _dump(want):
         return None
     return re.compile(candidate, flags).search
+
+
+def _is_dot_star(item: tuple[Any, Any]) -> bool:
+    op, av = item
+    return op in _REPEATS and av[0] == 0 and av[1] == re_constants.MAXREPEAT and list(av[2]) == [
+        (re_constants.ANY, None)
+    ]
+
+
+def _subsequence(parsed: Any) -> Callable[[str], re.Match[str] | None] | None:
+    """The search of a pattern made of literals and `.*` only, each `.*x` followed by `.*` or the end
+    searched as `[^x\\n]*x` (`[^x]*x` under DOTALL); None for any other pattern, or nothing to cut."""
+    items = list(parsed)
+    flags = parsed.state.flags
+    ignorecase = bool(flags & re.IGNORECASE)
+    if not items or not all(op is re_constants.LITERAL or _is_dot_star((op, av)) for op, av in items):
+        return None
+    newline = "" if flags & re.DOTALL else "\\n"
+    parts: list[str] = []
+    cut = False
+    for i, (op, av) in enumerate(items):
+        if op is re_constants.LITERAL:
+            parts.append(re.escape(chr(av)))
+            continue
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        after = items[i + 2] if i + 2 < len(items) else None
+        if (
+            nxt is not None and nxt[0] is re_constants.LITERAL
+            and (not ignorecase or chr(nxt[1]) in _FOLD_SAFE)
+            and (after is None or _is_dot_star(after))
+        ):
+            parts.append(f"[^{re.escape(chr(nxt[1]))}{newline}]*")
+            cut = True
+        else:
+            parts.append(".*")
+    if not cut:
+        return None
+    return re.compile("".join(parts), flags).search
 
 
 def _has_backrefs(items: Any) -> bool:
