@@ -201,3 +201,23 @@ def test_timestamp_fast_path_agrees_with_the_text_path() -> None:
     assert parse_timestamp("2022-07-15T08:12:01.2990047Z") == ticks
     assert parse_timestamp("/Date(1657872721000)/") == datetime(2022, 7, 15, 8, 12, 1, tzinfo=UTC)
     assert parse_timestamp(" 2022-07-15 08:12:01 UTC ") == datetime(2022, 7, 15, 8, 12, 1, tzinfo=UTC)
+
+
+def test_system_elements_with_text_attributes_and_children() -> None:
+    """Every part of a System element is kept: attributes, text, and the rare nested child element."""
+    record = {"Event": {"System": {
+        "Provider": {"#attributes": {"Name": "P"}, "Extra": {"Inner": "x"}, "Note": "n"},
+        "EventID": {"#attributes": {"Qualifiers": "16384"}, "#text": "4624"},
+        "Version": "0x2",
+        "Correlation": {"#attributes": None},
+        "Channel": "Security",
+        "Keywords": {"#text": "0x8020000000000000"},
+    }}}
+    event = normalise(RawRecord(index=1, data=record, shape="evtx-json"), "t.evtx", lambda w: None)
+    assert event is not None
+    assert list(event.fields.items()) == [
+        ("Provider_Name", "P"), ("Inner", "x"), ("Provider_Note", "n"),
+        ("EventID_Qualifiers", 16384), ("EventID", 4624), ("Version", 2),
+        ("Channel", "Security"), ("Keywords", "0x8020000000000000"),
+    ]
+    assert (event.event_id, event.channel, event.provider) == (4624, "Security", "P")

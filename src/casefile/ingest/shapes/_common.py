@@ -59,6 +59,8 @@ def _parse_text(value: str) -> datetime | None:
 
 def as_int(value: Any) -> int | None:
     """An int from an int or a decimal/hex string (forwarded events carry System ints as text)."""
+    if value.__class__ is int:  # the common case, before the slower isinstance tests
+        return value  # type: ignore[no-any-return]
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -76,6 +78,8 @@ def as_int(value: Any) -> int | None:
 
 def as_str(value: Any) -> str | None:
     """A non-empty string form of a scalar, None for null/empty/containers."""
+    if value.__class__ is str:  # the common case, before the slower isinstance tests
+        return value or None  # type: ignore[no-any-return]
     if value is None or isinstance(value, dict | list):
         return None
     text = value if isinstance(value, str) else str(value)

@@ -29,20 +29,24 @@ def _is_map(value: Any) -> bool:
 def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
     """`Provider.#attributes.Name` -> `Provider_Name`, `EventID.#text` -> `EventID`, scalars as is."""
     for key, value in system.items():
-        if _is_map(value):
+        cls = value.__class__
+        if cls is dict or (cls not in _LEAVES and isinstance(value, Mapping)):
             attrs = value.get("#attributes")
-            if _is_map(attrs):
+            if attrs is not None and _is_map(attrs):
                 for attr, attr_value in attrs.items():
                     fields[f"{key}_{attr}"] = attr_value
+            markup = int("#attributes" in value)
             if "#text" in value:
                 fields[key] = value["#text"]
-            for child, child_value in value.items():
-                if child not in ("#attributes", "#text"):
-                    flatten_leaves(child_value, fields, qualifier=f"System_{key}", name=f"{key}_{child}")
+                markup += 1
+            if len(value) > markup:  # children other than #attributes and #text (rare)
+                for child, child_value in value.items():
+                    if child not in ("#attributes", "#text"):
+                        flatten_leaves(child_value, fields, qualifier=f"System_{key}", name=f"{key}_{child}")
         else:
             fields[key] = value
     for key in _SYSTEM_INTS:
-        if key in fields and not isinstance(fields[key], int):
+        if key in fields and fields[key].__class__ is not int and not isinstance(fields[key], int):
             number = as_int(fields[key])
             if number is not None:
                 fields[key] = number
