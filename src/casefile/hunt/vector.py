@@ -470,6 +470,9 @@ class PartitionPlan:
     entries: tuple[int, ...]
     always: tuple[int, ...]
     raw: _FieldAnchors | None = None
+    #: Whether some keyword anchor could lie in an integer's decimal form (digits and `-` only): if
+    #: not, integer values are left out of the keyword scan.
+    raw_ints: bool = True
     need: dict[int, int] = field(default_factory=dict)  # entry position -> clauses to satisfy
     by_name: dict[str, _FieldAnchors] = field(default_factory=dict)
 
@@ -514,6 +517,7 @@ def build_plan(
     by_field: dict[str, _FieldAnchors] = {}
     always: list[int] = []
     need: dict[int, int] = {}
+    raw_literals: list[str] = []
     for pos, original in enumerate(conditions):
         cond = specialise(original, channel, event_id)
         if isinstance(cond, ir.Const) and not cond.value:
@@ -526,10 +530,13 @@ def build_plan(
         for k, clause in enumerate(clauses):
             for f, op, lit in clause:
                 by_field.setdefault(f, _FieldAnchors()).add(op, lit, pos * _SLOTS + k)
+                if f == RAW:
+                    raw_literals.append(lit)
     for fa in by_field.values():
         fa.finish()
     raw = by_field.pop(RAW, None)
-    return PartitionPlan(entries, tuple(always), raw, need, by_field)
+    raw_ints = any(set(lit) <= _INT_CHARS for lit in raw_literals)
+    return PartitionPlan(entries, tuple(always), raw, raw_ints, need, by_field)
 
 
 class VectorIndex:
@@ -718,7 +725,7 @@ class BatchHunter:
                 bits = seen[v] = fa.bits(v.lower())
             out |= bits
         if plan.raw is not None:
-            out |= plan.raw.positive(_joined_values(view))
+            out |= plan.raw.positive(_joined_values(view, plan.raw_ints))
         return out
 
     @staticmethod
@@ -741,20 +748,25 @@ class BatchHunter:
             found.append(_detection(info, ev, matched, self.fields_of is None or info.id in self.fields_of))
 
 
+_INT_CHARS = frozenset("0123456789-")
+
 #: Joins an event's values for the keyword scan; no keyword anchor holds it, so no match spans two values.
 _SEP = "\x00"
 
 
-def _joined_values(view: EventView) -> str:
+def _joined_values(view: EventView, ints: bool = True) -> str:
     """Every field's lower-cased string forms, as the reference's keyword tests see them, in one string.
 
     Keyword anchors are `contains` literals, so one scan of the joined values finds what a scan of each
     would. The values are lower-cased one by one when a capital sigma is about, since its lower case
-    depends on its neighbours (which the separator would otherwise be)."""
+    depends on its neighbours (which the separator would otherwise be). Integers are left out unless
+    `ints`."""
     parts: list[str] = []
     for name, v in view.fields.items():
         if type(v) is str:
             parts.append(v)
+        elif type(v) is int and not ints:
+            continue
         elif isinstance(v, (list, tuple)):
             parts.extend(view.strings(name))
         else:
