@@ -22,6 +22,7 @@ evaluator. The pre-filter must never drop a match:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import re
@@ -168,12 +169,16 @@ def specialise(node: ir.Node, channel: str | None, event_id: int | None) -> ir.N
         stop = isinstance(node, ir.Or)  # the value that decides the group
         if any(isinstance(k, ir.Const) and k.value is stop for k in kids):
             return ir.Const(stop)
+        if all(k is c for k, c in zip(kids, node.children, strict=True)):
+            return node  # nothing decided: the same object, which `build_plan` knows by its id
         kids = [k for k in kids if not isinstance(k, ir.Const)]
         if not kids:
             return ir.Const(not stop)
         return kids[0] if len(kids) == 1 else type(node)(tuple(kids))
     if isinstance(node, ir.Not):
         kid = specialise(node.child, channel, event_id)
+        if kid is node.child:
+            return node
         return ir.Const(not kid.value) if isinstance(kid, ir.Const) else ir.Not(kid)
     if isinstance(node, ir.NumEq) and node.field == "EventID" and event_id is not None:
         return ir.Const(node.value == event_id)
@@ -262,6 +267,13 @@ def _anchor_cost(op: str, lit: str) -> float:
     return 3.0 if op == "contains" else 1.0
 
 
+@functools.lru_cache(maxsize=1024)
+def _automaton(words: tuple[str, ...]) -> ahocorasick_rs.AhoCorasick:
+    """One automaton per list of literals: partitions of one channel share many (every Security event id
+    is offered the same keyword anchors), and building one costs more than a hundred searches."""
+    return ahocorasick_rs.AhoCorasick(words)
+
+
 @dataclass
 class _FieldAnchors:
     """The anchors on one field, indexed so that one value is checked against all at once.
@@ -341,7 +353,7 @@ class _FieldAnchors:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.auto_words:
-            self.automaton = ahocorasick_rs.AhoCorasick(self.auto_words)
+            self.automaton = _automaton(tuple(self.auto_words))
 
     def finish(self) -> None:
         if self.neg is not None:
@@ -355,7 +367,7 @@ class _FieldAnchors:
             self.odd = [(lit, bits) for lit, bits in owners.items() if _SURROGATES.search(lit)]
             self.auto_words = [lit for lit in owners if not _SURROGATES.search(lit)]
             self.auto_bits = [owners[lit] for lit in self.auto_words]
-            self.automaton = ahocorasick_rs.AhoCorasick(self.auto_words)
+            self.automaton = _automaton(tuple(self.auto_words))
             self.short = []
             return
         self.long, self.n_long = pending, len(pending)
@@ -511,18 +523,26 @@ class PartitionPlan:
 
 
 def build_plan(
-    entries: tuple[int, ...], conditions: Sequence[ir.Node], channel: str | None, event_id: int | None
+    entries: tuple[int, ...], conditions: Sequence[ir.Node], channel: str | None, event_id: int | None,
+    clauses_of: dict[ir.Node, list[Clause]] | None = None,
 ) -> PartitionPlan:
-    """Guards of every condition, their anchors indexed by field."""
+    """Guards of every condition, their anchors indexed by field.
+
+    `clauses_of` remembers the clauses of each specialised condition (IR nodes compare by value): a rule
+    offered many partitions (every Security event id) is mostly specialised to the same tree, guarded once.
+    """
     by_field: dict[str, _FieldAnchors] = {}
     always: list[int] = []
     need: dict[int, int] = {}
     raw_literals: list[str] = []
+    memo = {} if clauses_of is None else clauses_of
     for pos, original in enumerate(conditions):
         cond = specialise(original, channel, event_id)
         if isinstance(cond, ir.Const) and not cond.value:
             continue  # cannot match in this partition
-        clauses = sorted(guard(cond), key=_cost)[:MAX_CLAUSES]
+        clauses = memo.get(cond)
+        if clauses is None:
+            clauses = memo[cond] = sorted(guard(cond), key=_cost)[:MAX_CLAUSES]
         if not clauses:
             always.append(pos)
             continue
@@ -556,11 +576,14 @@ class VectorIndex:
                         self._table[(ch, eid)].append(n)
         self._plans: dict[tuple[str | None, int | None], PartitionPlan] = {}
         self._predicates: list[Predicate | None] = [None] * len(self.entries)
+        self._clauses: dict[ir.Node, list[Clause]] = {}  # see `build_plan`
 
     def __getstate__(self) -> dict[str, Any]:
-        # Predicates are closures (not picklable); workers rebuild them on first use.
+        # Predicates are closures (not picklable); workers rebuild them on first use, and their plans'
+        # clauses with the plans.
         state = dict(self.__dict__)
         state["_predicates"] = [None] * len(self.entries)
+        state["_clauses"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -594,7 +617,7 @@ class VectorIndex:
         if plan is None:
             entries = self.candidates(*key)
             conds = [self.entries[e].program.condition for e in entries]
-            plan = build_plan(entries, conds, key[0], key[1])
+            plan = build_plan(entries, conds, key[0], key[1], self._clauses)
             self._plans[key] = plan
         return plan
 
