@@ -155,7 +155,7 @@ MAX_CLAUSES = 4
 _OR_OPTIONS = 3
 _OR_COMBOS = 16
 #: Owner ids of anchors: entry position * _SLOTS + clause number.
-_SLOTS = 8
+_SLOTS = 8  # a power of two, at least MAX_CLAUSES (see `PartitionPlan.candidates_bits`)
 
 
 def specialise(node: ir.Node, channel: str | None, event_id: int | None) -> ir.Node:
@@ -488,9 +488,9 @@ class PartitionPlan:
     need: dict[int, int] = field(default_factory=dict)  # entry position -> clauses to satisfy
     by_name: dict[str, _FieldAnchors] = field(default_factory=dict)
 
-    #: (guarded positions, and per clause number the positions that have that clause), each as a bit
-    #: mask with bit pos * _SLOTS per position; built on first use (not pickled state worth keeping)
-    _masks: tuple[int, tuple[int, ...]] | None = None
+    #: (guarded positions, bit pos * _SLOTS each; the clause bits each needs, pos * _SLOTS + k for its
+    #: clauses k); built on first use (not pickled state worth keeping)
+    _masks: tuple[int, int] | None = None
 
     def candidates_bits(self, owners: int) -> list[int]:
         """Entry positions whose every clause has a hit in `owners` (bit o for owner o), plus the unguarded
@@ -500,17 +500,21 @@ class PartitionPlan:
         the clause's bit is set; big-integer operations do that for all positions at once.
         """
         if self._masks is None:
-            base = 0
-            per_clause = [0] * MAX_CLAUSES
+            base = required = 0
             for pos, n in self.need.items():
                 base |= 1 << (pos * _SLOTS)
-                for k in range(n):
-                    per_clause[k] |= 1 << (pos * _SLOTS)
-            self._masks = (base, tuple(per_clause))
-        survivors, per_clause_masks = self._masks
+                required |= ((1 << n) - 1) << (pos * _SLOTS)
+            self._masks = (base, required)
+        base, required = self._masks
         if owners:
-            for k, mask in enumerate(per_clause_masks):
-                survivors &= ~(mask & ~(owners >> k))
+            missing = required & ~owners
+            # Fold each position's group of _SLOTS bits onto its lowest bit: shifts of 1, 2, 4... add up
+            # to _SLOTS - 1, so no bit of the group above reaches it.
+            shift = 1
+            while shift < _SLOTS:
+                missing |= missing >> shift
+                shift *= 2
+            survivors = base & ~missing
         else:
             survivors = 0
         out = list(self.always)
