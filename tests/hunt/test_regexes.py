@@ -183,3 +183,20 @@ def test_every_sigmahq_regex(shared_data: Path, tmp_path: Path) -> None:
         hits, _ = _check(pattern, flags, rng, n=60)
         matched += hits > 0
     assert matched > 0.9 * len(patterns)  # the generator reached matches of nearly every one
+
+
+def test_deeply_nested_pattern_is_searched_as_written() -> None:
+    """A pattern nested deeper than the analysis can walk (here: than the recursion limit lets the parser
+    go again) is searched as written."""
+    import sys
+
+    depth = 300
+    pattern = "(?:" * depth + "a+b" + ")" * depth
+    limit = sys.getrecursionlimit()
+    try:
+        re.compile(pattern)
+        sys.setrecursionlimit(len(__import__("inspect").stack()) + 350)  # room for re, not for the walks
+        test = search_test(pattern)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert test("xaab") and not test("ba")

@@ -45,11 +45,14 @@ def search_test(pattern: str, flags: int = 0) -> Callable[[str], bool]:
     rx = re.compile(pattern, flags)
     try:
         parsed = re_parser.parse(pattern, flags)
-    except (re.error, RecursionError, OverflowError):  # pragma: no cover  (re.compile parsed it)
+    except (re.error, RecursionError, OverflowError):  # parsed by re.compile, but maybe from its cache
         return _plain(rx)
-    search = _rewritten(pattern, flags, parsed) or _subsequence(parsed) or rx.search
-    ignorecase = bool(parsed.state.flags & re.IGNORECASE)
-    need = [(c, n) for c, n in _required(parsed, ignorecase).items() if n]
+    try:
+        search = _rewritten(pattern, flags, parsed) or _subsequence(parsed) or rx.search
+        ignorecase = bool(parsed.state.flags & re.IGNORECASE)
+        need = [(c, n) for c, n in _required(parsed, ignorecase).items() if n]
+    except RecursionError:  # nesting deep enough for `re` but not for these walks: as written
+        return _plain(rx)
     if not need:
         return lambda s: search(s) is not None
     if len(need) == 1:
