@@ -170,7 +170,7 @@ def specialise(node: ir.Node, channel: str | None, event_id: int | None) -> ir.N
         if any(isinstance(k, ir.Const) and k.value is stop for k in kids):
             return ir.Const(stop)
         if all(k is c for k, c in zip(kids, node.children, strict=True)):
-            return node  # nothing decided: the same object, which `build_plan` knows by its id
+            return node  # nothing decided: no copy (`build_plan` then finds its clauses at once)
         kids = [k for k in kids if not isinstance(k, ir.Const)]
         if not kids:
             return ir.Const(not stop)
@@ -446,7 +446,7 @@ class _FieldAnchors:
             if lit in v:
                 out |= bit
         if self.automaton is not None:
-            try:
+            try:  # `_scan`, inlined: this runs for every value the memo has not seen
                 found = self.automaton.find_matches_as_indexes(v, overlapping=True)
             except UnicodeEncodeError:
                 out |= self._scan(self.automaton, v)

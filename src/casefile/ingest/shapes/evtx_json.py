@@ -46,7 +46,7 @@ def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
         else:
             fields[key] = value
     for key in _SYSTEM_INTS:
-        if key in fields and fields[key].__class__ is not int and not isinstance(fields[key], int):
+        if key in fields and not isinstance(fields[key], int):
             number = as_int(fields[key])
             if number is not None:
                 fields[key] = number
