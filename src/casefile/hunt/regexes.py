@@ -1,7 +1,7 @@
 """Regex tests as the evaluator runs them: `re.search` answers, found sooner.
 
-Sigma's `|re` tests only ask whether a value holds a match, never where, which allows two rewrites that
-keep every answer and spare `re`'s backtracking on long values (PowerShell script blocks):
+Sigma's `|re` tests only ask whether a value holds a match, never where, which allows a prefilter and two
+rewrites that keep every answer and spare `re`'s backtracking on long values (PowerShell script blocks):
 
 - the characters every match must hold, counted (`\\+.*\\+.*\\+` needs three `+`): a value with fewer
   cannot match, which `str.count` tells without running the regex;
@@ -13,8 +13,8 @@ keep every answer and spare `re`'s backtracking on long values (PowerShell scrip
   leaves the rest the most room), and the latter never backtracks, where the former tries every
   combination of `x`s before failing.
 
-Each rewrite is checked by parsing: the rewritten pattern must parse to exactly the intended tree, or
-the pattern is used as written.
+The leading-repeat rewrite is checked by parsing (the rewritten pattern must parse to exactly the
+intended tree, or the pattern is used as written); the other is written from the parse tree itself.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ _REPEATS = {re_constants.MAX_REPEAT, re_constants.MIN_REPEAT}
 
 
 def search_test(pattern: str, flags: int = 0) -> Callable[[str], bool]:
-    """`lambda s: re.search(pattern, s, flags) is not None`, with the prefilter and rewrite above."""
+    """`lambda s: re.search(pattern, s, flags) is not None`, with the prefilter and rewrites above."""
     rx = re.compile(pattern, flags)
     try:
         parsed = re_parser.parse(pattern, flags)
