@@ -83,12 +83,15 @@ def _evtx_json(event_id: int, channel: str, data: dict[str, Any] | None, record:
 
 
 EVENTS = [
-    {"Image": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "cmd /c whoami /all", "User": "CORP\\Bob"},
-    {"Image": "C:\\Tools\\MIMIKATZ.EXE", "CommandLine": "sekurlsa::logonpasswords", "ParentImage": None},
+    {"Image": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "cmd /c whoami /all", "User": "CORP\\Bob",
+     "IpAddress": "8.8.8.8"},
+    {"Image": "C:\\Tools\\MIMIKATZ.EXE", "CommandLine": "sekurlsa::logonpasswords", "ParentImage": None,
+     "IpAddress": "FE80::1%Eth0"},
     {"Image": "C:\\x\\İstanbul.exe", "CommandLine": "ΑΣ run", "LogonType": "3", "Count": 12},
     {"Image": "c:\\a_b%c.exe", "CommandLine": "", "IpAddress": "10.1.2.3", "Flag": True},
-    {"Image": "C:\\Windows\\explorer.exe", "Data": ["one", "two"], "CommandLine": "x\ny"},
-    {"Image": "C:\\w\\cmd.exe", "ParentImage": "C:\\w\\cmd.exe", "CommandLine": "0042"},
+    {"Image": "C:\\Windows\\explorer.exe", "Data": ["one", "two"], "CommandLine": "x\ny", "IpAddress": "-"},
+    {"Image": "C:\\w\\cmd.exe", "ParentImage": "C:\\w\\cmd.exe", "CommandLine": "0042",
+     "IpAddress": ["10.0.0.1", "8.8.4.4"]},
     {"Image": "notepad.exe", "CommandLine": "a`b"},
 ]
 
@@ -147,6 +150,12 @@ CONDITIONS: list[ir.Node] = [
     ir.StrMatch(None, "contains", "Σ", cased=True),
     # a keyword of digits only is found in an integer value (Count 12): integers stay in the keyword scan
     ir.StrMatch(None, "contains", "12"),
+    # cidr tests in a negation (Failed Logon From Public IP): the reference's test on the lower-cased value
+    ir.Not(ir.Or((
+        ir.StrMatch("IpAddress", "contains", "-"),
+        ir.CidrMatch("IpAddress", "10.0.0.0/8"),
+        ir.CidrMatch("IpAddress", "fe80::/10"),
+    ))),
 ]
 
 
@@ -182,7 +191,10 @@ def test_every_ir_node_matches_the_reference() -> None:
     assert negations <= fired  # each negation holds on some event...
     per_rule = {rid: sum(d.rule.id == rid for d in ref) for rid in negations}
     assert all(0 < n < len(EVENTS) for rid, n in per_rule.items() if rid != "rule-34"), per_rule  # ...not all
-    assert {"rule-40", "rule-41", "rule-42", "rule-43"} <= fired
+    assert {"rule-40", "rule-41", "rule-42", "rule-43", "rule-44"} <= fired
+    public = {d.record_id for d in ref if d.rule.id == "rule-45"}
+    # 8.8.8.8 and the two events without IpAddress; not 10.x, fe80::, "-", nor a list holding a 10.x
+    assert public == {1, 3, 7}
 
 
 def test_user_data_and_nested_values_match_the_reference() -> None:
@@ -219,6 +231,10 @@ def test_guards_are_implied_by_their_conditions() -> None:
     assert guard(ir.Not(filters)) == [[(F, NOT, negated)]]
     both = ir.And((ir.StrMatch(F, "contains", "a"), ir.StrMatch("User", "eq", "b")))
     assert guard(ir.Not(both)) == [[(F, NOT, '[["contains", "a"]]'), ("User", NOT, '[["eq", "b"]]')]]
+    # cidr tests join a negated anchor (the reference's own test); a network that does not parse does not
+    local = ir.Or((ir.StrMatch("Ip", "contains", "-"), ir.CidrMatch("Ip", "10.0.0.0/8")))
+    assert guard(ir.Not(local)) == [[("Ip", NOT, '[["cidr", "10.0.0.0/8"], ["contains", "-"]]')]]
+    assert guard(ir.Not(ir.CidrMatch("Ip", "not-a-network"))) == []
 
 
 def test_an_or_of_ands_keeps_every_branch_combination() -> None:

@@ -249,12 +249,14 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _in_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Callable[[Any], bool]:
-    def test(v: Any) -> bool:
-        addr = _ip(_as_str(v))
-        return addr is not None and addr.version == net.version and addr in net
+def in_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network, v: Any) -> bool:
+    """`cidr`: the value's string form is an address of the network's version, inside it."""
+    addr = _ip(_as_str(v))
+    return addr is not None and addr.version == net.version and addr in net
 
-    return test
+
+def _in_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Callable[[Any], bool]:
+    return lambda v: in_network(net, v)
 
 
 def compile_node(node: ir.Node) -> Predicate:

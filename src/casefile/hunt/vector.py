@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import ipaddress
 import json
 import re
 import re._constants as re_constants  # type: ignore[import-not-found]  # the parser `re` uses
@@ -36,7 +37,15 @@ from typing import Any
 import ahocorasick_rs
 
 from casefile.hunt import ir
-from casefile.hunt.evaluate import _MISSING, EventView, Predicate, _as_str, compile_node, fold_keys
+from casefile.hunt.evaluate import (
+    _MISSING,
+    EventView,
+    Predicate,
+    _as_str,
+    compile_node,
+    fold_keys,
+    in_network,
+)
 from casefile.hunt.rules import CompiledRule
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, RuleInfo
 
@@ -92,11 +101,12 @@ def guard(node: ir.Node) -> list[Clause]:
 
 
 def _negated(node: ir.Node) -> list[Clause]:
-    """Clauses implied by `not node`: negations pushed down to exact string tests.
+    """Clauses implied by `not node`: negations pushed down to exact string and cidr tests.
 
     `not (field op lit or field op2 lit2 ...)` becomes one anchor (`NOT`, its tests as JSON) that holds
     when the field is missing or its lower-cased value passes none of the tests. Only tests an anchor
     decides exactly qualify (not cased, not glob or regex): negating an over-approximation drops matches.
+    A `cidr` test qualifies as the reference runs it (`not 1 of filter_local_ranges` on IpAddress).
     """
     if isinstance(node, ir.Not):
         return guard(node.child)
@@ -110,6 +120,10 @@ def _negated(node: ir.Node) -> list[Clause]:
             and (child.value or child.op == "eq") and child.value == child.value.lower()
         ):
             by_field.setdefault(child.field, []).append((child.op, child.value))
+        elif isinstance(child, ir.CidrMatch) and child.field != RAW and _network(child.network) is not None:
+            # the reference's own test, on the lower-cased value: case does not change what address a
+            # string spells (hex digits, an IPv6 zone), so it is exact there too
+            by_field.setdefault(child.field, []).append((CIDR, child.network))
         else:
             rest.append(child)
     out: list[Clause] = [[(f, NOT, json.dumps(sorted(set(tests))))] for f, tests in by_field.items()]
@@ -199,6 +213,8 @@ def specialise(node: ir.Node, channel: str | None, event_id: int | None) -> ir.N
 RAW = ""
 #: The op of a negated anchor; its literal is a JSON list of the [op, literal] tests none of which may pass.
 NOT = "not"
+#: A test of a negated anchor: the value is an address in the network (its literal).
+CIDR = "cidr"
 #: Capital sigma lower-cases to `σ`, or to `ς` ending a word: the one letter whose lower case needs context.
 _SIGMA = "\u03a3"
 
@@ -267,6 +283,14 @@ def _anchor_cost(op: str, lit: str) -> float:
     return 3.0 if op == "contains" else 1.0
 
 
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network a `cidr` test holds, as the reference parses it; None when it does not parse."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
 @functools.lru_cache(maxsize=256)
 def _automaton(words: tuple[str, ...]) -> ahocorasick_rs.AhoCorasick:
     """One automaton per list of literals: partitions of one channel share many (every Security event id
@@ -315,6 +339,11 @@ class _FieldAnchors:
             self.neg_count[pos] = self.neg_count.get(pos, 0) + 1
             self.neg_bits |= bit
             return
+        if op == CIDR:
+            net = _network(lit)
+            assert net is not None  # `_negated` takes only networks that parse
+            self.cidrs.append((net, bit))
+            return
         if op == "regex-i":
             self.fold_unsafe |= bit
             op = "contains"
@@ -346,6 +375,8 @@ class _FieldAnchors:
     auto_words: list[str] = field(default_factory=list)
     auto_bits: list[int] = field(default_factory=list)
     odd: list[tuple[str, int]] = field(default_factory=list)
+    #: `cidr` tests (only inside negated anchors: see `_negated`)
+    cidrs: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]] = field(default_factory=list)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -424,6 +455,9 @@ class _FieldAnchors:
     def positive(self, v: str) -> int:
         """Owner bits of the positive anchors the lower-cased value `v` holds."""
         out = self.fold_unsafe if self.fold_unsafe and not v.isascii() else 0
+        for net, bit in self.cidrs:
+            if in_network(net, v):
+                out |= bit
         if self.eq:
             out |= self.eq.get(v, 0)
         n = len(v)
