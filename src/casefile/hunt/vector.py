@@ -5,16 +5,18 @@ The reference evaluator (`evaluate.py`) stays the judge. Every record is parsed 
 exactly as ingest does; its partition (channel, event id) picks the programs the serial engine would
 run on it. Every rule is reduced to *guards*: clauses of anchors (`field endswith '\\cmd.exe'`,
 `CommandLine contains 'mimikatz'`, a keyword in some value, a required regex literal, or a negation:
-none of a field's exact tests passes) of which each clause must hit whenever the rule matches. Anchors
-of all rules of a partition are indexed per field (hash lookups for eq/endswith/startswith, rarest
-3-gram buckets or one Aho-Corasick automaton for contains), so one pass over a record's values finds
+none of a field's exact string or cidr tests passes) of which each clause must hit whenever the rule
+matches. Anchors of all rules of a partition are indexed per field (hash lookups for
+eq/endswith/startswith, rarest 3-gram buckets or one Aho-Corasick automaton for contains), so one pass
+over a record's values finds
 every rule that might match, and the anchors a value hits are remembered for the batch, since logs
 repeat their values. Only the (record, rule) pairs that get through are confirmed by the reference
 evaluator. The pre-filter must never drop a match:
 
 - guards are implied by the condition (a cased test implies the lower-cased one, but for a literal
   holding a capital sigma, whose lower case depends on its neighbours; And keeps all children's
-  clauses, Or keeps one clause of each child; cidr, numbers and field references give no anchor), and
+  clauses, Or keeps one clause of each child; numbers, field references, and cidr outside a negation
+  give no anchor), and
   EventID/Channel tests are decided from the partition before guards are taken;
 - anchors are matched on the very values the reference tests: the normalised fields, looked up
   exactly and then by folded name, and their lower-cased string forms.
