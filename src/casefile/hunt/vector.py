@@ -15,8 +15,7 @@ confirmed by the reference evaluator. The pre-filter must never drop a match:
 - guards are implied by the condition (a cased test implies the lower-cased one, but for a literal
   holding a capital sigma, whose lower case depends on its neighbours; And keeps all children's
   clauses, Or keeps one clause of each child; numbers, field references, and cidr outside a negation
-  give no anchor), and
-  EventID/Channel tests are decided from the partition before guards are taken;
+  give no anchor), and EventID/Channel tests are decided from the partition before guards are taken;
 - anchors are matched on the very values the reference tests: the normalised fields, looked up
   exactly and then by folded name, and their lower-cased string forms.
 """
