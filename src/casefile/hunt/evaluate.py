@@ -255,9 +255,6 @@ def in_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network, v: Any) -> bo
     return addr is not None and addr.version == net.version and addr in net
 
 
-def _in_network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Callable[[Any], bool]:
-    return lambda v: in_network(net, v)
-
 
 def compile_node(node: ir.Node) -> Predicate:
     """A predicate closure for an IR tree (compile once per program, call once per event)."""
@@ -306,9 +303,9 @@ def compile_node(node: ir.Node) -> Predicate:
         rfield = node.field
         return _leaf(rfield, lambda view: any(rtest(s) for s in view.strings(rfield)))
     if isinstance(node, ir.CidrMatch):
-        ntest = _in_network(ipaddress.ip_network(node.network, strict=False))
+        net = ipaddress.ip_network(node.network, strict=False)
         cfield = node.field
-        return _leaf(cfield, lambda view: any(ntest(v) for v in _values(view, cfield)))
+        return _leaf(cfield, lambda view: any(in_network(net, v) for v in _values(view, cfield)))
     if isinstance(node, ir.NumEq):
         target = node.value
         if node.field is None:

@@ -55,9 +55,6 @@ def search_test(pattern: str, flags: int = 0) -> Callable[[str], bool]:
         return _plain(rx)
     if not need:
         return lambda s: search(s) is not None
-    if len(need) == 1:
-        (c, n), = need
-        return lambda s: s.count(c) >= n and search(s) is not None
 
     def test(s: str) -> bool:
         for c, n in need:
