@@ -242,3 +242,21 @@ def test_small_truncated_gzip_keeps_its_first_records(tmp_path: Path) -> None:
         "damaged archive data, reading stopped here: EOFError: Compressed file ended before the "
         "end-of-stream marker was reached",
     ]
+
+
+def test_links_in_a_walk(tmp_path: Path) -> None:
+    # A folder's own files come before its subfolders'; a linked folder is not walked (it could loop);
+    # a linked file is the file it points to, so it is read once, under the name found first.
+    shutil.copy(ECS, tmp_path / "z.json")
+    (tmp_path / "a").mkdir()
+    shutil.copy(ECS, tmp_path / "a" / "x.json")
+    (tmp_path / "b").symlink_to(tmp_path / "a", target_is_directory=True)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "link.json").symlink_to(tmp_path / "a" / "x.json")
+    (tmp_path / "c" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    found = discover([tmp_path])
+    assert [f.path for f in found] == [str(tmp_path / "z.json"), str(tmp_path / "a" / "x.json")]
+    named_first = discover([tmp_path / "c" / "link.json", tmp_path])
+    assert [f.path for f in named_first] == [str(tmp_path / "c" / "link.json"), str(tmp_path / "z.json")]
+    assert named_first[0].location == tmp_path / "c" / "link.json"
+    assert named_first[0].size == (tmp_path / "a" / "x.json").stat().st_size

@@ -57,20 +57,59 @@ def _gzip_head(fileobj: IO[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _walk(path: Path, on_warning: WarningSink) -> Iterator[Path]:
-    """Files under a folder in a stable order; symlinked folders are not followed (no loops)."""
+def _walk(path: Path, on_warning: WarningSink) -> Iterator[tuple[Path, str]]:
+    """Files under a folder, each with its resolved path, in a stable order: names sorted, a folder's
+    files before its subfolders'. Symlinked folders are not followed (no loops).
 
-    def unreadable(exc: OSError) -> None:
-        on_warning(IngestWarning(str(exc.filename or path), f"unreadable folder: {exc.strerror or exc}"))
+    Built on `os.scandir` rather than `os.walk` plus `Path.resolve` per file: the entry's type comes
+    with the listing and a file's real path is its folder's plus its name unless it is a link itself,
+    which made discovery of folders of tens of thousands of files several times cheaper."""
 
-    for root, dirs, files in os.walk(path, onerror=unreadable):
-        dirs.sort()
-        for name in sorted(files):
-            file = Path(root) / name
-            if file.is_file():
-                yield file
-            else:  # a FIFO would block the open forever; sockets, devices, dangling links
+    def unreadable(exc: OSError, folder: str) -> None:
+        on_warning(IngestWarning(str(exc.filename or folder), f"unreadable folder: {exc.strerror or exc}"))
+
+    top = os.fspath(path)
+    stack = [(top, os.path.realpath(top))]
+    while stack:
+        folder, real = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=_name)
+        except OSError as exc:
+            unreadable(exc, folder)
+            continue
+        subfolders: list[tuple[str, str]] = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not _is_link(entry):
+                    subfolders.append((entry.path, os.path.join(real, entry.name)))
+                continue
+            file = Path(entry.path)
+            try:
+                regular = entry.is_file()
+            except OSError as exc:
+                on_warning(IngestWarning(str(file), f"unreadable file: {exc.strerror or exc}"))
+                continue
+            if not regular:  # a FIFO would block the open forever; sockets, devices, dangling links
                 on_warning(IngestWarning(str(file), "not a regular file; skipped"))
+                continue
+            yield file, os.path.realpath(file) if _is_link(entry) else os.path.join(real, entry.name)
+        stack.extend(reversed(subfolders))
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+def _is_link(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
 
 
 def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
@@ -113,8 +152,8 @@ def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
 
 def _classify(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
     try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
             head = fh.read(SNIFF_BYTES)
             is_gzip = head.startswith(GZIP_MAGIC)
             if is_gzip:
@@ -144,11 +183,10 @@ def discover(
     """
     sink = on_warning or _ignore
     found: list[EvidenceFile] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
 
-    def classify(file: Path) -> None:
+    def classify(file: Path, key: str) -> None:
         # The same file named twice (or a folder and a file inside it) is read once.
-        key = file.resolve()
         if key not in seen:
             seen.add(key)
             found.extend(_classify(file, sink))
@@ -156,10 +194,10 @@ def discover(
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            for file in _walk(path, sink):
-                classify(file)
+            for file, key in _walk(path, sink):
+                classify(file, key)
         elif path.is_file():
-            classify(path)
+            classify(path, os.path.realpath(path))
         elif path.exists():
             sink(IngestWarning(str(path), "not a regular file; skipped"))
         else:
