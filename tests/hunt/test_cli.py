@@ -184,3 +184,54 @@ def test_hunt_names_damaged_record_and_goes_on(case_files: tuple[Path, Path]) ->
     assert len(result.stdout.splitlines()) == 1  # the record after the damaged one is still hunted
     warning = next(line for line in result.stderr.splitlines() if "events.json" in line)
     assert "record 2" in warning
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "table"])
+@pytest.mark.parametrize("to_file", [True, False])
+def test_hunt_writes_values_utf8_cannot_encode(
+    case_files: tuple[Path, Path], tmp_path: Path, fmt: str, to_file: bool
+) -> None:
+    # A JSON log may escape a lone surrogate, which json keeps and UTF-8 cannot encode: the output
+    # writes it as the escape text, and the run neither stops nor loses the other detections.
+    rules, evidence = case_files
+    image = "C:\\Windows\\\ud800\\whoami.exe"
+    hostile = {**EVENTS[0], "Computer": "ws\udfff", "Image": image}
+    (evidence / "hostile.json").write_text(json.dumps(hostile) + "\n", encoding="utf-8")
+    out = tmp_path / f"out.{fmt}"
+    args = ["hunt", str(evidence), "--rules", str(rules), "--format", fmt]
+    result = CliRunner().invoke(app, args + (["-o", str(out)] if to_file else []))
+    assert result.exit_code == 0, result.output
+    assert "detections 2" in result.stderr
+    text = out.read_text(encoding="utf-8") if to_file else result.stdout
+    if fmt == "jsonl":
+        records = [json.loads(line) for line in text.splitlines()]
+    elif fmt == "json":
+        records = json.loads(text)
+    else:
+        assert "\\ud800" in text and "\\udfff" in text
+        return
+    by_file = {Path(r["file"]).name: r for r in records}
+    assert by_file["hostile.json"]["matched"] == {"Image": image}
+    assert by_file["hostile.json"]["computer"] == "ws\udfff"
+    assert by_file["events.json"]["matched"] == {"Image": EVENTS[0]["Image"]}
+
+
+def test_jsonl_lines_are_the_records(tmp_path: Path) -> None:
+    from casefile.hunt.output import write_jsonl
+    from casefile.models import Detection, DetectionKind, Level, RuleInfo
+
+    rule = RuleInfo("r1", "T", Level.HIGH, "test", "A", ("attack.t1059",))
+    matched = [
+        {"Image": "C:\\ä\\x.exe", "Count": 7, "Ratio": 0.25, "List": ["a", 1]},
+        {"Wide": 2**70, "Negative": -(2**64)},  # wider than orjson's 64-bit integers
+        {"Odd": "x\ud800y"},
+    ]
+    detections = [
+        Detection(rule, DetectionKind.SIGMA, None, "ws1", "Security", 4688, i, "f.evtx", m)
+        for i, m in enumerate(matched)
+    ]
+    out = io.StringIO()
+    assert write_jsonl(detections, out) == 3
+    lines = out.getvalue().splitlines()
+    assert [json.loads(line) for line in lines] == [d.to_record() for d in detections]
+    assert all(": " not in line for line in lines)  # one compact style for every line

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from pathlib import Path
+from typing import ParamSpec, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -60,3 +63,26 @@ def progress(enabled: bool | None = None) -> Iterator[Progress]:
         transient=False,
     ) as bar:
         yield bar
+
+
+@contextmanager
+def text_output(path: Path | None) -> Iterator[TextIO]:
+    """UTF-8 text to `path`, or to stdout when it is None.
+
+    Event values can hold lone surrogates (a JSON log's `"\\ud800"`), which UTF-8 cannot encode: they
+    are written as `\\ud800` (backslashreplace), which inside a JSON string is that very escape, rather
+    than stopping the run with a traceback."""
+    if path is not None:
+        with path.open("w", encoding="utf-8", newline="", errors="backslashreplace") as fh:
+            yield fh
+        return
+    stdout = sys.stdout
+    if not isinstance(stdout, io.TextIOWrapper):  # replaced by a caller; theirs to configure
+        yield stdout
+        return
+    errors = stdout.errors
+    stdout.reconfigure(errors="backslashreplace")
+    try:
+        yield stdout
+    finally:
+        stdout.reconfigure(errors=errors)

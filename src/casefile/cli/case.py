@@ -18,7 +18,7 @@ from rich.text import Text
 from casefile.case.investigate import Attributor, IndicatorMatcher, StageProgress, investigate
 from casefile.case.store import Case
 from casefile.case.timeline import TIMELINE_FORMATS, build_timeline
-from casefile.cli._common import console, handle_errors, progress
+from casefile.cli._common import console, handle_errors, progress, text_output
 from casefile.cli.hunt import PlaceholderOpt, RulesOpt, _placeholders
 from casefile.config import Settings
 from casefile.errors import ConfigError, KnowledgeBaseError
@@ -243,11 +243,9 @@ def timeline_cmd(
     writer = TIMELINE_FORMATS.get(fmt)
     with Case.open(case_dir, read_only=True) as case:
         entries = build_timeline(case)
-    if output is None:
-        writer(entries, sys.stdout)
-    else:
-        with output.open("w", encoding="utf-8", newline="") as fh:
-            writer(entries, fh)
+    with text_output(output) as fh:
+        writer(entries, fh)
+    if output is not None:
         typer.echo(str(output))
 
 

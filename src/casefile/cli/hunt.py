@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from rich.markup import escape
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from casefile.cli._common import console, fail, handle_errors, progress
+from casefile.cli._common import console, fail, handle_errors, progress, text_output
 from casefile.config import Settings
 from casefile.hunt import HuntStats, RuleSet, iter_hunt, load_rules
 from casefile.hunt.output import WRITERS, write_detections
@@ -134,7 +133,7 @@ def hunt_cmd(
     out: TextIO
     # detections are written as they are found (only counters stay in memory); the table
     # format keeps its rendered rows until the end because rich lays a table out whole
-    with _bar() as bar, (output.open("w", encoding="utf-8", newline="") if output else _stdout()) as out:
+    with _bar() as bar, text_output(output) as out:
         # no output format writes the events' fields (`to_record`), so workers need not send them
         detections = iter_hunt(
             paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=workers,
@@ -145,11 +144,6 @@ def hunt_cmd(
         else:
             write_detections(detections, fmt, out)
     _summary(stats)
-
-
-@contextmanager
-def _stdout() -> Iterator[TextIO]:
-    yield sys.stdout
 
 
 @handle_errors

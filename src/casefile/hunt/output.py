@@ -7,6 +7,8 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
+import orjson
+
 from casefile.models import Detection
 from casefile.registry import Registry
 
@@ -26,16 +28,29 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-#: One encoder for every line: `json.dumps` with options builds a new one per call.
-_LINE = json.JSONEncoder(ensure_ascii=False, default=_json_default)
+#: The fallback encoder for lines orjson refuses: ASCII escapes keep lone surrogates and any other string
+#: exact (`json.loads` gives the value back), and integers wider than 64 bits are written as they are.
+_LINE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_json_default)
+#: Values orjson would write its own way are handed to `_json_default`, as `json` does.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def write_jsonl(detections: Iterable[Detection], out: TextIO) -> int:
-    """One `Detection.to_record()` JSON object per line."""
+    """One `Detection.to_record()` JSON object per line, compact (no spaces after `:` and `,`).
+
+    Encoded by orjson, many times faster than `json` when the parent process writes hundreds of thousands
+    of lines while the workers hunt; a record orjson refuses (a lone surrogate, an integer wider than
+    64 bits) is written by `json` with ASCII escapes. NaN and infinities, which JSON lacks, are null.
+    """
     n = 0
-    encode = _LINE.encode
+    dumps, options, default = orjson.dumps, _ORJSON_OPTIONS, _json_default
     for d in detections:
-        out.write(encode(d.to_record()))
+        record = d.to_record()
+        try:
+            line = dumps(record, default=default, option=options).decode()
+        except orjson.JSONEncodeError:
+            line = _LINE.encode(record)
+        out.write(line)
         out.write("\n")
         n += 1
     return n
