@@ -6,16 +6,18 @@ import calendar
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from casefile.attribute.models import Attribution
 from casefile.cli._common import console, handle_errors
 from casefile.errors import ConfigError
+
+if TYPE_CHECKING:  # the attribution engine is imported by the commands that run it
+    from casefile.attribute.models import Attribution
 
 
 def _split(value: str | None) -> list[str]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,15 +15,15 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
-from casefile.case.investigate import Attributor, IndicatorMatcher, StageProgress, investigate
-from casefile.case.store import Case
-from casefile.case.timeline import TIMELINE_FORMATS, build_timeline
 from casefile.cli._common import console, handle_errors, progress, text_output
 from casefile.cli.hunt import PlaceholderOpt, RulesOpt, _placeholders
 from casefile.config import Settings
 from casefile.errors import ConfigError, KnowledgeBaseError
 from casefile.hunt.update import installed_rule_dirs
 from casefile.models import Level
+
+if TYPE_CHECKING:  # the case store (DuckDB, Arrow) is imported by the commands that open a case
+    from casefile.case.investigate import Attributor, IndicatorMatcher, StageProgress
 
 case_app = typer.Typer(
     help="Look into a case folder: summary, timeline, exports, notes.", no_args_is_help=True
@@ -156,6 +156,8 @@ def investigate_cmd(
     window: Annotated[int, typer.Option("--window", help="Clustering time window in minutes.")] = 120,
 ) -> None:
     """Hunt, correlate, cluster, attribute and report: the whole case from collected evidence."""
+    from casefile.case.investigate import investigate
+
     settings = Settings.from_env()
     with _stage_bars() as bars:
         result = investigate(
@@ -197,6 +199,7 @@ def investigate_cmd(
 @handle_errors
 def show_cmd(case_dir: Annotated[Path, typer.Argument(help="Case folder.")]) -> None:
     """Counts, hosts, clusters and their most likely group."""
+    from casefile.case import Case
     from casefile.report.summary import case_summary
 
     with Case.open(case_dir, read_only=True) as case:
@@ -233,13 +236,15 @@ def show_cmd(case_dir: Annotated[Path, typer.Argument(help="Case folder.")]) -> 
 def timeline_cmd(
     case_dir: Annotated[Path, typer.Argument(help="Case folder.")],
     fmt: Annotated[
-        str, typer.Option("--format", help=f"One of: {', '.join(TIMELINE_FORMATS.names())}.")
+        str, typer.Option("--format", help="Timeline format: csv, jsonl, timesketch (a wrong one lists all).")
     ] = "csv",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
     ] = None,
 ) -> None:
     """Every detection in time order with host, account, process and ATT&CK tactic."""
+    from casefile.case import TIMELINE_FORMATS, Case, build_timeline
+
     writer = TIMELINE_FORMATS.get(fmt)
     with Case.open(case_dir, read_only=True) as case:
         entries = build_timeline(case)
@@ -261,6 +266,7 @@ def export_cmd(
     ] = None,
 ) -> None:
     """(Re)write report.html, navigator-layer.json, bundle.json and summary.json."""
+    from casefile.case import Case
     from casefile.report import write_reports
 
     with Case.open(case_dir, read_only=True) as case:
@@ -276,6 +282,8 @@ def note_cmd(
     author: Annotated[str | None, typer.Option("--author")] = None,
 ) -> None:
     """Add an analyst note to the case (shown in the report)."""
+    from casefile.case import Case
+
     with Case.open(case_dir) as case:
         note = case.add_note(text, author=author)
     typer.echo(f"note {note.id} added")

@@ -28,22 +28,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
-from typing import Any, TypeAlias
-
-from sigma.correlations import (
-    CorrelationConditionAND,
-    CorrelationConditionItem,
-    CorrelationConditionNOT,
-    CorrelationConditionOR,
-    SigmaCorrelationCondition,
-    SigmaCorrelationRule,
-    SigmaExtendedCorrelationCondition,
-    SigmaRuleReference,
-)
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from casefile.errors import RuleError
 from casefile.models import Detection, DetectionKind, IngestWarning, Level, RuleInfo
 from casefile.registry import Registry
+
+if TYPE_CHECKING:
+    # pySigma is imported by the functions that compile rules: a hunt with a warm rule cache, and each of
+    # its worker processes, never loads it.
+    from sigma.correlations import CorrelationConditionItem, SigmaCorrelationRule, SigmaRuleReference
 
 __all__ = [
     "CompiledCorrelation",
@@ -284,6 +278,8 @@ def _rule_info(rule: SigmaCorrelationRule, path: str | None) -> RuleInfo:
 
 
 def _resolve_ref(ref: SigmaRuleReference, source: str, rule_id: str) -> RuleRef:
+    from sigma.correlations import SigmaCorrelationRule
+
     target = getattr(ref, "rule", None)
     if target is None:
         raise RuleError(
@@ -304,6 +300,14 @@ def _compile_expr(
     node: CorrelationConditionItem | SigmaRuleReference,
     index_of: Callable[[str], int],
 ) -> ConditionExpr:
+    from sigma.correlations import (
+        CorrelationConditionAND,
+        CorrelationConditionItem,
+        CorrelationConditionNOT,
+        CorrelationConditionOR,
+        SigmaRuleReference,
+    )
+
     if isinstance(node, SigmaRuleReference):
         return ExprRule(index_of(node.reference))
     args = tuple(
@@ -329,6 +333,8 @@ def compile_correlation(rule: SigmaCorrelationRule, *, path: str | None = None) 
     rules the correlation does not reference, a value_percentile without `percentile`, multiple
     fields where one number is needed, and ordered extended conditions other than a plain `and`.
     """
+    from sigma.correlations import SigmaCorrelationCondition, SigmaExtendedCorrelationCondition
+
     source = _source(rule, path)
     key = rule_key(rule)
     if rule.errors:

@@ -13,11 +13,13 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-import httpx
+from typing import TYPE_CHECKING
 
 from casefile.config import Settings
 from casefile.errors import ConfigError
+
+if TYPE_CHECKING:  # httpx is imported by the download itself: every `casefile` command imports this module
+    import httpx
 
 SIGMA_URL_ENV = "CASEFILE_SIGMA_URL"
 ATTACK_URL_ENV = "CASEFILE_ATTACK_URL"
@@ -80,6 +82,8 @@ def _safe_extract(data: bytes, dest: Path, origin: str) -> int:
 
 
 def _fetch(client: httpx.Client, url: str) -> bytes:
+    import httpx
+
     try:
         response = client.get(url, follow_redirects=True)
         response.raise_for_status()
@@ -110,6 +114,8 @@ def update_online(
     """Download the SigmaHQ rules zip and the ATT&CK enterprise bundle into `settings.data_dir`."""
     sigma_url = sigma_url or os.environ.get(SIGMA_URL_ENV) or DEFAULT_SIGMA_URL
     attack_url = attack_url or os.environ.get(ATTACK_URL_ENV) or DEFAULT_ATTACK_URL
+    import httpx
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with httpx.Client(timeout=timeout) as client:
         rules_zip = _fetch(client, sigma_url)

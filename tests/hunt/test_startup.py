@@ -1,0 +1,47 @@
+"""A warm start loads no more than a hunt needs: the CLI and a cached rule set leave pySigma, the
+case store (DuckDB, Arrow) and the HTTP client unimported, in the CLI process and in the workers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+RULE = r"""title: Whoami
+id: 0d7c4a52-5a1f-4b3e-9c6b-0f3f6a4b1a01
+logsource: {product: windows, category: process_creation}
+detection:
+    sel:
+        Image|endswith: '\whoami.exe'
+    condition: sel
+level: medium
+"""
+HEAVY = ("sigma", "duckdb", "pyarrow", "httpx", "numpy")
+
+PROBE = """
+import json, pathlib, sys
+import casefile.cli, casefile.hunt.parallel
+from casefile.hunt import load_rules
+rules = load_rules([sys.argv[1]], cache_dir=pathlib.Path(sys.argv[2]))
+loaded = {m.split(".")[0] for m in sys.modules}
+print(json.dumps({"rules": len(rules), "heavy": sorted(loaded & set(sys.argv[3:]))}))
+"""
+
+
+def _probe(rules: Path, cache: Path) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(rules), str(cache), *HEAVY],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def test_warm_start_imports_no_compiler_store_or_http_client(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "whoami.yml").write_text(RULE, encoding="utf-8")
+    cold = _probe(rules, tmp_path / "cache")
+    assert cold == {"rules": 1, "heavy": ["sigma"]}  # compiling needs pySigma, and this probe sees it
+    assert _probe(rules, tmp_path / "cache") == {"rules": 1, "heavy": []}
