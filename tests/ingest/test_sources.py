@@ -260,3 +260,15 @@ def test_links_in_a_walk(tmp_path: Path) -> None:
     assert [f.path for f in named_first] == [str(tmp_path / "c" / "link.json"), str(tmp_path / "z.json")]
     assert named_first[0].location == tmp_path / "c" / "link.json"
     assert named_first[0].size == (tmp_path / "a" / "x.json").stat().st_size
+
+
+def test_evidence_files_pickle_whole(tmp_path: Path) -> None:
+    # Workers get their files pickled: every field must come back, zip members and gzip flags included.
+    import pickle
+
+    with zipfile.ZipFile(tmp_path / "logs.zip", "w") as z:
+        z.write(ECS, "inner/beat.json")
+    (tmp_path / "flat.jsonl.gz").write_bytes(gzip.compress(FLAT.read_bytes()))
+    found = discover([tmp_path])
+    assert {(f.member, f.gzip) for f in found} == {("inner/beat.json", False), (None, True)}
+    assert pickle.loads(pickle.dumps(found, pickle.HIGHEST_PROTOCOL)) == found

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,15 @@ class EvidenceFile:
     location: Path
     member: str | None = None
     gzip: bool = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The parent pickles every file for the workers (236,800 at 10 M events of the benchmark): the
+        # generic pickling of frozen slots dataclasses looks fields() up for every object.
+        return (EvidenceFile, _EVIDENCE_STATE(self))
+
+
+#: An evidence file's field values in `__init__` order (what `EvidenceFile.__reduce__` pickles).
+_EVIDENCE_STATE = operator.attrgetter(*(f.name for f in fields(EvidenceFile)))
 
 
 @dataclass(frozen=True, slots=True)
