@@ -38,8 +38,9 @@ def test_folders_are_walked_recursively_in_stable_order() -> None:
     ]
     assert found[0] == EvidenceFile(
         str(DATA / "evtx_shapes.json"), (DATA / "evtx_shapes.json").stat().st_size, "json",
-        DATA / "evtx_shapes.json",
+        str(DATA / "evtx_shapes.json"),
     )
+    assert found[0].location == DATA / "evtx_shapes.json"
     readme = str(DATA / "nested" / "README.txt")
     assert warnings == [IngestWarning(readme, "not a recognised log format; skipped")]
 

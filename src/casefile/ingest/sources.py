@@ -147,7 +147,7 @@ def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
             if fmt is None:
                 on_warning(IngestWarning(source, "not a recognised log format; skipped"))
                 continue
-            yield EvidenceFile(source, info.file_size, fmt, path, member=info.filename, gzip=is_gzip)
+            yield EvidenceFile(source, info.file_size, fmt, str(path), member=info.filename, gzip=is_gzip)
 
 
 def _classify(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
@@ -170,7 +170,8 @@ def _classify(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
     if fmt is None:
         on_warning(IngestWarning(str(path), "not a recognised log format; skipped"))
         return
-    yield EvidenceFile(str(path), size, fmt, path, gzip=is_gzip)
+    name = str(path)
+    yield EvidenceFile(name, size, fmt, name, gzip=is_gzip)
 
 
 def discover(
