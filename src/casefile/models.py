@@ -5,15 +5,15 @@ Raw dicts stop at the parsing boundary; everything after ingest speaks in these 
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
 from casefile.errors import CasefileError
+from casefile.pickling import by_fields
 
 
 class Level(IntEnum):
@@ -40,6 +40,7 @@ class Level(IntEnum):
         return self.name.lower()
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Event:
     """One normalised log record.
@@ -59,6 +60,7 @@ class Event:
     fields: Mapping[str, Any]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class IngestWarning:
     """A damaged file or record that was skipped; counted and reported, never silent."""
@@ -100,6 +102,7 @@ def _tag_ids(tags: tuple[str, ...], pattern: re.Pattern[str]) -> tuple[str, ...]
     return tuple(out)
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class RuleInfo:
     """What a detection needs to say about the rule that produced it (DRL requires the author)."""
@@ -140,6 +143,7 @@ class RuleInfo:
         return tuple(out)
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Detection:
     """One rule (or indicator) hit on one event, or one correlation hit on a group of events.
@@ -164,11 +168,6 @@ class Detection:
     indicator: str | None = None  # for IOC hits: the indicator value and
     source: str | None = None  # where it came from (feed / bundle)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Workers send tens of thousands of detections to the parent: the generic pickling of frozen slots
-        # dataclasses looks up fields() for every object, which cost more than the rest of the pickling.
-        return (Detection, _DETECTION_STATE(self))
-
     def to_record(self) -> dict[str, Any]:
         """The flat JSON shape of `casefile hunt --format jsonl` (one detection per line)."""
         return {
@@ -191,6 +190,3 @@ class Detection:
             "source": self.source,
         }
 
-
-#: A detection's field values in `__init__` order (what `Detection.__reduce__` pickles).
-_DETECTION_STATE = operator.attrgetter(*(f.name for f in fields(Detection)))

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal, TypeAlias
 
+from casefile.pickling import by_fields
+
 
 class Wildcard(Enum):
     """An unescaped Sigma wildcard inside a glob pattern (a literal `*` stays inside a str part).
@@ -37,6 +39,7 @@ CompareOp = Literal["gt", "gte", "lt", "lte"]
 FieldRefOp = Literal["eq", "startswith", "endswith", "contains"]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Const:
     """A constant truth value (e.g. an empty `1 of` selection, or a pruned branch)."""
@@ -44,21 +47,25 @@ class Const:
     value: bool
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class And:
     children: tuple[Node, ...]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Or:
     children: tuple[Node, ...]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Not:
     child: Node
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class StrMatch:
     """String test. For op `glob`, `parts` holds literal strings and `Wildcard`s; `value` is the
@@ -71,6 +78,7 @@ class StrMatch:
     parts: tuple[GlobPart, ...] = ()
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class RegexMatch:
     """Python `re.search` of `pattern` on `str(value)`; `flags` is a subset of {"i", "m", "s"}."""
@@ -80,6 +88,7 @@ class RegexMatch:
     flags: frozenset[str] = frozenset()
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class CidrMatch:
     """The value parses as an IP address inside `network` (a string such as "10.0.0.0/8" or "fe80::/10")."""
@@ -88,6 +97,7 @@ class CidrMatch:
     network: str
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class NumEq:
     """Numeric equality: the value is a number, or a string that parses as one, equal to `value`."""
@@ -96,6 +106,7 @@ class NumEq:
     value: int | float
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class BoolEq:
     """Boolean equality: the value is a bool, or the string "true"/"false" (any case)."""
@@ -104,6 +115,7 @@ class BoolEq:
     value: bool
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Compare:
     """Numeric comparison `value <op> self.value`; values that are not numbers (or numeric strings) fail."""
@@ -113,6 +125,7 @@ class Compare:
     value: int | float
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Exists:
     """`present=True`: the field is in the event (any value, even empty); False: it is absent."""
@@ -121,6 +134,7 @@ class Exists:
     present: bool
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class IsNull:
     """Sigma `null`: the field is absent, or present with no value (None or the empty string)."""
@@ -128,6 +142,7 @@ class IsNull:
     field: str
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class FieldRef:
     """Compare `field` with the value of another field `other` of the same event (`fieldref`)."""
@@ -147,6 +162,7 @@ Node: TypeAlias = (
 )
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Route:
     """Which events a program can match: any of `channels` (compared case-insensitively; empty = any
@@ -156,6 +172,7 @@ class Route:
     event_ids: tuple[int, ...] = ()
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Program:
     """A rule compiled for one log source: route the event, then evaluate `condition` on its fields.

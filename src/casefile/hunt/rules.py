@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from casefile.errors import ConfigError
 from casefile.hunt import ir
 from casefile.models import RuleInfo
+from casefile.pickling import by_fields
 
 if TYPE_CHECKING:
     # Compiling (casefile.hunt.build) needs pySigma; a rule set from the cache does not, so a warm start
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from casefile.hunt.routing import LogSourceTable
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class SkippedRule:
     """A rule that was not loaded, and why (shown by `casefile rules check`)."""
@@ -32,6 +34,7 @@ class SkippedRule:
         return f"{self.path}{ident}: {self.reason}"
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     """A loaded base rule: its metadata and one IR program per log source."""

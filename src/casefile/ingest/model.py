@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from casefile.pickling import by_fields
 
+
+@by_fields
 @dataclass(frozen=True, slots=True)
 class EvidenceFile:
     """One readable log file, possibly a member of a zip or a gzip stream.
@@ -32,15 +34,6 @@ class EvidenceFile:
     def location(self) -> Path:
         """The file on disk that holds the bytes."""
         return Path(self.on_disk)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The parent pickles every file for the workers (236,800 at 10 M events of the benchmark): the
-        # generic pickling of frozen slots dataclasses looks fields() up for every object.
-        return (EvidenceFile, _EVIDENCE_STATE(self))
-
-
-#: An evidence file's field values in `__init__` order (what `EvidenceFile.__reduce__` pickles).
-_EVIDENCE_STATE = operator.attrgetter(*(f.name for f in fields(EvidenceFile)))
 
 
 @dataclass(frozen=True, slots=True)
