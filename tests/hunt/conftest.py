@@ -13,6 +13,19 @@ import pytest
 from casefile.hunt import RuleSet, load_rules
 from casefile.models import Event
 
+#: One Sysmon/Security process-creation rule, for tests of the CLI and of start-up.
+WHOAMI_RULE = r"""title: Whoami
+id: 0d7c4a52-5a1f-4b3e-9c6b-0f3f6a4b1a01
+author: Tester
+logsource: {product: windows, category: process_creation}
+detection:
+    sel:
+        Image|endswith: '\whoami.exe'
+    condition: sel
+level: medium
+"""
+
+
 
 def _make_event(fields: Mapping[str, Any], *, channel: str | None = None, event_id: int | None = None,
                record_id: int = 1, ts: datetime | None = None) -> Event:

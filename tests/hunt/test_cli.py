@@ -18,16 +18,8 @@ from typer.testing import CliRunner
 
 from casefile.cli import app
 
-RULE = r"""title: Whoami
-id: 0d7c4a52-5a1f-4b3e-9c6b-0f3f6a4b1a01
-author: Tester
-logsource: {product: windows, category: process_creation}
-detection:
-    sel:
-        Image|endswith: '\whoami.exe'
-    condition: sel
-level: medium
-"""
+from .conftest import WHOAMI_RULE as RULE
+
 EVENTS = [
     {"EventID": 1, "Channel": "Microsoft-Windows-Sysmon/Operational", "Computer": "ws1",
      "Image": "C:\\Windows\\System32\\whoami.exe", "CommandLine": "=HYPERLINK(\"x\")"},
@@ -221,7 +213,7 @@ def test_jsonl_lines_are_the_records(tmp_path: Path) -> None:
     from casefile.models import Detection, DetectionKind, Level, RuleInfo
 
     rule = RuleInfo("r1", "T", Level.HIGH, "test", "A", ("attack.t1059",))
-    matched = [
+    matched: list[dict[str, object]] = [
         {"Image": "C:\\ä\\x.exe", "Count": 7, "Ratio": 0.25, "List": ["a", 1]},
         {"Wide": 2**70, "Negative": -(2**64)},  # wider than orjson's 64-bit integers
         {"Odd": "x\ud800y"},

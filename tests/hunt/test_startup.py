@@ -8,15 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-RULE = r"""title: Whoami
-id: 0d7c4a52-5a1f-4b3e-9c6b-0f3f6a4b1a01
-logsource: {product: windows, category: process_creation}
-detection:
-    sel:
-        Image|endswith: '\whoami.exe'
-    condition: sel
-level: medium
-"""
+from .conftest import WHOAMI_RULE
+
 HEAVY = ("sigma", "duckdb", "pyarrow", "httpx", "numpy")
 
 PROBE = """
@@ -41,7 +34,7 @@ def _probe(rules: Path, cache: Path) -> dict[str, object]:
 def test_warm_start_imports_no_compiler_store_or_http_client(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()
-    (rules / "whoami.yml").write_text(RULE, encoding="utf-8")
+    (rules / "whoami.yml").write_text(WHOAMI_RULE, encoding="utf-8")
     cold = _probe(rules, tmp_path / "cache")
     assert cold == {"rules": 1, "heavy": ["sigma"]}  # compiling needs pySigma, and this probe sees it
     assert _probe(rules, tmp_path / "cache") == {"rules": 1, "heavy": []}
