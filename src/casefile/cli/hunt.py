@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,15 +119,17 @@ def hunt_cmd(
     ] = "informational",
     placeholder: PlaceholderOpt = [],  # noqa: B006  (typer needs a literal default)
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=0, help="Worker processes (0: one per CPU).")
-    ] = 1,
+        int, typer.Option(
+            "--jobs", "-j", min=0,
+            help="Worker processes (0: one per CPU, or none for evidence of a few MB).",
+        ),
+    ] = 0,
 ) -> None:
     """Hunt evidence with Sigma rules; detections to stdout (or --output), summary to stderr."""
     if fmt not in FORMATS:
         raise fail(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
     level = Level.parse(min_level)
     ruleset = _load(rules, placeholder)
-    workers = jobs or os.cpu_count() or 1
     stats = HuntStats()
     out: TextIO
     # detections are written as they are found (only counters stay in memory); the table
@@ -136,7 +137,7 @@ def hunt_cmd(
     with _bar() as bar, text_output(output) as out:
         # no output format writes the events' fields (`to_record`), so workers need not send them
         detections = iter_hunt(
-            paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=workers,
+            paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=jobs,
             event_fields=False,
         )
         if fmt == "table":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -195,7 +196,8 @@ def iter_hunt(
     Same detections and order as `run_hunt`, but nothing is kept: only counters in `stats` (filled
     as the iterator advances; complete once it is exhausted) and, for correlations, the base hits
     of the rules they reference. Warnings go to `on_warning` and are counted, not stored. With
-    `workers > 1` at most a few file groups' results wait in the parent (bounded queue).
+    `workers > 1` at most a few file groups' results wait in the parent (bounded queue); `workers=0`
+    takes one per CPU, or none beside this process for evidence that makes one task (the CLI's default).
     With `event_fields=False` the fast path leaves `Detection.fields` empty but for the rules
     correlations read, for callers that do not use it: workers then send far less.
     """
@@ -226,8 +228,8 @@ def iter_hunt(
         hits: Iterable[Detection] = vector_hits(
             evidence, rules, workers=workers, warn=warn, done=done, fields_of=None if event_fields else needed
         )
-    elif workers > 1 and len(evidence) > 1:
-        hits = _parallel_hits(evidence, ruleset, min_level, workers, warn, done)
+    elif (workers or os.cpu_count() or 1) > 1 and len(evidence) > 1:
+        hits = _parallel_hits(evidence, ruleset, min_level, workers or os.cpu_count() or 1, warn, done)
     else:
         hits = _sequential_hits(evidence, _index(ruleset, min_level), warn, done)
     by_rule = stats.by_rule

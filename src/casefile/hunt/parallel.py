@@ -8,8 +8,10 @@ counts are those of the serial engine.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import multiprocessing
+import os
 import pickle
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -173,9 +175,15 @@ def vector_hits(
     """Base-rule detections of `rules` over `evidence`, in the serial engine's order.
 
     Reports warnings and per-file event counts through `warn` and `done`, file by file in order. Only
-    detections of the rule ids in `fields_of` carry their event's fields, if it is given.
+    detections of the rule ids in `fields_of` carry their event's fields, if it is given. `workers=0`
+    picks one per CPU, or none beside this process when the evidence is one task: starting workers
+    (spawning, loading the rules in each) costs more than a few files take.
     """
-    groups = _groups(evidence, task_bytes)
+    groups: Iterator[list[EvidenceFile]] = _groups(evidence, task_bytes)
+    if workers == 0:
+        first = list(itertools.islice(groups, 2))
+        workers = (os.cpu_count() or 1) if len(first) > 1 else 1
+        groups = itertools.chain(first, groups)
     if workers <= 1:
         hunter = FileHunter(rules, batch_records=batch_records, fields_of=fields_of)
         for group in groups:
