@@ -8,6 +8,7 @@ characters backslash and star, which Sigma reads as an escaped (literal) star.
 from __future__ import annotations
 
 import base64
+import random
 import textwrap
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from casefile.hunt import hunt
+from casefile.hunt.evaluate import _contains_any
 from casefile.hunt.rules import RuleSet
 from casefile.models import Event
 
@@ -100,6 +102,45 @@ CASES: list[tuple[str, dict[str, Any], str, bool]] = [
     ("startswith-no", {"F": "say hello"}, sel("F|startswith: 'hello'"), False),
     ("endswith", {"F": "say HELLO"}, sel("F|endswith: 'hello'"), True),
     ("list-is-or", {"F": "b"}, sel("F:\n            - a\n            - b"), True),
+    # a list of contains values: any of them (searched with one automaton once there are three or more)
+    ("contains-any-yes", {"F": "xx GAMMA yy"}, """
+    sel:
+        F|contains:
+            - 'alpha'
+            - 'beta'
+            - 'gamma'
+            - 'delta'
+    condition: sel""", True),
+    ("contains-any-no", {"F": "alph bet gamm"}, """
+    sel:
+        F|contains:
+            - 'alpha'
+            - 'beta'
+            - 'gamma'
+            - 'delta'
+    condition: sel""", False),
+    # a lone surrogate in the value (as `json` reads "\ud800") or in a literal (YAML's "\ud800" escape)
+    ("contains-any-surrogate-value", {"F": "\ud800 Beta \udfff"}, """
+    sel:
+        F|contains:
+            - 'alpha'
+            - 'beta'
+            - 'gamma'
+    condition: sel""", True),
+    ("contains-any-surrogate-value-no", {"F": "\ud800 bet \udfff"}, """
+    sel:
+        F|contains:
+            - 'alpha'
+            - 'beta'
+            - 'gamma'
+    condition: sel""", False),
+    ("contains-any-surrogate-literal", {"F": "a\ud800b"}, """
+    sel:
+        F|contains:
+            - 'alpha'
+            - 'beta'
+            - "\\ud800b"
+    condition: sel""", True),
     ("contains-all-yes", {"F": "alpha beta gamma"}, """
     sel:
         F|contains|all:
@@ -321,3 +362,25 @@ def test_semantics(
 def test_case_ids_unique() -> None:
     ids = [c[0] for c in CASES]
     assert len(ids) == len(set(ids))
+
+
+def test_contains_any_agrees_with_in() -> None:
+    """The automaton's answer is `any(w in s)`: overlapping and repeated literals, values with lone
+    surrogates (which the automaton cannot take), and the lists it leaves to other tests (empty or
+    surrogate literals)."""
+    rng = random.Random(7)
+    plain, odd = "ab\\.\u00e9\u03c3", "\ud800"
+
+    def text(chars: str, low: int, high: int) -> str:
+        return "".join(rng.choice(chars) for _ in range(rng.randint(low, high)))
+
+    for case in range(600):
+        words = [text(plain, 1, 4) for _ in range(rng.randint(3, 9))]
+        if case % 10 == 0:
+            words.append("")
+        elif case % 10 == 1:
+            words.append(text(plain + odd, 1, 3) + odd)
+        test = _contains_any(words)
+        for _ in range(20):
+            s = text(plain + odd if case % 3 == 0 else plain, 0, 12)
+            assert bool(test(s)) == any(w in s for w in words), (words, s)
