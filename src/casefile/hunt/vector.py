@@ -141,6 +141,9 @@ def _either(alternatives: list[list[Clause]]) -> list[Clause]:
     is implied. Each alternative offers its cheapest few, and the product is capped cheapest first
     (a merged clause costs the sum of its parts, so choices are ranked before any is built).
     """
+    if all(len(clauses) == 1 for clauses in alternatives):
+        # one choice (the common Or of plain tests): what the general case below gives, without ranking
+        return [list(dict.fromkeys(a for (clause,) in alternatives for a in clause))]
     combos: list[tuple[float, tuple[Clause, ...]]] = [(0.0, ())]
     for clauses in alternatives:
         options = sorted(((_cost(c), c) for c in clauses), key=lambda pair: pair[0])[:_OR_OPTIONS]
@@ -589,7 +592,10 @@ def build_plan(
         need[pos] = len(clauses)
         for k, clause in enumerate(clauses):
             for f, op, lit in clause:
-                by_field.setdefault(f, _FieldAnchors()).add(op, lit, pos * _SLOTS + k)
+                anchors = by_field.get(f)
+                if anchors is None:  # not setdefault: a _FieldAnchors made per anchor was a quarter of a plan
+                    anchors = by_field[f] = _FieldAnchors()
+                anchors.add(op, lit, pos * _SLOTS + k)
                 if f == RAW:
                     raw_literals.append(lit)
     for fa in by_field.values():
