@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
+import subprocess
+import sys
+import textwrap
 import zipfile
 import zlib
 from collections import Counter
@@ -12,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from casefile.ingest import discover, read_events
+from casefile.ingest.readers import evtx as evtx_reader
 from casefile.ingest.readers.evtx import CHUNK_SIZE, HEADER_SIZE, EvtxReader
 from casefile.models import Event, IngestWarning
 
@@ -150,6 +155,80 @@ def test_unparseable_record_is_skipped(sample: bytes, tmp_path: Path) -> None:
               "while trying to deserialize evtx stream.: Offset 0x0000ea64: Tried to read an invalid "
               "byte `0x41` as binxml value variant"),
     ]
+
+
+#: Reads one EVTX file in a fresh interpreter with a short stop for damaged chunks, and prints its events'
+#: record ids and its warnings as JSON: run under a time limit, since an endless loop of the parser in the
+#: test's own process could not be stopped.
+_READ_APART = textwrap.dedent("""
+    import json, sys
+    from casefile.ingest import read_events
+    from casefile.ingest.readers import evtx
+    evtx.DAMAGED_CHUNK_SECONDS = 2.0
+    warnings = []
+    ids = [e.record_id for e in read_events([sys.argv[1]], on_warning=warnings.append)]
+    print(json.dumps([ids, [[w.record, w.reason] for w in warnings]]))
+""")
+
+
+@pytest.mark.shared
+def test_damaged_chunk_that_stalls_the_parser_is_stopped(sample: bytes, tmp_path: Path) -> None:
+    """One byte in chunk 1 (found by fuzzing) sends the parser into an endless loop that holds the GIL:
+    the damaged chunk is parsed in a child process, which is stopped, and the rest of the file is read."""
+    data = bytearray(sample)
+    data[HEADER_SIZE + CHUNK_SIZE + 1256] = 152
+    bad = tmp_path / "stalls.evtx"
+    bad.write_bytes(bytes(data))
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_APART, str(bad)], capture_output=True, text=True, timeout=300, check=True
+    )
+    ids, warnings = json.loads(done.stdout)
+    others = [437471 + n for n in range(1, 870) if not 99 <= n <= 197]
+    assert [i for i in ids if not 437471 + 99 <= i <= 437471 + 197] == others
+    assert warnings[0] == [
+        None, "chunk 1 checksum mismatch (records): records 99..197 may be damaged or altered; read as found"
+    ]
+    if len(ids) == len(others):  # evtx 0.14 loops on this chunk
+        assert warnings[1:] == [[99, "EVTX parse error, records skipped: parser stopped on damaged chunk 1 "
+                                     "(no answer within 2 s) after 0 of its records"]]
+    else:  # a parser that no longer loops gives the chunk's records in their place
+        assert ids == sorted(ids) and not any("stopped" in reason for _, reason in warnings)
+
+
+def _quarantine_with_child(monkeypatch: pytest.MonkeyPatch, code: str) -> evtx_reader._Quarantine:
+    monkeypatch.setattr(evtx_reader, "_CHILD", code)
+    return evtx_reader._Quarantine(0.5)
+
+
+def test_quarantine_stops_a_child_that_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    quarantine = _quarantine_with_child(monkeypatch, "import time\nwhile True: time.sleep(1)")
+    first = quarantine.records(b"h", b"c", 3)
+    assert first == ["parser stopped on damaged chunk 3 (no answer within 0.5 s) after 0 of its records"]
+    assert quarantine.records(b"h", b"c", 4) == [
+        "parser stopped on damaged chunk 4 (no answer within 0.5 s) after 0 of its records"
+    ]
+    # after two stops, a file's other damaged chunks are not tried
+    assert quarantine.records(b"h", b"c", 5) == [
+        "damaged chunk 5 not parsed: the parser already had to be stopped 2 times on this file's "
+        "damaged chunks"
+    ]
+
+
+def test_quarantine_keeps_what_a_dying_child_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    send = (
+        "import json, struct, sys\n"
+        "sys.stdin.buffer.read(4 + 2)\n"  # the image, so that the parent's write cannot meet a closed pipe
+        "body = json.dumps(['r', 7, '{}']).encode()\n"
+        "sys.stdout.buffer.write(struct.pack('<I', len(body)) + body)\n"
+        "sys.stdout.flush()\n"
+        "sys.exit(3)\n"
+    )
+    quarantine = _quarantine_with_child(monkeypatch, send)
+    assert quarantine.records(b"h", b"c", 1) == [
+        {"event_record_id": 7, "data": "{}"},
+        "parser stopped on damaged chunk 1 (its process ended, exit status 3) after 1 of its records",
+    ]
+    quarantine.close()
 
 
 @pytest.mark.shared

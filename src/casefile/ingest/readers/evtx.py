@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import re
+import select
 import struct
+import subprocess
+import sys
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -30,16 +37,21 @@ COMPRESSED_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError)
 MAX_COPY = 16 << 30
 #: After this many errors in a row without a good record the rest of the file is given up.
 MAX_CONSECUTIVE_ERRORS = 256
+#: Seconds a damaged chunk may take in the child process that parses it (a chunk takes milliseconds):
+#: some damaged bytes send the parser into an endless loop that holds the GIL, which only stopping the
+#: process that runs it can end.
+DAMAGED_CHUNK_SECONDS = 10.0
 
 
-def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> list[str]:
-    """Problems with the CRC32 checksums of the file header and of each chunk (header and records).
+def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> tuple[list[str], set[int]]:
+    """Problems with the CRC32 checksums of the file header and of each chunk (header and records), and
+    the numbers of the chunks whose checksums do not match.
 
-    The parser does not verify them by default (verifying would drop whole chunks); a mismatch
-    means bytes changed after Windows wrote them (damage, or tampering), so the records are read
-    as found and the mismatch is reported.
+    A mismatch means bytes changed after Windows wrote them (damage, or tampering): the reader parses
+    such chunks apart (`_Quarantine`), reads their records as found and reports the mismatch.
     """
     problems = []
+    damaged: set[int] = set()
     if zlib.crc32(header[:120]) != struct.unpack_from("<I", header, 124)[0]:
         problems.append("file header checksum mismatch: header fields may be damaged")
     stream.seek(HEADER_SIZE)
@@ -52,12 +64,13 @@ def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> list[
         header_ok = zlib.crc32(chunk[:120] + chunk[128:512]) == struct.unpack_from("<I", chunk, 124)[0]
         data_ok = free_offset <= CHUNK_SIZE and zlib.crc32(chunk[512:free_offset]) == data_crc
         if not (header_ok and data_ok):
+            damaged.add(number)
             part = "chunk header" if not header_ok else "records"
             problems.append(
                 f"chunk {number} checksum mismatch ({part}): records {first}..{last} may be damaged "
                 "or altered; read as found"
             )
-    return problems
+    return problems, damaged
 
 
 def _complete_records(chunk: bytes) -> tuple[int, int | None]:
@@ -77,26 +90,55 @@ def _complete_records(chunk: bytes) -> tuple[int, int | None]:
     return min(offset, len(chunk)), None
 
 
+_CHUNK_NUMBER = re.compile(r"chunk number (\d+)\b")
+
+
 def _records(
     parser: Any, source: str, on_warning: WarningSink, *, last_number: int, what: str = "",
     decode: Callable[[str], Any] = json.loads,
+    damaged: Callable[[int], list[dict[str, Any] | str] | None] | None = None,
 ) -> Iterator[RawRecord]:
     """Iterate a parser's JSON records; a bad chunk or record becomes a warning and iteration goes on.
 
     Records are numbered as their record headers number them; an unreadable one is named by the
     number after the last good one (the parser's message names the full range of a lost chunk).
+    `damaged(n)` gives the records (and error messages) of chunk n when the parser refused it for its
+    checksum, or None when n is not a chunk the reader found damaged; they take the chunk's place.
     """
     iterator = parser.records_json()
+    salvaged: list[dict[str, Any] | str] = []
     consecutive = 0
     while True:
-        try:
-            record = next(iterator)
-        except StopIteration:
-            return
-        except RuntimeError as exc:  # the parser's per-chunk / per-record error
+        error: str | None = None
+        if salvaged:
+            item = salvaged.pop()
+            if isinstance(item, str):
+                error = item
+            else:
+                record = item
+        else:
+            try:
+                record = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as exc:  # the parser's per-chunk / per-record error
+                found = _CHUNK_NUMBER.search(str(exc)) if damaged is not None else None
+                chunk = damaged(int(found.group(1))) if damaged is not None and found else None
+                if chunk is not None:
+                    salvaged = chunk[::-1]  # popped from the end
+                    continue
+                error = str(exc)
+            except BaseException as exc:
+                if type(exc).__name__ != "PanicException":  # pyo3's: the Rust parser failed an assertion
+                    raise
+                on_warning(IngestWarning(
+                    source, f"EVTX parser failed{what}, reading stopped here: {exc}", last_number + 1
+                ))
+                return
+        if error is not None:
             consecutive += 1
             on_warning(IngestWarning(
-                source, f"EVTX parse error{what}, records skipped: {exc}", last_number + 1
+                source, f"EVTX parse error{what}, records skipped: {error}", last_number + 1
             ))
             if consecutive >= MAX_CONSECUTIVE_ERRORS:
                 on_warning(IngestWarning(
@@ -121,11 +163,128 @@ def _records(
         yield RawRecord(index=last_number, data=data, shape="evtx-json")
 
 
+#: The child process of `_Quarantine`: reads length-prefixed EVTX images (a file header and one chunk) on
+#: stdin and answers each with length-prefixed JSON frames: ["r", record number, JSON text] per record,
+#: ["e", message] per error, ["end"] when the chunk is done.
+_CHILD = r"""
+import io, json, struct, sys
+from evtx import PyEvtxParser
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def send(item):
+    body = json.dumps(item).encode("ascii")
+    out.write(struct.pack("<I", len(body)) + body)
+while True:
+    head = inp.read(4)
+    if len(head) < 4:
+        break
+    image = inp.read(struct.unpack("<I", head)[0])
+    try:
+        records = PyEvtxParser(io.BytesIO(image), number_of_threads=1).records_json()
+        while True:
+            try:
+                r = next(records)
+            except StopIteration:
+                break
+            except RuntimeError as exc:
+                send(["e", str(exc)])
+                continue
+            send(["r", r.get("event_record_id"), r["data"]])
+    except BaseException as exc:
+        send(["e", f"{type(exc).__name__}: {exc}"])
+    send(["end"])
+    out.flush()
+"""
+
+
+class _Quarantine:
+    """Parses damaged chunks one at a time in a child process, stopped when one takes too long.
+
+    Damaged bytes can send the parser into an endless loop, in the Rust code and holding the GIL, so the
+    only way to stop it is to stop the process; the hunt's worker or the CLI must not be that process.
+    Records are framed as JSON, not pickled: the child parses hostile bytes.
+    """
+
+    #: After this many stops in one file, its other damaged chunks are skipped without a try.
+    MAX_STOPS = 2
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.stops = 0
+        self._child: subprocess.Popen[bytes] | None = None
+        self._buffer = bytearray()
+        self._why = ""
+
+    def records(self, header: bytes, chunk: bytes, number: int) -> list[dict[str, Any] | str]:
+        """Damaged chunk `number`: its records as the parser gives them and its error messages, in order."""
+        if self.stops >= self.MAX_STOPS:
+            return [
+                f"damaged chunk {number} not parsed: the parser already had to be stopped {self.stops} "
+                "times on this file's damaged chunks"
+            ]
+        if self._child is None:
+            self._child = subprocess.Popen(
+                [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            self._buffer.clear()
+        assert self._child.stdin is not None
+        image = header + chunk
+        out: list[dict[str, Any] | str] = []
+        deadline = time.monotonic() + self.seconds
+        try:
+            self._child.stdin.write(struct.pack("<I", len(image)) + image)
+            self._child.stdin.flush()
+            while (frame := self._frame(deadline)) is not None:
+                if frame[0] == "end":
+                    return out
+                out.append({"event_record_id": frame[1], "data": frame[2]} if frame[0] == "r" else frame[1])
+        except OSError as exc:
+            self._why = f"it could not be given the chunk: {exc}"
+        self.close()
+        self.stops += 1
+        read = sum(1 for item in out if not isinstance(item, str))
+        out.append(f"parser stopped on damaged chunk {number} ({self._why}) after {read} of its records")
+        return out
+
+    def _frame(self, deadline: float) -> list[Any] | None:
+        """The child's next frame, or None when it has not come by `deadline` or the child is gone."""
+        assert self._child is not None and self._child.stdout is not None
+        fd = self._child.stdout.fileno()
+        while True:
+            if len(self._buffer) >= 4:
+                size = struct.unpack_from("<I", self._buffer)[0]
+                if len(self._buffer) >= 4 + size:
+                    body = bytes(self._buffer[4:4 + size])
+                    del self._buffer[:4 + size]
+                    frame: list[Any] = json.loads(body)
+                    return frame
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                self._why = f"no answer within {self.seconds:g} s"
+                return None
+            block = os.read(fd, 1 << 16)
+            if not block:
+                self._why = f"its process ended, exit status {self._child.wait()}"
+                return None
+            self._buffer += block
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+            self._child.wait()
+            for pipe in (self._child.stdin, self._child.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):  # what was left to write to the dead child
+                        pipe.close()
+            self._child = None
+
+
 class EvtxReader:
     """Reads EVTX with `evtx.PyEvtxParser`.
 
     Damage is reported, never fatal: a file without the `ElfFile` magic, a chunk the parser cannot
-    read (its records are lost and named in the warning), and a truncated file. The parser
+    read (its records are lost and named in the warning), a chunk whose checksum does not match (parsed
+    in a child process that is stopped if it loops: `_Quarantine`), and a truncated file. The parser
     silently ignores a partial last chunk, so this reader notices the truncation itself and
     parses the partial chunk on its own to recover the records written before the cut.
     """
@@ -198,18 +357,35 @@ class EvtxReader:
         size = stream.seek(0, io.SEEK_END)
         declared = struct.unpack_from("<H", header, 42)[0]
         full_chunks, partial = divmod(size - HEADER_SIZE, CHUNK_SIZE)
-        for problem in check_checksums(stream, header, full_chunks):
+        problems, damaged = check_checksums(stream, header, full_chunks)
+        for problem in problems:
             on_warning(IngestWarning(source, problem))
         stream.seek(0)
         try:
-            parser = PyEvtxParser(str(disk_path), number_of_threads=self.threads)
+            # With damaged chunks the parser checks every chunk's checksums, so that it refuses the damaged
+            # ones, which are then parsed apart (`_Quarantine`), where an endless loop can be stopped.
+            parser = PyEvtxParser(
+                str(disk_path), number_of_threads=self.threads, validate_checksums=bool(damaged)
+            )
         except (OSError, RuntimeError, ValueError) as exc:
             on_warning(IngestWarning(source, f"unreadable EVTX file: {exc}"))
             return
+        quarantine = _Quarantine(DAMAGED_CHUNK_SECONDS) if damaged else None
+
+        def apart(number: int) -> list[dict[str, Any] | str] | None:
+            if quarantine is None or number not in damaged:
+                return None
+            stream.seek(HEADER_SIZE + number * CHUNK_SIZE)
+            return quarantine.records(header, stream.read(CHUNK_SIZE), number)
+
         last = 0
-        for raw in _records(parser, source, on_warning, last_number=0, decode=self.decode):
-            last = raw.index
-            yield raw
+        try:
+            for raw in _records(parser, source, on_warning, last_number=0, decode=self.decode, damaged=apart):
+                last = raw.index
+                yield raw
+        finally:
+            if quarantine is not None:
+                quarantine.close()
         if partial:
             yield from self._salvage(
                 stream, header, full_chunks, partial, last, declared, source, on_warning
