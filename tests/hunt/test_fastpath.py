@@ -18,7 +18,16 @@ from casefile.hunt import RuleSet, ir, load_rules, run_hunt
 from casefile.hunt.engine import RuleIndex, match_event
 from casefile.hunt.parallel import _normalise
 from casefile.hunt.rules import CompiledRule
-from casefile.hunt.vector import NOT, BatchHunter, RawJson, VectorIndex, guard, regex_literal, specialise
+from casefile.hunt.vector import (
+    NOT,
+    BatchHunter,
+    RawJson,
+    VectorIndex,
+    fixed_nodes,
+    guard,
+    regex_literal,
+    specialise,
+)
 from casefile.models import Detection, Level, RuleInfo
 
 
@@ -275,6 +284,25 @@ def test_specialise_decides_event_id_and_channel() -> None:
     assert specialise(cond, "Security", 4688) == ir.StrMatch(F, "eq", "x")
     assert specialise(cond, "Security", 4624) == ir.Const(False)
     assert specialise(ir.Not(ir.NumEq("EventID", 1)), "Security", 1) == ir.Const(False)
+
+
+def test_specialise_skips_only_what_it_cannot_change() -> None:
+    """With `fixed_nodes`, specialising gives the same trees, and leaves the fixed subtrees themselves."""
+    plain = ir.Or((ir.StrMatch(F, "endswith", "\\a.exe"), ir.StrMatch(F, "endswith", "\\b.exe")))
+    folded = ir.Or((ir.StrMatch("User", "eq", "x"), ir.Const(True)))  # no EventID test, but a constant
+    conds = [
+        ir.And((ir.NumEq("EventID", 4688), plain)),
+        ir.And((ir.StrMatch("Channel", "eq", "security"), ir.Not(ir.Or((ir.NumEq("EventID", 1), plain))))),
+        ir.And((plain, folded)),
+        plain,
+    ]
+    fixed = fixed_nodes(conds)
+    assert id(plain) in fixed and id(folded) not in fixed and id(conds[0]) not in fixed
+    for channel, event_id in [("Security", 4688), ("Security", 1), ("System", 7045), (None, None)]:
+        for cond in conds:
+            assert specialise(cond, channel, event_id, fixed) == specialise(cond, channel, event_id)
+    assert specialise(conds[0], "Security", 4688, fixed) is plain
+    assert specialise(conds[2], "Security", 1, fixed) is plain  # the constant folded away
 
 
 @pytest.mark.parametrize("n_literals", [3, 40])  # below and above the automaton threshold
