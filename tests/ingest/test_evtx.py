@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 import zlib
 from collections import Counter
@@ -193,6 +194,39 @@ def test_damaged_chunk_that_stalls_the_parser_is_stopped(sample: bytes, tmp_path
                                      "(no answer within 2 s) after 0 of its records"]]
     else:  # a parser that no longer loops gives the chunk's records in their place
         assert ids == sorted(ids) and not any("stopped" in reason for _, reason in warnings)
+
+
+_ORPHAN = textwrap.dedent("""
+    import os, sys, threading, time
+    from casefile.ingest.readers import evtx
+    data = open(sys.argv[1], "rb").read()
+    quarantine = evtx._Quarantine(600.0)
+    head, chunk = data[:evtx.HEADER_SIZE], data[evtx.HEADER_SIZE + evtx.CHUNK_SIZE:][:evtx.CHUNK_SIZE]
+    threading.Thread(target=quarantine.records, args=(head, chunk, 1), daemon=True).start()
+    while quarantine._child is None:
+        time.sleep(0.01)
+    time.sleep(1.0)  # the child is in the parser's loop by now
+    print(quarantine._child.pid, flush=True)
+    os._exit(0)  # as a hunt worker stopped for stalling ends
+""")
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_looping_child_ends_with_its_parent(sample: bytes, tmp_path: Path) -> None:
+    data = bytearray(sample)
+    data[HEADER_SIZE + CHUNK_SIZE + 1256] = 152
+    bad = tmp_path / "stalls.evtx"
+    bad.write_bytes(bytes(data))
+    done = subprocess.run(
+        [sys.executable, "-c", _ORPHAN, str(bad)], capture_output=True, text=True, timeout=120, check=True
+    )
+    child = Path("/proc") / done.stdout.strip()
+    for _ in range(100):
+        if not child.exists():
+            break
+        time.sleep(0.1)
+    assert not child.exists(), "the damaged chunk's parser outlived the process that started it"
 
 
 def _quarantine_with_child(monkeypatch: pytest.MonkeyPatch, code: str) -> evtx_reader._Quarantine:

@@ -165,9 +165,16 @@ def _records(
 
 #: The child process of `_Quarantine`: reads length-prefixed EVTX images (a file header and one chunk) on
 #: stdin and answers each with length-prefixed JSON frames: ["r", record number, JSON text] per record,
-#: ["e", message] per error, ["end"] when the chunk is done.
+#: ["e", message] per error, ["end"] when the chunk is done. On Linux it asks the kernel to kill it when
+#: its parent ends (PR_SET_PDEATHSIG): a hunt worker stopped for stalling must not leave a looping child
+#: behind, and the loop cannot check for itself. (Were the parent gone before that, stdin is at its end.)
 _CHILD = r"""
-import io, json, struct, sys
+import io, json, signal, struct, sys
+try:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+except (OSError, AttributeError):
+    pass
 from evtx import PyEvtxParser
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 def send(item):
