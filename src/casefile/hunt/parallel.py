@@ -7,15 +7,18 @@ counts are those of the serial engine.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import itertools
 import json
 import multiprocessing
 import os
 import pickle
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +37,11 @@ BATCH_RECORDS = 20_000
 TASK_BYTES = 16 * 1024 * 1024
 #: Tasks in flight per worker; bounds the results waiting in the parent.
 IN_FLIGHT = 2
+#: A worker that goes this many seconds without finishing a batch or starting a file ends itself. Crafted
+#: (or damaged) EVTX bytes can send the parser into an endless loop that holds the GIL, which nothing in
+#: the worker can interrupt; the parent then hunts the files it had given out one at a time, to name the
+#: file that stops a worker and go on without it. A batch takes about a second.
+STALL_SECONDS = 120.0
 
 
 class _Unparsed(dict[str, Any]):
@@ -94,6 +102,8 @@ class FileHunter:
         self.hunter = BatchHunter(self.index, _normalise, fields_of=fields_of)
         self.reader = EvtxReader(threads=1, decode=_keep_text)
         self.batch_records = batch_records
+        #: Called at each file and batch: re-arms a worker's stall timer (see STALL_SECONDS).
+        self.alive: Callable[[], None] = _nothing
 
     def hunt(self, evidence: Sequence[EvidenceFile]) -> TaskResult:
         warnings: list[IngestWarning] = []
@@ -103,7 +113,10 @@ class FileHunter:
         batch: list[RawJson] = []
         owner: list[int] = []  # file position of each batch record
 
+        alive = self.alive
+
         def flush() -> None:
+            alive()
             result = self.hunter.run(batch, warn)
             detections.extend(result.detections)
             lost = set(result.not_events)
@@ -114,10 +127,13 @@ class FileHunter:
             owner.clear()
 
         for pos, ev in enumerate(evidence):
+            alive()
             if ev.format != self.reader.name:
                 flush()
                 for event in read_file(ev, warn):
                     events[pos] += 1
+                    if not events[pos] % self.batch_records:
+                        alive()
                     detections.extend(self.hunter.match_event(event))
                 continue
             for raw in read_records(ev, warn, reader=self.reader):
@@ -144,21 +160,54 @@ def _groups(evidence: Sequence[EvidenceFile], task_bytes: int) -> Iterator[list[
         yield group
 
 
+def _nothing() -> None:
+    pass
+
+
+class _StallTimer:
+    """Ends this process if `alive` is not called for `seconds` (faulthandler's timer is a C thread: it
+    fires even while the parser holds the GIL). Re-arming costs about 0.25 ms, so it is done at most once
+    a second: the limit is then between `seconds - 1` and `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.armed_at: float | None = None
+        self.sink = open(os.devnull, "w")  # noqa: SIM115  (for the process's life: the timer writes to it)
+
+    def alive(self) -> None:
+        now = time.monotonic()
+        if self.armed_at is None or now - self.armed_at >= 1.0:
+            self.armed_at = now
+            faulthandler.dump_traceback_later(self.seconds, exit=True, file=self.sink)
+
+    def stop(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        self.armed_at = None
+
+
 # Worker-process state, set by the pool initializer.
 _worker: FileHunter | None = None
+_timer: _StallTimer | None = None
 
 
-def _init_worker(rules: bytes, batch_records: int, fields_of: frozenset[str] | None) -> None:
-    global _worker
+def _init_worker(
+    rules: bytes, batch_records: int, fields_of: frozenset[str] | None, stall_seconds: float
+) -> None:
+    global _worker, _timer
     _worker = FileHunter(pickle.loads(rules), batch_records=batch_records, fields_of=fields_of)
+    _timer = _StallTimer(stall_seconds)
+    _worker.alive = _timer.alive
     # The rule set is most of the worker's objects and lives as long as it: out of the collector's sight,
     # the full collections that the batches' allocations trigger do not walk it again and again.
     gc.freeze()
 
 
 def _worker_task(evidence: list[EvidenceFile]) -> TaskResult:
-    assert _worker is not None, "worker used without its initializer"
-    return _worker.hunt(evidence)
+    assert _worker is not None and _timer is not None, "worker used without its initializer"
+    try:
+        return _worker.hunt(evidence)
+    finally:
+        _timer.stop()  # an idle worker waits for its next task
 
 
 def vector_hits(
@@ -171,13 +220,16 @@ def vector_hits(
     batch_records: int = BATCH_RECORDS,
     task_bytes: int = TASK_BYTES,
     fields_of: frozenset[str] | None = None,
+    stall_seconds: float = STALL_SECONDS,
 ) -> Iterator[Detection]:
     """Base-rule detections of `rules` over `evidence`, in the serial engine's order.
 
     Reports warnings and per-file event counts through `warn` and `done`, file by file in order. Only
     detections of the rule ids in `fields_of` carry their event's fields, if it is given. `workers=0`
     picks one per CPU, or none beside this process when the evidence is one task: starting workers
-    (spawning, loading the rules in each) costs more than a few files take.
+    (spawning, loading the rules in each) costs more than a few files take. A worker that stalls
+    (`stall_seconds`) or dies costs only the file it was on, which is named in a warning; in this
+    process (one worker) nothing can stop a parser that loops.
     """
     groups: Iterator[list[EvidenceFile]] = _groups(evidence, task_bytes)
     if workers == 0:
@@ -189,22 +241,77 @@ def vector_hits(
         for group in groups:
             yield from _deliver(group, hunter.hunt(group), warn, done)
         return
-    # spawn, not fork: the parent may run threads (progress display, DuckDB) that fork would copy
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker,
-        # pickled once here, not once per worker process started
-        initargs=(pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL), batch_records, fields_of),
-    ) as pool:
-        pending: deque[tuple[list[EvidenceFile], Future[TaskResult]]] = deque()
-        for group in groups:
-            pending.append((group, pool.submit(_worker_task, group)))
-            if len(pending) >= workers * IN_FLIGHT:
-                g, fut = pending.popleft()
-                yield from _deliver(g, fut.result(), warn, done)
+    # pickled once here, not once per worker process started
+    initargs = (pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL), batch_records, fields_of, stall_seconds)
+
+    def pool_of(n: int) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent may run threads (progress display, DuckDB) that fork would copy
+        return ProcessPoolExecutor(
+            max_workers=n, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+            initargs=initargs,
+        )
+
+    pending: deque[tuple[list[EvidenceFile], Future[TaskResult] | None]] = deque()
+    while True:
+        pool = pool_of(workers)
+        try:
+            for group in groups:
+                pending.append((group, None))  # before submitting, which a broken pool refuses
+                pending[-1] = (group, pool.submit(_worker_task, group))
+                if len(pending) >= workers * IN_FLIGHT:
+                    yield from _deliver(pending[0][0], _result(pending[0][1]), warn, done)
+                    pending.popleft()
+            while pending:
+                yield from _deliver(pending[0][0], _result(pending[0][1]), warn, done)
+                pending.popleft()
+            return
+        except BrokenProcessPool:
+            pass  # some worker stalled or died, on a file not known: see below
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        # The groups given out are delivered as their tasks finished or, if they did not, hunted again
+        # one file at a time by one worker; then the rest goes on with a new pool.
         while pending:
-            g, fut = pending.popleft()
-            yield from _deliver(g, fut.result(), warn, done)
+            group, fut = pending.popleft()
+            try:
+                result = _result(fut)
+            except (BrokenProcessPool, CancelledError):
+                result = _one_by_one(group, pool_of, stall_seconds)
+            yield from _deliver(group, result, warn, done)
+
+
+def _result(fut: Future[TaskResult] | None) -> TaskResult:
+    if fut is None:
+        raise BrokenProcessPool("the task was not submitted")
+    return fut.result()
+
+
+def _one_by_one(
+    group: list[EvidenceFile], pool_of: Callable[[int], ProcessPoolExecutor], stall_seconds: float
+) -> TaskResult:
+    """A group's result, hunted one file at a time by a one-worker pool; a file that stops its worker is
+    reported and counted as no events."""
+    out = TaskResult([], [], [])
+    pool = pool_of(1)
+    try:
+        for ev in group:
+            try:
+                result = pool.submit(_worker_task, [ev]).result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = pool_of(1)
+                result = TaskResult([], [IngestWarning(
+                    ev.path,
+                    f"not hunted: the worker reading it stopped responding for {stall_seconds:g} s or died "
+                    "(the EVTX parser looping or crashing on crafted or damaged bytes?); its detections, "
+                    "if any, are lost and the hunt went on without it",
+                )], [0])
+            out.detections.extend(result.detections)
+            out.warnings.extend(result.warnings)
+            out.events.extend(result.events)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return out
 
 
 def _deliver(
