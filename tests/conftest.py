@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 
 from casefile.config import SHARED_DATA_ENV, shared_data_dir
+from casefile.ingest.readers.evtx import CHUNK_SIZE, HEADER_SIZE
+
+#: An EVTX sample of the shared corpus: 869 records in 10 chunks (record numbers 1..98, 99..197, ...;
+#: their System EventRecordID runs from 437472), 1 118 208 bytes.
+EVTX_SAMPLE = Path("evtx") / "EVTX-ATTACK-SAMPLES" / "Lateral Movement" / "LM_5145_Remote_FileCopy.evtx"
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +21,15 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip(f"reference data not found: set {SHARED_DATA_ENV} or place it at ../shared/data")
     return path
+
+
+@pytest.fixture()
+def stalling_evtx(shared_data: Path) -> bytearray:
+    """`EVTX_SAMPLE` with one byte changed (found by fuzzing) that sends evtx 0.14 into an endless loop on
+    chunk 1 (records 99..197), holding the GIL; its checksums no longer match."""
+    data = bytearray((shared_data / EVTX_SAMPLE).read_bytes())
+    data[HEADER_SIZE + CHUNK_SIZE + 1256] = 152
+    return data
 
 
 @pytest.fixture(autouse=True)

@@ -41,6 +41,15 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+ANY_OF = """
+    sel:
+        F|contains:
+            - 'alpha'
+            - 'beta'
+            - 'gamma'
+            - 'delta'
+    condition: sel"""
+
 # (id, event fields, detection YAML, expected)
 CASES: list[tuple[str, dict[str, Any], str, bool]] = [
     # plain equality is case-insensitive and whole-value
@@ -103,37 +112,11 @@ CASES: list[tuple[str, dict[str, Any], str, bool]] = [
     ("endswith", {"F": "say HELLO"}, sel("F|endswith: 'hello'"), True),
     ("list-is-or", {"F": "b"}, sel("F:\n            - a\n            - b"), True),
     # a list of contains values: any of them (searched with one automaton once there are three or more)
-    ("contains-any-yes", {"F": "xx GAMMA yy"}, """
-    sel:
-        F|contains:
-            - 'alpha'
-            - 'beta'
-            - 'gamma'
-            - 'delta'
-    condition: sel""", True),
-    ("contains-any-no", {"F": "alph bet gamm"}, """
-    sel:
-        F|contains:
-            - 'alpha'
-            - 'beta'
-            - 'gamma'
-            - 'delta'
-    condition: sel""", False),
+    ("contains-any-yes", {"F": "xx GAMMA yy"}, ANY_OF, True),
+    ("contains-any-no", {"F": "alph bet gamm"}, ANY_OF, False),
     # a lone surrogate in the value (as `json` reads "\ud800") or in a literal (YAML's "\ud800" escape)
-    ("contains-any-surrogate-value", {"F": "\ud800 Beta \udfff"}, """
-    sel:
-        F|contains:
-            - 'alpha'
-            - 'beta'
-            - 'gamma'
-    condition: sel""", True),
-    ("contains-any-surrogate-value-no", {"F": "\ud800 bet \udfff"}, """
-    sel:
-        F|contains:
-            - 'alpha'
-            - 'beta'
-            - 'gamma'
-    condition: sel""", False),
+    ("contains-any-surrogate-value", {"F": "\ud800 Beta \udfff"}, ANY_OF, True),
+    ("contains-any-surrogate-value-no", {"F": "\ud800 bet \udfff"}, ANY_OF, False),
     ("contains-any-surrogate-literal", {"F": "a\ud800b"}, """
     sel:
         F|contains:

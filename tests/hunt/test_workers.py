@@ -100,15 +100,16 @@ level: low
 
 
 @pytest.mark.shared
-def test_a_worker_that_stalls_costs_only_its_file(shared_data: Path, tmp_path: Path) -> None:
+def test_a_worker_that_stalls_costs_only_its_file(
+    shared_data: Path, stalling_evtx: bytearray, tmp_path: Path
+) -> None:
     """A file crafted so that the EVTX parser loops (checksums made valid, so the reader does not set its
     chunk apart) stops its worker; the parent hunts the files it had given out again, one by one, names
     the file, and every other file gives what it gives alone."""
     sample = shared_data / "evtx" / "EVTX-ATTACK-SAMPLES" / "Lateral Movement"
     sample /= "LM_5145_Remote_FileCopy.evtx"
-    data = bytearray(sample.read_bytes())
+    data = stalling_evtx
     chunk = HEADER_SIZE + CHUNK_SIZE
-    data[chunk + 1256] = 152  # the byte that sends evtx 0.14 into an endless loop (see tests/ingest)
     free = struct.unpack_from("<I", data, chunk + 48)[0]
     struct.pack_into("<I", data, chunk + 52, zlib.crc32(bytes(data[chunk + 512:chunk + free])))
     # the chunk header's own checksum covers the records' (at 52): made valid after it

@@ -173,13 +173,11 @@ _READ_APART = textwrap.dedent("""
 
 
 @pytest.mark.shared
-def test_damaged_chunk_that_stalls_the_parser_is_stopped(sample: bytes, tmp_path: Path) -> None:
+def test_damaged_chunk_that_stalls_the_parser_is_stopped(stalling_evtx: bytearray, tmp_path: Path) -> None:
     """One byte in chunk 1 (found by fuzzing) sends the parser into an endless loop that holds the GIL:
     the damaged chunk is parsed in a child process, which is stopped, and the rest of the file is read."""
-    data = bytearray(sample)
-    data[HEADER_SIZE + CHUNK_SIZE + 1256] = 152
     bad = tmp_path / "stalls.evtx"
-    bad.write_bytes(bytes(data))
+    bad.write_bytes(bytes(stalling_evtx))
     done = subprocess.run(
         [sys.executable, "-c", _READ_APART, str(bad)], capture_output=True, text=True, timeout=300, check=True
     )
@@ -213,11 +211,9 @@ _ORPHAN = textwrap.dedent("""
 
 @pytest.mark.shared
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_a_looping_child_ends_with_its_parent(sample: bytes, tmp_path: Path) -> None:
-    data = bytearray(sample)
-    data[HEADER_SIZE + CHUNK_SIZE + 1256] = 152
+def test_a_looping_child_ends_with_its_parent(stalling_evtx: bytearray, tmp_path: Path) -> None:
     bad = tmp_path / "stalls.evtx"
-    bad.write_bytes(bytes(data))
+    bad.write_bytes(bytes(stalling_evtx))
     done = subprocess.run(
         [sys.executable, "-c", _ORPHAN, str(bad)], capture_output=True, text=True, timeout=120, check=True
     )
