@@ -143,7 +143,8 @@ def _str_test(op: ir.StrOp, leaves: Sequence[ir.StrMatch]) -> Callable[[str], ob
     return re.compile("|".join(f"(?:{glob_regex(leaf.parts)})" for leaf in leaves), re.DOTALL).fullmatch
 
 
-#: Code points with no UTF-8 form (`json` keeps lone surrogates), which the automaton cannot take.
+#: Code points with no UTF-8 form (`json` keeps lone surrogates), which an Aho-Corasick automaton
+#: (`ahocorasick-rs`, here and in `vector`) cannot take.
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 

@@ -39,6 +39,7 @@ import ahocorasick_rs
 from casefile.hunt import ir
 from casefile.hunt.evaluate import (
     _MISSING,
+    _SURROGATES,
     EventView,
     Predicate,
     _as_str,
@@ -62,9 +63,6 @@ Anchor = tuple[str, str, str]  # (field, op, lower-cased literal)
 _GRAM = 3
 #: `contains` literals on one field above which they are searched with an Aho-Corasick automaton.
 _AUTOMATON_MIN = 8
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
 Clause = list[Anchor]
 
 
