@@ -271,13 +271,17 @@ def vector_hits(
             pool.shutdown(wait=True, cancel_futures=True)
         # The groups given out are delivered as their tasks finished or, if they did not, hunted again
         # one file at a time by one worker; then the rest goes on with a new pool.
-        while pending:
-            group, fut = pending.popleft()
-            try:
-                result = _result(fut)
-            except (BrokenProcessPool, CancelledError):
-                result = _one_by_one(group, pool_of, stall_seconds)
-            yield from _deliver(group, result, warn, done)
+        alone = _OneByOne(pool_of, stall_seconds)
+        try:
+            while pending:
+                group, fut = pending.popleft()
+                try:
+                    result = _result(fut)
+                except (BrokenProcessPool, CancelledError):
+                    result = alone.hunt(group)
+                yield from _deliver(group, result, warn, done)
+        finally:
+            alone.close()
 
 
 def _result(fut: Future[TaskResult] | None) -> TaskResult:
@@ -286,32 +290,40 @@ def _result(fut: Future[TaskResult] | None) -> TaskResult:
     return fut.result()
 
 
-def _one_by_one(
-    group: list[EvidenceFile], pool_of: Callable[[int], ProcessPoolExecutor], stall_seconds: float
-) -> TaskResult:
-    """A group's result, hunted one file at a time by a one-worker pool; a file that stops its worker is
-    reported and counted as no events."""
-    out = TaskResult([], [], [])
-    pool = pool_of(1)
-    try:
+class _OneByOne:
+    """Hunts groups one file at a time in a one-worker pool (started on first use, shared by the groups of
+    one recovery: each start loads the rules and builds plans again); a file that stops its worker is
+    reported and counted as no events, and the pool is replaced."""
+
+    def __init__(self, pool_of: Callable[[int], ProcessPoolExecutor], stall_seconds: float) -> None:
+        self.pool_of = pool_of
+        self.stall_seconds = stall_seconds
+        self.pool: ProcessPoolExecutor | None = None
+
+    def hunt(self, group: list[EvidenceFile]) -> TaskResult:
+        out = TaskResult([], [], [])
         for ev in group:
+            if self.pool is None:
+                self.pool = self.pool_of(1)
             try:
-                result = pool.submit(_worker_task, [ev]).result()
+                result = self.pool.submit(_worker_task, [ev]).result()
             except BrokenProcessPool:
-                pool.shutdown(wait=True, cancel_futures=True)
-                pool = pool_of(1)
+                self.close()
                 result = TaskResult([], [IngestWarning(
                     ev.path,
-                    f"not hunted: the worker reading it stopped responding for {stall_seconds:g} s or died "
-                    "(the EVTX parser looping or crashing on crafted or damaged bytes?); its detections, "
-                    "if any, are lost and the hunt went on without it",
+                    f"not hunted: the worker reading it stopped responding for {self.stall_seconds:g} s or "
+                    "died (the EVTX parser looping or crashing on crafted or damaged bytes?); its "
+                    "detections, if any, are lost and the hunt went on without it",
                 )], [0])
             out.detections.extend(result.detections)
             out.warnings.extend(result.warnings)
             out.events.extend(result.events)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return out
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
 
 def _deliver(
