@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,20 @@ def stalling_evtx(shared_data: Path) -> bytearray:
     chunk 1 (records 99..197), holding the GIL; its checksums no longer match."""
     data = bytearray((shared_data / EVTX_SAMPLE).read_bytes())
     data[HEADER_SIZE + CHUNK_SIZE + 1256] = 152
+    return data
+
+
+@pytest.fixture()
+def crafted_evtx(stalling_evtx: bytearray) -> bytearray:
+    """`stalling_evtx` with chunk 1's checksums made valid again: nothing tells the reader that the chunk
+    was changed, as in a file crafted to stop the tools that read it."""
+    data = stalling_evtx
+    chunk = HEADER_SIZE + CHUNK_SIZE
+    free = struct.unpack_from("<I", data, chunk + 48)[0]
+    struct.pack_into("<I", data, chunk + 52, zlib.crc32(bytes(data[chunk + 512:chunk + free])))
+    # the chunk header's own checksum covers the records' (at 52): made valid after it
+    header = bytes(data[chunk:chunk + 120] + data[chunk + 128:chunk + 512])
+    struct.pack_into("<I", data, chunk + 124, zlib.crc32(header))
     return data
 
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ import pytest
 from casefile.hunt import parallel
 from casefile.hunt.parallel import TASK_BYTES, vector_hits
 from casefile.ingest import discover
-from casefile.ingest.readers.evtx import CHUNK_SIZE, HEADER_SIZE
 
 from .conftest import WHOAMI_RULE, RuleFactory
 
@@ -61,7 +58,7 @@ def test_auto_workers_start_a_pool_only_for_more_than_one_task(
     assert started == ["spawn"]
 
 
-#: Runs `vector_hits` over a folder with two workers, one file per task and a 3 s stall limit, and prints
+#: Runs `vector_hits` over a folder with N workers, one file per task and 3 s stall limits, and prints
 #: the detections (file, record), each file's event count and the warnings as JSON. In a child process
 #: under a time limit: if the limit failed, a worker's endless loop would hang the test.
 _HUNT = textwrap.dedent("""
@@ -70,6 +67,9 @@ _HUNT = textwrap.dedent("""
     from casefile.hunt.parallel import vector_hits
     from casefile.hunt.rules import load_rules
     from casefile.ingest import discover
+    from casefile.ingest.readers import evtx
+
+    evtx.CHUNK_SECONDS = 3.0  # a chunk parsed apart (one worker: every chunk) is stopped after 3 s
 
     rules = load_rules([Path(sys.argv[1])]).rules
     evidence = discover([Path(sys.argv[2])])
@@ -101,20 +101,15 @@ level: low
 
 @pytest.mark.shared
 def test_a_worker_that_stalls_costs_only_its_file(
-    shared_data: Path, stalling_evtx: bytearray, tmp_path: Path
+    shared_data: Path, crafted_evtx: bytearray, tmp_path: Path
 ) -> None:
-    """A file crafted so that the EVTX parser loops (checksums made valid, so the reader does not set its
-    chunk apart) stops its worker; the parent hunts the files it had given out again, one by one, names
-    the file, and every other file gives what it gives alone."""
+    """A file crafted so that the EVTX parser loops (checksums valid, so the reader does not set its chunk
+    apart) stops its worker; the parent hunts the files it had given out again, one by one, names the file,
+    and every other file gives what it gives alone. With one worker (this process) the chunk is parsed in a
+    child process and stopped: only its records are lost."""
     sample = shared_data / "evtx" / "EVTX-ATTACK-SAMPLES" / "Lateral Movement"
     sample /= "LM_5145_Remote_FileCopy.evtx"
-    data = stalling_evtx
-    chunk = HEADER_SIZE + CHUNK_SIZE
-    free = struct.unpack_from("<I", data, chunk + 48)[0]
-    struct.pack_into("<I", data, chunk + 52, zlib.crc32(bytes(data[chunk + 512:chunk + free])))
-    # the chunk header's own checksum covers the records' (at 52): made valid after it
-    header = bytes(data[chunk:chunk + 120] + data[chunk + 128:chunk + 512])
-    struct.pack_into("<I", data, chunk + 124, zlib.crc32(header))
+    data = crafted_evtx
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "share.yml").write_text(SHARE_RULE, encoding="utf-8")
     logs = tmp_path / "logs"
@@ -145,4 +140,18 @@ def test_a_worker_that_stalls_costs_only_its_file(
         "b.evtx", "not hunted: the worker reading it stopped responding for 3 s or died (the EVTX parser "
         "looping or crashing on crafted or damaged bytes?); its detections, if any, are lost and the hunt "
         "went on without it",
+    ]]
+
+    # One worker: the hunt runs in this process, which the loop must not stop; chunk 1 (records 99..197)
+    # is lost, and only it.
+    found, done, warnings = hunt(1, logs)
+    chunk_1 = range(437471 + 99, 437471 + 198)
+    assert done == [[f"{name}.evtx", 869 - 99 if name == "b" else 869] for name in "abcdefg"]
+    assert found == [
+        [f"{name}.evtx", record] for name in "abcdefg" for _, record in one_found
+        if name != "b" or record not in chunk_1
+    ]
+    assert warnings == [[
+        "b.evtx", "EVTX parse error, records skipped: parser stopped on chunk 1 (no answer within 3 s) after "
+        "0 of its records",
     ]]

@@ -97,10 +97,13 @@ class FileHunter:
         *,
         batch_records: int = BATCH_RECORDS,
         fields_of: frozenset[str] | None = None,
+        isolate: bool = False,
     ) -> None:
+        """`isolate`: parse EVTX in a child process (`EvtxReader`), for a hunter in a process that must not
+        hang on a parser that loops; a worker has its stall timer instead, and parses in its own process."""
         self.index = VectorIndex(rules)
         self.hunter = BatchHunter(self.index, _normalise, fields_of=fields_of)
-        self.reader = EvtxReader(threads=1, decode=_keep_text)
+        self.reader = EvtxReader(threads=1, decode=_keep_text, isolate=isolate)
         self.batch_records = batch_records
         #: Called at each file and batch: re-arms a worker's stall timer (see STALL_SECONDS).
         self.alive: Callable[[], None] = _nothing
@@ -229,7 +232,7 @@ def vector_hits(
     picks one per CPU, or none beside this process when the evidence is one task: starting workers
     (spawning, loading the rules in each) costs more than a few files take. A worker that stalls
     (`stall_seconds`) or dies costs only the file it was on, which is named in a warning; in this
-    process (one worker) nothing can stop a parser that loops.
+    process (one worker) EVTX chunks are parsed in a child process, stopped if one loops (`EvtxReader`).
     """
     groups: Iterator[list[EvidenceFile]] = _groups(evidence, task_bytes)
     if workers == 0:
@@ -237,9 +240,12 @@ def vector_hits(
         workers = (os.cpu_count() or 1) if len(first) > 1 else 1
         groups = itertools.chain(first, groups)
     if workers <= 1:
-        hunter = FileHunter(rules, batch_records=batch_records, fields_of=fields_of)
-        for group in groups:
-            yield from _deliver(group, hunter.hunt(group), warn, done)
+        hunter = FileHunter(rules, batch_records=batch_records, fields_of=fields_of, isolate=True)
+        try:
+            for group in groups:
+                yield from _deliver(group, hunter.hunt(group), warn, done)
+        finally:
+            hunter.reader.close()
         return
     # pickled once here, not once per worker process started
     initargs = (pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL), batch_records, fields_of, stall_seconds)

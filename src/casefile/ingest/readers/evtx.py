@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
@@ -12,7 +13,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import weakref
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -37,10 +40,10 @@ COMPRESSED_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError)
 MAX_COPY = 16 << 30
 #: After this many errors in a row without a good record the rest of the file is given up.
 MAX_CONSECUTIVE_ERRORS = 256
-#: Seconds a damaged chunk may take in the child process that parses it (a chunk takes milliseconds):
-#: some damaged bytes send the parser into an endless loop that holds the GIL, which only stopping the
-#: process that runs it can end.
-DAMAGED_CHUNK_SECONDS = 10.0
+#: Seconds a chunk may take in the child process that parses it (a chunk takes milliseconds): some
+#: damaged or crafted bytes send the parser into an endless loop that holds the GIL, which only stopping
+#: the process that runs it can end.
+CHUNK_SECONDS = 10.0
 
 
 def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> tuple[list[str], set[int]]:
@@ -96,7 +99,7 @@ _CHUNK_NUMBER = re.compile(r"chunk number (\d+)\b")
 def _records(
     parser: Any, source: str, on_warning: WarningSink, *, last_number: int, what: str = "",
     decode: Callable[[str], Any] = json.loads,
-    damaged: Callable[[int], list[dict[str, Any] | str] | None] | None = None,
+    damaged: Callable[[int], list[Item] | None] | None = None,
 ) -> Iterator[RawRecord]:
     """Iterate a parser's JSON records; a bad chunk or record becomes a warning and iteration goes on.
 
@@ -106,13 +109,15 @@ def _records(
     checksum, or None when n is not a chunk the reader found damaged; they take the chunk's place.
     """
     iterator = parser.records_json()
-    salvaged: list[dict[str, Any] | str] = []
+    salvaged: list[Item] = []
     consecutive = 0
     while True:
         error: str | None = None
         if salvaged:
             item = salvaged.pop()
-            if isinstance(item, str):
+            if isinstance(item, _Panic):  # in the child, on a damaged chunk: this process's parser goes on
+                error = f"PanicException: {item}"
+            elif isinstance(item, str):
                 error = item
             else:
                 record = item
@@ -129,7 +134,8 @@ def _records(
                     continue
                 error = str(exc)
             except BaseException as exc:
-                if type(exc).__name__ != "PanicException":  # pyo3's: the Rust parser failed an assertion
+                # pyo3's PanicException: the Rust parser failed an assertion (here or in the child)
+                if not isinstance(exc, _ChildPanic) and type(exc).__name__ != "PanicException":
                     raise
                 on_warning(IngestWarning(
                     source, f"EVTX parser failed{what}, reading stopped here: {exc}", last_number + 1
@@ -163,119 +169,229 @@ def _records(
         yield RawRecord(index=last_number, data=data, shape="evtx-json")
 
 
-#: The child process of `_Quarantine`: reads length-prefixed EVTX images (a file header and one chunk) on
-#: stdin and answers each with length-prefixed JSON frames: ["r", record number, JSON text] per record,
-#: ["e", message] per error, ["end"] when the chunk is done. On Linux it asks the kernel to kill it when
-#: its parent ends (PR_SET_PDEATHSIG): a hunt worker stopped for stalling must not leave a looping child
-#: behind, and the loop cannot check for itself. (Were the parent gone before that, stdin is at its end.)
+#: The child process that parses EVTX apart (`_ChunkParser`): reads requests on stdin, each an image (a file
+#: header and one chunk) or a file's path and a chunk's offset in it, with the chunk's number in the file,
+#: and answers each with frames: a kind byte, a
+#: number and a UTF-8 text. `R` is a record (its number and JSON text), `N` a record without a usable number,
+#: `E` a parse error (the parser numbers the image's chunk 0: renumbered), `P` a parser panic, `Z` the end of
+#: the image. On Linux it asks the kernel to kill it when its parent ends (PR_SET_PDEATHSIG): a hunt worker
+#: stopped for stalling must not leave a looping child behind, and the loop cannot check for itself. (Were
+#: the parent gone before that, stdin is at its end.) Ctrl-C is the parent's to handle.
 _CHILD = r"""
-import io, json, signal, struct, sys
+import io, re, signal, struct, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 try:
     import ctypes
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)
 except (OSError, AttributeError):
     pass
 from evtx import PyEvtxParser
-inp, out = sys.stdin.buffer, sys.stdout.buffer
-def send(item):
-    body = json.dumps(item).encode("ascii")
-    out.write(struct.pack("<I", len(body)) + body)
+inp = sys.stdin.buffer
+out = open(sys.stdout.fileno(), "wb", buffering=1 << 16, closefd=False)  # the pipe's size: fewer wakeups
+chunk_zero = re.compile(r"chunk number 0\b")
+def send(kind, number, text):
+    body = text.encode("utf-8", "surrogatepass")
+    out.write(struct.pack("<cQI", kind, number, len(body)) + body)
+opened = None
 while True:
-    head = inp.read(4)
-    if len(head) < 4:
+    head = inp.read(21)
+    if len(head) < 21:
         break
-    image = inp.read(struct.unpack("<I", head)[0])
+    mode, size, number, offset = struct.unpack("<BIQQ", head)
+    body = inp.read(size)
     try:
+        if mode == 1:  # a file's path: its header and the chunk at `offset`
+            path = body.decode("utf-8", "surrogateescape")
+            if opened is None or opened.name != path:
+                if opened is not None:
+                    opened.close()
+                opened = open(path, "rb")
+            opened.seek(0)
+            image = opened.read(4096)
+            opened.seek(offset)
+            image += opened.read(65536)
+        else:
+            image = body
         records = PyEvtxParser(io.BytesIO(image), number_of_threads=1).records_json()
+        first = True
         while True:
             try:
                 r = next(records)
             except StopIteration:
                 break
             except RuntimeError as exc:
-                send(["e", str(exc)])
+                send(b"E", 0, chunk_zero.sub(f"chunk number {number}", str(exc), 1))
                 continue
-            send(["r", r.get("event_record_id"), r["data"]])
+            rid = r.get("event_record_id")
+            if type(rid) is int and 0 <= rid < 1 << 64:
+                send(b"R", rid, r["data"])
+            else:
+                send(b"N", 0, r["data"])
+            if first:  # the parent may be waiting: it starts on this one while the rest is parsed
+                out.flush()
+                first = False
+    except (KeyboardInterrupt, SystemExit):
+        raise
     except BaseException as exc:
-        send(["e", f"{type(exc).__name__}: {exc}"])
-    send(["end"])
+        if type(exc).__name__ == "PanicException":
+            send(b"P", 0, str(exc))
+        else:
+            send(b"E", 0, f"{type(exc).__name__}: {exc}")
+    send(b"Z", 0, "")
     out.flush()
 """
+_FRAME = struct.Struct("<cQI")
+_REQUEST = struct.Struct("<BIQQ")
+#: A frame longer than this means the child is not what it should be (a chunk's records are far smaller).
+_MAX_FRAME = 256 << 20
 
 
-class _Quarantine:
-    """Parses damaged chunks one at a time in a child process, stopped when one takes too long.
+class _Panic(str):
+    """A parser panic reported by the child (an item of `_ChunkParser.results`)."""
 
-    Damaged bytes can send the parser into an endless loop, in the Rust code and holding the GIL, so the
-    only way to stop it is to stop the process; the hunt's worker or the CLI must not be that process.
-    Records are framed as JSON, not pickled: the child parses hostile bytes.
+
+class _ChildPanic(Exception):
+    """The parser panicked in the child: reading the file stops there, as when it panics in-process."""
+
+
+#: What parsing one chunk gives: records ({"event_record_id", "data"}), error messages, or a `_Panic`.
+Item = dict[str, Any] | str
+
+
+class _ChunkParser:
+    """One child process that parses EVTX images (`_CHILD`), stopped when one takes too long.
+
+    Damaged or crafted bytes can send the parser into an endless loop, in the Rust code and holding the
+    GIL, so the only way to stop it is to stop the process that runs it; the hunt's worker or the CLI must
+    not be that process. Records come back as UTF-8 text in frames, never pickled: the child parses hostile
+    bytes. Requests are answered in order, so a few may be asked ahead (`asked`) and the child parses while
+    this process works on what it sent. `stops` counts the images it had to be stopped on.
     """
-
-    #: After this many stops in one file, its other damaged chunks are skipped without a try.
-    MAX_STOPS = 2
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.stops = 0
         self._child: subprocess.Popen[bytes] | None = None
-        self._buffer = bytearray()
+        self._buffer = b""
         self._why = ""
+        #: Whether the request `take` last stopped ended with the child ending by itself (not stopped for
+        #: taking too long).
+        self.died = False
+        #: Requests sent whose answers were not all read yet (the oldest is being answered).
+        self.asked = 0
+        self._given = 0  # records of the oldest request handed on so far
 
-    def records(self, header: bytes, chunk: bytes, number: int) -> list[dict[str, Any] | str]:
-        """Damaged chunk `number`: its records as the parser gives them and its error messages, in order."""
-        if self.stops >= self.MAX_STOPS:
-            return [
-                f"damaged chunk {number} not parsed: the parser already had to be stopped {self.stops} "
-                "times on this file's damaged chunks"
-            ]
+    @property
+    def running(self) -> bool:
+        return self._child is not None
+
+    def alive(self) -> bool:
+        return self._child is not None and self._child.poll() is None
+
+    def send(self, image: bytes, number: int, *, path: str | None = None) -> None:
+        """Ask for the records of `image` (a file header and one chunk), whose chunk is number `number` of
+        its file (for messages); or, with `path`, of that file's header and chunk `number`, which the child
+        reads itself (no chunk through the pipe: such requests are small enough to ask a few ahead)."""
         if self._child is None:
             self._child = subprocess.Popen(
                 [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )
-            self._buffer.clear()
+            self._buffer = b""
+            self.asked = 0
         assert self._child.stdin is not None
-        image = header + chunk
-        out: list[dict[str, Any] | str] = []
-        deadline = time.monotonic() + self.seconds
+        self.asked += 1
         try:
-            self._child.stdin.write(struct.pack("<I", len(image)) + image)
+            if path is None:
+                request = _REQUEST.pack(0, len(image), number, 0) + image
+            else:
+                body = path.encode("utf-8", "surrogateescape")
+                request = _REQUEST.pack(1, len(body), number, HEADER_SIZE + number * CHUNK_SIZE) + body
+            self._child.stdin.write(request)
             self._child.stdin.flush()
-            while (frame := self._frame(deadline)) is not None:
-                if frame[0] == "end":
-                    return out
-                out.append({"event_record_id": frame[1], "data": frame[2]} if frame[0] == "r" else frame[1])
         except OSError as exc:
             self._why = f"it could not be given the chunk: {exc}"
-        self.close()
-        self.stops += 1
-        read = sum(1 for item in out if not isinstance(item, str))
-        out.append(f"parser stopped on damaged chunk {number} ({self._why}) after {read} of its records")
+            self.died = True
+            self.close()
+
+    def results(self, what: str) -> list[Item]:
+        """Everything the oldest request gives (see `take`)."""
+        out: list[Item] = []
+        done = False
+        while not done:
+            items, done = self.take(what)
+            out += items
         return out
 
-    def _frame(self, deadline: float) -> list[Any] | None:
-        """The child's next frame, or None when it has not come by `deadline` or the child is gone."""
+    def take(self, what: str) -> tuple[list[Item], bool]:
+        """The next records and error messages the oldest request gives, in order (at least one, unless it
+        is done), and whether it is done. If the child stops answering (or dies) it is stopped and the
+        request ends with a message naming `what` (e.g. "chunk 3"); later requests are dropped."""
+        out: list[Item] = []
+        self.died = self._child is None and self.died  # a failed send() has said so already
+        if self._child is not None:
+            deadline = time.monotonic() + self.seconds
+            buf, pos, head = self._buffer, 0, _FRAME.size
+            unpack = _FRAME.unpack_from
+            while True:
+                n = len(buf)
+                while pos + head <= n:  # every whole frame in the buffer
+                    kind, number, size = unpack(buf, pos)
+                    end = pos + head + size
+                    if end > n:
+                        break
+                    text = buf[pos + head:end].decode("utf-8", "surrogatepass")
+                    pos = end
+                    if kind == b"R":
+                        out.append({"event_record_id": number, "data": text})
+                    elif kind == b"Z":
+                        self._buffer = buf[pos:]
+                        self.asked -= 1
+                        self._given = 0
+                        return out, True
+                    elif kind == b"N":
+                        out.append({"event_record_id": None, "data": text})
+                    elif kind == b"P":
+                        out.append(_Panic(text))
+                    else:
+                        out.append(text)
+                if pos + head <= n and unpack(buf, pos)[2] > _MAX_FRAME:
+                    self._why = f"it sent a frame of {unpack(buf, pos)[2]} bytes"
+                    self.died = False
+                    break
+                if out:
+                    self._buffer = buf[pos:]
+                    self._given += sum(1 for item in out if not isinstance(item, str))
+                    return out, False
+                block = self._read(deadline)
+                if block is None:
+                    break
+                buf, pos = buf[pos:] + block, 0
+            self.close()
+        self.stops += 1
+        read = self._given + sum(1 for item in out if not isinstance(item, str))
+        self._given = 0
+        out.append(f"parser stopped on {what} ({self._why}) after {read} of its records")
+        return out, True
+
+    def _read(self, deadline: float) -> bytes | None:
+        """What the child wrote next, or None when nothing came by `deadline` or the child is gone."""
         assert self._child is not None and self._child.stdout is not None
         fd = self._child.stdout.fileno()
-        while True:
-            if len(self._buffer) >= 4:
-                size = struct.unpack_from("<I", self._buffer)[0]
-                if len(self._buffer) >= 4 + size:
-                    body = bytes(self._buffer[4:4 + size])
-                    del self._buffer[:4 + size]
-                    frame: list[Any] = json.loads(body)
-                    return frame
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                self._why = f"no answer within {self.seconds:g} s"
-                return None
-            block = os.read(fd, 1 << 16)
-            if not block:
-                self._why = f"its process ended, exit status {self._child.wait()}"
-                return None
-            self._buffer += block
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            self._why = f"no answer within {self.seconds:g} s"
+            self.died = False
+            return None
+        block = os.read(fd, 1 << 18)
+        if not block:
+            self._why = f"its process ended, exit status {self._child.wait()}"
+            self.died = True
+            return None
+        return block
 
     def close(self) -> None:
+        self.asked = 0
         if self._child is not None:
             self._child.kill()
             self._child.wait()
@@ -286,23 +402,163 @@ class _Quarantine:
             self._child = None
 
 
+class _Quarantine(_ChunkParser):
+    """Parses a file's damaged chunks apart, one at a time, when the parser runs in this process."""
+
+    #: After this many stops in one file, its other damaged chunks are skipped without a try.
+    MAX_STOPS = 2
+
+    def records(self, header: bytes, chunk: bytes, number: int) -> list[Item]:
+        """Damaged chunk `number`: its records as the parser gives them and its error messages, in order."""
+        if self.stops >= self.MAX_STOPS:
+            return [
+                f"damaged chunk {number} not parsed: the parser already had to be stopped {self.stops} "
+                "times on this file's damaged chunks"
+            ]
+        self.send(header + chunk, number)
+        return self.results(f"damaged chunk {number}")
+
+
+class _Feed:
+    """Stands in for the parser's `records_json()` iterator over items that `next_items` gives a list at a
+    time (None when done): records are returned, error messages raised as the parser raises them."""
+
+    def __init__(self, next_items: Callable[[], list[Item] | None]) -> None:
+        self._next_items = next_items
+        self._items: list[Item] = []
+
+    def records_json(self) -> _Feed:
+        return self
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        while not self._items:
+            items = self._next_items()
+            if items is None:
+                raise StopIteration
+            self._items = items[::-1]  # popped from the end
+        item = self._items.pop()
+        if isinstance(item, _Panic):
+            raise _ChildPanic(str(item))
+        if isinstance(item, str):
+            raise RuntimeError(item)
+        return item
+
+
+#: Chunks asked of the child ahead of the one being read (small requests: the pipe never fills with them).
+_AHEAD = 4
+
+
+def _chunks_apart(
+    child: _ChunkParser, path: Path, full_chunks: int, damaged: set[int]
+) -> Iterator[list[Item]]:
+    """The items of the file at `path` parsed in `child`, chunk by chunk, a few at a time: chunks are asked
+    ahead, so that the child parses while this process works on what it sent.
+
+    A stop costs the chunk it happened on; the next ones are asked again of a new child, until the child
+    has had to be stopped `_Quarantine.MAX_STOPS` times. A child that ends by itself is given the chunk
+    once more (a new child, what was already handed on skipped): the kernel ends a child when the thread
+    that started it ends (the parent-death signal), which says nothing about the chunk.
+    """
+    name = str(path)
+    asked = number = 0  # the next chunk to ask for; the chunk being read
+    given = skip = 0  # items of this chunk handed on; items of a second try to drop (given by the first)
+    retried = False
+    while number < full_chunks:
+        if child.stops >= _Quarantine.MAX_STOPS:
+            yield [
+                f"chunks {number}..{full_chunks - 1} not parsed: the parser already had to be stopped "
+                f"{child.stops} times on this file"
+            ]
+            return
+        if not child.running:
+            asked = number  # a stopped child's requests went with it
+        while asked < full_chunks and asked - number < _AHEAD:
+            child.send(b"", asked, path=name)
+            asked += 1
+        items, done = child.take(f"{'damaged ' if number in damaged else ''}chunk {number}")
+        if done and child.died and not retried:
+            items.pop()  # the stop's message: not a stop, yet
+            child.stops -= 1
+            retried, done = True, False
+            skip = given + len(items)
+        elif skip:
+            dropped = min(skip, len(items))
+            items, skip = items[dropped:], skip - dropped
+        if items:
+            given += len(items)
+            yield items
+        if done:
+            number += 1
+            given = skip = 0
+            retried = False
+
+
 class EvtxReader:
     """Reads EVTX with `evtx.PyEvtxParser`.
 
     Damage is reported, never fatal: a file without the `ElfFile` magic, a chunk the parser cannot
-    read (its records are lost and named in the warning), a chunk whose checksum does not match (parsed
-    in a child process that is stopped if it loops: `_Quarantine`), and a truncated file. The parser
-    silently ignores a partial last chunk, so this reader notices the truncation itself and
-    parses the partial chunk on its own to recover the records written before the cut.
+    read (its records are lost and named in the warning), a chunk whose checksum does not match (read as
+    found, and reported), and a truncated file. The parser silently ignores a partial last chunk, so this
+    reader notices the truncation itself and parses the partial chunk on its own to recover the records
+    written before the cut.
+
+    Some bytes (damaged, or crafted with valid checksums) send the parser into an endless loop that holds
+    the GIL. With `isolate` (the default) every chunk is parsed in a child process (`_ChunkParser`, one per
+    reader and reused from file to file), which is stopped when a chunk takes `CHUNK_SECONDS`; that chunk's
+    records are lost, named in a warning, and reading goes on. Without it (a hunt worker, which has its own
+    stall timer: see `casefile.hunt.parallel`) the parser runs in this process and only damaged chunks are
+    parsed apart.
     """
 
     name = "evtx"
 
-    def __init__(self, threads: int = 0, decode: Callable[[str], Any] = json.loads) -> None:
-        #: Rust worker threads per file; 0 lets the parser decide (1 when files run in parallel).
+    def __init__(
+        self, threads: int = 0, decode: Callable[[str], Any] = json.loads, *, isolate: bool = True
+    ) -> None:
+        #: Rust worker threads per file in this process; 0 lets the parser decide (1 when files run in
+        #: parallel). A child parses one chunk at a time.
         self.threads = threads
         #: Turns a record's JSON text into its `RawRecord.data` (the vectorised hunt keeps the text).
         self.decode = decode
+        self.isolate = isolate
+        self._spare: list[_ChunkParser] = []  # idle children, for the next file
+        self._lock = threading.Lock()
+        _READERS.add(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_spare"], state["_lock"] = [], None  # processes and locks are this process's own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        _READERS.add(self)
+
+    def close(self) -> None:
+        """Stop the idle children (a reader in use keeps its own until the file is read)."""
+        with self._lock:
+            spare, self._spare = self._spare, []
+        for child in spare:
+            child.close()
+
+    def _borrow(self) -> _ChunkParser:
+        with self._lock:
+            while self._spare and not self._spare[-1].alive():
+                self._spare.pop().close()  # ended with the thread that started it (see `_chunks_apart`)
+            child = self._spare.pop() if self._spare else _ChunkParser(CHUNK_SECONDS)
+        child.stops = 0  # counted per file
+        return child
+
+    def _give_back(self, child: _ChunkParser) -> None:
+        if child.asked or not child.running:  # left in the middle of a file (or stopped): not reused
+            child.close()
+            return
+        with self._lock:
+            self._spare.append(child)
 
     def sniff(self, head: bytes, name: str) -> int:
         if head.startswith(MAGIC):
@@ -377,9 +633,14 @@ class EvtxReader:
         except (OSError, RuntimeError, ValueError) as exc:
             on_warning(IngestWarning(source, f"unreadable EVTX file: {exc}"))
             return
-        quarantine = _Quarantine(DAMAGED_CHUNK_SECONDS) if damaged else None
+        if self.isolate:
+            yield from self._read_apart(
+                stream, header, full_chunks, partial, declared, damaged, source, on_warning, disk_path
+            )
+            return
+        quarantine = _Quarantine(CHUNK_SECONDS) if damaged else None
 
-        def apart(number: int) -> list[dict[str, Any] | str] | None:
+        def apart(number: int) -> list[Item] | None:
             if quarantine is None or number not in damaged:
                 return None
             stream.seek(HEADER_SIZE + number * CHUNK_SIZE)
@@ -393,9 +654,35 @@ class EvtxReader:
         finally:
             if quarantine is not None:
                 quarantine.close()
+        yield from self._end(stream, header, full_chunks, partial, last, declared, source, on_warning, None)
+
+    def _read_apart(
+        self, stream: IO[bytes], header: bytes, full_chunks: int, partial: int, declared: int,
+        damaged: set[int], source: str, on_warning: WarningSink, disk_path: Path,
+    ) -> Iterator[RawRecord]:
+        """`_read` with every chunk parsed in a child process (see `isolate`)."""
+        child = self._borrow()
+        try:
+            chunks = _chunks_apart(child, disk_path, full_chunks, damaged)
+            feed = _Feed(lambda: next(chunks, None))
+            last = 0
+            for raw in _records(feed, source, on_warning, last_number=0, decode=self.decode):
+                last = raw.index
+                yield raw
+            yield from self._end(
+                stream, header, full_chunks, partial, last, declared, source, on_warning, child
+            )
+        finally:
+            self._give_back(child)
+
+    def _end(
+        self, stream: IO[bytes], header: bytes, full_chunks: int, partial: int, last: int, declared: int,
+        source: str, on_warning: WarningSink, child: _ChunkParser | None,
+    ) -> Iterator[RawRecord]:
+        """After the whole chunks: the partial last chunk's records, or a warning about missing ones."""
         if partial:
             yield from self._salvage(
-                stream, header, full_chunks, partial, last, declared, source, on_warning
+                stream, header, full_chunks, partial, last, declared, source, on_warning, child
             )
         elif full_chunks < declared:
             on_warning(IngestWarning(
@@ -406,9 +693,10 @@ class EvtxReader:
 
     def _salvage(
         self, stream: IO[bytes], header: bytes, full_chunks: int, partial: int, last: int,
-        declared: int, source: str, on_warning: WarningSink,
+        declared: int, source: str, on_warning: WarningSink, child: _ChunkParser | None,
     ) -> Iterator[RawRecord]:
-        """Parse the cut-off last chunk alone, zero-padded to full size, for the records it still holds."""
+        """Parse the cut-off last chunk alone, zero-padded to full size, for the records it still holds
+        (in `child`, if given)."""
         if partial < CHUNK_HEADER_SIZE:
             on_warning(IngestWarning(
                 source,
@@ -423,11 +711,16 @@ class EvtxReader:
         # cut record, which would otherwise parse into a record of garbage.
         padded = header + tail[:complete] + bytes(CHUNK_SIZE - complete)
         recovered = 0
+        parser: Any
         try:
             parser = PyEvtxParser(io.BytesIO(padded), number_of_threads=1)
         except (OSError, RuntimeError, ValueError) as exc:
             on_warning(IngestWarning(source, f"truncated EVTX: partial last chunk unreadable: {exc}"))
             return
+        if child is not None:  # the check above reads the header only; the records are parsed apart
+            child.send(padded, 0)  # 0: the parser's own numbering, as parsing it here would give
+            items: list[list[Item]] = [child.results(f"partial chunk {full_chunks}")]
+            parser = _Feed(lambda: items.pop() if items else None)
         what = f" in partial chunk {full_chunks}"
         for raw in _records(parser, source, on_warning, last_number=last, what=what, decode=self.decode):
             recovered += 1
@@ -440,5 +733,24 @@ class EvtxReader:
             + ", later records are lost",
         ))
 
+
+#: Readers that may hold idle children: stopped at exit, and forgotten by a forked process (whose requests
+#: would otherwise mix with its parent's on the same pipes).
+_READERS: weakref.WeakSet[EvtxReader] = weakref.WeakSet()
+
+
+def _close_all() -> None:
+    for reader in list(_READERS):
+        reader.close()
+
+
+def _forget_all_in_child() -> None:
+    for reader in list(_READERS):
+        reader._spare, reader._lock = [], threading.Lock()
+
+
+atexit.register(_close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_all_in_child)
 
 READERS.register(EvtxReader.name, EvtxReader())
