@@ -102,6 +102,11 @@ EVENTS = [
     {"Image": "C:\\w\\cmd.exe", "ParentImage": "C:\\w\\cmd.exe", "CommandLine": "0042",
      "IpAddress": ["10.0.0.1", "8.8.4.4"]},
     {"Image": "notepad.exe", "CommandLine": "a`b"},
+    # field references: prefixes and substrings of another field, a list, a cased capital sigma
+    {"Image": "C:\\Tools\\Run.exe", "ParentImage": "c:\\tools\\run.exe.bak", "CommandLine": "ΑΣΒ",
+     "User": "ΑΣ", "IpAddress": "10.0.0.5"},
+    {"Image": "C:\\Tools\\x", "ParentImage": "TOOLS", "CommandLine": "x", "User": ["bob", "ALICE"],
+     "OriginalFileName": "alice", "IpAddress": "10.0.0.6"},
 ]
 
 F = "Image"
@@ -165,6 +170,13 @@ CONDITIONS: list[ir.Node] = [
         ir.CidrMatch("IpAddress", "10.0.0.0/8"),
         ir.CidrMatch("IpAddress", "fe80::/10"),
     ))),
+    # field references, pre-filtered by the reference's own test on the lower-cased values (rules 46-51)
+    ir.FieldRef("ParentImage", "Image", "startswith"),
+    ir.FieldRef("Image", "ParentImage", "contains"),
+    ir.FieldRef("ParentImage", "Image", "endswith", cased=True),
+    ir.FieldRef("CommandLine", "User", "startswith", cased=True),  # `ΑΣΒ` starts with `ΑΣ`; not once lowered
+    ir.FieldRef("OriginalFileName", "User"),
+    ir.FieldRef("Image", "ParentImage", cased=True),
 ]
 
 
@@ -204,6 +216,11 @@ def test_every_ir_node_matches_the_reference() -> None:
     public = {d.record_id for d in ref if d.rule.id == "rule-45"}
     # 8.8.8.8 and the two events without IpAddress; not 10.x, fe80::, "-", nor a list holding a 10.x
     assert public == {1, 3, 7}
+    refs = {f"rule-{i}": {d.record_id for d in ref if d.rule.id == f"rule-{i}"} for i in range(46, 52)}
+    # record 6 has Image == ParentImage; record 2's ParentImage is null, whose string form "" every value holds
+    assert refs == {
+        "rule-46": {6, 8}, "rule-47": {2, 6, 9}, "rule-48": {6}, "rule-49": {8}, "rule-50": {9}, "rule-51": {6}
+    }
 
 
 def test_user_data_and_nested_values_match_the_reference() -> None:
@@ -221,6 +238,9 @@ def test_user_data_and_nested_values_match_the_reference() -> None:
 
 
 def test_guards_are_implied_by_their_conditions() -> None:
+    assert guard(ir.FieldRef(F, "ParentImage", "endswith")) == [[(F, "ref-endswith", "ParentImage")]]
+    assert guard(ir.FieldRef(F, "ParentImage", cased=True)) == [[(F, "ref-eq", "ParentImage")]]
+    assert guard(ir.FieldRef(F, "ParentImage", "startswith", cased=True)) == []  # see rule 49 above
     cond = ir.And((
         ir.Or((ir.StrMatch(F, "endswith", "\\cmd.exe"), ir.StrMatch("OriginalFileName", "eq", "Cmd.Exe"))),
         ir.StrMatch("CommandLine", "contains", "/c"),

@@ -86,6 +86,10 @@ def guard(node: ir.Node) -> list[Clause]:
         if node.op != "eq" and not value:
             return []
         return [[(node.field, node.op, value)]]
+    if isinstance(node, ir.FieldRef) and (node.op == "eq" or not node.cased):
+        # the reference's own test on the lower-cased values (a cased `eq` implies it; a cased prefix may
+        # not stay one once lower-cased: `ΑΣ` is a prefix of `ΑΣΒ`, `ας` not of `ασβ`)
+        return [[(node.field, REF + node.op, node.other)]]
     if isinstance(node, ir.RegexMatch) and node.field is not None:
         lit = regex_literal(node.pattern, node.flags)
         return [[(node.field, "regex-i" if "i" in node.flags else "contains", lit)]] if lit else []
@@ -248,6 +252,14 @@ RAW = ""
 NOT = "not"
 #: A test of a negated anchor: the value is an address in the network (its literal).
 CIDR = "cidr"
+#: Ops of field-reference anchors (`ref-eq`, `ref-startswith`, ...): the literal is the other field's name.
+REF = "ref-"
+_REF_TESTS: dict[str, Callable[[str, str], bool]] = {
+    "ref-eq": str.__eq__,
+    "ref-startswith": str.startswith,
+    "ref-endswith": str.endswith,
+    "ref-contains": str.__contains__,  # a contains b
+}
 #: Capital sigma lower-cases to `σ`, or to `ς` ending a word: the one letter whose lower case needs context.
 _SIGMA = "\u03a3"
 
@@ -306,6 +318,8 @@ def _cost(anchors: Iterable[Anchor]) -> float:
 
 
 def _anchor_cost(op: str, lit: str) -> float:
+    if op in _REF_TESTS:
+        return 3.0  # two fields seldom agree
     if op == NOT:
         tests = json.loads(lit)
         if any(o in ("contains", "endswith") and _UBIQUITOUS.fullmatch(t) for o, t in tests):
@@ -556,6 +570,8 @@ class PartitionPlan:
     raw_ints: bool = True
     need: dict[int, int] = field(default_factory=dict)  # entry position -> clauses to satisfy
     by_name: dict[str, _FieldAnchors] = field(default_factory=dict)
+    #: Field-reference anchors: (field, other field, op in `_REF_TESTS`, owner bit)
+    refs: tuple[tuple[str, str, str, int], ...] = ()
 
     #: (guarded positions, bit pos * _SLOTS each; the clause bits each needs, pos * _SLOTS + k for its
     #: clauses k); built on first use (not pickled state worth keeping)
@@ -609,6 +625,7 @@ def build_plan(
     always: list[int] = []
     need: dict[int, int] = {}
     raw_literals: list[str] = []
+    refs: list[tuple[str, str, str, int]] = []
     memo = {} if clauses_of is None else clauses_of
     for pos, original in enumerate(conditions):
         cond = specialise(original, channel, event_id, fixed)
@@ -623,6 +640,9 @@ def build_plan(
         need[pos] = len(clauses)
         for k, clause in enumerate(clauses):
             for f, op, lit in clause:
+                if op in _REF_TESTS:
+                    refs.append((f, lit, op, 1 << (pos * _SLOTS + k)))
+                    continue
                 anchors = by_field.get(f)
                 if anchors is None:  # not setdefault: a _FieldAnchors made per anchor was a quarter of a plan
                     anchors = by_field[f] = _FieldAnchors()
@@ -633,7 +653,7 @@ def build_plan(
         fa.finish()
     raw = by_field.pop(RAW, None)
     raw_ints = any(set(lit) <= _INT_CHARS for lit in raw_literals)
-    return PartitionPlan(entries, tuple(always), raw, raw_ints, need, by_field)
+    return PartitionPlan(entries, tuple(always), raw, raw_ints, need, by_field, tuple(refs))
 
 
 class VectorIndex:
@@ -830,6 +850,12 @@ class BatchHunter:
             out |= bits
         if plan.raw is not None:
             out |= plan.raw.positive(_joined_values(view, plan.raw_ints))
+        for name, other, op, bit in plan.refs:
+            # the reference's test on the lower-cased values; `lowered` keeps them for the confirmation
+            rights = view.lowered(other)
+            test = _REF_TESTS[op]
+            if rights and any(test(a, b) for a in view.lowered(name) for b in rights):
+                out |= bit
         return out
 
     @staticmethod
