@@ -217,9 +217,10 @@ def test_every_ir_node_matches_the_reference() -> None:
     # 8.8.8.8 and the two events without IpAddress; not 10.x, fe80::, "-", nor a list holding a 10.x
     assert public == {1, 3, 7}
     refs = {f"rule-{i}": {d.record_id for d in ref if d.rule.id == f"rule-{i}"} for i in range(46, 52)}
-    # record 6 has Image == ParentImage; record 2's ParentImage is null, whose string form "" every value holds
+    # record 6 has Image == ParentImage; record 2's ParentImage is null, whose string "" every value holds
     assert refs == {
-        "rule-46": {6, 8}, "rule-47": {2, 6, 9}, "rule-48": {6}, "rule-49": {8}, "rule-50": {9}, "rule-51": {6}
+        "rule-46": {6, 8}, "rule-47": {2, 6, 9}, "rule-48": {6}, "rule-49": {8}, "rule-50": {9},
+        "rule-51": {6},
     }
 
 

@@ -13,6 +13,7 @@ import zipfile
 import zlib
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,6 +239,49 @@ def test_reading_apart_gives_what_reading_here_gives(sample: bytes, tmp_path: Pa
         assert child is not None
         apart.close()
         assert child.poll() is not None and apart._spare == []
+    finally:
+        apart.close()
+
+
+@pytest.mark.shared
+def test_first_chunk_of_the_next_file_is_asked_ahead(sample: bytes, tmp_path: Path) -> None:
+    """A caller that names the file it reads next (`next_path`) has its first chunk parsed meanwhile, by
+    the same child; a wrong guess costs a new child, never a wrong record."""
+    whole, cut, header_only = tmp_path / "whole.evtx", tmp_path / "cut.evtx", tmp_path / "header.evtx"
+    whole.write_bytes(sample)
+    cut.write_bytes(sample[:HEADER_SIZE + CHUNK_SIZE + 30_000])  # one whole chunk and a cut one
+    header_only.write_bytes(sample[:HEADER_SIZE + 1_000])  # no whole chunk
+    here, apart = EvtxReader(isolate=False), EvtxReader()
+
+    def read(reader: EvtxReader, path: Path) -> tuple[list[Any], list[str | None]]:
+        (evidence,) = discover([path])
+        warnings: list[IngestWarning] = []
+        records = [(r.index, r.data) for r in read_records(evidence, warnings.append, reader=reader)]
+        return records, [w.reason for w in warnings]
+
+    def pid() -> int:
+        assert len(apart._spare) == 1 and apart._spare[0]._child is not None
+        return apart._spare[0]._child.pid
+
+    try:
+        expected = {p: read(here, p) for p in (whole, cut, header_only)}
+        apart.next_path = cut
+        assert read(apart, whole) == expected[whole]
+        first = pid()
+        assert apart._spare[0].ahead == str(cut)
+        apart.next_path = whole
+        assert read(apart, cut) == expected[cut]  # its chunk 0 was asked ahead; no more: it has a cut chunk
+        assert pid() == first and apart._spare[0].ahead is None
+        apart.next_path = cut
+        assert read(apart, whole) == expected[whole]
+        assert pid() == first
+        apart.next_path = header_only
+        assert read(apart, whole) == expected[whole]  # a wrong guess (cut's chunk 0): the child is replaced
+        second = pid()
+        assert second != first and apart._spare[0].ahead == str(header_only)
+        apart.next_path = None
+        assert read(apart, header_only) == expected[header_only]  # no whole chunk: the child is replaced
+        assert pid() != second and apart._spare[0].ahead is None
     finally:
         apart.close()
 

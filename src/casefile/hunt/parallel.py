@@ -131,6 +131,11 @@ class FileHunter:
 
         for pos, ev in enumerate(evidence):
             alive()
+            following = evidence[pos + 1] if pos + 1 < len(evidence) else None
+            self.reader.next_path = (
+                following.location if following is not None and following.format == self.reader.name
+                and following.member is None and not following.gzip else None
+            )
             if ev.format != self.reader.name:
                 flush()
                 for event in read_file(ev, warn):

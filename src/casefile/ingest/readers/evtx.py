@@ -280,6 +280,8 @@ class _ChunkParser:
         #: Requests sent whose answers were not all read yet (the oldest is being answered).
         self.asked = 0
         self._given = 0  # records of the oldest request handed on so far
+        #: The file whose chunk 0 was asked, last, for the file read next (see `_chunks_apart`).
+        self.ahead: str | None = None
 
     @property
     def running(self) -> bool:
@@ -287,6 +289,18 @@ class _ChunkParser:
 
     def alive(self) -> bool:
         return self._child is not None and self._child.poll() is None
+
+    def claim(self, path: str | None) -> bool:
+        """Whether chunk 0 of `path` was asked ahead; a request asked ahead for another file (or for a
+        file that turned out to have no whole chunk: `path` None) stops the child, whose answers would
+        otherwise come first."""
+        if self.ahead is None:
+            return False
+        if self.ahead == path:
+            self.ahead = None
+            return True
+        self.close()
+        return False
 
     def send(self, image: bytes, number: int, *, path: str | None = None) -> None:
         """Ask for the records of `image` (a file header and one chunk), whose chunk is number `number` of
@@ -392,6 +406,7 @@ class _ChunkParser:
 
     def close(self) -> None:
         self.asked = 0
+        self.ahead = None
         if self._child is not None:
             self._child.kill()
             self._child.wait()
@@ -452,7 +467,8 @@ _AHEAD = 4
 
 
 def _chunks_apart(
-    child: _ChunkParser, path: Path, full_chunks: int, damaged: set[int]
+    child: _ChunkParser, path: Path, full_chunks: int, damaged: set[int], *, first_asked: bool = False,
+    next_path: str | None = None,
 ) -> Iterator[list[Item]]:
     """The items of the file at `path` parsed in `child`, chunk by chunk, a few at a time: chunks are asked
     ahead, so that the child parses while this process works on what it sent.
@@ -461,9 +477,14 @@ def _chunks_apart(
     has had to be stopped `_Quarantine.MAX_STOPS` times. A child that ends by itself is given the chunk
     once more (a new child, what was already handed on skipped): the kernel ends a child when the thread
     that started it ends (the parent-death signal), which says nothing about the chunk.
+
+    `first_asked`: chunk 0 was asked already (ahead, by the file before). Once every chunk is asked,
+    chunk 0 of `next_path` (the file the caller reads next, if known) is asked too: files of a few
+    chunks would otherwise each wait for their first.
     """
     name = str(path)
-    asked = number = 0  # the next chunk to ask for; the chunk being read
+    asked = 1 if first_asked else 0  # the next chunk to ask for
+    number = 0  # the chunk being read
     given = skip = 0  # items of this chunk handed on; items of a second try to drop (given by the first)
     retried = False
     while number < full_chunks:
@@ -478,6 +499,9 @@ def _chunks_apart(
         while asked < full_chunks and asked - number < _AHEAD:
             child.send(b"", asked, path=name)
             asked += 1
+        if asked == full_chunks and next_path is not None and child.running and asked - number < _AHEAD:
+            child.send(b"", 0, path=next_path)
+            child.ahead, next_path = next_path, None
         items, done = child.take(f"{'damaged ' if number in damaged else ''}chunk {number}")
         if done and child.died and not retried:
             items.pop()  # the stop's message: not a stop, yet
@@ -524,6 +548,9 @@ class EvtxReader:
         #: Turns a record's JSON text into its `RawRecord.data` (the vectorised hunt keeps the text).
         self.decode = decode
         self.isolate = isolate
+        #: The file read after the one being read, when the caller knows it (its first chunk is then
+        #: asked ahead of time, see `_chunks_apart`); a wrong guess costs a new child.
+        self.next_path: Path | None = None
         self._spare: list[_ChunkParser] = []  # idle children, for the next file
         self._lock = threading.Lock()
         _READERS.add(self)
@@ -554,7 +581,8 @@ class EvtxReader:
         return child
 
     def _give_back(self, child: _ChunkParser) -> None:
-        if child.asked or not child.running:  # left in the middle of a file (or stopped): not reused
+        # left in the middle of a file (or stopped): not reused; a request asked ahead is the next file's
+        if child.asked != (child.ahead is not None) or not child.running:
             child.close()
             return
         with self._lock:
@@ -662,8 +690,14 @@ class EvtxReader:
     ) -> Iterator[RawRecord]:
         """`_read` with every chunk parsed in a child process (see `isolate`)."""
         child = self._borrow()
+        name = str(disk_path)
+        # the cut last chunk is asked for after the whole ones: nothing may be asked ahead of it
+        ahead = str(self.next_path) if self.next_path is not None and not partial else None
         try:
-            chunks = _chunks_apart(child, disk_path, full_chunks, damaged)
+            first = child.claim(name if full_chunks else None)
+            chunks = _chunks_apart(
+                child, disk_path, full_chunks, damaged, first_asked=first, next_path=ahead
+            )
             feed = _Feed(lambda: next(chunks, None))
             last = 0
             for raw in _records(feed, source, on_warning, last_number=0, decode=self.decode):
