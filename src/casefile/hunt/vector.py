@@ -4,9 +4,9 @@ records its guards cannot rule out.
 The reference evaluator (`evaluate.py`) stays the judge. Every record is parsed once and normalised
 exactly as ingest does; its partition (channel, event id) picks the programs the serial engine would
 run on it. Every rule is reduced to *guards*: clauses of anchors (`field endswith '\\cmd.exe'`,
-`CommandLine contains 'mimikatz'`, a keyword in some value, a required regex literal, or a negation:
-none of a field's exact string or cidr tests passes) of which each clause must hit whenever the rule
-matches. Anchors of all rules of a partition are indexed per field (hash lookups for
+`CommandLine contains 'mimikatz'`, a keyword in some value, a required regex literal, a field
+reference, or a negation: none of a field's exact string or cidr tests passes) of which each clause must
+hit whenever the rule matches. Anchors of all rules of a partition are indexed per field (hash lookups for
 eq/endswith/startswith, rarest 3-gram buckets or one Aho-Corasick automaton for contains), so one pass
 over a record's values finds every rule that might match, and the anchors a value hits are remembered
 for the batch, since logs repeat their values. Only the (record, rule) pairs that get through are
