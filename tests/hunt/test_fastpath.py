@@ -25,7 +25,7 @@ from casefile.hunt.vector import (
     VectorIndex,
     fixed_nodes,
     guard,
-    regex_literal,
+    regex_literals,
     specialise,
 )
 from casefile.models import Detection, Level, RuleInfo
@@ -105,7 +105,7 @@ EVENTS = [
     # field references: prefixes and substrings of another field, a list, a cased capital sigma
     {"Image": "C:\\Tools\\Run.exe", "ParentImage": "c:\\tools\\run.exe.bak", "CommandLine": "ΑΣΒ",
      "User": "ΑΣ", "IpAddress": "10.0.0.5"},
-    {"Image": "C:\\Tools\\x", "ParentImage": "TOOLS", "CommandLine": "x", "User": ["bob", "ALICE"],
+    {"Image": "C:\\Tools\\x", "ParentImage": "TOOLS", "CommandLine": "ſet x", "User": ["bob", "ALICE"],
      "OriginalFileName": "alice", "IpAddress": "10.0.0.6"},
 ]
 
@@ -177,6 +177,8 @@ CONDITIONS: list[ir.Node] = [
     ir.FieldRef("CommandLine", "User", "startswith", cased=True),  # `ΑΣΒ` starts with `ΑΣ`; not once lowered
     ir.FieldRef("OriginalFileName", "User"),
     ir.FieldRef("Image", "ParentImage", cased=True),
+    # `(?i)` inside the pattern: `s` matches `ſ` (long s), whose lower case is no `s` (rule 52)
+    ir.RegexMatch("CommandLine", "(?i)set.*x"),
 ]
 
 
@@ -222,6 +224,7 @@ def test_every_ir_node_matches_the_reference() -> None:
         "rule-46": {6, 8}, "rule-47": {2, 6, 9}, "rule-48": {6}, "rule-49": {8}, "rule-50": {9},
         "rule-51": {6},
     }
+    assert {d.record_id for d in ref if d.rule.id == "rule-52"} == {9}
 
 
 def test_user_data_and_nested_values_match_the_reference() -> None:
@@ -291,11 +294,20 @@ def test_an_or_takes_the_selective_clause_of_each_branch() -> None:
 
 
 def test_regex_literals_are_required_parts_only() -> None:
-    assert regex_literal(r"Invoke-(Mimikatz|Kerberoast)", frozenset()) == "invoke-"
-    assert regex_literal(r"(a|b)cd?e", frozenset()) is None  # 'c' alone is too short
-    assert regex_literal(r"x?powershell\.exe", frozenset({"i"})) == "powershell.exe"
-    assert regex_literal(r"(?x) power shell", frozenset()) is None  # verbose: spaces are markup
-    assert regex_literal(r"\w+`(\w+|-)`", frozenset()) == "`"  # one character, but a rare one
+    assert regex_literals(r"Invoke-(Mimikatz|Kerberoast)", frozenset()) == ("invoke-",)
+    assert regex_literals(r"(a|b)cd?e", frozenset()) == ()  # 'c' alone is too short
+    assert regex_literals(r"x?powershell\.exe", frozenset({"i"})) == ("powershell.exe",)
+    assert regex_literals(r"(?x) power shell", frozenset()) == ()  # verbose: spaces are markup
+    assert regex_literals(r"\w+`(\w+|-)`", frozenset()) == ("`",)  # one character, but a rare one
+    # small character classes: one of the strings they spell (Raspberry Robin's dot ending file)
+    raspberry = r"\\[a-zA-Z0-9]{1,32}\.[a-zA-Z0-9]{1,6}\.[ \"']{1}"
+    assert regex_literals(raspberry, frozenset()) == (". ", '."', ".'")
+    assert regex_literals(r"[Cc]md[./]exe", frozenset()) == ("cmd.exe", "cmd/exe")  # lower-cased, once
+    assert regex_literals(r"ab[^c]d", frozenset()) == ("ab",)  # a negated class ends a run
+    assert regex_literals(r"[abcde]xy", frozenset()) == ("xy",)  # so does too wide a class
+    eight = tuple(a + b + c for a in "ab" for b in "cd" for c in "ef")
+    assert regex_literals(r"[ab][cd][ef]x", frozenset()) == tuple(t + "x" for t in eight)
+    assert regex_literals(r"[ab][cd][ef][gh]", frozenset()) == eight  # 16 would be too many: the run ends
 
 
 def test_specialise_decides_event_id_and_channel() -> None:

@@ -1,4 +1,5 @@
-"""`search_test` answers exactly as `re.search` does, on strings built to match and near misses."""
+"""`search_test` answers exactly as `re.search` does, on strings built to match and near misses (which also
+hold what the pre-filter requires of a match)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from casefile.hunt import ir, load_rules
 from casefile.hunt.regexes import _required, _rewritten, _subsequence, search_test
+from casefile.hunt.vector import regex_literals
 
 _ALPHABET = "aAbz09_ -+`&\"{}^\\.\n\tßſKé"
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
@@ -88,13 +90,19 @@ def _strings(pattern: str, flags: int, rng: random.Random, n: int) -> list[str]:
 
 
 def _check(pattern: str, flags: int, rng: random.Random, n: int = 300) -> tuple[int, int]:
-    """Compare with `re.search`; returns (matching strings, non-matching strings) seen."""
+    """Compare with `re.search`; returns (matching strings, non-matching strings) seen. Every match also
+    holds one of the strings the hunt's pre-filter requires of it (`vector.regex_literals`), lower-cased,
+    but for a non-ASCII value under IGNORECASE, which the pre-filter lets through whatever it holds."""
     rx = re.compile(pattern, flags)
     test = search_test(pattern, flags)
+    required = regex_literals(pattern, frozenset("i") if flags & re.IGNORECASE else frozenset())
+    folds = bool(rx.flags & re.IGNORECASE)
     hits = misses = 0
     for s in _strings(pattern, flags, rng, n):
         want = rx.search(s) is not None
         assert test(s) == want, (pattern, s)
+        if want and required and not (folds and not s.isascii()):
+            assert any(r in s.lower() for r in required), (pattern, s, required)
         hits += want
         misses += not want
     return hits, misses

@@ -91,8 +91,9 @@ def guard(node: ir.Node) -> list[Clause]:
         # not stay one once lower-cased: `ΑΣ` is a prefix of `ΑΣΒ`, `ας` not of `ασβ`)
         return [[(node.field, REF + node.op, node.other)]]
     if isinstance(node, ir.RegexMatch) and node.field is not None:
-        lit = regex_literal(node.pattern, node.flags)
-        return [[(node.field, "regex-i" if "i" in node.flags else "contains", lit)]] if lit else []
+        lits = regex_literals(node.pattern, node.flags)
+        op = "regex-i" if _folds_case(node.pattern, node.flags) else "contains"
+        return [[(node.field, op, lit) for lit in lits]] if lits else []
     if isinstance(node, ir.And):
         return [clause for child in node.children for clause in guard(child)]
     if isinstance(node, ir.Or):
@@ -271,32 +272,76 @@ def _keyword_guard(node: ir.StrMatch) -> list[Clause]:
     return [[(RAW, "contains", node.value.lower())]]
 
 
-def regex_literal(pattern: str, flags: frozenset[str]) -> str | None:
-    """The longest ASCII literal every match of `pattern` must contain (lower-cased), if any.
+def regex_literals(pattern: str, flags: frozenset[str]) -> tuple[str, ...]:
+    """Strings (ASCII, lower-cased) of which every match of `pattern` must contain one; none if unknown.
 
-    Only top-level literal runs count (no groups, alternations or optional parts), so the literal
-    is in any text the regex finds a match in. One character is too common to prune, unless it is
-    one of `_RARE_CHARS`.
+    Only top-level runs count (no groups, alternations or optional parts), so a run is in any text the
+    regex finds a match in. A run is literal characters and small character classes (at most
+    `_CLASS_MAX` characters, once each): `\\.[ "']` gives `. `, `."` and `.'`, up to `_MAX_ALTERNATIVES`
+    strings. The longest run wins (then the one with fewer strings). One character is too common to
+    prune, unless it is one of `_RARE_CHARS`.
     """
     flag = re.IGNORECASE if "i" in flags else 0
     try:
         parsed = re_parser.parse(pattern, flag)
     except (re.error, RecursionError, OverflowError):
-        return None
+        return ()
     if parsed.state.flags & re.VERBOSE:
-        return None
-    best, run = "", []
+        return ()
+    best: list[str] = []
+    run = [""]
     for op, av in [*list(parsed), (None, None)]:
-        if op is re_constants.LITERAL and isinstance(av, int) and 32 <= av < 127:
-            run.append(chr(av))
+        chars = _run_chars(op, av)
+        if chars is not None and len(run) * len(chars) <= _MAX_ALTERNATIVES:
+            run = [text + c for text in run for c in chars]
             continue
-        text = "".join(run)
-        if len(text) > len(best):
-            best = text
-        run = []
-    if "\u03a3" in best or (len(best) < 2 and best not in _RARE_CHARS):
-        return None
-    return best.lower()
+        if run[0] and (not best or len(run[0]) > len(best[0]) or (
+            len(run[0]) == len(best[0]) and len(run) < len(best)
+        )):
+            best = run
+        run = list(chars) if chars is not None else [""]
+    out = tuple(dict.fromkeys(text.lower() for text in best))
+    if not out or (len(out[0]) < 2 and not (len(out) == 1 and out[0] in _RARE_CHARS)):
+        return ()
+    return out
+
+
+def _folds_case(pattern: str, flags: frozenset[str]) -> bool:
+    """Whether the regex ignores case: its `i` flag, or `(?i)` in the pattern (which makes `s` match `ſ`,
+    whose lower case is no `s`: see `_FieldAnchors.fold_unsafe`)."""
+    if "i" in flags:
+        return True
+    try:
+        return bool(re_parser.parse(pattern, 0).state.flags & re.IGNORECASE)
+    except (re.error, RecursionError, OverflowError):
+        return True  # never searched as a regex anyway; the safe answer
+
+
+#: Strings a regex guard may offer: the product of a run's character classes.
+_MAX_ALTERNATIVES = 8
+#: Character classes of at most this many characters extend a run.
+_CLASS_MAX = 4
+
+
+def _run_chars(op: Any, av: Any) -> tuple[str, ...] | None:
+    """The characters one top-level regex item matches, when it is one printable ASCII character out of
+    a few (a literal, a small class, either repeated exactly once); None otherwise."""
+    if op is re_constants.LITERAL:
+        return (chr(av),) if isinstance(av, int) and 32 <= av < 127 else None
+    if op is re_constants.IN:
+        if len(av) > _CLASS_MAX:
+            return None
+        out = []
+        for item_op, item in av:
+            if item_op is not re_constants.LITERAL or not isinstance(item, int) or not 32 <= item < 127:
+                return None  # a range, a category, a negation
+            out.append(chr(item))
+        return tuple(dict.fromkeys(out))
+    if op in (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT):
+        low, high, sub = av
+        if low == high == 1 and len(sub) == 1:
+            return _run_chars(*sub[0])
+    return None
 
 
 #: Single characters rare enough in log values to be worth a regex's only anchor (PowerShell's escape `).
