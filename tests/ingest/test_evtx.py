@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zipfile
 import zlib
@@ -282,6 +283,39 @@ def test_first_chunk_of_the_next_file_is_asked_ahead(sample: bytes, tmp_path: Pa
         apart.next_path = None
         assert read(apart, header_only) == expected[header_only]  # no whole chunk: the child is replaced
         assert pid() != second and apart._spare[0].ahead is None
+    finally:
+        apart.close()
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_one_reader_shared_by_threads(shared_data: Path) -> None:
+    """Threads reading through one reader each get a child of their own; a child started by a thread ends
+    with that thread (its parent-death signal), and the reader does not reuse it afterwards."""
+    files = sorted((shared_data / "evtx" / "EVTX-ATTACK-SAMPLES").rglob("*.evtx"))[:40]
+    evidence = discover(files)
+    here, apart = EvtxReader(isolate=False), EvtxReader()
+
+    def read_all(reader: EvtxReader, part: list[Any], out: dict[str, Any]) -> None:
+        for ev in part:
+            out[ev.path] = [(r.index, r.data) for r in read_records(ev, lambda w: None, reader=reader)]
+
+    expected: dict[str, Any] = {}
+    read_all(here, evidence, expected)
+    got: dict[str, Any] = {}
+    threads = [threading.Thread(target=read_all, args=(apart, evidence[i::4], got)) for i in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == expected and len(apart._spare) == 4
+        children = [c._child for c in apart._spare if c._child is not None]
+        for child in children:  # ended with their threads
+            child.wait(timeout=10)
+        again: dict[str, Any] = {}
+        read_all(apart, evidence, again)
+        assert again == expected and len(apart._spare) == 1
     finally:
         apart.close()
 

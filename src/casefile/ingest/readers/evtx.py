@@ -462,6 +462,8 @@ class _Feed:
         return item
 
 
+#: Reading apart waits on the child's pipe with `select`, which Windows offers for sockets only.
+_CAN_ISOLATE = os.name == "posix"
 #: Chunks asked of the child ahead of the one being read (small requests: the pipe never fills with them).
 _AHEAD = 4
 
@@ -530,17 +532,17 @@ class EvtxReader:
     written before the cut.
 
     Some bytes (damaged, or crafted with valid checksums) send the parser into an endless loop that holds
-    the GIL. With `isolate` (the default) every chunk is parsed in a child process (`_ChunkParser`, one per
-    reader and reused from file to file), which is stopped when a chunk takes `CHUNK_SECONDS`; that chunk's
-    records are lost, named in a warning, and reading goes on. Without it (a hunt worker, which has its own
-    stall timer: see `casefile.hunt.parallel`) the parser runs in this process and only damaged chunks are
-    parsed apart.
+    the GIL. With `isolate` (the default on POSIX systems) every chunk is parsed in a child process
+    (`_ChunkParser`, one per reader and reused from file to file), which is stopped when a chunk takes
+    `CHUNK_SECONDS`; that chunk's records are lost, named in a warning, and reading goes on. Without it
+    (a hunt worker, which has its own stall timer: see `casefile.hunt.parallel`) the parser runs in this
+    process and only damaged chunks are parsed apart.
     """
 
     name = "evtx"
 
     def __init__(
-        self, threads: int = 0, decode: Callable[[str], Any] = json.loads, *, isolate: bool = True
+        self, threads: int = 0, decode: Callable[[str], Any] = json.loads, *, isolate: bool = _CAN_ISOLATE
     ) -> None:
         #: Rust worker threads per file in this process; 0 lets the parser decide (1 when files run in
         #: parallel). A child parses one chunk at a time.
