@@ -309,7 +309,8 @@ def test_one_reader_shared_by_threads(shared_data: Path) -> None:
             t.start()
         for t in threads:
             t.join()
-        assert got == expected and len(apart._spare) == 4
+        assert got == expected
+        assert 1 <= len(apart._spare) <= 4  # a thread between two files may take another's child
         children = [c._child for c in apart._spare if c._child is not None]
         for child in children:  # ended with their threads
             child.wait(timeout=10)
