@@ -246,7 +246,7 @@ def test_reading_apart_gives_what_reading_here_gives(sample: bytes, tmp_path: Pa
 
 @pytest.mark.shared
 def test_first_chunk_of_the_next_file_is_asked_ahead(sample: bytes, tmp_path: Path) -> None:
-    """A caller that names the file it reads next (`next_path`) has its first chunk parsed meanwhile, by
+    """A caller that names the file it reads next (`following`) has its first chunk parsed meanwhile, by
     the same child; a wrong guess costs a new child, never a wrong record."""
     whole, cut, header_only = tmp_path / "whole.evtx", tmp_path / "cut.evtx", tmp_path / "header.evtx"
     whole.write_bytes(sample)
@@ -254,10 +254,14 @@ def test_first_chunk_of_the_next_file_is_asked_ahead(sample: bytes, tmp_path: Pa
     header_only.write_bytes(sample[:HEADER_SIZE + 1_000])  # no whole chunk
     here, apart = EvtxReader(isolate=False), EvtxReader()
 
-    def read(reader: EvtxReader, path: Path) -> tuple[list[Any], list[str | None]]:
+    def read(reader: EvtxReader, path: Path, then: Path | None = None) -> tuple[list[Any], list[str | None]]:
         (evidence,) = discover([path])
+        following = discover([then])[0] if then is not None else None
         warnings: list[IngestWarning] = []
-        records = [(r.index, r.data) for r in read_records(evidence, warnings.append, reader=reader)]
+        records = [
+            (r.index, r.data)
+            for r in read_records(evidence, warnings.append, reader=reader, following=following)
+        ]
         return records, [w.reason for w in warnings]
 
     def pid() -> int:
@@ -266,22 +270,17 @@ def test_first_chunk_of_the_next_file_is_asked_ahead(sample: bytes, tmp_path: Pa
 
     try:
         expected = {p: read(here, p) for p in (whole, cut, header_only)}
-        apart.next_path = cut
-        assert read(apart, whole) == expected[whole]
+        assert read(apart, whole, then=cut) == expected[whole]
         first = pid()
         assert apart._spare[0].ahead == str(cut)
-        apart.next_path = whole
-        assert read(apart, cut) == expected[cut]  # its chunk 0 was asked ahead; no more: it has a cut chunk
+        assert read(apart, cut, then=whole) == expected[cut]  # chunk 0 was asked ahead; not past a cut chunk
         assert pid() == first and apart._spare[0].ahead is None
-        apart.next_path = cut
-        assert read(apart, whole) == expected[whole]
+        assert read(apart, whole, then=cut) == expected[whole]
         assert pid() == first
-        apart.next_path = header_only
-        assert read(apart, whole) == expected[whole]  # a wrong guess (cut's chunk 0): the child is replaced
+        assert read(apart, whole, then=header_only) == expected[whole]  # a wrong guess: a new child
         second = pid()
         assert second != first and apart._spare[0].ahead == str(header_only)
-        apart.next_path = None
-        assert read(apart, header_only) == expected[header_only]  # no whole chunk: the child is replaced
+        assert read(apart, header_only) == expected[header_only]  # no whole chunk: a new child
         assert pid() != second and apart._spare[0].ahead is None
     finally:
         apart.close()

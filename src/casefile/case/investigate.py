@@ -115,9 +115,10 @@ def hunt_into_case(
         bar.advance()
     bar.stage("Hunting evidence", sum(ef.size for ef, _ in todo))
     fired: dict[str, str | None] = {}
-    for ef, sha in todo:
+    for i, (ef, sha) in enumerate(todo):
+        following = todo[i + 1][0] if i + 1 < len(todo) else None
         with case.evidence(sha, ef.path, ef.size, ef.format) as batch:
-            for ev in read_file(ef, batch.warnings.append):
+            for ev in read_file(ef, batch.warnings.append, following=following):
                 batch.add_event(ev)
                 for d in match_event(index, ev):
                     if d.rule.id in needed:

@@ -276,11 +276,12 @@ def run_hunt(
 
 
 def _file_hits(
-    ev: EvidenceFile, index: RuleIndex, warn: Callable[[IngestWarning], None]
+    ev: EvidenceFile, index: RuleIndex, warn: Callable[[IngestWarning], None],
+    following: EvidenceFile | None = None,
 ) -> tuple[list[Detection], int]:
     hits: list[Detection] = []
     n = 0
-    for event in read_file(ev, warn):
+    for event in read_file(ev, warn, following=following):
         n += 1
         hits.extend(match_event(index, event))
     return hits, n
@@ -292,8 +293,8 @@ def _sequential_hits(
     warn: Callable[[IngestWarning], None],
     done: Callable[[EvidenceFile, int], None],
 ) -> Iterator[Detection]:
-    for ev in evidence:
-        hits, n = _file_hits(ev, index, warn)
+    for i, ev in enumerate(evidence):
+        hits, n = _file_hits(ev, index, warn, evidence[i + 1] if i + 1 < len(evidence) else None)
         yield from hits
         done(ev, n)
 

@@ -132,10 +132,6 @@ class FileHunter:
         for pos, ev in enumerate(evidence):
             alive()
             following = evidence[pos + 1] if pos + 1 < len(evidence) else None
-            self.reader.next_path = (
-                following.location if following is not None and following.format == self.reader.name
-                and following.member is None and not following.gzip else None
-            )
             if ev.format != self.reader.name:
                 flush()
                 for event in read_file(ev, warn):
@@ -144,7 +140,7 @@ class FileHunter:
                         alive()
                     detections.extend(self.hunter.match_event(event))
                 continue
-            for raw in read_records(ev, warn, reader=self.reader):
+            for raw in read_records(ev, warn, reader=self.reader, following=following):
                 data = raw.data
                 text = data.text if isinstance(data, _Unparsed) else json.dumps(data)
                 batch.append(RawJson(text, raw.index, ev.path))

@@ -344,8 +344,9 @@ def ingest_to_duckdb(
     keys: set[PartitionKey] = set()
 
     def events() -> Iterator[Event]:
-        for file in evidence:
-            for event in read_file(file, warn):
+        for i, file in enumerate(evidence):
+            following = evidence[i + 1] if i + 1 < len(evidence) else None
+            for event in read_file(file, warn, following=following):
                 keys.add(partition_key(event))
                 yield event
 

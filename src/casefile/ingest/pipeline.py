@@ -25,22 +25,33 @@ _READ_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError, UnicodeError,
 
 
 def read_records(
-    evidence: EvidenceFile, on_warning: WarningSink, *, reader: Reader | None = None
+    evidence: EvidenceFile, on_warning: WarningSink, *, reader: Reader | None = None,
+    following: EvidenceFile | None = None,
 ) -> Iterator[RawRecord]:
     """The raw records of one evidence file; damage becomes warnings, records read so far are kept.
 
-    `reader` replaces the registered reader for the file's format (e.g. one that keeps raw text).
+    `reader` replaces the registered reader for the file's format (e.g. one that keeps raw text);
+    `following` is the file the caller reads next, if known (the EVTX reader starts on it meanwhile).
     """
     reader = reader or READERS.get(evidence.format)
-    disk_path = evidence.location if evidence.member is None and not evidence.gzip else None
+    next_path = (
+        _plain(following) if following is not None and following.format == evidence.format else None
+    )
     try:
         with open_evidence(evidence) as stream:
-            yield from reader.read(stream, evidence.path, on_warning, disk_path=disk_path)
+            yield from reader.read(
+                stream, evidence.path, on_warning, disk_path=_plain(evidence), next_path=next_path
+            )
     except _READ_ERRORS as exc:
         reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
         damaged = isinstance(exc, zipfile.BadZipFile | EOFError | zlib.error | gzip.BadGzipFile)
         kind = "damaged archive data" if damaged else "read error"
         on_warning(IngestWarning(evidence.path, f"{kind}, reading stopped here: {reason}"))
+
+
+def _plain(evidence: EvidenceFile) -> Path | None:
+    """The file itself, when the evidence is a plain file (not an archive member, not compressed)."""
+    return evidence.location if evidence.member is None and not evidence.gzip else None
 
 
 def _shape_for(record: dict[str, Any], shapes: Sequence[Shape]) -> Shape:
@@ -64,10 +75,12 @@ def normalise(
         return None
 
 
-def read_file(evidence: EvidenceFile, on_warning: WarningSink) -> Iterator[Event]:
-    """The Events of one evidence file."""
+def read_file(
+    evidence: EvidenceFile, on_warning: WarningSink, *, following: EvidenceFile | None = None
+) -> Iterator[Event]:
+    """The Events of one evidence file (`following`: see `read_records`)."""
     shapes = shapes_by_priority()
-    for raw in read_records(evidence, on_warning):
+    for raw in read_records(evidence, on_warning, following=following):
         event = normalise(raw, evidence.path, on_warning, shapes=shapes)
         if event is not None:
             yield event
@@ -79,5 +92,6 @@ def read_events(paths: Sequence[str | Path], *, on_warning: WarningSink) -> Iter
     Damaged files, records and archives, and files in no known format, are reported through
     `on_warning`; reading goes on. A path that does not exist raises InputError.
     """
-    for evidence in discover(paths, on_warning=on_warning):
-        yield from read_file(evidence, on_warning)
+    found = discover(paths, on_warning=on_warning)
+    for i, evidence in enumerate(found):
+        yield from read_file(evidence, on_warning, following=found[i + 1] if i + 1 < len(found) else None)

@@ -30,9 +30,11 @@ class Reader(Protocol):
         ...
 
     def read(
-        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None,
+        next_path: Path | None = None,
     ) -> Iterator[RawRecord]:
-        """Yield the records of `stream` (seekable); `disk_path` is set when it is a plain file."""
+        """Yield the records of `stream` (seekable); `disk_path` is set when it is a plain file, `next_path`
+        when the caller knows the plain file of this format it reads next (a reader may start on it)."""
         ...
 
 

@@ -33,7 +33,8 @@ class CsvReader:
         return 60 if b"," in first or b"\t" in first else 0
 
     def read(
-        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None,
+        next_path: Path | None = None,
     ) -> Iterator[RawRecord]:
         head = stream.read(4)
         stream.seek(0)

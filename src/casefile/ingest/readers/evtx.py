@@ -302,10 +302,11 @@ class _ChunkParser:
         self.close()
         return False
 
-    def send(self, image: bytes, number: int, *, path: str | None = None) -> None:
+    def send(self, image: bytes, number: int, *, path: str | None = None, flush: bool = True) -> None:
         """Ask for the records of `image` (a file header and one chunk), whose chunk is number `number` of
         its file (for messages); or, with `path`, of that file's header and chunk `number`, which the child
-        reads itself (no chunk through the pipe: such requests are small enough to ask a few ahead)."""
+        reads itself (no chunk through the pipe: such requests are small enough to ask a few ahead).
+        Without `flush` the request waits in the pipe's buffer for the next that flushes."""
         if self._child is None:
             self._child = subprocess.Popen(
                 [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -322,11 +323,22 @@ class _ChunkParser:
                 body = path.encode("utf-8", "surrogateescape")
                 request = _REQUEST.pack(1, len(body), number, HEADER_SIZE + number * CHUNK_SIZE) + body
             self._child.stdin.write(request)
-            self._child.stdin.flush()
+            if flush:
+                self._child.stdin.flush()
         except OSError as exc:
             self._why = f"it could not be given the chunk: {exc}"
             self.died = True
             self.close()
+
+    def flush(self) -> None:
+        """Write the requests sent without `flush`."""
+        if self._child is not None and self._child.stdin is not None:
+            try:
+                self._child.stdin.flush()
+            except OSError as exc:
+                self._why = f"it could not be given the chunk: {exc}"
+                self.died = True
+                self.close()
 
     def results(self, what: str) -> list[Item]:
         """Everything the oldest request gives (see `take`)."""
@@ -498,12 +510,16 @@ def _chunks_apart(
             return
         if not child.running:
             asked = number  # a stopped child's requests went with it
+        sent = asked
         while asked < full_chunks and asked - number < _AHEAD:
-            child.send(b"", asked, path=name)
+            child.send(b"", asked, path=name, flush=False)  # one write for the requests of one go
             asked += 1
         if asked == full_chunks and next_path is not None and child.running and asked - number < _AHEAD:
-            child.send(b"", 0, path=next_path)
+            child.send(b"", 0, path=next_path, flush=False)
             child.ahead, next_path = next_path, None
+            sent = -1
+        if asked != sent:
+            child.flush()
         items, done = child.take(f"{'damaged ' if number in damaged else ''}chunk {number}")
         if done and child.died and not retried:
             items.pop()  # the stop's message: not a stop, yet
@@ -550,9 +566,6 @@ class EvtxReader:
         #: Turns a record's JSON text into its `RawRecord.data` (the vectorised hunt keeps the text).
         self.decode = decode
         self.isolate = isolate
-        #: The file read after the one being read, when the caller knows it (its first chunk is then
-        #: asked ahead of time, see `_chunks_apart`); a wrong guess costs a new child.
-        self.next_path: Path | None = None
         self._spare: list[_ChunkParser] = []  # idle children, for the next file
         self._lock = threading.Lock()
         _READERS.add(self)
@@ -597,10 +610,11 @@ class EvtxReader:
         return 50 if name.lower().endswith(".evtx") else 0
 
     def read(
-        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None,
+        next_path: Path | None = None,
     ) -> Iterator[RawRecord]:
         if disk_path is not None:
-            yield from self._read(stream, source, on_warning, disk_path)
+            yield from self._read(stream, source, on_warning, disk_path, next_path)
             return
         # A zip member or gzip stream: copied to a temporary file first, so the parser gets a
         # real file to seek in, and damaged compressed data cuts the copy short instead of
@@ -634,7 +648,8 @@ class EvtxReader:
                 yield from self._read(fh, source, on_warning, copy)
 
     def _read(
-        self, stream: IO[bytes], source: str, on_warning: WarningSink, disk_path: Path
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, disk_path: Path,
+        next_path: Path | None = None,
     ) -> Iterator[RawRecord]:
         header = stream.read(HEADER_SIZE)
         if not header.startswith(MAGIC):
@@ -665,7 +680,8 @@ class EvtxReader:
             return
         if self.isolate:
             yield from self._read_apart(
-                stream, header, full_chunks, partial, declared, damaged, source, on_warning, disk_path
+                stream, header, full_chunks, partial, declared, damaged, source, on_warning, disk_path,
+                next_path,
             )
             return
         quarantine = _Quarantine(CHUNK_SECONDS) if damaged else None
@@ -688,13 +704,14 @@ class EvtxReader:
 
     def _read_apart(
         self, stream: IO[bytes], header: bytes, full_chunks: int, partial: int, declared: int,
-        damaged: set[int], source: str, on_warning: WarningSink, disk_path: Path,
+        damaged: set[int], source: str, on_warning: WarningSink, disk_path: Path, next_path: Path | None,
     ) -> Iterator[RawRecord]:
-        """`_read` with every chunk parsed in a child process (see `isolate`)."""
+        """`_read` with every chunk parsed in a child process (see `isolate`); the first chunk of
+        `next_path` is asked ahead (see `_chunks_apart`)."""
         child = self._borrow()
         name = str(disk_path)
         # the cut last chunk is asked for after the whole ones: nothing may be asked ahead of it
-        ahead = str(self.next_path) if self.next_path is not None and not partial else None
+        ahead = str(next_path) if next_path is not None and not partial else None
         try:
             first = child.claim(name if full_chunks else None)
             chunks = _chunks_apart(

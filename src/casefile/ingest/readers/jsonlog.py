@@ -113,7 +113,8 @@ class JsonReader:
         return 40 if name.lower().endswith(_EXTENSIONS) else 0
 
     def read(
-        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None,
+        next_path: Path | None = None,
     ) -> Iterator[RawRecord]:
         buf = _Buffer(stream)
         depth = 0  # open top-level arrays
