@@ -321,6 +321,35 @@ def test_one_reader_shared_by_threads(shared_data: Path) -> None:
 
 
 @pytest.mark.shared
+def test_a_child_that_cannot_parse_says_why(
+    sample: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that cannot start its work (here: the parser missing) ends each warning with the last line
+    it wrote; after two stops the rest of the file is named, not tried."""
+    path = tmp_path / "sample.evtx"
+    path.write_bytes(sample)
+    (evidence,) = discover([path])
+    monkeypatch.setattr(evtx_reader, "_CHILD", (
+        "import sys\nsys.stdin.buffer.read(21)\n"
+        "sys.stderr.write('Traceback ...\\nModuleNotFoundError: No module named evtx\\n')\nsys.exit(1)\n"
+    ))
+    reader = EvtxReader()
+    warnings: list[IngestWarning] = []
+    try:
+        assert list(read_records(evidence, warnings.append, reader=reader)) == []
+    finally:
+        reader.close()
+    why = "its process ended, exit status 1: ModuleNotFoundError: No module named evtx"
+    full_chunks = (len(sample) - HEADER_SIZE) // CHUNK_SIZE
+    assert [(w.record, w.reason) for w in warnings] == [
+        (1, f"EVTX parse error, records skipped: parser stopped on chunk 0 ({why}) after 0 of its records"),
+        (1, f"EVTX parse error, records skipped: parser stopped on chunk 1 ({why}) after 0 of its records"),
+        (1, f"EVTX parse error, records skipped: chunks 2..{full_chunks - 1} not parsed: the parser already "
+            "had to be stopped 2 times on this file"),
+    ]
+
+
+@pytest.mark.shared
 def test_crafted_chunk_with_valid_checksums_is_stopped(crafted_evtx: bytearray, tmp_path: Path) -> None:
     """Nothing tells the reader that chunk 1 was crafted: it is parsed apart like every chunk, stopped, and
     the rest of the file is read (the in-process parser would loop for ever)."""

@@ -272,6 +272,7 @@ class _ChunkParser:
         self.seconds = seconds
         self.stops = 0
         self._child: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
         self._buffer = b""
         self._why = ""
         #: Whether the request `take` last stopped ended with the child ending by itself (not stopped for
@@ -308,9 +309,11 @@ class _ChunkParser:
         reads itself (no chunk through the pipe: such requests are small enough to ask a few ahead).
         Without `flush` the request waits in the pipe's buffer for the next that flushes."""
         if self._child is None:
+            # what the child says when it fails (a broken install, a missing module) ends the warning
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed with the child)
             self._child = subprocess.Popen(
                 [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=self._stderr,
             )
             self._buffer = b""
             self.asked = 0
@@ -411,10 +414,21 @@ class _ChunkParser:
             return None
         block = os.read(fd, 1 << 18)
         if not block:
-            self._why = f"its process ended, exit status {self._child.wait()}"
+            self._why = f"its process ended, exit status {self._child.wait()}{self._last_words()}"
             self.died = True
             return None
         return block
+
+    def _last_words(self) -> str:
+        """The last line the child wrote to stderr, as `: line` (empty when it wrote nothing)."""
+        if self._stderr is None:
+            return ""
+        try:
+            self._stderr.seek(max(0, self._stderr.seek(0, io.SEEK_END) - 500))
+            lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            return ""
+        return f": {lines[-1].strip()}" if lines else ""
 
     def close(self) -> None:
         self.asked = 0
@@ -427,6 +441,9 @@ class _ChunkParser:
                     with contextlib.suppress(OSError):  # what was left to write to the dead child
                         pipe.close()
             self._child = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
 
 class _Quarantine(_ChunkParser):
