@@ -234,6 +234,16 @@ def test_reading_apart_gives_what_reading_here_gives(sample: bytes, tmp_path: Pa
                 got.append((records, [(w.record, w.reason) for w in warnings]))
             assert got[0] == got[1], name
             assert len(got[0][0]) >= 240, name  # every copy keeps two chunks at least
+        # the same path read twice, another file in its place the second time: read anew (the child opens
+        # a file again for each read)
+        path = tmp_path / "replaced.evtx"
+        path.write_bytes(sample)
+        (evidence,) = discover([path])
+        assert len(list(read_records(evidence, lambda w: None, reader=apart))) == 869
+        (tmp_path / "new.evtx").write_bytes(_variants(sample)["destroyed chunk header"])
+        (tmp_path / "new.evtx").replace(path)
+        (evidence,) = discover([path])
+        assert len(list(read_records(evidence, lambda w: None, reader=apart))) == 869 - 99
         # one child served every file, and stays for the next until closed
         assert len(apart._spare) == 1
         child = apart._spare[0]._child

@@ -202,7 +202,8 @@ while True:
     try:
         if mode == 1:  # a file's path: its header and the chunk at `offset`
             path = body.decode("utf-8", "surrogateescape")
-            if opened is None or opened.name != path:
+            # opened again for each read of a file (chunk 0 comes first): the path may name new bytes now
+            if opened is None or opened.name != path or number == 0:
                 if opened is not None:
                     opened.close()
                 opened = open(path, "rb")
