@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -357,6 +358,29 @@ def test_a_child_that_cannot_parse_says_why(
         (1, f"EVTX parse error, records skipped: chunks 2..{full_chunks - 1} not parsed: the parser already "
             "had to be stopped 2 times on this file"),
     ]
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="open files are listed in /proc")
+def test_the_child_lets_a_read_file_go(sample: bytes, tmp_path: Path) -> None:
+    """A compressed EVTX is read from a temporary copy: once read, the child holds it open no longer (a
+    deleted file's space is freed only when nothing holds it)."""
+    (tmp_path / "c.evtx.gz").write_bytes(gzip.compress(sample))
+    (evidence,) = discover([tmp_path / "c.evtx.gz"])
+    reader = EvtxReader()
+    try:
+        assert len(list(read_records(evidence, lambda w: None, reader=reader))) == 869
+        (child,) = reader._spare
+        assert child._child is not None
+        pid = child._child.pid
+        for _ in range(100):  # the child closes it when it gets to the request
+            held = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+            if not any("casefile-evtx-" in target for target in held):
+                break
+            time.sleep(0.02)
+        assert not any("casefile-evtx-" in target for target in held), held
+    finally:
+        reader.close()
 
 
 @pytest.mark.shared

@@ -199,6 +199,11 @@ while True:
         break
     mode, size, number, offset = struct.unpack("<BIQQ", head)
     body = inp.read(size)
+    if mode == 2:  # the file is read: let it go (a temporary copy's space is freed only then), no answer
+        if opened is not None:
+            opened.close()
+            opened = None
+        continue
     try:
         if mode == 1:  # a file's path: its header and the chunk at `offset`
             path = body.decode("utf-8", "surrogateescape")
@@ -333,6 +338,15 @@ class _ChunkParser:
             self._why = f"it could not be given the chunk: {exc}"
             self.died = True
             self.close()
+
+    def release(self) -> None:
+        """Let the child close the file it reads (no answer comes): the reader is done with it."""
+        if self._child is not None and self._child.stdin is not None:
+            try:
+                self._child.stdin.write(_REQUEST.pack(2, 0, 0, 0))
+                self._child.stdin.flush()
+            except OSError:
+                self.close()
 
     def flush(self) -> None:
         """Write the requests sent without `flush`."""
@@ -743,6 +757,8 @@ class EvtxReader:
             yield from self._end(
                 stream, header, full_chunks, partial, last, declared, source, on_warning, child
             )
+            if child.ahead is None:  # (asking ahead moves the child on to the next file)
+                child.release()
         finally:
             self._give_back(child)
 
