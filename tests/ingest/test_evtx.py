@@ -384,6 +384,30 @@ def test_the_child_lets_a_read_file_go(sample: bytes, tmp_path: Path) -> None:
 
 
 @pytest.mark.shared
+def test_no_child_to_be_had_is_a_read_error(
+    sample: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When no process can be started (limits, a sandbox) the file gets a warning saying so; the rest of
+    the run goes on."""
+    (tmp_path / "a.evtx").write_bytes(sample)
+    (tmp_path / "b.ndjson").write_text('{"EventID": 1, "Image": "x"}\n', encoding="utf-8")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(evtx_reader.subprocess, "Popen", refuse)
+    warnings: list[IngestWarning] = []
+    reader = EvtxReader()
+    evidence = discover([tmp_path])
+    got = [len(list(read_records(ev, warnings.append, reader=reader if ev.format == "evtx" else None)))
+           for ev in evidence]
+    assert got == [0, 1]
+    assert [(Path(w.file).name, w.reason) for w in warnings] == [
+        ("a.evtx", "read error, reading stopped here: OSError: [Errno 24] Too many open files"),
+    ]
+
+
+@pytest.mark.shared
 def test_crafted_chunk_with_valid_checksums_is_stopped(crafted_evtx: bytearray, tmp_path: Path) -> None:
     """Nothing tells the reader that chunk 1 was crafted: it is parsed apart like every chunk, stopped, and
     the rest of the file is read (the in-process parser would loop for ever)."""

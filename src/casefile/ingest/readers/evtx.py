@@ -317,10 +317,14 @@ class _ChunkParser:
         if self._child is None:
             # what the child says when it fails (a broken install, a missing module) ends the warning
             self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed with the child)
-            self._child = subprocess.Popen(
-                [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._stderr,
-            )
+            try:
+                self._child = subprocess.Popen(
+                    [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=self._stderr,
+                )
+            except OSError:  # no process to be had (limits, a sandbox): the caller reports the file
+                self.close()
+                raise
             self._buffer = b""
             self.asked = 0
         assert self._child.stdin is not None
