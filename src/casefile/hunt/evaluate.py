@@ -388,14 +388,18 @@ def compile_node(node: ir.Node) -> Predicate:
     raise TypeError(f"unknown IR node {type(node).__name__}")
 
 
+#: `fieldref` tests by op: whether a value `a` of the field holds a value `b` of the other field.
+FIELDREF_TESTS: dict[str, Callable[[str, str], bool]] = {
+    "eq": str.__eq__,
+    "startswith": str.startswith,
+    "endswith": str.endswith,
+    "contains": str.__contains__,  # b in a
+}
+
+
 def _fieldref(node: ir.FieldRef) -> Predicate:
     field, other, cased = node.field, node.other, node.cased
-    op: Callable[[str, str], bool] = {
-        "eq": lambda a, b: a == b,
-        "startswith": lambda a, b: a.startswith(b),
-        "endswith": lambda a, b: a.endswith(b),
-        "contains": lambda a, b: b in a,
-    }[node.op]
+    op = FIELDREF_TESTS[node.op]
 
     def pred(view: EventView, rec: dict[str, Any] | None) -> bool:
         if not view.has(other):

@@ -40,6 +40,7 @@ from casefile.hunt import ir
 from casefile.hunt.evaluate import (
     _MISSING,
     _SURROGATES,
+    FIELDREF_TESTS,
     EventView,
     Predicate,
     _as_str,
@@ -255,12 +256,7 @@ NOT = "not"
 CIDR = "cidr"
 #: Ops of field-reference anchors (`ref-eq`, `ref-startswith`, ...): the literal is the other field's name.
 REF = "ref-"
-_REF_TESTS: dict[str, Callable[[str, str], bool]] = {
-    "ref-eq": str.__eq__,
-    "ref-startswith": str.startswith,
-    "ref-endswith": str.endswith,
-    "ref-contains": str.__contains__,  # a contains b
-}
+_REF_TESTS = {REF + op: test for op, test in FIELDREF_TESTS.items()}  # the reference's own tests
 #: Capital sigma lower-cases to `σ`, or to `ς` ending a word: the one letter whose lower case needs context.
 _SIGMA = "\u03a3"
 

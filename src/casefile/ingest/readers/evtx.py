@@ -327,40 +327,35 @@ class _ChunkParser:
                 raise
             self._buffer = b""
             self.asked = 0
-        assert self._child.stdin is not None
         self.asked += 1
+        if path is None:
+            request = _REQUEST.pack(0, len(image), number, 0) + image
+        else:
+            body = path.encode("utf-8", "surrogateescape")
+            request = _REQUEST.pack(1, len(body), number, HEADER_SIZE + number * CHUNK_SIZE) + body
+        self._write(request, flush)
+
+    def release(self) -> None:
+        """Let the child close the file it reads (no answer comes): the reader is done with it."""
+        if self._child is not None:
+            self._write(_REQUEST.pack(2, 0, 0, 0))
+
+    def flush(self) -> None:
+        """Write the requests sent without `flush`."""
+        if self._child is not None:
+            self._write(b"")
+
+    def _write(self, data: bytes, flush: bool = True) -> None:
+        """Write to the child; one that cannot take it is stopped (the next `take` says why)."""
+        assert self._child is not None and self._child.stdin is not None
         try:
-            if path is None:
-                request = _REQUEST.pack(0, len(image), number, 0) + image
-            else:
-                body = path.encode("utf-8", "surrogateescape")
-                request = _REQUEST.pack(1, len(body), number, HEADER_SIZE + number * CHUNK_SIZE) + body
-            self._child.stdin.write(request)
+            self._child.stdin.write(data)
             if flush:
                 self._child.stdin.flush()
         except OSError as exc:
             self._why = f"it could not be given the chunk: {exc}"
             self.died = True
             self.close()
-
-    def release(self) -> None:
-        """Let the child close the file it reads (no answer comes): the reader is done with it."""
-        if self._child is not None and self._child.stdin is not None:
-            try:
-                self._child.stdin.write(_REQUEST.pack(2, 0, 0, 0))
-                self._child.stdin.flush()
-            except OSError:
-                self.close()
-
-    def flush(self) -> None:
-        """Write the requests sent without `flush`."""
-        if self._child is not None and self._child.stdin is not None:
-            try:
-                self._child.stdin.flush()
-            except OSError as exc:
-                self._why = f"it could not be given the chunk: {exc}"
-                self.died = True
-                self.close()
 
     def results(self, what: str) -> list[Item]:
         """Everything the oldest request gives (see `take`)."""
