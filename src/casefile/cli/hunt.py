@@ -138,7 +138,7 @@ def hunt_cmd(
         # no output format writes the events' fields (`to_record`), so workers need not send them
         detections = iter_hunt(
             paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=jobs,
-            event_fields=False,
+            event_fields=False, plan_cache=Settings.from_env().cache_dir,
         )
         if fmt == "table":
             _render_table(detections, out)

@@ -190,6 +190,7 @@ def iter_hunt(
     workers: int = 1,
     vectorised: bool = True,
     event_fields: bool = True,
+    plan_cache: Path | None = None,
 ) -> Iterator[Detection]:
     """Detections of every evidence file under `paths`, yielded as they are found.
 
@@ -199,7 +200,8 @@ def iter_hunt(
     `workers > 1` at most a few file groups' results wait in the parent (bounded queue); `workers=0`
     takes one per CPU, or none beside this process for evidence that makes one task (the CLI's default).
     With `event_fields=False` the fast path leaves `Detection.fields` empty but for the rules
-    correlations read, for callers that do not use it: workers then send far less.
+    correlations read, for callers that do not use it: workers then send far less. `plan_cache`: a
+    folder where the fast path keeps the partition plans it builds, for the next hunt with these rules.
     """
     stats = stats if stats is not None else HuntStats()
     stats.rules_loaded = len(ruleset)
@@ -226,7 +228,8 @@ def iter_hunt(
         needed = input_rule_ids(ruleset.correlations) if ruleset.correlations else frozenset()
         rules = [r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed]
         hits: Iterable[Detection] = vector_hits(
-            evidence, rules, workers=workers, warn=warn, done=done, fields_of=None if event_fields else needed
+            evidence, rules, workers=workers, warn=warn, done=done,
+            fields_of=None if event_fields else needed, plan_cache=plan_cache,
         )
     elif (workers or os.cpu_count() or 1) > 1 and len(evidence) > 1:
         hits = _parallel_hits(evidence, ruleset, min_level, workers or os.cpu_count() or 1, warn, done)

@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from casefile.hunt.cache import PlanStore
 from casefile.hunt.rules import CompiledRule
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
 from casefile.ingest import EvidenceFile, RawRecord, normalise, read_file, read_records
@@ -98,10 +100,12 @@ class FileHunter:
         batch_records: int = BATCH_RECORDS,
         fields_of: frozenset[str] | None = None,
         isolate: bool = False,
+        plans: PlanStore | None = None,
     ) -> None:
         """`isolate`: parse EVTX in a child process (`EvtxReader`), for a hunter in a process that must not
-        hang on a parser that loops; a worker has its stall timer instead, and parses in its own process."""
-        self.index = VectorIndex(rules)
+        hang on a parser that loops; a worker has its stall timer instead, and parses in its own process.
+        `plans`: partition plans kept on disk for these rules (`PlanStore`)."""
+        self.index = VectorIndex(rules, plans)
         self.hunter = BatchHunter(self.index, _normalise, fields_of=fields_of)
         self.reader = EvtxReader(threads=1, decode=_keep_text, isolate=isolate)
         self.batch_records = batch_records
@@ -195,10 +199,11 @@ _timer: _StallTimer | None = None
 
 
 def _init_worker(
-    rules: bytes, batch_records: int, fields_of: frozenset[str] | None, stall_seconds: float
+    rules: bytes, batch_records: int, fields_of: frozenset[str] | None, stall_seconds: float,
+    plans: PlanStore | None,
 ) -> None:
     global _worker, _timer
-    _worker = FileHunter(pickle.loads(rules), batch_records=batch_records, fields_of=fields_of)
+    _worker = FileHunter(pickle.loads(rules), batch_records=batch_records, fields_of=fields_of, plans=plans)
     _timer = _StallTimer(stall_seconds)
     _worker.alive = _timer.alive
     # The rule set is most of the worker's objects and lives as long as it: out of the collector's sight,
@@ -225,6 +230,7 @@ def vector_hits(
     task_bytes: int = TASK_BYTES,
     fields_of: frozenset[str] | None = None,
     stall_seconds: float = STALL_SECONDS,
+    plan_cache: Path | None = None,
 ) -> Iterator[Detection]:
     """Base-rule detections of `rules` over `evidence`, in the serial engine's order.
 
@@ -234,22 +240,28 @@ def vector_hits(
     (spawning, loading the rules in each) costs more than a few files take. A worker that stalls
     (`stall_seconds`) or dies costs only the file it was on, which is named in a warning; in this
     process (one worker) EVTX chunks are parsed in a child process, stopped if one loops (`EvtxReader`).
+    With `plan_cache` (a folder) the partition plans built are kept there for the next hunt with the same
+    rules (`PlanStore`).
     """
     groups: Iterator[list[EvidenceFile]] = _groups(evidence, task_bytes)
     if workers == 0:
         first = list(itertools.islice(groups, 2))
         workers = (os.cpu_count() or 1) if len(first) > 1 else 1
         groups = itertools.chain(first, groups)
+    # pickled once here, not once per worker process started; the plans' folder is named by these bytes
+    pickled = pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL) if workers > 1 or plan_cache else b""
+    plans = PlanStore.for_rules(plan_cache, pickled) if plan_cache is not None else None
     if workers <= 1:
-        hunter = FileHunter(rules, batch_records=batch_records, fields_of=fields_of, isolate=True)
+        hunter = FileHunter(
+            rules, batch_records=batch_records, fields_of=fields_of, isolate=True, plans=plans
+        )
         try:
             for group in groups:
                 yield from _deliver(group, hunter.hunt(group), warn, done)
         finally:
             hunter.reader.close()
         return
-    # pickled once here, not once per worker process started
-    initargs = (pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL), batch_records, fields_of, stall_seconds)
+    initargs = (pickled, batch_records, fields_of, stall_seconds, plans)
 
     def pool_of(n: int) -> ProcessPoolExecutor:
         # spawn, not fork: the parent may run threads (progress display, DuckDB) that fork would copy

@@ -32,7 +32,7 @@ import re._parser as re_parser  # type: ignore[import-not-found]
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ahocorasick_rs
 
@@ -50,6 +50,9 @@ from casefile.hunt.evaluate import (
 )
 from casefile.hunt.rules import CompiledRule
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, RuleInfo
+
+if TYPE_CHECKING:
+    from casefile.hunt.cache import PlanStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -700,7 +703,9 @@ def build_plan(
 class VectorIndex:
     """Programs by partition, as `engine.RuleIndex` routes them, with each partition's pre-filter plan."""
 
-    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+    def __init__(self, rules: Sequence[CompiledRule], store: PlanStore | None = None) -> None:
+        """`store`: where plans built for these rules are kept between processes and runs."""
+        self.store = store
         self.entries: list[Entry] = []
         self._table: dict[tuple[str | None, int | None], list[int]] = defaultdict(list)
         for rule in rules:
@@ -756,10 +761,16 @@ class VectorIndex:
         plan = self._plans.get(key)
         if plan is None:
             entries = self.candidates(*key)
-            conds = [self.entries[e].program.condition for e in entries]
-            if self._fixed is None:
-                self._fixed = fixed_nodes(entry.program.condition for entry in self.entries)
-            plan = build_plan(entries, conds, key[0], key[1], self._clauses, self._fixed)
+            stored = self.store.load(key) if self.store is not None else None
+            if isinstance(stored, PartitionPlan) and stored.entries == entries:
+                plan = stored
+            else:
+                conds = [self.entries[e].program.condition for e in entries]
+                if self._fixed is None:
+                    self._fixed = fixed_nodes(entry.program.condition for entry in self.entries)
+                plan = build_plan(entries, conds, key[0], key[1], self._clauses, self._fixed)
+                if self.store is not None:
+                    self.store.save(key, plan)
             self._plans[key] = plan
         return plan
 

@@ -1,0 +1,151 @@
+"""Partition plans kept on disk (`cache.PlanStore`): reused by the next hunt and its workers, never trusted
+over the rules they were built for."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casefile.hunt import RuleSet, load_rules, run_hunt, vector
+from casefile.hunt import cache as cache_module
+from casefile.hunt.cache import PLAN_FOLDERS_KEPT, PLANS_PREFIX, PlanStore
+from casefile.hunt.engine import iter_hunt
+from casefile.models import Detection, Level
+
+
+@pytest.fixture(scope="module")
+def rules(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> RuleSet:
+    windows = shared_data / "sigma" / "rules" / "windows"
+    return load_rules(
+        [windows / "process_creation", windows / "builtin" / "security"],
+        cache_dir=tmp_path_factory.mktemp("rule-cache"),
+    )
+
+
+@pytest.fixture(scope="module")
+def evidence(shared_data: Path) -> list[Path]:
+    """Sysmon and Security files of the corpus: many partitions, process creations among them."""
+    root = shared_data / "evtx" / "EVTX-ATTACK-SAMPLES"
+    files = sorted(root.rglob("*.evtx"))
+    sample = files[::25]
+    assert len(sample) >= 8, f"too few EVTX samples under {root}"
+    return sample
+
+
+def _key(d: Detection) -> tuple[Any, ...]:
+    return (d.rule.id, d.file, d.record_id, json.dumps(d.matched, sort_keys=True, default=str))
+
+
+def _hunt(paths: list[Path], rules: RuleSet, cache: Path | None, workers: int = 1,
+          min_level: Level = Level.INFORMATIONAL) -> list[tuple[Any, ...]]:
+    return [_key(d) for d in iter_hunt(paths, rules, workers=workers, plan_cache=cache, min_level=min_level)]
+
+
+def _plan_files(cache: Path) -> dict[str, int]:
+    (folder,) = cache.glob(f"{PLANS_PREFIX}*")
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_plans_are_kept_and_the_next_hunt_builds_none(
+    rules: RuleSet, evidence: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = [_key(d) for d in run_hunt(evidence, rules, vectorised=False).detections]
+    assert len(reference) > 20
+    assert _hunt(evidence, rules, tmp_path) == reference
+    kept = _plan_files(tmp_path)
+    assert len(kept) > 5 and not [n for n in kept if not n.endswith(".pickle")]
+
+    def no_building(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a plan was built although it was stored")
+
+    monkeypatch.setattr(vector, "build_plan", no_building)
+    assert _hunt(evidence, rules, tmp_path) == reference
+    assert _plan_files(tmp_path) == kept  # read, not written again
+
+
+def test_workers_share_the_stored_plans(rules: RuleSet, evidence: list[Path], tmp_path: Path) -> None:
+    first = _hunt(evidence, rules, tmp_path, workers=2)
+    kept = _plan_files(tmp_path)
+    assert first == _hunt(evidence, rules, None, workers=1)
+    assert _hunt(evidence, rules, tmp_path, workers=2) == first
+    assert _plan_files(tmp_path) == kept  # the second pool built and wrote none
+
+
+def test_a_damaged_or_misplaced_plan_is_built_again(
+    rules: RuleSet, evidence: list[Path], tmp_path: Path
+) -> None:
+    expected = _hunt(evidence, rules, tmp_path)
+    (folder,) = tmp_path.glob(f"{PLANS_PREFIX}*")
+    files = sorted(folder.iterdir(), key=lambda p: p.stat().st_size)
+    damaged, small, large = files[0], files[1], files[-1]
+    damaged.write_bytes(damaged.read_bytes()[:40])  # cut short, as by a full disk
+    small.write_bytes(large.read_bytes())  # another partition's plan under this one's name
+
+    assert _hunt(evidence, rules, tmp_path) == expected
+    for path in (damaged, small):
+        key, plan = pickle.loads(path.read_bytes())
+        assert isinstance(plan, vector.PartitionPlan)
+        assert path == PlanStore(folder)._path(key)
+    assert pickle.loads(small.read_bytes()) != pickle.loads(large.read_bytes())
+
+
+def test_other_rules_get_their_own_folder_and_old_ones_go(
+    rules: RuleSet, evidence: list[Path], tmp_path: Path
+) -> None:
+    levels = [Level.INFORMATIONAL, Level.LOW, Level.MEDIUM, Level.HIGH, Level.CRITICAL]
+    folder_of: dict[Level, Path] = {}
+    results = {}
+    for level in levels:
+        before = set(tmp_path.glob(f"{PLANS_PREFIX}*"))
+        results[level] = _hunt(evidence[:3], rules, tmp_path, min_level=level)
+        (folder_of[level],) = set(tmp_path.glob(f"{PLANS_PREFIX}*")) - before
+    assert len(results[Level.INFORMATIONAL]) > len(results[Level.HIGH]) > 0  # different rule lists
+    assert PLAN_FOLDERS_KEPT == 4
+    assert set(tmp_path.glob(f"{PLANS_PREFIX}*")) == {folder_of[level] for level in levels[1:]}
+    # the lowest level again: its plans are built anew, and the least recently used folder goes
+    assert _hunt(evidence[:3], rules, tmp_path) == results[Level.INFORMATIONAL]
+    kept = {folder_of[level] for level in levels if level != Level.LOW}
+    assert set(tmp_path.glob(f"{PLANS_PREFIX}*")) == kept
+    assert any(folder_of[Level.INFORMATIONAL].iterdir())
+
+
+def test_an_unusable_cache_folder_costs_nothing_but_time(
+    rules: RuleSet, evidence: list[Path], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    assert PlanStore.for_rules(blocker / "cache", b"rules") is None
+    assert _hunt(evidence[:3], rules, blocker / "cache") == _hunt(evidence[:3], rules, None)
+
+
+def test_the_folder_is_named_by_the_rules_and_the_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = PlanStore.for_rules(tmp_path, b"rules one")
+    again = PlanStore.for_rules(tmp_path, b"rules one")
+    assert one is not None and again is not None and one.folder == again.folder
+    two = PlanStore.for_rules(tmp_path, b"rules two")
+    assert two is not None and two.folder != one.folder
+    cache_module._plan_code_digest.cache_clear()
+    monkeypatch.setattr(cache_module, "_PLAN_MODULES", (*cache_module._PLAN_MODULES, "engine"))
+    edited = PlanStore.for_rules(tmp_path, b"rules one")
+    cache_module._plan_code_digest.cache_clear()
+    assert edited is not None and edited.folder != one.folder
+
+
+def test_a_plan_is_loaded_only_under_the_key_it_was_stored_for(tmp_path: Path) -> None:
+    """Partitions of one channel often share their entries (every Security event id is offered the same
+    channel-wide rules), but a plan decides EventID tests for its own event id."""
+    store = PlanStore(tmp_path)
+    plan = vector.PartitionPlan(entries=(1, 2), always=(2,))
+    store.save(("security", 4624), plan)
+    assert store.load(("security", 4624)) == plan
+    store._path(("security", 4625)).write_bytes(store._path(("security", 4624)).read_bytes())
+    assert store.load(("security", 4625)) is None
+    store._path(("security", 4625)).write_bytes(pickle.dumps(plan))  # no key with it
+    assert store.load(("security", 4625)) is None
+    assert store.load(("security", 4688)) is None  # never stored
