@@ -15,7 +15,9 @@ import stix2
 from casefile.case.attribution import kb_attributor
 from casefile.case.investigate import evidence_sha256, investigate
 from casefile.case.store import Case
+from casefile.hunt import load_rules, run_hunt
 from casefile.ingest import discover
+from casefile.models import Detection
 
 pytestmark = pytest.mark.shared
 REPO = Path(__file__).resolve().parents[2]
@@ -23,16 +25,41 @@ SCHEMA = json.loads((REPO / "tests" / "data" / "report" / "layer-4.5.schema.json
 
 
 @pytest.fixture(scope="module")
-def samples_case(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def rule_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("rule-cache")
+
+
+@pytest.fixture(scope="module")
+def samples_case(shared_data: Path, tmp_path_factory: pytest.TempPathFactory, rule_cache: Path) -> Path:
     root = tmp_path_factory.mktemp("samples") / "case"
     kb = kb_attributor([shared_data / "attack" / "enterprise-attack.json.gz"])
     investigate(
         [shared_data / "evtx" / "EVTX-ATTACK-SAMPLES"],
         root,
         rules=[shared_data / "sigma" / "rules" / "windows"],
+        rule_cache=rule_cache,
         attributor=kb,
     )
     return root
+
+
+def _key(d: Detection) -> tuple[str, str, int, str]:
+    return (d.rule.id, Path(d.file or "").name, d.record_id or 0, json.dumps(d.matched, sort_keys=True))
+
+
+def test_detections_are_the_reference_engines(
+    samples_case: Path, shared_data: Path, rule_cache: Path
+) -> None:
+    """The case hunts through the fast path's pre-filter (and keeps its plans with the rule cache): it
+    stores what the serial reference engine finds in the same files."""
+    with Case.open(samples_case, read_only=True) as case:
+        stored = sorted(_key(sd.detection) for sd in case.detections() if sd.detection.kind == "sigma")
+        files = [Path(e.path) for e in case.evidence_files()]
+    rules = load_rules([shared_data / "sigma" / "rules" / "windows"], cache_dir=rule_cache)
+    reference = run_hunt(files, rules, vectorised=False)
+    assert len(stored) > 800
+    assert stored == sorted(_key(d) for d in reference.detections if d.kind == "sigma")
+    assert len(list(rule_cache.glob("plans-*/*.pickle"))) > 50
 
 
 def test_inventory_holds_every_distinct_evtx_once_with_its_hash(

@@ -19,7 +19,7 @@ import duckdb
 from casefile.case.clusters import cluster_detections
 from casefile.case.store import Case, Clock, utc_now
 from casefile.errors import ConfigError
-from casefile.hunt import RuleIndex, RuleSet, load_rules, match_event
+from casefile.hunt import RuleSet, event_hunter, load_rules
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.ingest import EvidenceFile, discover, read_file
 from casefile.models import Detection, DetectionKind, IngestWarning, Level
@@ -85,16 +85,21 @@ def hunt_into_case(
     *,
     min_level: Level = Level.INFORMATIONAL,
     progress: StageProgress | None = None,
+    plan_cache: Path | None = None,
 ) -> tuple[int, int, int, int, list[IngestWarning]]:
     """Hunt every file not yet in the case, one transaction per file.
 
+    Events are hunted through the fast path's pre-filter (`event_hunter`; its partition plans kept in
+    `plan_cache` if given), which gives the reference engine's detections in its order.
     Returns (files added, files already there, events added, detections added, warnings).
     """
     bar = progress or _NoProgress()
     correlations = list(ruleset.correlations)
     suppressed = suppressed_rule_ids(correlations)
     needed = input_rule_ids(correlations)
-    index = RuleIndex([r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed])
+    hunter = event_hunter(
+        [r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed], plan_cache=plan_cache
+    )
     added = already = events = detections = 0
     warnings: list[IngestWarning] = []
     bar.stage("Hashing evidence", len(evidence))
@@ -120,7 +125,7 @@ def hunt_into_case(
         with case.evidence(sha, ef.path, ef.size, ef.format) as batch:
             for ev in read_file(ef, batch.warnings.append, following=following):
                 batch.add_event(ev)
-                for d in match_event(index, ev):
+                for d in hunter.match_event(ev):
                     if d.rule.id in needed:
                         batch.correlation_inputs.append(d)
                     if d.rule.id not in suppressed and d.rule.level >= min_level:
@@ -232,7 +237,7 @@ def investigate(
         ]
         case.add_warnings(skipped, stage="rules", replace=True)
         added, already, events, detections, ingest_warnings = hunt_into_case(
-            case, files, ruleset, min_level=min_level, progress=bar
+            case, files, ruleset, min_level=min_level, progress=bar, plan_cache=rule_cache
         )
         for w in ingest_warnings:
             warn(w)

@@ -4,9 +4,11 @@
     hunt(events, ruleset, min_level=...) -> Iterator[Detection]
     run_hunt(paths, ruleset, min_level=..., on_warning=..., progress=None) -> HuntResult
     iter_hunt(paths, ruleset, stats=HuntStats(), ...) -> Iterator[Detection]   streamed, bounded memory
+    event_hunter(rules, plan_cache=None).match_event(event) -> list[Detection]   one event at a time
 
 A rule compiles (compiler.py) to one IR program (ir.py) per log source (routing.py, logsources.yaml);
-the reference evaluator (evaluate.py) runs programs on the events routed to them (engine.py).
+the reference evaluator (evaluate.py) runs programs on the events routed to them (engine.py). The fast
+path (vector.py, parallel.py) pre-filters events with every rule's guards and confirms with the reference.
 """
 
 from casefile.hunt.engine import (
@@ -19,6 +21,7 @@ from casefile.hunt.engine import (
     match_event,
     run_hunt,
 )
+from casefile.hunt.parallel import event_hunter
 from casefile.hunt.rules import CompiledRule, RuleSet, SkippedRule, load_rules, rule_files
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "RuleIndex",
     "RuleSet",
     "SkippedRule",
+    "event_hunter",
     "hunt",
     "iter_hunt",
     "load_rules",

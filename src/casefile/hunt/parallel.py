@@ -155,6 +155,17 @@ class FileHunter:
         return TaskResult(detections, warnings, events)
 
 
+def event_hunter(rules: Sequence[CompiledRule], *, plan_cache: Path | None = None) -> BatchHunter:
+    """The fast path for events handed over one at a time (`BatchHunter.match_event`), as a case's ingest
+    hunts them: the detections, in order, that `engine.match_event` gives with a `RuleIndex` of `rules`.
+
+    `plan_cache`: a folder where partition plans are kept between runs (`PlanStore`)."""
+    plans = None
+    if plan_cache is not None:
+        plans = PlanStore.for_rules(plan_cache, pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL))
+    return BatchHunter(VectorIndex(rules, plans), _normalise)
+
+
 def _groups(evidence: Sequence[EvidenceFile], task_bytes: int) -> Iterator[list[EvidenceFile]]:
     group: list[EvidenceFile] = []
     size = 0
@@ -358,4 +369,4 @@ def _deliver(
         done(ev, n)
 
 
-__all__ = ["BATCH_RECORDS", "FileHunter", "TaskResult", "vector_hits"]
+__all__ = ["BATCH_RECORDS", "FileHunter", "TaskResult", "event_hunter", "vector_hits"]
