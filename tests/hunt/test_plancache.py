@@ -4,7 +4,10 @@ over the rules they were built for."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +152,37 @@ def test_a_plan_is_loaded_only_under_the_key_it_was_stored_for(tmp_path: Path) -
     store._path(("security", 4625)).write_bytes(pickle.dumps(plan))  # no key with it
     assert store.load(("security", 4625)) is None
     assert store.load(("security", 4688)) is None  # never stored
+
+
+def test_a_rule_list_pickles_to_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    """Plan folders are named by the pickled rule list: a regex's flags (a set of strings, whose order
+    follows the process's hash seed) must not change those bytes from one run to the next."""
+    script = (
+        "import hashlib, pickle, sys\n"
+        "from casefile.hunt import ir\n"
+        "node = ir.RegexMatch('CommandLine', 'a.b', frozenset('ims'))\n"
+        "data = pickle.dumps(node, pickle.HIGHEST_PROTOCOL)\n"
+        "assert pickle.loads(data) == node\n"
+        "print(hashlib.sha256(data).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True, text=True, check=True,
+        ).stdout
+        for seed in range(6)
+    }
+    assert len(digests) == 1
+
+
+def test_the_run_that_compiles_the_rules_names_the_folder_later_runs_use(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    folder = shared_data / "sigma" / "rules" / "windows" / "builtin" / "security"
+    built = load_rules([folder], cache_dir=tmp_path)  # compiled here, and cached
+    loaded = load_rules([folder], cache_dir=tmp_path)  # what every later run gets
+    assert len(built.rules) > 50
+    first, later = (
+        PlanStore.for_rules(tmp_path, pickle.dumps(r.rules, pickle.HIGHEST_PROTOCOL)) for r in (built, loaded)
+    )
+    assert first is not None and later is not None and first.folder == later.folder

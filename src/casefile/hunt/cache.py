@@ -78,10 +78,14 @@ def cached(
             pass  # stale or damaged cache: rebuild below and overwrite it
     ruleset = build()
     try:
+        data = pickle.dumps(ruleset, protocol=pickle.HIGHEST_PROTOCOL)
+        # What later runs load, so that this run's rules pickle to the same bytes as theirs: plan folders
+        # are named by those bytes (`PlanStore.for_rules`), and a freshly built rule set shares fewer
+        # objects than a loaded one.
+        ruleset = pickle.loads(data)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            pickle.dump(ruleset, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.write_bytes(data)
         tmp.replace(target)
         for old in cache_dir.glob(f"{PREFIX}*.pickle"):
             if old != target:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from casefile.pickling import by_fields
 
@@ -78,7 +78,6 @@ class StrMatch:
     parts: tuple[GlobPart, ...] = ()
 
 
-@by_fields
 @dataclass(frozen=True, slots=True)
 class RegexMatch:
     """Python `re.search` of `pattern` on `str(value)`; `flags` is a subset of {"i", "m", "s"}."""
@@ -86,6 +85,16 @@ class RegexMatch:
     field: str | None
     pattern: str
     flags: frozenset[str] = frozenset()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By value, as `by_fields` does, with the flags in a fixed order: a set of strings pickles in an
+        # order that changes with each process's hash seed, and a rule list's pickled bytes name its
+        # partition plans on disk (`cache.PlanStore`).
+        return (_regex_match, (self.field, self.pattern, tuple(sorted(self.flags))))
+
+
+def _regex_match(field: str | None, pattern: str, flags: tuple[str, ...]) -> RegexMatch:
+    return RegexMatch(field, pattern, frozenset(flags))
 
 
 @by_fields
