@@ -21,7 +21,7 @@ from casefile.case.store import Case, Clock, utc_now
 from casefile.errors import ConfigError
 from casefile.hunt import RuleSet, event_hunter, load_rules
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
-from casefile.ingest import EvidenceFile, discover, read_file
+from casefile.ingest import EvidenceFile, discover, read_file, with_next
 from casefile.models import Detection, DetectionKind, IngestWarning, Level
 
 
@@ -120,8 +120,8 @@ def hunt_into_case(
         bar.advance()
     bar.stage("Hunting evidence", sum(ef.size for ef, _ in todo))
     fired: dict[str, str | None] = {}
-    for i, (ef, sha) in enumerate(todo):
-        following = todo[i + 1][0] if i + 1 < len(todo) else None
+    for (ef, sha), after in with_next(todo):
+        following = after[0] if after is not None else None
         with case.evidence(sha, ef.path, ef.size, ef.format) as batch:
             for ev in read_file(ef, batch.warnings.append, following=following):
                 batch.add_event(ev)

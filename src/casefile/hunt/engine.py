@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.hunt.evaluate import EventView, Predicate, compile_node
 from casefile.hunt.rules import CompiledRule, RuleSet
-from casefile.ingest import EvidenceFile, discover, read_file
+from casefile.ingest import EvidenceFile, discover, read_file, with_next
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
 
 
@@ -296,8 +296,8 @@ def _sequential_hits(
     warn: Callable[[IngestWarning], None],
     done: Callable[[EvidenceFile, int], None],
 ) -> Iterator[Detection]:
-    for i, ev in enumerate(evidence):
-        hits, n = _file_hits(ev, index, warn, evidence[i + 1] if i + 1 < len(evidence) else None)
+    for ev, following in with_next(evidence):
+        hits, n = _file_hits(ev, index, warn, following)
         yield from hits
         done(ev, n)
 

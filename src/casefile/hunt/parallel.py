@@ -28,7 +28,7 @@ import orjson
 from casefile.hunt.cache import PlanStore
 from casefile.hunt.rules import CompiledRule
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
-from casefile.ingest import EvidenceFile, RawRecord, normalise, read_file, read_records
+from casefile.ingest import EvidenceFile, RawRecord, normalise, read_file, read_records, with_next
 from casefile.ingest.readers.evtx import EvtxReader
 from casefile.models import Detection, Event, IngestWarning
 
@@ -133,9 +133,8 @@ class FileHunter:
             batch.clear()
             owner.clear()
 
-        for pos, ev in enumerate(evidence):
+        for pos, (ev, following) in enumerate(with_next(evidence)):
             alive()
-            following = evidence[pos + 1] if pos + 1 < len(evidence) else None
             if ev.format != self.reader.name:
                 flush()
                 for event in read_file(ev, warn):

@@ -2,14 +2,15 @@
 
     discover(paths) -> list[EvidenceFile]
     read_events(paths, on_warning=...) -> Iterator[Event]
-    read_records / normalise / read_file: the same pipeline, step by step
+    read_records / normalise / read_file: the same pipeline, step by step (with_next names the file
+        read next, which the EVTX reader starts on meanwhile)
     READERS / SHAPES: registries to add a file format or a record shape
     casefile.ingest.columnar: Events as Arrow batches and DuckDB tables
 """
 
 from casefile.ingest import readers, shapes  # noqa: F401  (built-ins register themselves)
 from casefile.ingest.model import EvidenceFile, RawRecord
-from casefile.ingest.pipeline import normalise, read_events, read_file, read_records
+from casefile.ingest.pipeline import normalise, read_events, read_file, read_records, with_next
 from casefile.ingest.plugins import READERS, SHAPES, Reader, Shape, WarningSink
 from casefile.ingest.sources import discover, open_evidence
 
@@ -27,4 +28,5 @@ __all__ = [
     "read_events",
     "read_file",
     "read_records",
+    "with_next",
 ]

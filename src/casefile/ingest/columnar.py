@@ -38,7 +38,7 @@ import duckdb
 import pyarrow as pa
 
 from casefile.errors import CasefileError
-from casefile.ingest.pipeline import read_file
+from casefile.ingest.pipeline import read_file, with_next
 from casefile.ingest.plugins import WarningSink
 from casefile.ingest.sources import discover
 from casefile.models import Event, IngestWarning
@@ -344,8 +344,7 @@ def ingest_to_duckdb(
     keys: set[PartitionKey] = set()
 
     def events() -> Iterator[Event]:
-        for i, file in enumerate(evidence):
-            following = evidence[i + 1] if i + 1 < len(evidence) else None
+        for file, following in with_next(evidence):
             for event in read_file(file, warn, following=following):
                 keys.add(partition_key(event))
                 yield event

@@ -7,11 +7,12 @@ worker processes and normalise wherever it likes; `read_events` is the simple se
 from __future__ import annotations
 
 import gzip
+import itertools
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from casefile.errors import InputError
 from casefile.ingest.model import EvidenceFile, RawRecord
@@ -47,6 +48,16 @@ def read_records(
         damaged = isinstance(exc, zipfile.BadZipFile | EOFError | zlib.error | gzip.BadGzipFile)
         kind = "damaged archive data" if damaged else "read error"
         on_warning(IngestWarning(evidence.path, f"{kind}, reading stopped here: {reason}"))
+
+
+T = TypeVar("T")
+
+
+def with_next(items: Sequence[T]) -> Iterator[tuple[T, T | None]]:
+    """Each item with the one after it (None after the last): how callers name the file they read next
+    (`read_records(..., following=...)`)."""
+    # not strict: for no items the second iterable still holds its None
+    return zip(items, itertools.chain(itertools.islice(items, 1, None), (None,)), strict=False)
 
 
 def _plain(evidence: EvidenceFile) -> Path | None:
@@ -92,6 +103,5 @@ def read_events(paths: Sequence[str | Path], *, on_warning: WarningSink) -> Iter
     Damaged files, records and archives, and files in no known format, are reported through
     `on_warning`; reading goes on. A path that does not exist raises InputError.
     """
-    found = discover(paths, on_warning=on_warning)
-    for i, evidence in enumerate(found):
-        yield from read_file(evidence, on_warning, following=found[i + 1] if i + 1 < len(found) else None)
+    for evidence, following in with_next(discover(paths, on_warning=on_warning)):
+        yield from read_file(evidence, on_warning, following=following)
