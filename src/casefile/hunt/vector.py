@@ -280,12 +280,8 @@ def regex_literals(pattern: str, flags: frozenset[str]) -> tuple[str, ...]:
     strings. The longest run wins (then the one with fewer strings). One character is too common to
     prune, unless it is one of `_RARE_CHARS`.
     """
-    flag = re.IGNORECASE if "i" in flags else 0
-    try:
-        parsed = re_parser.parse(pattern, flag)
-    except (re.error, RecursionError, OverflowError):
-        return ()
-    if parsed.state.flags & re.VERBOSE:
+    parsed = _parse_regex(pattern, re.IGNORECASE if "i" in flags else 0)
+    if parsed is None or parsed.state.flags & re.VERBOSE:
         return ()
     best: list[str] = []
     run = [""]
@@ -310,10 +306,18 @@ def _folds_case(pattern: str, flags: frozenset[str]) -> bool:
     whose lower case is no `s`: see `_FieldAnchors.fold_unsafe`)."""
     if "i" in flags:
         return True
+    parsed = _parse_regex(pattern, 0)
+    return parsed is None or bool(parsed.state.flags & re.IGNORECASE)  # None: never searched; the safe answer
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_regex(pattern: str, flag: int) -> Any:
+    """`re`'s parse tree of `pattern` (None when it does not parse), read, never changed, by a regex's guard
+    and its case test; remembered, since one rule's regex is guarded again in every partition it meets."""
     try:
-        return bool(re_parser.parse(pattern, 0).state.flags & re.IGNORECASE)
+        return re_parser.parse(pattern, flag)
     except (re.error, RecursionError, OverflowError):
-        return True  # never searched as a regex anyway; the safe answer
+        return None
 
 
 #: Strings a regex guard may offer: the product of a run's character classes.
