@@ -19,10 +19,12 @@ from casefile.hunt.engine import RuleIndex, match_event
 from casefile.hunt.parallel import _normalise
 from casefile.hunt.rules import CompiledRule
 from casefile.hunt.vector import (
+    MEMO_BYTES,
     NOT,
     BatchHunter,
     RawJson,
     VectorIndex,
+    _FieldAnchors,
     fixed_nodes,
     guard,
     regex_literals,
@@ -225,6 +227,37 @@ def test_every_ir_node_matches_the_reference() -> None:
         "rule-51": {6},
     }
     assert {d.record_id for d in ref if d.rule.id == "rule-52"} == {9}
+
+
+def test_the_memo_is_kept_across_batches_until_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values seen in an earlier batch are not matched against the anchors again while the memo fits in
+    `memo_bytes`; once it holds more, it is emptied before the next batch. Detections are the same.
+    (List values are matched element by element, not remembered: left out here.)"""
+    scalars = [data for data in EVENTS if not any(isinstance(v, list) for v in data.values())]
+    records = [
+        RawJson(_evtx_json(1, "Microsoft-Windows-Sysmon/Operational", data, record=i + 1), i + 1, "t.evtx")
+        for i, data in enumerate(scalars)
+    ]
+    hunter = BatchHunter(VectorIndex(_rules()), _normalise)
+    looked_up = 0
+    bits = _FieldAnchors.bits
+
+    def counting(self: _FieldAnchors, v: str) -> int:
+        nonlocal looked_up
+        looked_up += 1
+        return bits(self, v)
+
+    monkeypatch.setattr(_FieldAnchors, "bits", counting)
+    runs = []
+    for budget in (MEMO_BYTES, MEMO_BYTES, 0):
+        hunter.memo_bytes = budget
+        looked_up = 0
+        found = [_key(d) for d in hunter.run(records, lambda w: pytest.fail(str(w))).detections]
+        runs.append((looked_up, found))
+    assert runs[0][1] and all(r[1] == runs[0][1] for r in runs)
+    first, kept, emptied = (r[0] for r in runs)
+    assert first > 0 and kept == 0  # the second batch found every value in the memo
+    assert emptied == first  # over a budget of 0, the memo was emptied before the batch and built again
 
 
 def test_user_data_and_nested_values_match_the_reference() -> None:

@@ -32,8 +32,8 @@ from casefile.ingest import EvidenceFile, RawRecord, normalise, read_file, read_
 from casefile.ingest.readers.evtx import EvtxReader
 from casefile.models import Detection, Event, IngestWarning
 
-#: Records hunted per batch: the anchors each value hit are remembered for a batch (logs repeat their
-#: values); a batch's records and that memo stay a few tens of MB.
+#: Records hunted per batch: a batch's records stay a few tens of MB. (The anchors each value hit are
+#: remembered across batches, up to `vector.MEMO_BYTES`.)
 BATCH_RECORDS = 20_000
 #: Evidence bytes per task handed to a worker (files are never split).
 TASK_BYTES = 16 * 1024 * 1024

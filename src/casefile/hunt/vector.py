@@ -29,6 +29,7 @@ import json
 import re
 import re._constants as re_constants  # type: ignore[import-not-found]  # the parser `re` uses
 import re._parser as re_parser  # type: ignore[import-not-found]
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -789,8 +790,13 @@ class RawJson:
     source: str
 
 
-#: Events `match_event` hunts one at a time between two resets of the memo (a batch's worth).
-_MEMO_EVENTS = 20_000
+#: About how many bytes a hunter's memo of anchor hits may hold before it is emptied (checked between
+#: batches, and between events handed over one at a time). Logs repeat their values across batches
+#: (images, accounts, hosts, services), so the memo is kept while it fits: memory stays bounded whatever
+#: the size of the evidence.
+MEMO_BYTES = 64 * 1024 * 1024
+#: What one remembered value costs beside the string itself: its dict slot and its bits.
+_ENTRY_BYTES = 72
 
 Normaliser = Callable[[RawJson, Callable[[IngestWarning], None]], Event | None]
 
@@ -813,18 +819,21 @@ class BatchHunter:
         self.index = index
         self.normalise = normalise
         self.fields_of = fields_of
+        #: See MEMO_BYTES.
+        self.memo_bytes = MEMO_BYTES
         # Per anchor index (by id: plans live as long as the index), the owner bits each value string gave.
-        # Emptied per batch, so memory does not grow with the evidence.
+        # Emptied once it holds about `memo_bytes` (`_memo_cost`), so memory does not grow with the evidence.
         self._memo: dict[int, dict[str, int]] = {}
         # Records of one source repeat their field names: the folded-name lookup table is made once per list
-        # of names (per batch, like the memo).
+        # of names (and forgotten with the memo).
         self._folded: dict[tuple[str, ...], dict[str, str]] = {}
-        self._single = 0  # events hunted one at a time (`match_event`) since the memo was last emptied
+        self._memo_cost = 0
 
     def run(self, records: Sequence[RawJson], on_warning: Callable[[IngestWarning], None]) -> BatchResult:
         """Detections of one batch, in record order and, per record, in the serial engine's order."""
         result = BatchResult(events=len(records))
-        self._forget()
+        if self._memo_cost > self.memo_bytes:
+            self._forget()
         for ri, raw in enumerate(records):
             ev = self.normalise(raw, on_warning)
             if ev is None:
@@ -836,9 +845,7 @@ class BatchHunter:
 
     def match_event(self, event: Event) -> list[Detection]:
         """Detections of one event, as `engine.match_event` gives them (inputs other than EVTX)."""
-        self._single += 1
-        if self._single >= _MEMO_EVENTS:  # as a batch would: memory stays bounded
-            self._single = 0
+        if self._memo_cost > self.memo_bytes:
             self._forget()
         found: list[Detection] = []
         self._hunt(event, found)
@@ -847,6 +854,7 @@ class BatchHunter:
     def _forget(self) -> None:
         self._memo.clear()
         self._folded.clear()
+        self._memo_cost = 0
 
     def _hunt(self, ev: Event, found: list[Detection]) -> int:
         """Append the event's detections to `found`; returns how many candidates were confirmed."""
@@ -861,6 +869,7 @@ class BatchHunter:
         folded = self._folded.get(shape)
         if folded is None:
             folded = self._folded[shape] = fold_keys(ev.fields)
+            self._memo_cost += sys.getsizeof(folded) + _ENTRY_BYTES * len(shape)
         return EventView(ev.fields, folded)
 
     def _candidates(self, ev: Event, view: EventView) -> tuple[PartitionPlan, list[int]]:
@@ -903,6 +912,7 @@ class BatchHunter:
             bits = seen.get(v)
             if bits is None:
                 bits = seen[v] = fa.bits(v.lower())
+                self._memo_cost += sys.getsizeof(v) + _ENTRY_BYTES
             out |= bits
         if plan.raw is not None:
             out |= plan.raw.positive(_joined_values(view, plan.raw_ints))
