@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,39 @@ def test_auto_workers_start_a_pool_only_for_more_than_one_task(
     assert started == []
     assert run(0, 1) == serial  # one file per task: two workers
     assert started == ["spawn"]
+
+
+def test_workers_read_the_rules_from_a_file_removed_after_the_hunt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rules_from: RuleFactory
+) -> None:
+    """Spawned workers read the pickled rules from a private file (not from their start-up arguments, which
+    would start them one after the other); it is removed when the hunt ends, also when it is abandoned."""
+    rules = rules_from(WHOAMI_RULE).rules
+    for i in range(3):
+        record = json.dumps({**EVENT, "EventRecordID": i})
+        (tmp_path / f"e{i}.json").write_text(record + "\n", encoding="utf-8")
+    evidence = discover([tmp_path])
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+
+    def hunt() -> Iterator[Any]:
+        return vector_hits(evidence, rules, workers=2, warn=lambda w: pytest.fail(str(w)),
+                           done=lambda ev, n: None, task_bytes=1)
+
+    hits = hunt()
+    first = next(hits)
+    (rules_file,) = spool.iterdir()
+    assert rules_file.name.startswith("casefile-rules-")
+    assert [r.info.id for r in pickle.loads(rules_file.read_bytes())] == [r.info.id for r in rules]
+    assert oct(rules_file.stat().st_mode & 0o777) == "0o600"  # a pickle others could rewrite would run code
+    assert len([first, *hits]) == 3
+    assert list(spool.iterdir()) == []
+    abandoned = hunt()
+    next(abandoned)
+    assert len(list(spool.iterdir())) == 1
+    abandoned.close()
+    assert list(spool.iterdir()) == []
 
 
 #: Runs `vector_hits` over a folder with N workers, one file per task and 3 s stall limits, and prints

@@ -7,6 +7,7 @@ counts are those of the serial engine.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import gc
 import itertools
@@ -14,6 +15,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -209,11 +211,12 @@ _timer: _StallTimer | None = None
 
 
 def _init_worker(
-    rules: bytes, batch_records: int, fields_of: frozenset[str] | None, stall_seconds: float,
+    rules_file: str, batch_records: int, fields_of: frozenset[str] | None, stall_seconds: float,
     plans: PlanStore | None,
 ) -> None:
     global _worker, _timer
-    _worker = FileHunter(pickle.loads(rules), batch_records=batch_records, fields_of=fields_of, plans=plans)
+    rules = pickle.loads(Path(rules_file).read_bytes())
+    _worker = FileHunter(rules, batch_records=batch_records, fields_of=fields_of, plans=plans)
     _timer = _StallTimer(stall_seconds)
     _worker.alive = _timer.alive
     # The rule set is most of the worker's objects and lives as long as it: out of the collector's sight,
@@ -271,7 +274,31 @@ def vector_hits(
         finally:
             hunter.reader.close()
         return
-    initargs = (pickled, batch_records, fields_of, stall_seconds, plans)
+    # The workers read the rules from a file: a spawned worker's arguments are written into a pipe that
+    # it reads only once it has imported what it needs, so megabytes of them would start the workers one
+    # after the other (about 0.2 s each).
+    fd, rules_file = tempfile.mkstemp(prefix="casefile-rules-", suffix=".pickle")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pickled)
+        yield from _pooled(
+            groups, workers, (rules_file, batch_records, fields_of, stall_seconds, plans), stall_seconds,
+            warn, done,
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(rules_file)
+
+
+def _pooled(
+    groups: Iterator[list[EvidenceFile]],
+    workers: int,
+    initargs: tuple[Any, ...],
+    stall_seconds: float,
+    warn: Callable[[IngestWarning], None],
+    done: Callable[[EvidenceFile, int], None],
+) -> Iterator[Detection]:
+    """`vector_hits` with worker processes (`initargs`: `_init_worker`'s)."""
 
     def pool_of(n: int) -> ProcessPoolExecutor:
         # spawn, not fork: the parent may run threads (progress display, DuckDB) that fork would copy
