@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from .conftest import WHOAMI_RULE
@@ -38,3 +39,24 @@ def test_warm_start_imports_no_compiler_store_or_http_client(tmp_path: Path) -> 
     cold = _probe(rules, tmp_path / "cache")
     assert cold == {"rules": 1, "heavy": ["sigma"]}  # compiling needs pySigma, and this probe sees it
     assert _probe(rules, tmp_path / "cache") == {"rules": 1, "heavy": []}
+
+
+def test_the_command_entry_point_imports_nothing_a_worker_does_not_need() -> None:
+    """A spawned worker imports the `casefile` script again (as `__mp_main__`): the module it names must
+    not pull in the command line interface (Typer, rich, the command modules)."""
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "casefile"]
+    module = script.value.split(":")[0]
+    assert module == "casefile.__main__"
+    probe = (
+        f"import json, sys, {module}\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'rich', 'click')"
+        " or m.startswith('casefile.') and m != 'casefile.__main__')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(out.stdout) == []
+    run = subprocess.run(
+        [sys.executable, "-m", "casefile", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0 and "hunt" in run.stdout
