@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
-from casefile.hunt import RuleSet, load_rules, run_hunt, vector
+from casefile.hunt import RuleSet, load_rules, parallel, run_hunt, vector
 from casefile.hunt import cache as cache_module
 from casefile.hunt.cache import PLAN_FOLDERS_KEPT, PLANS_PREFIX, PlanStore
 from casefile.hunt.engine import iter_hunt
+from casefile.hunt.parallel import rules_pickle
+from casefile.hunt.rules import CompiledRule
 from casefile.models import Detection, Level
 
 
@@ -182,7 +184,36 @@ def test_the_run_that_compiles_the_rules_names_the_folder_later_runs_use(
     built = load_rules([folder], cache_dir=tmp_path)  # compiled here, and cached
     loaded = load_rules([folder], cache_dir=tmp_path)  # what every later run gets
     assert len(built.rules) > 50
+    first, later = (PlanStore.for_rules(tmp_path, rules_pickle(r.rules, r)) for r in (built, loaded))
+    assert first is not None and later is not None and first.folder == later.folder
+    assert built.pickled == loaded.pickled
+    # ...and so does a new pickle of the rules, when the cache's own cannot be used (other levels)
     first, later = (
         PlanStore.for_rules(tmp_path, pickle.dumps(r.rules, pickle.HIGHEST_PROTOCOL)) for r in (built, loaded)
     )
     assert first is not None and later is not None and first.folder == later.folder
+
+
+def test_a_cached_rule_set_is_not_pickled_again_for_the_workers(
+    rules: RuleSet, evidence: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers (and the plan folder's name) take the rule cache's own bytes when a hunt uses every rule of
+    the set; a level filter leaves another list, which is pickled anew."""
+    assert rules.pickled is not None  # loaded from the rule cache
+    reference = _hunt(evidence, rules, None)
+    assert len(reference) > 20
+    dumps = pickle.dumps
+    pickled: list[int] = []
+
+    def counting(obj: Any, *args: Any, **kwargs: Any) -> bytes:
+        if isinstance(obj, tuple) and obj and isinstance(obj[0], CompiledRule):
+            pickled.append(len(obj))
+        return dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(parallel.pickle, "dumps", counting)
+    assert _hunt(evidence, rules, tmp_path, workers=2) == reference
+    assert pickled == []
+    assert len(_hunt(evidence, rules, tmp_path, workers=2, min_level=Level.HIGH)) < len(reference)
+    assert pickled and pickled[0] < len(rules.rules)
+    copy = pickle.loads(dumps(rules))
+    assert copy.pickled is None and copy == rules  # the rule set's own pickle leaves its source bytes out

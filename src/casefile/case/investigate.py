@@ -98,7 +98,8 @@ def hunt_into_case(
     suppressed = suppressed_rule_ids(correlations)
     needed = input_rule_ids(correlations)
     hunter = event_hunter(
-        [r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed], plan_cache=plan_cache
+        [r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed], plan_cache=plan_cache,
+        source=ruleset,
     )
     added = already = events = detections = 0
     warnings: list[IngestWarning] = []

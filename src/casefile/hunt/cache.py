@@ -4,6 +4,7 @@ the compiled IR a fraction of that) and of the fast path's partition plans."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -70,10 +71,10 @@ def cached(
     target = cache_dir / f"{PREFIX}{key[:40]}.pickle"
     if target.is_file():
         try:
-            with target.open("rb") as fh:
-                loaded = pickle.load(fh)
+            data = target.read_bytes()
+            loaded = pickle.loads(data)
             if isinstance(loaded, RuleSet):
-                return loaded
+                return dataclasses.replace(loaded, pickled=data)
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
             pass  # stale or damaged cache: rebuild below and overwrite it
     ruleset = build()
@@ -82,7 +83,7 @@ def cached(
         # What later runs load, so that this run's rules pickle to the same bytes as theirs: plan folders
         # are named by those bytes (`PlanStore.for_rules`), and a freshly built rule set shares fewer
         # objects than a loaded one.
-        ruleset = pickle.loads(data)
+        ruleset = dataclasses.replace(pickle.loads(data), pickled=data)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
         tmp.write_bytes(data)

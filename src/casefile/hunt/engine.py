@@ -229,7 +229,7 @@ def iter_hunt(
         rules = [r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed]
         hits: Iterable[Detection] = vector_hits(
             evidence, rules, workers=workers, warn=warn, done=done,
-            fields_of=None if event_fields else needed, plan_cache=plan_cache,
+            fields_of=None if event_fields else needed, plan_cache=plan_cache, source=ruleset,
         )
     elif (workers or os.cpu_count() or 1) > 1 and len(evidence) > 1:
         hits = _parallel_hits(evidence, ruleset, min_level, workers or os.cpu_count() or 1, warn, done)

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from casefile.hunt.cache import PlanStore
-from casefile.hunt.rules import CompiledRule
+from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
 from casefile.ingest import EvidenceFile, RawRecord, normalise, read_file, read_records, with_next
 from casefile.ingest.readers.evtx import EvtxReader
@@ -156,15 +156,36 @@ class FileHunter:
         return TaskResult(detections, warnings, events)
 
 
-def event_hunter(rules: Sequence[CompiledRule], *, plan_cache: Path | None = None) -> BatchHunter:
+def event_hunter(
+    rules: Sequence[CompiledRule], *, plan_cache: Path | None = None, source: RuleSet | None = None
+) -> BatchHunter:
     """The fast path for events handed over one at a time (`BatchHunter.match_event`), as a case's ingest
     hunts them: the detections, in order, that `engine.match_event` gives with a `RuleIndex` of `rules`.
 
-    `plan_cache`: a folder where partition plans are kept between runs (`PlanStore`)."""
+    `plan_cache`: a folder where partition plans are kept between runs (`PlanStore`); `source`: the rule
+    set `rules` were taken from (see `rules_pickle`)."""
     plans = None
     if plan_cache is not None:
-        plans = PlanStore.for_rules(plan_cache, pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL))
+        plans = PlanStore.for_rules(plan_cache, rules_pickle(rules, source))
     return BatchHunter(VectorIndex(rules, plans), _normalise)
+
+
+def rules_pickle(rules: Sequence[CompiledRule], source: RuleSet | None = None) -> bytes:
+    """A pickle that loads to `rules` (`load_pickled_rules`): the pickle `source` was loaded from when
+    `rules` are all of its rules (`RuleSet.pickled`), else a new one (0.1-0.2 s for every SigmaHQ rule).
+    Workers load it, and the partition plans' folder is named by it."""
+    if (
+        source is not None and source.pickled is not None and len(rules) == len(source.rules)
+        and all(a is b for a, b in zip(rules, source.rules, strict=True))
+    ):
+        return source.pickled
+    return pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL)
+
+
+def load_pickled_rules(data: bytes) -> tuple[CompiledRule, ...]:
+    """The rules of a `rules_pickle`."""
+    loaded = pickle.loads(data)
+    return tuple(loaded.rules if isinstance(loaded, RuleSet) else loaded)
 
 
 def _groups(evidence: Sequence[EvidenceFile], task_bytes: int) -> Iterator[list[EvidenceFile]]:
@@ -215,7 +236,7 @@ def _init_worker(
     plans: PlanStore | None,
 ) -> None:
     global _worker, _timer
-    rules = pickle.loads(Path(rules_file).read_bytes())
+    rules = load_pickled_rules(Path(rules_file).read_bytes())
     _worker = FileHunter(rules, batch_records=batch_records, fields_of=fields_of, plans=plans)
     _timer = _StallTimer(stall_seconds)
     _worker.alive = _timer.alive
@@ -244,6 +265,7 @@ def vector_hits(
     fields_of: frozenset[str] | None = None,
     stall_seconds: float = STALL_SECONDS,
     plan_cache: Path | None = None,
+    source: RuleSet | None = None,
 ) -> Iterator[Detection]:
     """Base-rule detections of `rules` over `evidence`, in the serial engine's order.
 
@@ -254,15 +276,16 @@ def vector_hits(
     (`stall_seconds`) or dies costs only the file it was on, which is named in a warning; in this
     process (one worker) EVTX chunks are parsed in a child process, stopped if one loops (`EvtxReader`).
     With `plan_cache` (a folder) the partition plans built are kept there for the next hunt with the same
-    rules (`PlanStore`).
+    rules (`PlanStore`). `source`: the rule set `rules` were taken from, whose pickle the workers then load
+    if it holds just these rules (`rules_pickle`).
     """
     groups: Iterator[list[EvidenceFile]] = _groups(evidence, task_bytes)
     if workers == 0:
         first = list(itertools.islice(groups, 2))
         workers = (os.cpu_count() or 1) if len(first) > 1 else 1
         groups = itertools.chain(first, groups)
-    # pickled once here, not once per worker process started; the plans' folder is named by these bytes
-    pickled = pickle.dumps(tuple(rules), pickle.HIGHEST_PROTOCOL) if workers > 1 or plan_cache else b""
+    # pickled once here (if at all), not once per worker process started; the plans' folder is named by it
+    pickled = rules_pickle(rules, source) if workers > 1 or plan_cache else b""
     plans = PlanStore.for_rules(plan_cache, pickled) if plan_cache is not None else None
     if workers <= 1:
         hunter = FileHunter(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from casefile.errors import ConfigError
 from casefile.hunt import ir
@@ -51,6 +51,15 @@ class RuleSet:
     skipped: tuple[SkippedRule, ...] = ()
     correlations: tuple[CompiledCorrelation, ...] = ()
     files: int = 0
+    #: The pickle this rule set was loaded from (the rule cache's bytes), if any: worker processes load it
+    #: rather than a new pickle of the same rules (`hunt.parallel`). Left out of the rule set's own pickle.
+    pickled: bytes | None = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "pickled": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"pickled": None, **state})
 
     def __len__(self) -> int:
         return len(self.rules) + len(self.correlations)
