@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,12 @@ def test_the_memo_is_kept_across_batches_until_its_budget(monkeypatch: pytest.Mo
     assert runs[0][1] and all(r[1] == runs[0][1] for r in runs)
     first, kept, emptied = (r[0] for r in runs)
     assert first > 0 and kept == 0  # the second batch found every value in the memo
+    # what the budget is checked against follows what the memo holds (strings, bits, tables)
+    held = sum(
+        sys.getsizeof(seen) + sum(sys.getsizeof(v) + sys.getsizeof(b) for v, b in seen.items())
+        for seen in hunter._memo.values()
+    ) + sum(sys.getsizeof(shape) + sys.getsizeof(folded) for shape, folded in hunter._folded.items())
+    assert held / 2 < hunter._memo_cost < held * 2
     assert emptied == first  # over a budget of 0, the memo was emptied before the batch and built again
 
 

@@ -795,8 +795,8 @@ class RawJson:
 #: (images, accounts, hosts, services), so the memo is kept while it fits: memory stays bounded whatever
 #: the size of the evidence.
 MEMO_BYTES = 64 * 1024 * 1024
-#: What one remembered value costs beside the string itself: its dict slot and its bits.
-_ENTRY_BYTES = 72
+#: What one remembered entry costs beside its objects: its share of the dict's table.
+_ENTRY_BYTES = 48
 
 Normaliser = Callable[[RawJson, Callable[[IngestWarning], None]], Event | None]
 
@@ -869,7 +869,7 @@ class BatchHunter:
         folded = self._folded.get(shape)
         if folded is None:
             folded = self._folded[shape] = fold_keys(ev.fields)
-            self._memo_cost += sys.getsizeof(folded) + _ENTRY_BYTES * len(shape)
+            self._memo_cost += sys.getsizeof(shape) + sys.getsizeof(folded) + 2 * _ENTRY_BYTES * len(shape)
         return EventView(ev.fields, folded)
 
     def _candidates(self, ev: Event, view: EventView) -> tuple[PartitionPlan, list[int]]:
@@ -912,7 +912,8 @@ class BatchHunter:
             bits = seen.get(v)
             if bits is None:
                 bits = seen[v] = fa.bits(v.lower())
-                self._memo_cost += sys.getsizeof(v) + _ENTRY_BYTES
+                # the value (kept alive by the memo) and the bits, a big integer in large partitions
+                self._memo_cost += sys.getsizeof(v) + sys.getsizeof(bits) + _ENTRY_BYTES
             out |= bits
         if plan.raw is not None:
             out |= plan.raw.positive(_joined_values(view, plan.raw_ints))
