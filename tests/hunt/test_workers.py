@@ -65,7 +65,8 @@ def test_workers_read_the_rules_from_a_file_removed_after_the_hunt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rules_from: RuleFactory
 ) -> None:
     """Spawned workers read the pickled rules from a private file (not from their start-up arguments, which
-    would start them one after the other); it is removed when the hunt ends, also when it is abandoned."""
+    would start them one after the other); it is removed when the hunt ends, also when it is abandoned,
+    and a hunt with no temporary folder to write to goes on without it."""
     rules = rules_from(WHOAMI_RULE).rules
     for i in range(3):
         record = json.dumps({**EVENT, "EventRecordID": i})
@@ -92,6 +93,9 @@ def test_workers_read_the_rules_from_a_file_removed_after_the_hunt(
     assert len(list(spool.iterdir())) == 1
     abandoned.close()
     assert list(spool.iterdir()) == []
+    # no temporary folder to write to: the rules go with the workers' start-up arguments instead
+    spool.rmdir()
+    assert len(list(hunt())) == 3
 
 
 #: Runs `vector_hits` over a folder with N workers, one file per task and 3 s stall limits, and prints

@@ -232,12 +232,13 @@ _timer: _StallTimer | None = None
 
 
 def _init_worker(
-    rules_file: str, batch_records: int, fields_of: frozenset[str] | None, stall_seconds: float,
+    rules: str | bytes, batch_records: int, fields_of: frozenset[str] | None, stall_seconds: float,
     plans: PlanStore | None,
 ) -> None:
+    """`rules`: the file holding a `rules_pickle`, or the pickle itself."""
     global _worker, _timer
-    rules = load_pickled_rules(Path(rules_file).read_bytes())
-    _worker = FileHunter(rules, batch_records=batch_records, fields_of=fields_of, plans=plans)
+    loaded = load_pickled_rules(Path(rules).read_bytes() if isinstance(rules, str) else rules)
+    _worker = FileHunter(loaded, batch_records=batch_records, fields_of=fields_of, plans=plans)
     _timer = _StallTimer(stall_seconds)
     _worker.alive = _timer.alive
     # The rule set is most of the worker's objects and lives as long as it: out of the collector's sight,
@@ -299,18 +300,34 @@ def vector_hits(
         return
     # The workers read the rules from a file: a spawned worker's arguments are written into a pipe that
     # it reads only once it has imported what it needs, so megabytes of them would start the workers one
-    # after the other (about 0.2 s each).
-    fd, rules_file = tempfile.mkstemp(prefix="casefile-rules-", suffix=".pickle")
+    # after the other (about 0.2 s each). Without a writable temporary folder they go that slower way.
+    rules_file = _private_copy(pickled)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pickled)
         yield from _pooled(
-            groups, workers, (rules_file, batch_records, fields_of, stall_seconds, plans), stall_seconds,
-            warn, done,
+            groups, workers, (rules_file or pickled, batch_records, fields_of, stall_seconds, plans),
+            stall_seconds, warn, done,
         )
     finally:
+        if rules_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(rules_file)
+
+
+def _private_copy(data: bytes) -> str | None:
+    """`data` in a new temporary file only this user can read or write (its path), or None if none can be
+    written."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="casefile-rules-", suffix=".pickle")
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError:
         with contextlib.suppress(OSError):
-            os.unlink(rules_file)
+            os.unlink(path)
+        return None
+    return path
 
 
 def _pooled(
