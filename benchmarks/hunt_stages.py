@@ -1,6 +1,6 @@
 """Where one hunt worker's time goes: the EVTX corpus once, in this process, stage by stage.
 
-    .venv/bin/python benchmarks/hunt_stages.py [--passes 4] [--isolate]
+    .venv/bin/python benchmarks/hunt_stages.py [--passes 4] [--isolate] [--forget]
 
 Builds one `FileHunter` (the worker of `casefile hunt`) with every SigmaHQ rule, hunts the corpus once to
 build the partition plans and predicates (that first pass's time is printed: what a worker pays once),
@@ -11,6 +11,10 @@ candidate selection), confirming the candidates, and reading alone over the same
 
 `--isolate` parses EVTX in a child process, as `casefile hunt` does with one worker (docs/ingest.md);
 the CPU seconds of this process are printed too, since the parse then runs on another core.
+
+A worker remembers the anchors each value hit across batches (`vector.MEMO_BYTES`), so the passes after
+the first find every value known, as a hunt of logs that repeat themselves would; `--forget` empties that
+memo before each pass, as if every value were new to the worker (the other bound).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--passes", type=int, default=4)
     ap.add_argument("--isolate", action="store_true", help="parse EVTX in a child process (one-worker hunt)")
+    ap.add_argument("--forget", action="store_true", help="empty the anchor memo before each pass")
     args = ap.parse_args(argv)
     shared = shared_data_dir()
     if shared is None:
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()  # as a worker does once its rules are loaded
     walls, cpus = [], []
     for _ in range(args.passes):
+        if args.forget:
+            hunter.hunter._forget()
         start, cpu = time.perf_counter(), time.process_time()
         result = hunter.hunt(evidence)
         walls.append(time.perf_counter() - start)
@@ -81,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first pass (partition plans and predicates built as they are met): {first:.2f} s")
 
     # One more pass with timers around the stages.
+    if args.forget:
+        hunter.hunter._forget()
     cls: Any = vector.BatchHunter
     cls._candidates = timed(cls._candidates, "pre-filter (partition, anchors)")
     cls._confirm = timed(cls._confirm, "confirming candidates")
