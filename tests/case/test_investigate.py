@@ -111,33 +111,36 @@ def test_rerun_adds_nothing_and_copies_are_not_counted_twice(tmp_path: Path) -> 
         assert len(case.clusters()) == 3  # the new host a day later is its own cluster
 
 
-def test_killed_run_is_finished_by_the_next(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group_files", [1, 256])
+def test_killed_run_is_finished_by_the_next(tmp_path: Path, group_files: int) -> None:
+    """Files are stored in groups (one transaction each): a run killed while it reads the second file keeps
+    the groups committed before (with groups of one file, the first file) and none of the group it was in;
+    the next run adds the rest."""
     root = tmp_path / "case"
-    # Die while the second file is being stored: the first is committed, the second must vanish.
     script = textwrap.dedent(
         f"""
         import os
-        from casefile.case.investigate import investigate
-        class Die:
-            stage_name = ""
-            files = 0
-            def stage(self, name, total):
-                self.stage_name = name
-            def advance(self, amount=1):
-                if self.stage_name == "Hunting evidence":
-                    self.files += 1
-                    if self.files == 1:
-                        os._exit(7)
-        investigate([{str(DEMO_EVIDENCE)!r}], {str(root)!r}, rules=[{str(DEMO_RULES)!r}], progress=Die())
+        from casefile.case import investigate as module
+        module.GROUP_FILES = {group_files}
+        read = module.read_file
+        opened = []
+        def read_file(ef, *args, **kwargs):
+            opened.append(ef)
+            if len(opened) == 2:
+                os._exit(7)
+            return read(ef, *args, **kwargs)
+        module.read_file = read_file
+        module.investigate([{str(DEMO_EVIDENCE)!r}], {str(root)!r}, rules=[{str(DEMO_RULES)!r}])
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 7, proc.stderr
+    kept = 1 if group_files == 1 else 0
     with Case.open(root, read_only=True) as case:
-        assert len(case.evidence_files()) == 1
+        assert len(case.evidence_files()) == kept
         partial = case.detection_count()
     result = investigate([DEMO_EVIDENCE], root, rules=[DEMO_RULES], write_outputs=False)
-    assert (result.files_added, result.files_already_in_case) == (2, 1)
+    assert (result.files_added, result.files_already_in_case) == (3 - kept, kept)
     with Case.open(root, read_only=True) as case:
         assert case.detection_count() == sum(EXPECTED_RULES.values()) > partial
         assert case.event_count() == 27

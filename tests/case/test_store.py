@@ -7,6 +7,7 @@ import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,67 @@ def test_streamed_file_is_flushed_in_chunks_and_still_all_or_nothing(
                 batch.add_event(ev)
         assert [e.fields["n"] for e in case.events()] == [0, 1, 2, 3, 4]
         assert case.evidence_files()[0].events == 5
+
+
+def _contents(case: Case) -> tuple[Any, ...]:
+    files = [(e.sha256, e.path, e.events, e.detections, e.warnings) for e in case.evidence_files()]
+    events = sorted((e.source_file, e.record_id, e.fields["CommandLine"]) for e in case.events())
+    warnings = sorted(
+        (w.evidence_sha256, w.warning.file, w.warning.record, w.warning.reason) for w in case.warnings()
+    )
+    return files, events, case.detection_count(), warnings
+
+
+def test_a_group_of_files_is_stored_as_each_file_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`evidence_group`: one transaction for several files, the same rows as one transaction each
+    (events written in chunks on the way)."""
+    monkeypatch.setattr(EvidenceBatch, "FLUSH_EVERY", 2)
+    shas = [c * 64 for c in "abc"]
+    with Case.create(tmp_path / "one") as case:
+        for sha in shas:
+            case.add_evidence(batch(sha, n=3))
+        alone = _contents(case)
+    with Case.create(tmp_path / "group") as case:
+        with case.evidence_group() as group:
+            for sha in shas:
+                filled = batch(sha, n=3)  # filled outside a case: its events wait in the batch
+                with group.evidence(sha, f"{sha[:4]}.json", 100, "json") as b:
+                    for ev in filled._events:
+                        b.add_event(ev)
+                    b.detections.extend(filled.detections)
+                    b.warnings.extend(filled.warnings)
+            assert group.files == 3 and case.event_count() == 8  # chunks already written, in the transaction
+        assert _contents(case) == alone
+        assert len(alone[0]) == 3 and alone[2] == 9
+
+
+def test_a_group_stores_all_its_files_or_none(tmp_path: Path) -> None:
+    with Case.create(tmp_path / "c") as case:
+        case.add_evidence(batch("a" * 64))
+        before = _contents(case)
+        # a file that fails mid-way: the files before it in the group go too
+        with pytest.raises(RuntimeError), case.evidence_group() as group:
+            group.add(batch("b" * 64))
+            with group.evidence("c" * 64, "c.json", 10, "json") as b:
+                b.add_event(Event(TS, "H1", "Security", "p", 4688, 1, "c.json", {"CommandLine": "x"}))
+                raise RuntimeError("reader died")
+        assert _contents(case) == before
+        # ...even when the caller goes on after the failure
+        with pytest.raises(CaseError, match="none of the group"), case.evidence_group() as group:
+            group.add(batch("b" * 64))
+            with pytest.raises(RuntimeError), group.evidence("c" * 64, "c.json", 10, "json"):
+                raise RuntimeError("reader died")
+        assert _contents(case) == before
+        # a file already in the case, or twice in the group
+        with pytest.raises(CaseError, match="already in the case"), case.evidence_group() as group:
+            group.add(batch("b" * 64))
+            group.add(batch("a" * 64))
+        with pytest.raises(CaseError, match="the same file as"), case.evidence_group() as group:
+            group.add(batch("b" * 64))
+            group.add(batch("b" * 64))
+        assert _contents(case) == before
+        with case.evidence_group() as group:
+            group.add(batch("b" * 64))
+        assert len(_contents(case)[0]) == 2

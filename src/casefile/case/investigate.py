@@ -8,7 +8,7 @@ Case-wide steps (correlation, clustering, attribution, reports) are recomputed f
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Protocol
 import duckdb
 
 from casefile.case.clusters import cluster_detections
-from casefile.case.store import Case, Clock, utc_now
+from casefile.case.store import Case, Clock, EvidenceBatch, utc_now
 from casefile.errors import ConfigError
 from casefile.hunt import RuleSet, event_hunter, load_rules
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
@@ -87,7 +87,7 @@ def hunt_into_case(
     progress: StageProgress | None = None,
     plan_cache: Path | None = None,
 ) -> tuple[int, int, int, int, list[IngestWarning]]:
-    """Hunt every file not yet in the case, one transaction per file.
+    """Hunt every file not yet in the case, in transactions of up to GROUP_FILES files (GROUP_BYTES).
 
     Events are hunted through the fast path's pre-filter (`event_hunter`; its partition plans kept in
     `plan_cache` if given), which gives the reference engine's detections in its order.
@@ -121,24 +121,51 @@ def hunt_into_case(
         bar.advance()
     bar.stage("Hunting evidence", sum(ef.size for ef, _ in todo))
     fired: dict[str, str | None] = {}
-    for (ef, sha), after in with_next(todo):
-        following = after[0] if after is not None else None
-        with case.evidence(sha, ef.path, ef.size, ef.format) as batch:
-            for ev in read_file(ef, batch.warnings.append, following=following):
-                batch.add_event(ev)
-                for d in hunter.match_event(ev):
-                    if d.rule.id in needed:
-                        batch.correlation_inputs.append(d)
-                    if d.rule.id not in suppressed and d.rule.level >= min_level:
-                        batch.detections.append(d)
-                        fired.setdefault(d.rule.id, d.rule.path)
-        added += 1
-        events += batch.event_count
-        detections += len(batch.detections)
-        warnings.extend(batch.warnings)
-        bar.advance(ef.size)
+    for group_files in _groups(list(with_next(todo))):
+        stored: list[tuple[EvidenceFile, EvidenceBatch]] = []
+        with case.evidence_group() as group:
+            for (ef, sha), after in group_files:
+                following = after[0] if after is not None else None
+                with group.evidence(sha, ef.path, ef.size, ef.format) as batch:
+                    for ev in read_file(ef, batch.warnings.append, following=following):
+                        batch.add_event(ev)
+                        for d in hunter.match_event(ev):
+                            if d.rule.id in needed:
+                                batch.correlation_inputs.append(d)
+                            if d.rule.id not in suppressed and d.rule.level >= min_level:
+                                batch.detections.append(d)
+                                fired.setdefault(d.rule.id, d.rule.path)
+                stored.append((ef, batch))
+        for ef, batch in stored:  # committed: counted, and shown as done
+            added += 1
+            events += batch.event_count
+            detections += len(batch.detections)
+            warnings.extend(batch.warnings)
+            bar.advance(ef.size)
     _keep_rule_texts(case, ruleset, fired)
     return added, already, events, detections, warnings
+
+
+#: Files stored per transaction (`Case.evidence_group`), and their bytes at most (a bigger file goes alone):
+#: a killed run loses at most one group, which the next run hunts again.
+GROUP_FILES = 256
+GROUP_BYTES = 16 * 1024 * 1024
+
+_Item = tuple[tuple[EvidenceFile, str], "tuple[EvidenceFile, str] | None"]
+
+
+def _groups(items: list[_Item]) -> Iterator[list[_Item]]:
+    group: list[_Item] = []
+    size = 0
+    for item in items:
+        ef = item[0][0]
+        if group and (len(group) >= GROUP_FILES or size + ef.size > GROUP_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(item)
+        size += ef.size
+    if group:
+        yield group
 
 
 def _keep_rule_texts(case: Case, ruleset: RuleSet, fired: dict[str, str | None]) -> None:

@@ -103,6 +103,18 @@ _DETECTION_ARROW = pa.schema(
     ]
 )
 assert tuple(_DETECTION_ARROW.names) == DETECTION_COLUMNS
+_EVIDENCE_ARROW = pa.schema(
+    [
+        ("sha256", pa.string()),
+        ("path", pa.string()),
+        ("size", pa.int64()),
+        ("format", pa.string()),
+        ("added_at", pa.timestamp("us")),
+        ("events", pa.int64()),
+        ("warnings", pa.int64()),
+        ("detections", pa.int64()),
+    ]
+)
 _WARNING_ARROW = pa.schema(
     [
         ("evidence_sha256", pa.string()),
@@ -244,6 +256,101 @@ class EvidenceBatch:
         self._sink(self._events)
         self._flushed += len(self._events)
         self._events = []
+
+
+class EvidenceGroup:
+    """Evidence files stored in one transaction (`Case.evidence_group`).
+
+    Their rows are written together when the group ends (events in chunks of `EvidenceBatch.FLUSH_EVERY`
+    on the way): a small file's own statements and commit cost far more than its rows (about 12 ms a
+    file, most of a case's hunting stage over a folder of small files).
+    """
+
+    def __init__(self, case: Case, con: duckdb.DuckDBPyConnection) -> None:
+        self._case = case
+        self._con = con
+        self._events: list[Event] = []
+        self._detections: dict[str, tuple[Any, ...]] = {}  # rows by detection id, as `_insert_detections`
+        self._inputs: dict[str, tuple[Any, ...]] = {}
+        self._evidence: list[tuple[Any, ...]] = []
+        self._warnings: list[tuple[Any, ...]] = []  # rows of the warnings table
+        self._shas: dict[str, str] = {}  # sha256 -> path, of the files added so far
+        #: Set when a file's block raised: the group then stores nothing, even if the caller goes on.
+        self._broken = False
+
+    @property
+    def files(self) -> int:
+        return len(self._shas)
+
+    @contextmanager
+    def evidence(self, sha256: str, path: str, size: int, fmt: str | None) -> Iterator[EvidenceBatch]:
+        """Stream one file into the group: fill the yielded batch; it joins the group when the block ends."""
+        batch = EvidenceBatch(sha256, path, size, fmt)
+        batch._sink = self._add_events
+        try:
+            yield batch
+            batch.flush()
+        except BaseException:
+            self._broken = True
+            raise
+        finally:
+            batch._sink = None
+        self._finish_file(batch)
+
+    def add(self, batch: EvidenceBatch) -> None:
+        """Add a batch filled outside `evidence`."""
+        batch._sink = self._add_events
+        try:
+            batch.flush()
+        finally:
+            batch._sink = None
+        self._finish_file(batch)
+
+    def _add_events(self, events: list[Event]) -> None:
+        self._events.extend(events)
+        if len(self._events) >= EvidenceBatch.FLUSH_EVERY:
+            write_events(self._con, self._events, EVENTS_TABLE)
+            self._events = []
+
+    def _finish_file(self, batch: EvidenceBatch) -> None:
+        sha = batch.sha256
+        if sha in self._shas:
+            self._broken = True
+            raise CaseError(f"{batch.path}: the same file as {self._shas[sha]} (sha256 {sha})")
+        self._shas[sha] = batch.path
+        rows = {row[0]: row for row in (detection_row(d, sha) for d in batch.detections)}
+        self._detections.update(rows)
+        for d in batch.correlation_inputs:
+            row = detection_row(d, sha)
+            self._inputs[row[0]] = row
+        now = to_naive_utc(self._case._clock())
+        self._evidence.append((
+            sha, batch.path, batch.size, batch.format, now, batch.event_count, len(batch.warnings), len(rows)
+        ))
+        self._warnings.extend((sha, w.file, w.record, w.reason, "ingest", now) for w in batch.warnings)
+
+    def _finish(self) -> None:
+        """Write what the group holds (inside its transaction)."""
+        if self._broken:
+            raise CaseError("a file of this group failed while it was read: none of the group was stored")
+        con = self._con
+        if self._events:
+            write_events(con, self._events, EVENTS_TABLE)
+            self._events = []
+        if self._shas:
+            there = con.execute(
+                "SELECT sha256 FROM evidence WHERE sha256 IN (SELECT unnest(?))", [list(self._shas)]
+            ).fetchall()
+            if there:
+                sha = there[0][0]
+                raise CaseError(f"{self._shas[sha]}: already in the case (sha256 {sha})")
+        for table, rows in (("detections", self._detections), ("correlation_inputs", self._inputs)):
+            if rows:
+                _insert_arrow(con, table, _DETECTION_ARROW, list(rows.values()), ignore_duplicates=True)
+        if self._evidence:
+            _insert_arrow(con, "evidence", _EVIDENCE_ARROW, self._evidence)
+        if self._warnings:
+            _insert_arrow(con, "warnings", _WARNING_ARROW, self._warnings)
 
 
 class Case:
@@ -389,8 +496,8 @@ class Case:
         """Store a filled batch atomically; False (nothing written) if the file is already in the case."""
         if self.has_evidence(batch.sha256):
             return False
-        with self._open_batch(batch):
-            pass
+        with self.evidence_group() as group:
+            group.add(batch)
         return True
 
     @contextmanager
@@ -399,41 +506,17 @@ class Case:
 
         An exception (or the process dying) inside the block leaves the case without any of the file.
         """
-        batch = EvidenceBatch(sha256, path, size, fmt)
-        with self._open_batch(batch):
+        with self.evidence_group() as group, group.evidence(sha256, path, size, fmt) as batch:
             yield batch
 
     @contextmanager
-    def _open_batch(self, batch: EvidenceBatch) -> Iterator[None]:
+    def evidence_group(self) -> Iterator[EvidenceGroup]:
+        """Stream several files into the case in one transaction (`EvidenceGroup.evidence` for each),
+        committed when the block ends: each file whole or absent, and the group's files all or none."""
         with self.transaction() as con:
-
-            def sink(events: list[Event]) -> None:
-                write_events(con, events, EVENTS_TABLE)
-
-            batch._sink = sink
-            try:
-                yield
-                batch.flush()
-            finally:
-                batch._sink = None
-            if self.has_evidence(batch.sha256):
-                raise CaseError(f"{batch.path}: already in the case (sha256 {batch.sha256})")
-            stored = self._insert_detections(con, batch.detections, batch.sha256)
-            self._insert_detections(con, batch.correlation_inputs, batch.sha256, table="correlation_inputs")
-            con.execute(
-                "INSERT INTO evidence VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    batch.sha256,
-                    batch.path,
-                    batch.size,
-                    batch.format,
-                    to_naive_utc(self._clock()),
-                    batch.event_count,
-                    len(batch.warnings),
-                    stored,
-                ],
-            )
-            self._insert_warnings(con, batch.warnings, "ingest", batch.sha256)
+            group = EvidenceGroup(self, con)
+            yield group
+            group._finish()
 
     def _insert_detections(
         self,
