@@ -10,6 +10,7 @@ from casefile.case.clusters import Cluster, cluster_detections
 from casefile.case.store import (
     Case,
     EvidenceBatch,
+    EvidenceGroup,
     EvidenceRecord,
     Note,
     StoredDetection,
@@ -23,6 +24,7 @@ __all__ = [
     "Case",
     "Cluster",
     "EvidenceBatch",
+    "EvidenceGroup",
     "EvidenceRecord",
     "Note",
     "StoredDetection",
