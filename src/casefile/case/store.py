@@ -258,6 +258,18 @@ class EvidenceBatch:
         self._events = []
 
 
+def _detection_rows(detections: Iterable[Detection], sha: str | None) -> dict[str, tuple[Any, ...]]:
+    """Rows of a detections table by detection id (a detection found twice is stored once)."""
+    return {row[0]: row for row in (detection_row(d, sha) for d in detections)}
+
+
+def _warning_rows(
+    warnings: Iterable[IngestWarning], stage: str, sha: str | None, now: datetime | None
+) -> list[tuple[Any, ...]]:
+    """Rows of the warnings table."""
+    return [(sha, w.file, w.record, w.reason, stage, now) for w in warnings]
+
+
 class EvidenceGroup:
     """Evidence files stored in one transaction (`Case.evidence_group`).
 
@@ -270,7 +282,7 @@ class EvidenceGroup:
         self._case = case
         self._con = con
         self._events: list[Event] = []
-        self._detections: dict[str, tuple[Any, ...]] = {}  # rows by detection id, as `_insert_detections`
+        self._detections: dict[str, tuple[Any, ...]] = {}  # `_detection_rows` of the group's files
         self._inputs: dict[str, tuple[Any, ...]] = {}
         self._evidence: list[tuple[Any, ...]] = []
         self._warnings: list[tuple[Any, ...]] = []  # rows of the warnings table
@@ -318,16 +330,14 @@ class EvidenceGroup:
             self._broken = True
             raise CaseError(f"{batch.path}: the same file as {self._shas[sha]} (sha256 {sha})")
         self._shas[sha] = batch.path
-        rows = {row[0]: row for row in (detection_row(d, sha) for d in batch.detections)}
+        rows = _detection_rows(batch.detections, sha)
         self._detections.update(rows)
-        for d in batch.correlation_inputs:
-            row = detection_row(d, sha)
-            self._inputs[row[0]] = row
+        self._inputs.update(_detection_rows(batch.correlation_inputs, sha))
         now = to_naive_utc(self._case._clock())
         self._evidence.append((
             sha, batch.path, batch.size, batch.format, now, batch.event_count, len(batch.warnings), len(rows)
         ))
-        self._warnings.extend((sha, w.file, w.record, w.reason, "ingest", now) for w in batch.warnings)
+        self._warnings.extend(_warning_rows(batch.warnings, "ingest", sha, now))
 
     def _finish(self) -> None:
         """Write what the group holds (inside its transaction)."""
@@ -519,33 +529,19 @@ class Case:
             group._finish()
 
     def _insert_detections(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        detections: Iterable[Detection],
-        sha: str | None,
-        *,
-        table: str = "detections",
+        self, con: duckdb.DuckDBPyConnection, detections: Iterable[Detection], sha: str | None
     ) -> int:
-        rows = {}
-        for d in detections:
-            row = detection_row(d, sha)
-            rows[row[0]] = row
+        rows = _detection_rows(detections, sha)
         if rows:
-            # `table` is one of our two table names, never data.
-            _insert_arrow(con, table, _DETECTION_ARROW, list(rows.values()), ignore_duplicates=True)
+            _insert_arrow(con, "detections", _DETECTION_ARROW, list(rows.values()), ignore_duplicates=True)
         return len(rows)
 
     def _insert_warnings(
         self, con: duckdb.DuckDBPyConnection, warnings: Sequence[IngestWarning], stage: str, sha: str | None
     ) -> None:
         if warnings:
-            now = to_naive_utc(self._clock())
-            _insert_arrow(
-                con,
-                "warnings",
-                _WARNING_ARROW,
-                [(sha, w.file, w.record, w.reason, stage, now) for w in warnings],
-            )
+            rows = _warning_rows(warnings, stage, sha, to_naive_utc(self._clock()))
+            _insert_arrow(con, "warnings", _WARNING_ARROW, rows)
 
     def replace_case_detections(self, kind: str, detections: Sequence[Detection]) -> int:
         """Replace the case-wide detections of one kind (correlations, indicator hits) atomically."""
