@@ -9,8 +9,8 @@ reference, or a negation: none of a field's exact string or cidr tests passes) o
 hit whenever the rule matches. Anchors of all rules of a partition are indexed per field (hash lookups for
 eq/endswith/startswith, rarest 3-gram buckets or one Aho-Corasick automaton for contains), so one pass
 over a record's values finds every rule that might match, and the anchors a value hits are remembered
-for the batch, since logs repeat their values. Only the (record, rule) pairs that get through are
-confirmed by the reference evaluator. The pre-filter must never drop a match:
+(across batches, up to `MEMO_BYTES`), since logs repeat their values. Only the (record, rule) pairs
+that get through are confirmed by the reference evaluator. The pre-filter must never drop a match:
 
 - guards are implied by the condition (a cased test implies the lower-cased one, but for a literal
   holding a capital sigma, whose lower case depends on its neighbours; And keeps all children's
