@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -414,6 +415,16 @@ def test_detection_without_timestamp_is_warned_and_skipped() -> None:
     assert correlate(corrs, [hit("failed_logon", 0), untimed], on_warning=warnings.append) == []
     assert [(w.file, w.record) for w in warnings] == [("broken.json", 77)]
     assert "no timestamp" in warnings[0].reason
+
+
+def test_events_at_the_ends_of_the_calendar_are_counted() -> None:
+    # a forged or clock-reset record stamped at the first or last instants `datetime` holds
+    corrs = compile_all(event_count(condition="gte: 2"))
+    first = datetime.min.replace(tzinfo=UTC)
+    last = datetime.max.replace(tzinfo=UTC)
+    for base in (first, last - timedelta(seconds=60)):
+        dets = [replace(hit("failed_logon", 0), timestamp=base + timedelta(seconds=s)) for s in (0, 30)]
+        assert [d.timestamp for d in correlate(corrs, dets)] == [base + timedelta(seconds=30)]
 
 
 def test_naive_timestamps_are_taken_as_utc() -> None:

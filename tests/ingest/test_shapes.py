@@ -221,3 +221,19 @@ def test_system_elements_with_text_attributes_and_children() -> None:
         ("Channel", "Security"), ("Keywords", "0x8020000000000000"),
     ]
     assert (event.event_id, event.channel, event.provider) == (4624, "Security", "P")
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00", "0001-01-01 00:00:00.1234567+05:00"],
+)
+def test_timestamp_outside_the_calendar_in_utc_leaves_the_event_without_one(stamp: str) -> None:
+    """A forged offset that moves the instant before year 1 or after 9999 in UTC: the record is still
+    evidence (its fields, its rules), it only has no timestamp; the read goes on to the next record."""
+    record = {"@timestamp": stamp, "event": {"code": 1}, "process": {"command_line": "whoami"}}
+    good = {"@timestamp": "2022-07-15T08:12:01Z", "event": {"code": 1}}
+    fail = lambda w: pytest.fail(str(w))  # noqa: E731
+    events = [normalise(RawRecord(n, r), "x.json", fail) for n, r in enumerate((record, good))]
+    when = datetime(2022, 7, 15, 8, 12, 1, tzinfo=UTC)
+    assert [e.timestamp if e else "lost" for e in events] == [None, when]
+    assert events[0] is not None and events[0].fields["process.command_line"] == "whoami"

@@ -175,6 +175,20 @@ def test_misp_feed_folder_with_a_broken_event(tmp_path: Path) -> None:
                         "value": "bad domain!",
                         "to_ids": True,
                     },
+                    {  # epoch seconds no calendar holds: the attribute is an issue, not a crash
+                        "uuid": "6a000000-0000-4000-8000-000000000007",
+                        "type": "domain",
+                        "value": "far.example",
+                        "to_ids": True,
+                        "timestamp": "99999999999999999999",
+                    },
+                    {
+                        "uuid": "6a000000-0000-4000-8000-000000000008",
+                        "type": "domain",
+                        "value": "early.example",
+                        "to_ids": True,
+                        "first_seen": "0001-01-01T00:00:00+01:00",
+                    },
                     {
                         "uuid": "6a000000-0000-4000-8000-000000000005",
                         "type": "mutex",
@@ -207,8 +221,11 @@ def test_misp_feed_folder_with_a_broken_event(tmp_path: Path) -> None:
             "MISP attribute type mutex (not matched by casefile)": 1,
         }
         reasons = {i.object: i.reason for i in result.issues}
-        assert set(reasons) == {broken, missing, "6a000000-0000-4000-8000-000000000004"}
+        far, early = "6a000000-0000-4000-8000-000000000007", "6a000000-0000-4000-8000-000000000008"
+        assert set(reasons) == {broken, missing, "6a000000-0000-4000-8000-000000000004", far, early}
         assert "cannot read event file" in reasons[broken]
+        assert reasons[far] == "timestamp outside the years 1-9999: '99999999999999999999'"
+        assert reasons[early] == "timestamp outside the years 1-9999: '0001-01-01T00:00:00+01:00'"
         by_id = {i.id: i for i in store.indicators()}
         port = by_id["indicator--6a000000-0000-4000-8000-000000000002"]
         assert port.atoms == (Atom(AtomKind.IP, "203.0.113.5"),)

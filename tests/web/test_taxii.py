@@ -240,6 +240,8 @@ def test_added_after_is_exclusive_and_headers_bound_the_page(server: Srv) -> Non
         after = h.get(col, params={"match[id]": ids, "added_after": last_added}).json()
         assert [o["id"] for o in after["objects"]] == [o["id"] for o in objs[2:]]
         assert h.get(col, params={"added_after": "yesterday"}).status_code == 400
+        # a timestamp whose UTC instant falls before year 1 is refused too, not a server error
+        assert h.get(col, params={"added_after": "0001-01-01T00:00:00+01:00"}).status_code == 400
 
 
 def test_versions_match_version_and_delete(server: Srv) -> None:
@@ -267,16 +269,19 @@ def test_versions_match_version_and_delete(server: Srv) -> None:
 def test_post_status_media_types_and_bad_objects(server: Srv) -> None:
     base = f"/api/collections/{server.internal}/objects/"
     good = indicator(5, tag="status")
+    # modified before year 1 in UTC: no timestamp datetime holds
+    ancient = {**indicator(6, tag="status"), "modified": "0001-01-01T00:00:00.000+01:00"}
     with http(server, "analyst") as h:
         r = h.post(
             base,
-            content=_envelope([good, {"type": "indicator", "id": "nope"}, {"id": 3}]),
+            content=_envelope([good, {"type": "indicator", "id": "nope"}, {"id": 3}, ancient]),
             headers={"Content-Type": TAXII},
         )
         assert r.status_code == 202 and r.headers["content-type"] == TAXII
         status = r.json()
-        assert (status["success_count"], status["failure_count"], status["pending_count"]) == (1, 2, 0)
-        assert [f["id"] for f in status["failures"]] == ["nope", "objects[2]"]
+        assert (status["success_count"], status["failure_count"], status["pending_count"]) == (1, 3, 0)
+        assert [f["id"] for f in status["failures"]] == ["nope", "objects[2]", ancient["id"]]
+        assert "not a timestamp" in status["failures"][2]["message"]
         again = h.get(f"/api/status/{status['id']}/").json()
         assert again == status
         assert h.post(base, content="{}", headers={"Content-Type": "application/json"}).status_code == 415

@@ -811,8 +811,15 @@ class _Group:
 _Hit: TypeAlias = tuple[_Item, Detection]  # (the event that completed it, the detection)
 
 
+#: The earliest instant `datetime` holds: the window's lower bound for events of the first hours of year 1.
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
 def _run_sliding(group: _Group, item: _Item) -> _Hit | None:
-    lower = item.ts - group.corr.timespan
+    try:
+        lower = item.ts - group.corr.timespan
+    except OverflowError:  # an event within the timespan of year 1's start: the window holds everything
+        lower = _EARLIEST
     while group.items and group.items[0].ts < lower:
         group.agg.remove(group.items.popleft())
     group.items.append(item)

@@ -56,16 +56,17 @@ def parse_time(value: Any) -> datetime | None:
     """A STIX/MISP/CSV timestamp (ISO 8601 or epoch seconds) as aware UTC; None when empty."""
     if value is None or value == "":
         return None
-    if isinstance(value, int | float) or (isinstance(value, str) and value.strip().isdigit()):
-        return datetime.fromtimestamp(int(value), tz=UTC)
-    if not isinstance(value, str):
-        raise IntelError(f"not a timestamp: {value!r}")
-    text = value.strip().replace("Z", "+00:00")
     try:
-        ts = datetime.fromisoformat(text)
+        if isinstance(value, int | float) or (isinstance(value, str) and value.strip().isdigit()):
+            return datetime.fromtimestamp(int(value), tz=UTC)
+        if not isinstance(value, str):
+            raise IntelError(f"not a timestamp: {value!r}")
+        ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     except ValueError:
         raise IntelError(f"not a timestamp: {value!r}") from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    except (OverflowError, OSError):  # epoch 10**20, NaN, or an offset that leaves years 1-9999 in UTC
+        raise IntelError(f"timestamp outside the years 1-9999: {value!r}") from None
 
 
 # -- STIX ---------------------------------------------------------------------------------------

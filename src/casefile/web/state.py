@@ -119,7 +119,11 @@ def timestamp_key(value: str) -> str:
     ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        utc = ts.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00: before the first instant datetime holds
+        raise ValueError(f"{value!r} is outside the years 1-9999 in UTC") from None
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def hash_token(token: str) -> str:

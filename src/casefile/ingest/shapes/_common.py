@@ -39,7 +39,7 @@ def parse_timestamp(value: Any) -> datetime | None:
         ts = datetime.fromisoformat(value)
     except ValueError:
         return _parse_text(value)
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return _as_utc(ts)
 
 
 def _parse_text(value: str) -> datetime | None:
@@ -54,7 +54,18 @@ def _parse_text(value: str) -> datetime | None:
         ts = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return _as_utc(ts)
+
+
+def _as_utc(ts: datetime) -> datetime | None:
+    """`ts` in UTC (naive taken as UTC); None when UTC falls outside the years 1-9999 that `datetime` holds
+    (`0001-01-01T00:30:00+01:00`): such a record keeps its fields and has no timestamp."""
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 def as_int(value: Any) -> int | None:
