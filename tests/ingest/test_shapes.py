@@ -225,9 +225,12 @@ def test_system_elements_with_text_attributes_and_children() -> None:
 
 @pytest.mark.parametrize(
     "stamp",
-    ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00", "0001-01-01 00:00:00.1234567+05:00"],
+    [
+        "0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00", "0001-01-01 00:00:00.1234567+05:00",
+        10**400, "/Date(" + "9" * 400 + ")/",  # epochs too large for a float
+    ],
 )
-def test_timestamp_outside_the_calendar_in_utc_leaves_the_event_without_one(stamp: str) -> None:
+def test_timestamp_outside_the_calendar_in_utc_leaves_the_event_without_one(stamp: str | int) -> None:
     """A forged offset that moves the instant before year 1 or after 9999 in UTC: the record is still
     evidence (its fields, its rules), it only has no timestamp; the read goes on to the next record."""
     record = {"@timestamp": stamp, "event": {"code": 1}, "process": {"command_line": "whoami"}}

@@ -23,9 +23,8 @@ def parse_timestamp(value: Any) -> datetime | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        seconds = value / 1000 if value > 1e11 else value  # epoch millis vs seconds
-        try:
-            return datetime.fromtimestamp(seconds, UTC)
+        try:  # an integer of 400 digits overflows the division already
+            return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, UTC)  # millis vs seconds
         except (OverflowError, OSError, ValueError):
             return None
     if not isinstance(value, str):
@@ -46,7 +45,11 @@ def _parse_text(value: str) -> datetime | None:
     """`parse_timestamp` of a string: epoch-millisecond dates, padding, long fractions, a " UTC" suffix."""
     ms = _MS_DATE.match(value.strip())
     if ms:
-        return parse_timestamp(int(ms.group(1)) / 1000)
+        try:
+            seconds = int(ms.group(1)) / 1000  # always milliseconds
+        except OverflowError:  # hundreds of digits
+            return None
+        return parse_timestamp(seconds)
     text = _LONG_FRACTION.sub(r"\1", value.strip())
     if text.endswith(" UTC"):
         text = text[:-4]
