@@ -221,3 +221,26 @@ def test_parallel_run_matches_sequential(shared_data: Path) -> None:
     assert one.stats.detections >= 12 and one.stats.events == two.stats.events
     key = [(d.rule.id, d.file, d.record_id, dict(d.matched)) for d in one.detections]
     assert key == [(d.rule.id, d.file, d.record_id, dict(d.matched)) for d in two.detections]
+
+
+def test_an_event_id_of_infinity_is_no_event_id(rules_from: Callable[..., RuleSet], tmp_path: Path) -> None:
+    """JSON logs may hold `Infinity` (Python's json reads it): such an EventID routes as none, as text does,
+    on both paths, and the hunt goes on to the next record."""
+    from casefile.hunt import run_hunt
+
+    rs = rules_from(PROC.format(level="medium").replace("category: process_creation", "service: sysmon"))
+    log = tmp_path / "odd.jsonl"
+    whoami = (
+        r'"Channel": "Microsoft-Windows-Sysmon/Operational", '
+        r'"Image": "C:\\w\\whoami.exe", "CommandLine": "whoami /all"'
+    )
+    log.write_text(
+        "".join(f'{{"EventID": {eid}, "EventRecordID": {n}, {whoami}}}\n' for n, eid in enumerate(
+            ["Infinity", "-Infinity", '"x"', "1"]
+        )),
+        encoding="utf-8",
+    )
+    for vectorised in (False, True):
+        result = run_hunt([log], rs, vectorised=vectorised)
+        assert result.stats.events == 4 and not result.warnings
+        assert [d.record_id for d in result.detections] == [0, 1, 2, 3]

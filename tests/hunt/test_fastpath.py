@@ -17,7 +17,7 @@ import pytest
 
 from casefile.hunt import RuleSet, ir, load_rules, run_hunt
 from casefile.hunt.engine import RuleIndex, match_event
-from casefile.hunt.parallel import _normalise
+from casefile.hunt.parallel import EvtxRecords
 from casefile.hunt.rules import CompiledRule
 from casefile.hunt.vector import (
     MEMO_BYTES,
@@ -31,15 +31,24 @@ from casefile.hunt.vector import (
     regex_literals,
     specialise,
 )
-from casefile.models import Detection, Level, RuleInfo
+from casefile.ingest import RawRecord, normalise
+from casefile.models import Detection, Event, Level, RuleInfo
 
 
 def _key(d: Detection) -> tuple[Any, ...]:
     return (
-        d.rule.id, d.file, d.record_id, d.event_id,
+        d.rule.id, d.file, d.record_id, d.event_id, d.timestamp, d.computer, d.channel,
         json.dumps(d.matched, sort_keys=True, default=str),
         json.dumps(d.fields, sort_keys=True, default=str),
     )
+
+
+def _reference_event(raw: RawJson) -> Event:
+    """The serial path's Event of a raw record (the reader's JSON decoding, then the evtx-json shape)."""
+    record = RawRecord(raw.index, json.loads(raw.text), "evtx-json")
+    event = normalise(record, raw.source, lambda w: pytest.fail(str(w)))
+    assert event is not None
+    return event
 
 
 @pytest.fixture(scope="module")
@@ -194,20 +203,47 @@ def _rules() -> list[CompiledRule]:
     return out
 
 
+def test_only_records_a_rule_might_match_build_their_event() -> None:
+    """The pre-filter reads a record's fields; its Event (timestamp parsed, coordinates) is made only when
+    some rule is left to confirm, and detections carry the same coordinates as the serial path's."""
+    info = RuleInfo(id="cmd", title="cmd", level=Level.MEDIUM, status=None, author=None)
+    route = ir.Route(channels=("Microsoft-Windows-Sysmon/Operational",), event_ids=(1,))
+    cond = ir.StrMatch(F, "endswith", "\\cmd.exe")
+    rules = [CompiledRule(info, (ir.Program("cmd", "test", route, cond),))]
+    images = ["C:\\w\\cmd.exe", "C:\\nothing\\here.exe", None, "D:\\CMD.EXE", "cmd.exe.txt"]
+    sysmon = "Microsoft-Windows-Sysmon/Operational"
+    records = [
+        RawJson(_evtx_json(1, sysmon, {"Image": image}, record=i + 1), i + 1, "t.evtx")
+        for i, image in enumerate(images)
+    ]
+    made: list[int] = []
+
+    class Counting(EvtxRecords):
+        @staticmethod
+        def event(fields: dict[str, Any], source_file: str) -> Event:
+            made.append(fields["EventRecordID"])
+            return EvtxRecords.event(fields, source_file)
+
+    result = BatchHunter(VectorIndex(rules), Counting()).run(records, lambda w: pytest.fail(str(w)))
+    assert result.events == len(records)
+    assert [d.record_id for d in result.detections] == made == [1, 4]  # not for the records ruled out
+    index = RuleIndex(rules)
+    ref = [d for r in records for d in match_event(index, _reference_event(r))]
+    assert [_key(d) for d in result.detections] == [_key(d) for d in ref]
+
+
 def test_every_ir_node_matches_the_reference() -> None:
     rules = _rules()
     records = [
         RawJson(_evtx_json(1, "Microsoft-Windows-Sysmon/Operational", data, record=i + 1), i + 1, "t.evtx")
         for i, data in enumerate(EVENTS)
     ]
-    hunter = BatchHunter(VectorIndex(rules), _normalise)
+    hunter = BatchHunter(VectorIndex(rules), EvtxRecords())
     fast = hunter.run(records, lambda w: pytest.fail(str(w))).detections
     index = RuleIndex(rules)
     ref = []
     for r in records:
-        event = _normalise(r, lambda w: pytest.fail(str(w)))
-        assert event is not None
-        ref.extend(match_event(index, event))
+        ref.extend(match_event(index, _reference_event(r)))
     assert [_key(d) for d in fast] == [_key(d) for d in ref]
     fired = {d.rule.id for d in ref}
     # the inline cases really exercise both outcomes
@@ -239,7 +275,7 @@ def test_the_memo_is_kept_across_batches_until_its_budget(monkeypatch: pytest.Mo
         RawJson(_evtx_json(1, "Microsoft-Windows-Sysmon/Operational", data, record=i + 1), i + 1, "t.evtx")
         for i, data in enumerate(scalars)
     ]
-    hunter = BatchHunter(VectorIndex(_rules()), _normalise)
+    hunter = BatchHunter(VectorIndex(_rules()), EvtxRecords())
     looked_up = 0
     bits = _FieldAnchors.bits
 
@@ -274,9 +310,9 @@ def test_user_data_and_nested_values_match_the_reference() -> None:
     user_data["Event"]["UserData"] = {"X": {"Image": "C:\\w\\cmd.exe"}}
     nested = _evtx_json(1, "Microsoft-Windows-Sysmon/Operational", {"Image": {"#text": "C:\\w\\cmd.exe"}})
     records = [RawJson(json.dumps(user_data), 1, "u.evtx"), RawJson(nested, 2, "u.evtx")]
-    result = BatchHunter(VectorIndex(rules), _normalise).run(records, lambda w: None)
+    result = BatchHunter(VectorIndex(rules), EvtxRecords()).run(records, lambda w: None)
     index = RuleIndex(rules)
-    ref = [d for r in records for d in match_event(index, _normalise(r, lambda w: None))]  # type: ignore[arg-type]
+    ref = [d for r in records for d in match_event(index, _reference_event(r))]
     assert [_key(d) for d in result.detections] == [_key(d) for d in ref]
     assert {d.rule.id for d in result.detections} >= {"rule-0"}
 
@@ -513,10 +549,10 @@ def test_keywords_are_matched_in_each_value_as_the_reference_lower_cases_it() ->
                 i, "k.evtx")
         for i, v in enumerate(values)
     ]
-    hunter = BatchHunter(VectorIndex(rules), _normalise)
+    hunter = BatchHunter(VectorIndex(rules), EvtxRecords())
     fast = hunter.run(records, lambda w: pytest.fail(str(w))).detections
     index = RuleIndex(rules)
-    ref = [d for r in records for d in match_event(index, _normalise(r, lambda w: None))]  # type: ignore[arg-type]
+    ref = [d for r in records for d in match_event(index, _reference_event(r))]
     assert [_key(d) for d in fast] == [_key(d) for d in ref]
     assert sum(d.rule.id == "kw" for d in ref) == 4  # every value but the decoy and the plain one
 

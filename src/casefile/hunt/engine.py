@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
-from casefile.hunt.evaluate import EventView, Predicate, compile_node
+from casefile.hunt.evaluate import EventView, Predicate, compile_node, route_key
 from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.ingest import EvidenceFile, discover, read_file, with_next
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
@@ -64,16 +64,6 @@ class RuleIndex:
         return hit
 
 
-def _event_id(event: Event) -> int | None:
-    if event.event_id is not None:
-        return event.event_id
-    v = event.fields.get("EventID")
-    try:
-        return int(v) if v is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _detection(info: RuleInfo, event: Event, matched: dict[str, Any]) -> Detection:
     return Detection(
         rule=info,
@@ -93,10 +83,9 @@ def match_event(
     index: RuleIndex, event: Event, *, min_level: Level = Level.INFORMATIONAL
 ) -> Iterator[Detection]:
     """Detections of the indexed rules on one event (no correlation, no suppression)."""
-    channel = event.channel if event.channel is not None else event.fields.get("Channel")
     view = EventView(event.fields)
     check_level = min_level > Level.INFORMATIONAL
-    for entry in index.candidates(channel if isinstance(channel, str) else None, _event_id(event)):
+    for entry in index.candidates(*route_key(event.channel, event.event_id, event.fields)):
         info, predicate = entry
         if check_level and info.level < min_level:
             continue

@@ -42,6 +42,23 @@ def _fold(name: str) -> str:
     return name.replace(" ", "").lower()
 
 
+def route_key(
+    channel: str | None, event_id: int | None, fields: Mapping[str, Any]
+) -> tuple[str | None, int | None]:
+    """The (channel, event id) partition an event's rules are routed by: its `Event.channel` and
+    `Event.event_id`, else its `Channel` field (a string) and `EventID` field (as an integer)."""
+    if channel is None:
+        value = fields.get("Channel")
+        channel = value if isinstance(value, str) else None
+    if event_id is None:
+        value = fields.get("EventID")
+        try:
+            event_id = int(value) if value is not None else None
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an EventID of Infinity (JSON logs)
+            event_id = None
+    return channel, event_id
+
+
 def fold_keys(fields: Mapping[str, Any]) -> dict[str, str]:
     """The fields' names by folded name (the first of names that fold alike)."""
     out: dict[str, str] = {}

@@ -30,8 +30,10 @@ import orjson
 from casefile.hunt.cache import PlanStore
 from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
-from casefile.ingest import EvidenceFile, RawRecord, normalise, read_file, read_records, with_next
+from casefile.ingest import EvidenceFile, read_file, read_records, with_next
+from casefile.ingest.pipeline import SHAPE_ERRORS, defeated
 from casefile.ingest.readers.evtx import EvtxReader
+from casefile.ingest.shapes.evtx_json import EvtxJsonShape
 from casefile.models import Detection, Event, IngestWarning
 
 #: Records hunted per batch: a batch's records stay a few tens of MB. (The anchors each value hit are
@@ -62,8 +64,9 @@ def _keep_text(text: str) -> _Unparsed:
     return d
 
 
-def _normalise(raw: RawJson, on_warning: Callable[[IngestWarning], None]) -> Event | None:
-    """A raw record as the serial path's Event (same JSON decoding, same shape, same warnings).
+def _fields(raw: RawJson, on_warning: Callable[[IngestWarning], None]) -> dict[str, Any] | None:
+    """A raw record's fields as the serial path's Event holds them (same JSON decoding, same shape, same
+    warnings); the hunt makes the record's Event (`EvtxJsonShape.event`) only when a rule might match it.
 
     orjson parses about twice as fast as `json`, and to the same objects for what the evtx parser writes
     (its integers are at most 64 bits, which orjson keeps as int; wider ones it would make floats). What
@@ -80,7 +83,25 @@ def _normalise(raw: RawJson, on_warning: Callable[[IngestWarning], None]) -> Eve
     if not isinstance(data, dict):
         on_warning(IngestWarning(raw.source, f"EVTX record is a JSON {type(data).__name__}", raw.index))
         return None
-    return normalise(RawRecord(index=raw.index, data=data, shape="evtx-json"), raw.source, on_warning)
+    try:  # what `normalise` does with the reader's label, evtx-json
+        return EvtxJsonShape.fields(data)
+    except SHAPE_ERRORS as exc:
+        on_warning(defeated(raw.source, raw.index, exc))
+        return None
+
+
+class EvtxRecords:
+    """Raw EVTX records as a worker hunts them (`vector.RecordShape`): the evtx-json shape's fields, partition
+    and Event, and `normalise`, the Event the serial path gives (tests compare the two paths with it)."""
+
+    fields = staticmethod(_fields)
+    channel_and_id = staticmethod(EvtxJsonShape.channel_and_id)
+    event = staticmethod(EvtxJsonShape.event)
+
+    @staticmethod
+    def normalise(raw: RawJson, on_warning: Callable[[IngestWarning], None]) -> Event | None:
+        fields = _fields(raw, on_warning)
+        return None if fields is None else EvtxJsonShape.event(fields, raw.source)
 
 
 @dataclass
@@ -108,7 +129,7 @@ class FileHunter:
         hang on a parser that loops; a worker has its stall timer instead, and parses in its own process.
         `plans`: partition plans kept on disk for these rules (`PlanStore`)."""
         self.index = VectorIndex(rules, plans)
-        self.hunter = BatchHunter(self.index, _normalise, fields_of=fields_of)
+        self.hunter = BatchHunter(self.index, EvtxRecords(), fields_of=fields_of)
         self.reader = EvtxReader(threads=1, decode=_keep_text, isolate=isolate)
         self.batch_records = batch_records
         #: Called at each file and batch: re-arms a worker's stall timer (see STALL_SECONDS).
@@ -167,7 +188,7 @@ def event_hunter(
     plans = None
     if plan_cache is not None:
         plans = PlanStore.for_rules(plan_cache, rules_pickle(rules, source))
-    return BatchHunter(VectorIndex(rules, plans), _normalise)
+    return BatchHunter(VectorIndex(rules, plans), EvtxRecords())
 
 
 def rules_pickle(rules: Sequence[CompiledRule], source: RuleSet | None = None) -> bytes:

@@ -31,9 +31,9 @@ import re._constants as re_constants  # type: ignore[import-not-found]  # the pa
 import re._parser as re_parser  # type: ignore[import-not-found]
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ahocorasick_rs
 
@@ -48,6 +48,7 @@ from casefile.hunt.evaluate import (
     compile_node,
     fold_keys,
     in_network,
+    route_key,
 )
 from casefile.hunt.rules import CompiledRule
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, RuleInfo
@@ -798,7 +799,20 @@ MEMO_BYTES = 64 * 1024 * 1024
 #: What one remembered entry costs beside its objects: its share of the dict's table.
 _ENTRY_BYTES = 48
 
-Normaliser = Callable[[RawJson, Callable[[IngestWarning], None]], Event | None]
+class RecordShape(Protocol):
+    """How a batch's raw records become what the hunt reads: fields first, the Event only when needed."""
+
+    def fields(self, raw: RawJson, on_warning: Callable[[IngestWarning], None], /) -> dict[str, Any] | None:
+        """The record's `Event.fields`, or None after a warning (the serial path's, for the same record)."""
+        ...
+
+    def channel_and_id(self, fields: dict[str, Any], /) -> tuple[str | None, int | None]:
+        """`Event.channel` and `Event.event_id` of the record with these fields."""
+        ...
+
+    def event(self, fields: dict[str, Any], source_file: str, /) -> Event:
+        """The record's Event; must not raise, since records no rule can match never build one."""
+        ...
 
 
 @dataclass
@@ -813,11 +827,12 @@ class BatchHunter:
     """Hunts batches of raw records against one index's partition plans (one per worker process)."""
 
     def __init__(
-        self, index: VectorIndex, normalise: Normaliser, *, fields_of: frozenset[str] | None = None
+        self, index: VectorIndex, records: RecordShape, *, fields_of: frozenset[str] | None = None
     ) -> None:
-        """`fields_of`: the rule ids whose detections carry their event's fields (None: every rule's)."""
+        """`records`: how `run` reads its raw records; `fields_of`: the rule ids whose detections carry their
+        event's fields (None: every rule's)."""
         self.index = index
-        self.normalise = normalise
+        self.records = records
         self.fields_of = fields_of
         #: See MEMO_BYTES.
         self.memo_bytes = MEMO_BYTES
@@ -834,12 +849,22 @@ class BatchHunter:
         result = BatchResult(events=len(records))
         if self._memo_cost > self.memo_bytes:
             self._forget()
+        shape = self.records
+        read, partition, make = shape.fields, shape.channel_and_id, shape.event
+        found = result.detections
         for ri, raw in enumerate(records):
-            ev = self.normalise(raw, on_warning)
-            if ev is None:
+            fields = read(raw, on_warning)
+            if fields is None:
                 result.not_events.append(ri)
                 continue
-            result.confirmations += self._hunt(ev, result.detections)
+            channel, event_id = partition(fields)
+            view = self._view(fields)
+            plan, positions = self._candidates(fields, channel, event_id, view)
+            if positions:  # most records have none, and never need their Event (its timestamp parsed)
+                ev = make(fields, raw.source)
+                for pos in positions:
+                    self._confirm(plan.entries[pos], ev, view, found)
+                result.confirmations += len(positions)
         result.events -= len(result.not_events)
         return result
 
@@ -848,7 +873,10 @@ class BatchHunter:
         if self._memo_cost > self.memo_bytes:
             self._forget()
         found: list[Detection] = []
-        self._hunt(event, found)
+        view = self._view(event.fields)
+        plan, positions = self._candidates(event.fields, event.channel, event.event_id, view)
+        for pos in positions:
+            self._confirm(plan.entries[pos], event, view, found)
         return found
 
     def _forget(self) -> None:
@@ -856,27 +884,20 @@ class BatchHunter:
         self._folded.clear()
         self._memo_cost = 0
 
-    def _hunt(self, ev: Event, found: list[Detection]) -> int:
-        """Append the event's detections to `found`; returns how many candidates were confirmed."""
-        view = self._view(ev)
-        plan, positions = self._candidates(ev, view)
-        for pos in positions:
-            self._confirm(plan.entries[pos], ev, view, found)
-        return len(positions)
-
-    def _view(self, ev: Event) -> EventView:
-        shape = tuple(ev.fields)
+    def _view(self, fields: Mapping[str, Any]) -> EventView:
+        shape = tuple(fields)
         folded = self._folded.get(shape)
         if folded is None:
-            folded = self._folded[shape] = fold_keys(ev.fields)
+            folded = self._folded[shape] = fold_keys(fields)
             self._memo_cost += sys.getsizeof(shape) + sys.getsizeof(folded) + 2 * _ENTRY_BYTES * len(shape)
-        return EventView(ev.fields, folded)
+        return EventView(fields, folded)
 
-    def _candidates(self, ev: Event, view: EventView) -> tuple[PartitionPlan, list[int]]:
-        """The event's partition plan and the positions of its entries the guards cannot rule out."""
-        channel = ev.channel if ev.channel is not None else ev.fields.get("Channel")
-        ch = channel if isinstance(channel, str) else None
-        eid = _event_id(ev)
+    def _candidates(
+        self, fields: Mapping[str, Any], channel: str | None, event_id: int | None, view: EventView
+    ) -> tuple[PartitionPlan, list[int]]:
+        """The partition plan of the event with these fields, `Event.channel` and `Event.event_id`, and the
+        positions of its entries the guards cannot rule out."""
+        ch, eid = route_key(channel, event_id, fields)
         plan = self.index.plan(ch, eid)
         if not plan.entries:
             return plan, []
@@ -980,16 +1001,6 @@ def _bits(owners: Iterable[int]) -> int:
     for o in owners:
         out |= 1 << o
     return out
-
-
-def _event_id(event: Event) -> int | None:
-    if event.event_id is not None:
-        return event.event_id
-    v = event.fields.get("EventID")
-    try:
-        return int(v) if v is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _detection(info: RuleInfo, event: Event, matched: dict[str, Any], with_fields: bool = True) -> Detection:

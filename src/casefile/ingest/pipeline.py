@@ -72,6 +72,15 @@ def _shape_for(record: dict[str, Any], shapes: Sequence[Shape]) -> Shape:
     raise LookupError("no record shape registered")  # the flat shape matches everything
 
 
+#: What a shape raises on a record whose structure defeats it: a warning (`defeated`), never a traceback.
+SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, RecursionError)
+
+
+def defeated(source_file: str, index: int, exc: BaseException) -> IngestWarning:
+    """The warning for a record whose shape raised `exc` (one of SHAPE_ERRORS)."""
+    return IngestWarning(source_file, f"record could not be normalised: {type(exc).__name__}: {exc}", index)
+
+
 def normalise(
     raw: RawRecord, source_file: str, on_warning: WarningSink, *, shapes: Sequence[Shape] | None = None
 ) -> Event | None:
@@ -79,10 +88,8 @@ def normalise(
     try:
         shape = SHAPES.get(raw.shape) if raw.shape else _shape_for(raw.data, shapes or shapes_by_priority())
         return shape.normalise(raw.data, source_file)
-    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
-        on_warning(IngestWarning(
-            source_file, f"record could not be normalised: {type(exc).__name__}: {exc}", raw.index
-        ))
+    except SHAPE_ERRORS as exc:
+        on_warning(defeated(source_file, raw.index, exc))
         return None
 
 

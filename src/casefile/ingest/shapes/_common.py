@@ -96,7 +96,10 @@ def as_str(value: Any) -> str | None:
         return value or None  # type: ignore[no-any-return]
     if value is None or isinstance(value, dict | list):
         return None
-    text = value if isinstance(value, str) else str(value)
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except ValueError:  # an integer of more digits than Python writes (sys.get_int_max_str_digits)
+        return None
     return text or None
 
 

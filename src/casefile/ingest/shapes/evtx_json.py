@@ -26,6 +26,12 @@ def _is_map(value: Any) -> bool:
     return cls is dict or (cls not in _LEAVES and isinstance(value, Mapping))
 
 
+#: `f"{key}_{attr}"` per System element and attribute: a few dozen names, made once. Bounded, since crafted
+#: records could name any number of elements and attributes.
+_ATTR_NAMES: dict[str, dict[str, str]] = {}
+_MAX_NAMES = 64
+
+
 def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
     """`Provider.#attributes.Name` -> `Provider_Name`, `EventID.#text` -> `EventID`, scalars as is."""
     for key, value in system.items():
@@ -33,9 +39,23 @@ def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
         if cls is dict or (cls not in _LEAVES and isinstance(value, Mapping)):
             attrs = value.get("#attributes")
             if attrs is not None and _is_map(attrs):
+                names = _ATTR_NAMES.get(key)
+                if names is None:
+                    names = {}
+                    if len(_ATTR_NAMES) < _MAX_NAMES:
+                        _ATTR_NAMES[key] = names
                 for attr, attr_value in attrs.items():
-                    fields[f"{key}_{attr}"] = attr_value
-            markup = int("#attributes" in value)
+                    name = names.get(attr)
+                    if name is None:
+                        name = f"{key}_{attr}"
+                        if len(names) < _MAX_NAMES:
+                            names[attr] = name
+                    fields[name] = attr_value
+                if len(value) == 1:  # attributes only (Provider, TimeCreated, Execution): most elements
+                    continue
+                markup = 1
+            else:
+                markup = int("#attributes" in value)
             if "#text" in value:
                 fields[key] = value["#text"]
                 markup += 1
@@ -46,8 +66,9 @@ def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
         else:
             fields[key] = value
     for key in _SYSTEM_INTS:
-        if key in fields and not isinstance(fields[key], int):
-            number = as_int(fields[key])
+        number = fields.get(key)
+        if number is not None and number.__class__ is not int and not isinstance(number, int):
+            number = as_int(number)
             if number is not None:
                 fields[key] = number
 
@@ -91,6 +112,11 @@ class EvtxJsonShape:
         return isinstance(event, Mapping) and isinstance(event.get("System"), Mapping)
 
     def normalise(self, record: dict[str, Any], source_file: str) -> Event:
+        return self.event(self.fields(record), source_file)
+
+    @staticmethod
+    def fields(record: dict[str, Any]) -> dict[str, Any]:
+        """The record's flattened fields; raises as `normalise` does on a record it defeats."""
         event = record.get("Event", record)
         fields: dict[str, Any] = {}
         _system_fields(event["System"], fields)
@@ -108,12 +134,24 @@ class EvtxJsonShape:
                     put(fields, f"RenderingInfo_{key}", value, qualifier=section)
             else:  # UserData, ProcessingErrorData, ...: leaves by leaf name
                 flatten_leaves(body, fields, qualifier=section, name=section)
+        return fields
+
+    @staticmethod
+    def channel_and_id(fields: Mapping[str, Any]) -> tuple[str | None, int | None]:
+        """`Event.channel` and `Event.event_id` of a record's `fields`, without the rest of its Event."""
+        return as_str(fields.get("Channel")), as_int(fields.get("EventID"))
+
+    @staticmethod
+    def event(fields: dict[str, Any], source_file: str) -> Event:
+        """The Event of a record's `fields`. Never raises: the hunt builds it only for records a rule
+        might match, and a record must fail (or not) the same way whether it is built or not."""
+        channel, event_id = EvtxJsonShape.channel_and_id(fields)
         return Event(
             timestamp=parse_timestamp(fields.get("TimeCreated_SystemTime")),
             computer=as_str(fields.get("Computer")),
-            channel=as_str(fields.get("Channel")),
+            channel=channel,
             provider=as_str(fields.get("Provider_Name")),
-            event_id=as_int(fields.get("EventID")),
+            event_id=event_id,
             record_id=as_int(fields.get("EventRecordID")),
             source_file=source_file,
             fields=fields,
