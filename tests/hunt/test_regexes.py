@@ -208,3 +208,33 @@ def test_deeply_nested_pattern_is_searched_as_written() -> None:
     finally:
         sys.setrecursionlimit(limit)
     assert test("xaab") and not test("ba")
+
+
+def test_patterns_led_by_single_characters_search_from_their_literal() -> None:
+    """`\\w`(...)`: a match holds its first literal a fixed number of characters after its start, so only the
+    positions before that literal are tried (more than _ANCHOR_TRIES of them: `re` goes on from the next)."""
+    from casefile.hunt.regexes import _ANCHOR_TRIES, _anchored
+
+    def anchor_of(pattern: str, flags: int = 0) -> bool:
+        return _anchored(re.compile(pattern, flags)) is not None
+
+    assert anchor_of(r"\w`(\w+|-|.)`") and anchor_of(r"[ab].\d-x") and anchor_of(r"(?i)\w\+")
+    assert not anchor_of(r"`\w")  # the literal first: re looks for it itself
+    assert not anchor_of(r"\w+`") and not anchor_of(r"(\w)`") and not anchor_of(r"\b\w`")  # no fixed offset
+    assert not anchor_of(r"(?i)\wk")  # a letter under IGNORECASE: K also matches the Kelvin sign
+    assert not anchor_of(r"\w\d")  # no literal at all
+    rng = random.Random(11)
+    patterns = [r"\w`(\w+|-|.)`[\w+|\s]", r"[^`]`(?<=a`)b", r".-\d{2}(?!x)", r"(?s).\n\w", r"(?i)[a-z]\+\w\b"]
+    tested = 0
+    for pattern in patterns:
+        rx = re.compile(pattern)
+        test = search_test(pattern)
+        for _ in range(300):
+            n = rng.choice([0, 1, 5, _ANCHOR_TRIES - 1, _ANCHOR_TRIES, _ANCHOR_TRIES + 3, 200])
+            pieces = ["`", "-", "+", "\n", "a`", "`b", "9-", "-12", "x", "é+", "a+b"]
+            parts = [rng.choice(pieces) for _ in range(n)]
+            tail = rng.choice(["", "a`b`c", "a`b` ", "q-12", "Z+k!", "\n\nw", "a`b"])
+            s = "".join(parts) + tail
+            assert test(s) == (rx.search(s) is not None), (pattern, s)
+            tested += rx.search(s) is not None
+    assert tested > 300  # matches and misses both exercised

@@ -1,17 +1,21 @@
 """Regex tests as the evaluator runs them: `re.search` answers, found sooner.
 
-Sigma's `|re` tests only ask whether a value holds a match, never where, which allows a prefilter and two
-rewrites that keep every answer and spare `re`'s backtracking on long values (PowerShell script blocks):
+Sigma's `|re` tests only ask whether a value holds a match, never where, which allows a prefilter, two
+rewrites and an anchored search that keep every answer and spare `re`'s backtracking on long values
+(PowerShell script blocks):
 
 - the characters every match must hold, counted (`\\+.*\\+.*\\+` needs three `+`): a value with fewer
-  cannot match, which `str.count` tells without running the regex;
+  cannot match, which `str.count` (or `in`, for one) tells without running the regex;
 - a leading repeat of one character class (`\\w+`(...)`): some match starts with `\\w+` exactly when
   one starts with a single `\\w` (the last of the run), and `\\w*` can be left out, so the search no
   longer grows every run of word characters before giving up on it;
 - a pattern of literals and `.*` only (`\\+.*\\+.*\\+`, obfuscation rules counting characters on one
   line): `.*x` followed by `.*` or the end finds a match exactly when `[^x\\n]*x` does (the first `x`
   leaves the rest the most room), and the latter never backtracks, where the former tries every
-  combination of `x`s before failing.
+  combination of `x`s before failing;
+- a match that starts with k single characters and then a literal (`\\w`(...)`, `\\s-H\\s`) holds that
+  literal k characters after its start: `re.match` is tried only there, at each occurrence `str.find`
+  gives, where `re.search` would try every position of the value.
 
 The leading-repeat rewrite is checked by parsing (the rewritten pattern must parse to exactly the
 intended tree, or the pattern is used as written); the other is written from the parse tree itself.
@@ -49,15 +53,21 @@ def search_test(pattern: str, flags: int = 0) -> Callable[[str], bool]:
         return _plain(rx)
     try:
         search = _rewritten(pattern, flags, parsed) or _subsequence(parsed) or rx.search
+        search = _anchored(search.__self__) or search  # type: ignore[attr-defined]
         ignorecase = bool(parsed.state.flags & re.IGNORECASE)
         need = [(c, n) for c, n in _required(parsed, ignorecase).items() if n]
     except RecursionError:  # nesting deep enough for `re` but not for these walks: as written
         return _plain(rx)
     if not need:
         return lambda s: search(s) is not None
+    once = [c for c, n in need if n == 1]  # `in` stops at the first; `count` reads the whole value
+    counted = [(c, n) for c, n in need if n > 1]
 
     def test(s: str) -> bool:
-        for c, n in need:
+        for c in once:
+            if c not in s:
+                return False
+        for c, n in counted:
             if s.count(c) < n:
                 return False
         return search(s) is not None
@@ -152,6 +162,54 @@ def _subsequence(parsed: Any) -> Callable[[str], re.Match[str] | None] | None:
     if not cut:
         return None
     return re.compile("".join(parts), flags).search
+
+
+#: Matches tried at the occurrences of the anchoring literal before `re` searches the rest itself.
+_ANCHOR_TRIES = 64
+
+
+def _anchored(rx: re.Pattern[str]) -> Callable[[str], re.Match[str] | None] | None:
+    """The search of `rx` by the first literal of its matches, when it lies at a fixed distance from their
+    start: after k single-character items (`\\w`(...)`: k = 1, the backtick). A match starting at p then
+    holds that literal at p + k, so `rx.match` tried k characters before each occurrence (`str.find`)
+    answers as `rx.search`, without `re` trying every position of a long value; after _ANCHOR_TRIES
+    occurrences `rx.search` goes on from the next one. None when the pattern does not start so (or starts
+    with its literal, which `re` itself looks for first)."""
+    try:
+        parsed = re_parser.parse(rx.pattern, rx.flags)
+    except (re.error, RecursionError, OverflowError):
+        return None
+    ignorecase = bool(parsed.state.flags & re.IGNORECASE)
+    k = 0
+    for op, av in parsed:
+        if op is re_constants.LITERAL:
+            anchor = chr(av)
+            if ignorecase and anchor not in _FOLD_SAFE:
+                return None
+            break
+        if op not in _SINGLE:
+            return None
+        k += 1
+    else:
+        return None
+    if k == 0:
+        return None
+    find, match, search = str.find, rx.match, rx.search
+
+    def anchored(s: str) -> re.Match[str] | None:
+        i = find(s, anchor, k)
+        tries = 0
+        while i >= 0:
+            if tries == _ANCHOR_TRIES:
+                return search(s, i - k)
+            m = match(s, i - k)
+            if m is not None:
+                return m
+            tries += 1
+            i = find(s, anchor, i + 1)
+        return None
+
+    return anchored
 
 
 def _has_backrefs(items: Any) -> bool:
