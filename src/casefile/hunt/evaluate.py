@@ -70,21 +70,22 @@ def fold_keys(fields: Mapping[str, Any]) -> dict[str, str]:
 class EventView:
     """An event's fields, with exact/case-insensitive lookup and cached string forms."""
 
-    __slots__ = ("_folded", "_lower", "fields")
+    __slots__ = ("_lower", "fields", "folded")
 
     def __init__(self, fields: Mapping[str, Any], folded: dict[str, str] | None = None) -> None:
-        """`folded`, if given, must be `fields`' names by folded name (records of one shape share it)."""
+        """`folded`, if given, must be `fields`' names by folded name (records of one shape share it); it is
+        made when first needed otherwise."""
         self.fields = fields
-        self._folded = folded
+        self.folded = folded
         self._lower: dict[str, tuple[str, ...]] = {}
 
     def get(self, name: str) -> Any:
         """The field's value, or `_MISSING`."""
         v = self.fields.get(name, _MISSING)
         if v is _MISSING:
-            if self._folded is None:
-                self._folded = fold_keys(self.fields)
-            real = self._folded.get(_fold(name))
+            if self.folded is None:
+                self.folded = fold_keys(self.fields)
+            real = self.folded.get(_fold(name))
             if real is not None:
                 return self.fields[real]
         return v
@@ -96,9 +97,9 @@ class EventView:
         """The event's own spelling of a field name (for reporting matched fields)."""
         if name in self.fields:
             return name
-        if self._folded is None:
-            self._folded = fold_keys(self.fields)
-        return self._folded.get(_fold(name), name)
+        if self.folded is None:
+            self.folded = fold_keys(self.fields)
+        return self.folded.get(_fold(name), name)
 
     def strings(self, name: str) -> tuple[str, ...]:
         """String forms of the field's value(s) (one per list element); empty when missing."""

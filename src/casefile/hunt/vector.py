@@ -45,6 +45,7 @@ from casefile.hunt.evaluate import (
     EventView,
     Predicate,
     _as_str,
+    _fold,
     compile_node,
     fold_keys,
     in_network,
@@ -839,6 +840,8 @@ class BatchHunter:
         # Per anchor index (by id: plans live as long as the index), the owner bits each value string gave.
         # Emptied once it holds about `memo_bytes` (`_memo_cost`), so memory does not grow with the evidence.
         self._memo: dict[int, dict[str, int]] = {}
+        # Per plan (by id), its fields' anchors as `_hits` walks them: name, folded name, anchors, memo.
+        self._anchors: dict[int, list[tuple[str, str, _FieldAnchors, dict[str, int]]]] = {}
         # Records of one source repeat their field names: the folded-name lookup table is made once per list
         # of names (and forgotten with the memo).
         self._folded: dict[tuple[str, ...], dict[str, str]] = {}
@@ -881,6 +884,7 @@ class BatchHunter:
 
     def _forget(self) -> None:
         self._memo.clear()
+        self._anchors.clear()
         self._folded.clear()
         self._memo_cost = 0
 
@@ -914,22 +918,26 @@ class BatchHunter:
         """Owner bits of the anchors the event's values hit (see `PartitionPlan.candidates_bits`)."""
         out = 0
         fields = view.fields
-        memo = self._memo
-        for name, fa in plan.by_name.items():
+        folded = view.folded if view.folded is not None else fold_keys(fields)
+        anchors = self._anchors.get(id(plan))
+        if anchors is None:
+            memo = self._memo
+            anchors = self._anchors[id(plan)] = [
+                (name, _fold(name), fa, memo.setdefault(id(fa), {})) for name, fa in plan.by_name.items()
+            ]
+        for name, key, fa, seen in anchors:
             v = fields.get(name, _MISSING)
             if v is _MISSING:
-                v = view.get(name)  # the reference's folded-name lookup
-                if v is _MISSING:
+                real = folded.get(key)  # the reference's folded-name lookup (`EventView.get`)
+                if real is None:
                     out |= fa.neg_bits  # every test on it is false, so its negations hold
                     continue
+                v = fields[real]
             if type(v) is not str:
                 if isinstance(v, (list, tuple)):
                     out |= self._list_bits(fa, name, view)
                     continue
                 v = _as_str(v)
-            seen = memo.get(id(fa))
-            if seen is None:
-                seen = memo[id(fa)] = {}
             bits = seen.get(v)
             if bits is None:
                 bits = seen[v] = fa.bits(v.lower())
