@@ -966,10 +966,11 @@ class BatchHunter:
         return bits
 
     def _confirm(self, n: int, ev: Event, view: EventView, found: list[Detection]) -> None:
-        pred = self.index.predicate(n)
-        if pred(view, None):
-            matched: dict[str, Any] = {}
-            pred(view, matched)
+        # One evaluation that records: the reference evaluates without, then again with, a record; an And
+        # records only once all its children hold and an Or stops at the first that holds, so a true answer
+        # records what the reference's second evaluation does, and a false one nothing.
+        matched: dict[str, Any] = {}
+        if self.index.predicate(n)(view, matched):
             info = self.index.entries[n].info
             found.append(_detection(info, ev, matched, self.fields_of is None or info.id in self.fields_of))
 
