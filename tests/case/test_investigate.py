@@ -230,6 +230,34 @@ def test_same_evidence_same_clock_and_id_gives_identical_outputs(tmp_path: Path)
     assert bundle["id"].startswith("bundle--") and "2022-07-20T09:00:00.000Z" in first["bundle.json"].decode()
 
 
+def test_hostile_values_and_file_names_are_stored_not_fatal(tmp_path: Path) -> None:
+    """Lone surrogates (JSON escapes, an undecodable file name), integers wider than the columns and a
+    timestamp outside the calendar in UTC: the case stores the file, its events and its detection."""
+    import os
+
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    name = os.fsdecode(b"odd\xff.ndjson")  # undecodable bytes: a surrogate escape in the name
+    records = [
+        {"TimeCreated": "0001-01-01T00:30:00+01:00", "Computer": "WS\ud800", "EventID": 7045,
+         "Channel": "System", "EventRecordID": 2**64 + 3, "ServiceName": "PSEXESVC",
+         "ImagePath": "C:\\x\udc80.exe"},
+        {"TimeCreated": "2022-07-16T01:00:00Z", "Computer": "WS9", "EventID": 2**40, "Channel": "System"},
+    ]
+    (evidence / name).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    result = investigate([evidence], tmp_path / "case", rules=[DEMO_RULES], write_outputs=False)
+    assert (result.files_added, result.events_added, result.detections_added) == (1, 2, 1)
+    with Case.open(tmp_path / "case", read_only=True) as case:
+        (stored,) = case.detections()
+        d = stored.detection
+        assert d.rule.title == "PsExec Service Installed" and d.timestamp is None
+        assert d.fields["ImagePath"] == "C:\\x\udc80.exe" and d.fields["EventRecordID"] == 2**64 + 3
+        assert (d.computer, d.record_id) == ("WS\\ud800", None)  # the columns hold what they can
+        (record,) = case.evidence_files()
+        assert record.path.endswith("odd\\udcff.ndjson") and record.events == 2
+        assert [w.stage for w in case.warnings()] == ["attribute"]  # no knowledge base given: no other
+
+
 def test_skipped_rules_are_recorded_as_warnings(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     shutil.copytree(DEMO_RULES, rules)

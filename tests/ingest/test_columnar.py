@@ -105,6 +105,29 @@ def test_duckdb_table_round_trip_and_source_filter(tmp_path: Path) -> None:
         ]
 
 
+def test_lone_surrogates_and_integers_beyond_the_columns_are_stored(tmp_path: Path) -> None:
+    """JSON escapes (`"\\ud800"`) and undecodable file names put lone surrogates in strings, which Arrow and
+    DuckDB refuse; crafted logs hold integers wider than the columns. Neither may stop a case's ingest."""
+    odd = Event(
+        timestamp=None, computer="HOST\ud800", channel="Security", provider=None, event_id=2**40,
+        record_id=2**64 + 1, source_file="logs/\udcff.json",
+        fields={"EventID": 2**40, "Cmd": "a\ud800b", "List": ["\udc80", 1], "EventRecordID": 2**64 + 1},
+    )
+    db = tmp_path / "case.duckdb"
+    with duckdb.connect(str(db)) as con:
+        assert write_events(con, [EVENTS[0], odd]) == 2
+    with duckdb.connect(str(db), read_only=True) as con:
+        plain, back = sorted(read_table(con), key=lambda e: e.event_id is None)
+        assert plain == EVENTS[0]
+        # the fields come back exactly; the columns hold what they can: text escaped, no out-of-range number
+        assert back.fields == odd.fields and list(back.fields) == list(odd.fields)
+        assert (back.computer, back.source_file) == ("HOST\\ud800", "logs/\\udcff.json")
+        assert (back.event_id, back.record_id) == (None, None)
+        assert con.execute("SELECT fields['Cmd'] FROM events WHERE event_id IS NULL").fetchall() == [
+            ("a\\ud800b",)
+        ]
+
+
 def test_hostile_table_name_is_refused() -> None:
     with duckdb.connect() as con, pytest.raises(CasefileError, match="invalid table name"):
         write_batches(con, [], table='events"; DROP TABLE x; --')

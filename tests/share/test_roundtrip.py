@@ -161,6 +161,24 @@ def test_misp_export_keeps_unmatchable_patterns_and_attack_tags() -> None:
     }
 
 
+def test_misp_feed_of_a_value_with_a_lone_surrogate(tmp_path: Path) -> None:
+    """A JSON escape such as `\\ud800` in an imported pattern reaches the feed's hashes.csv, which hashes
+    each value's UTF-8 bytes: the feed is written all the same, the event keeps the value exactly."""
+    from casefile.share.export import write_misp_feed
+
+    pattern = "[file:name = 'x\ud800.exe']"
+    bundle = {"type": "bundle", "id": "bundle--00000000-0000-4000-8000-000000000001", "objects": [{
+        "type": "indicator", "spec_version": "2.1", "id": "indicator--00000000-0000-4000-8000-000000000002",
+        "created": "2022-07-01T00:00:00.000Z", "modified": "2022-07-01T00:00:00.000Z",
+        "pattern": pattern, "pattern_type": "stix", "valid_from": "2022-07-01T00:00:00Z",
+    }]}
+    out = write_misp_feed(bundle, tmp_path / "feed")
+    (event_file,) = [p for p in out.glob("*.json") if p.name != "manifest.json"]
+    (attr,) = json.loads(event_file.read_text(encoding="utf-8"))["Event"]["Attribute"]
+    assert attr["value"] == pattern
+    assert len((out / "hashes.csv").read_text(encoding="utf-8").splitlines()) == 1
+
+
 def test_cli_intel_import_and_exports(tmp_path: Path) -> None:
     case_dir = build_case(tmp_path)
     # A narrow terminal: problem and error lines stay whole (rich once hard-wrapped them at its width).

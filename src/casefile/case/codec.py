@@ -14,6 +14,7 @@ from casefile.attribute.models import (
     GroupHypothesis,
     SponsorHypothesis,
 )
+from casefile.ingest.columnar import column_int
 from casefile.models import Detection, DetectionKind, Level, RuleInfo
 
 
@@ -59,7 +60,8 @@ def detection_id(det: Detection, evidence_sha256: str | None) -> str:
         dict(det.group),
         det.indicator,
     ]
-    return hashlib.sha256(dumps(key).encode()).hexdigest()[:32]
+    # surrogatepass: a lone surrogate (a JSON escape in the evidence) hashes too; valid text is unchanged
+    return hashlib.sha256(dumps(key).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 DETECTION_COLUMNS = (
@@ -107,8 +109,8 @@ def detection_row(det: Detection, evidence_sha256: str | None) -> tuple[Any, ...
         to_naive_utc(det.timestamp),
         det.computer,
         det.channel,
-        det.event_id,
-        det.record_id,
+        column_int(det.event_id, 32),
+        column_int(det.record_id, 64),
         det.file,
         dumps(dict(det.matched)),
         dumps(dict(det.fields)),

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +77,15 @@ def partition_key(event: Event) -> PartitionKey:
     return (event.channel, event.event_id)
 
 
+def column_int(value: int | None, bits: int) -> int | None:
+    """`value` when a signed integer column of `bits` bits holds it, else None. Crafted logs can hold
+    any integer (an EVTX record number is unsigned 64-bit, a JSON `EventID` unbounded); the field it came
+    from keeps the value itself, as text in the `fields` MAP."""
+    if value is None or -(1 << (bits - 1)) <= value < (1 << (bits - 1)):
+        return value
+    return None
+
+
 def field_text(value: Any) -> str | None:
     """A field value as the text the `fields` MAP holds: strings as is, numbers in decimal,
     booleans `true`/`false`, lists and objects as JSON, null as NULL."""
@@ -95,7 +104,26 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def storable(text: str) -> str:
+    """`text` as Arrow and DuckDB take it (valid UTF-8): a lone surrogate, which JSON escapes (`"\\ud800"`)
+    and undecodable file names (`os.fsdecode`) put in a string, becomes its escape, `\\ud800`, as text."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _batch(events: Sequence[Event]) -> pa.RecordBatch:
+    try:
+        return _batch_of(events, exact=False)
+    except UnicodeEncodeError:  # a lone surrogate somewhere in the batch (rare): the slower, careful way
+        return _batch_of(events, exact=True)
+
+
+def _batch_of(events: Sequence[Event], *, exact: bool) -> pa.RecordBatch:
+    """The batch of `events`; `exact`: strings with lone surrogates written as `storable` text in the MAP and
+    the other columns, and exactly in `fields_typed` (JSON escapes them), whence `events_from_batch` reads
+    them back. Field names are written as `storable` text."""
+    text: Callable[[str | None], str | None] = (
+        (lambda v: None if v is None else storable(v)) if exact else (lambda v: v)
+    )
     offsets = [0]
     keys: list[str] = []
     values: list[str | None] = []
@@ -103,20 +131,26 @@ def _batch(events: Sequence[Event]) -> pa.RecordBatch:
     append = values.append
     for e in events:
         fields = e.fields
-        keys.extend(fields)
+        keys.extend(map(storable, fields) if exact else fields)
         typed: dict[str, Any] | None = None
         # One pass per event: strings (most values) go straight to the MAP.
         for k, v in fields.items():
             if v.__class__ is str or v is None:
-                append(v)
+                if exact and v is not None and storable(v) != v:
+                    append(storable(v))
+                    if typed is None:
+                        typed = {}
+                    typed[storable(k)] = v
+                else:
+                    append(v)
             else:
-                append(field_text(v))
+                append(text(field_text(v)))
                 if typed is None:
                     typed = {}
-                typed[k] = v
+                typed[storable(k) if exact else k] = v
         offsets.append(len(keys))
         typed_column.append(
-            json.dumps(typed, ensure_ascii=False, default=_json_default) if typed is not None else None
+            json.dumps(typed, ensure_ascii=exact, default=_json_default) if typed is not None else None
         )
     fields_array = pa.MapArray.from_arrays(
         pa.array(offsets, type=pa.int32()),
@@ -125,12 +159,12 @@ def _batch(events: Sequence[Event]) -> pa.RecordBatch:
     )
     arrays = [
         pa.array([e.timestamp for e in events], type=pa.timestamp("us", tz="UTC")),
-        pa.array([e.computer for e in events], type=pa.string()),
-        pa.array([e.channel for e in events], type=pa.string()),
-        pa.array([e.provider for e in events], type=pa.string()),
-        pa.array([e.event_id for e in events], type=pa.int32()),
-        pa.array([e.record_id for e in events], type=pa.int64()),
-        pa.array([e.source_file for e in events], type=pa.string()),
+        pa.array([text(e.computer) for e in events], type=pa.string()),
+        pa.array([text(e.channel) for e in events], type=pa.string()),
+        pa.array([text(e.provider) for e in events], type=pa.string()),
+        pa.array([column_int(e.event_id, 32) for e in events], type=pa.int32()),
+        pa.array([column_int(e.record_id, 64) for e in events], type=pa.int64()),
+        pa.array([text(e.source_file) for e in events], type=pa.string()),
         fields_array,
         pa.array(typed_column, type=pa.string()),
     ]

@@ -221,7 +221,8 @@ def write_misp_feed(bundle: Mapping[str, Any], out_dir: Path, *, org: str = "cas
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     lines = sorted(
-        f"{hashlib.md5(str(a['value']).encode(), usedforsecurity=False).hexdigest()},{event['uuid']}"
+        f"{hashlib.md5(str(a['value']).encode('utf-8', 'surrogatepass'), usedforsecurity=False).hexdigest()},"
+        f"{event['uuid']}"
         for a in event["Attribute"]
     )
     (out_dir / "hashes.csv").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
