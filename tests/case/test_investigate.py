@@ -243,18 +243,29 @@ def test_hostile_values_and_file_names_are_stored_not_fatal(tmp_path: Path) -> N
          "Channel": "System", "EventRecordID": 2**64 + 3, "ServiceName": "PSEXESVC",
          "ImagePath": "C:\\x\udc80.exe"},
         {"TimeCreated": "2022-07-16T01:00:00Z", "Computer": "WS9", "EventID": 2**40, "Channel": "System"},
+        # the first instant datetime holds: STIX and the timeline must still write it with four digits
+        {"TimeCreated": "0001-01-01T00:00:00Z", "Computer": "WS9", "EventID": 7045, "Channel": "System",
+         "ServiceName": "PSEXESVC"},
     ]
     (evidence / name).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    result = investigate([evidence], tmp_path / "case", rules=[DEMO_RULES], write_outputs=False)
-    assert (result.files_added, result.events_added, result.detections_added) == (1, 2, 1)
+    result = investigate([evidence], tmp_path / "case", rules=[DEMO_RULES])
+    assert (result.files_added, result.events_added, result.detections_added) == (1, 3, 2)
+    # every output is written; the JSON ones read back, the escaped surrogates as the strings they were
+    bundle = json.loads((tmp_path / "case" / "bundle.json").read_text(encoding="utf-8"))
+    assert "0001-01-01T00:00:00.000Z" in {o.get("first_seen") for o in bundle["objects"]}
+    summary = json.loads((tmp_path / "case" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["first_seen"].startswith("0001-01-01T00:00:00")
+    assert summary["detections_by_host"] == {"WS\\ud800": 1, "WS9": 1}  # the stored (escaped) host names
+    assert (tmp_path / "case" / "report.html").stat().st_size > 0
     with Case.open(tmp_path / "case", read_only=True) as case:
-        (stored,) = case.detections()
+        early, stored = case.detections()  # untimed last
+        assert early.detection.timestamp is not None and early.detection.timestamp.year == 1
         d = stored.detection
         assert d.rule.title == "PsExec Service Installed" and d.timestamp is None
         assert d.fields["ImagePath"] == "C:\\x\udc80.exe" and d.fields["EventRecordID"] == 2**64 + 3
         assert (d.computer, d.record_id) == ("WS\\ud800", None)  # the columns hold what they can
         (record,) = case.evidence_files()
-        assert record.path.endswith("odd\\udcff.ndjson") and record.events == 2
+        assert record.path.endswith("odd\\udcff.ndjson") and record.events == 3
         assert [w.stage for w in case.warnings()] == ["attribute"]  # no knowledge base given: no other
 
 

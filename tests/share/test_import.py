@@ -130,6 +130,15 @@ def test_csv_with_and_without_header_bad_rows_reported(tmp_path: Path) -> None:
         assert beacon.description == "beacon"
 
 
+def test_indicator_first_seen_in_year_one_is_exported_with_four_digits(tmp_path: Path) -> None:
+    listed = tmp_path / "list.csv"
+    listed.write_text("value,type,first_seen\n198.51.100.7,ip,0001-01-01T00:00:00Z\n", encoding="utf-8")
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        assert import_intel(store, listed).indicators_new == 1
+        (obj,) = [o for o in store.stix_objects() if o["type"] == "indicator"]
+        assert obj["created"] == obj["valid_from"] == "0001-01-01T00:00:00.000Z"  # strftime wrote "1-01-01"
+
+
 def misp_event(uuid: str, attributes: list[dict[str, Any]], **event: Any) -> dict[str, Any]:
     return {"Event": {"uuid": uuid, "info": "wiper campaign", "Attribute": attributes, **event}}
 

@@ -42,7 +42,9 @@ def write_reports(
         text = REPORTS.get(name)(case)
         path = target / name
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
+        # A lone surrogate from the evidence (a JSON escape such as "\ud800") has no UTF-8 form: it is
+        # written as that escape, which in the JSON outputs reads back as the same string.
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
         tmp.replace(path)  # never leave a half-written report behind
         written.append(path)
     return written

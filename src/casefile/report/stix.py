@@ -31,7 +31,8 @@ def stix_id(kind: str, *key: str) -> str:
 
 
 def stix_time(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    # isoformat, not strftime: %Y writes year 1 as "1", which no reader takes for a timestamp
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _HEX = re.compile(r"^[0-9a-fA-F]+$")

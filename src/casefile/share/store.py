@@ -489,7 +489,8 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
 
 def _stix_time(ts: datetime | None) -> str:
     t = _utc(ts) or datetime(1970, 1, 1, tzinfo=UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    # isoformat, not strftime: %Y writes year 1 as "1", which no reader takes for a timestamp
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _uuid5(text: str) -> str:

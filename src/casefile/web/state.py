@@ -123,7 +123,8 @@ def timestamp_key(value: str) -> str:
         utc = ts.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00: before the first instant datetime holds
         raise ValueError(f"{value!r} is outside the years 1-9999 in UTC") from None
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: %Y writes years before 1000 without their zeros, out of text order
+    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def hash_token(token: str) -> str:
