@@ -285,6 +285,17 @@ def test_post_status_media_types_and_bad_objects(server: Srv) -> None:
         assert (status["success_count"], status["failure_count"], status["pending_count"]) == (1, 3, 0)
         assert [f["id"] for f in status["failures"]] == ["nope", "objects[2]", ancient["id"]]
         assert "not a timestamp" in status["failures"][2]["message"]
+        # lone surrogates (JSON escapes) in a value are stored and served back as sent; in a type, refused
+        odd = {**indicator(7, tag="status"), "name": "x\ud800"}
+        bad_type = {"type": "indic\ud800", "id": "indic\ud800--00000000-0000-4000-8000-000000000077"}
+        r = h.post(base, content=_envelope([odd, bad_type]), headers={"Content-Type": TAXII})
+        assert r.status_code == 202
+        status = r.json()
+        assert (status["success_count"], status["failure_count"]) == (1, 1)
+        assert status["failures"][0]["id"] == bad_type["id"]
+        assert "not a STIX type" in status["failures"][0]["message"]
+        (served,) = h.get(base, params={"match[id]": odd["id"]}).json()["objects"]
+        assert served["name"] == "x\ud800"
         again = h.get(f"/api/status/{status['id']}/").json()
         assert again == status
         assert h.post(base, content="{}", headers={"Content-Type": "application/json"}).status_code == 415

@@ -52,7 +52,11 @@ class TaxiiResponse(JSONResponse):
     media_type = TAXII_MEDIA
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate a client sent (an id in a status): escaped
+            return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 def _error(status: int, title: str, description: str | None = None) -> TaxiiResponse:
