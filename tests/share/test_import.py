@@ -86,6 +86,37 @@ def test_stix_bundle_bad_pattern_is_one_issue_rest_imported(tmp_path: Path) -> N
         assert stix2.parse(written, allow_custom=True).objects[0].name == "HomeLand Justice"
 
 
+def test_stix_objects_of_odd_shapes_are_issues_or_imported_not_fatal(tmp_path: Path) -> None:
+    """Fields of unexpected types, ids and types STIX does not allow, and lone surrogates (JSON escapes)."""
+    odd_type = {"type": "Bad Type", "id": "Bad Type--00000000-0000-4000-8000-00000000000c"}
+    no_uuid = {"type": "malware", "id": "malware--\ud800"}
+    other = {
+        "type": "x-note", "spec_version": "2.1", "id": "x-note--00000000-0000-4000-8000-00000000000d",
+        "modified": {"not": "a timestamp"}, "text": "\ud800",
+    }
+    bundle = write_bundle(
+        tmp_path / "odd.json",
+        [
+            indicator(1, "[domain-name:value = 'c2.example']", object_marking_refs=5, labels="abc", name=7),
+            indicator(2, "[url:value = 'http://c2.example/\ud800']"),
+            odd_type,
+            no_uuid,
+            other,
+        ],
+    )
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, bundle)
+        assert (result.indicators_new, result.objects) == (2, 1)
+        assert sorted(i.reason for i in result.issues) == [
+            "id 'malware--\\ud800' does not end in a UUID",
+            "not a STIX object: type 'Bad Type', id 'Bad Type--00000000-0000-4000-8000-00000000000c'",
+        ]
+        first = next(i for i in store.indicators() if i.id.startswith("indicator--00000001"))
+        assert (first.tlp, first.labels, first.name) == (None, (), None)
+        (note,) = store.stix_objects(["x-note"])
+        assert note["text"] == "\ud800"  # the object itself is kept as JSON, exactly
+
+
 def test_same_indicator_from_two_sources_is_one_indicator(tmp_path: Path) -> None:
     bundle = write_bundle(
         tmp_path / "a.json",

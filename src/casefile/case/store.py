@@ -33,7 +33,7 @@ from casefile.case.codec import (
     to_naive_utc,
 )
 from casefile.errors import CaseError
-from casefile.ingest.columnar import column_int, create_events_table, read_table, storable, write_events
+from casefile.ingest.columnar import arrow_array, column_int, create_events_table, read_table, write_events
 from casefile.models import Detection, Event, IngestWarning, Level
 
 DB_NAME = "case.duckdb"
@@ -149,7 +149,7 @@ def _insert_arrow(
 ) -> None:
     """Insert rows (tuples in `schema` order) through one Arrow table; `table` is ours, never data."""
     columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [() for _ in schema.names]
-    arrays = [_arrow_column(c, f.type) for c, f in zip(columns, schema, strict=True)]
+    arrays = [arrow_array(c, f.type) for c, f in zip(columns, schema, strict=True)]
     data = pa.Table.from_arrays(arrays, schema=schema)
     view = "_casefile_rows"
     con.register(view, data)
@@ -159,24 +159,6 @@ def _insert_arrow(
         con.execute(f"{verb} {table} ({cols}) SELECT {cols} FROM {view}")
     finally:
         con.unregister(view)
-
-
-def _arrow_column(values: Sequence[Any], kind: pa.DataType) -> pa.Array:
-    """One column of rows; a string holding a lone surrogate (a JSON escape or an undecodable file name in
-    the evidence) is stored as `storable` text, which in a JSON column is the escape that reads back as the
-    same string."""
-    try:
-        return pa.array(list(values), type=kind)
-    except UnicodeEncodeError:
-        return pa.array([_storable(v) for v in values], type=kind)
-
-
-def _storable(value: Any) -> Any:
-    if isinstance(value, str):
-        return storable(value)
-    if isinstance(value, list):
-        return [_storable(v) for v in value]
-    return value
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:

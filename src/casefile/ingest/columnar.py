@@ -110,6 +110,25 @@ def storable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def arrow_array(values: Iterable[Any], kind: pa.DataType) -> pa.Array:
+    """`pa.array(values, kind)`; a string holding a lone surrogate (a JSON escape or an undecodable file name
+    in the evidence), which Arrow refuses, is given as `storable` text (in a JSON text, the escape that reads
+    back as the same string)."""
+    values = list(values)
+    try:
+        return pa.array(values, type=kind)
+    except UnicodeEncodeError:
+        return pa.array([_storable(v) for v in values], type=kind)
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
 def _batch(events: Sequence[Event]) -> pa.RecordBatch:
     try:
         return _batch_of(events, exact=False)

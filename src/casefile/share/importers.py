@@ -71,7 +71,10 @@ def parse_time(value: Any) -> datetime | None:
 
 # -- STIX ---------------------------------------------------------------------------------------
 def _stix_tlp(obj: Mapping[str, Any], markings: Mapping[str, str]) -> str | None:
-    for ref in obj.get("object_marking_refs") or ():
+    refs = obj.get("object_marking_refs")
+    for ref in refs if isinstance(refs, list) else ():
+        if not isinstance(ref, str):
+            continue
         name = markings.get(ref) or TLP_BY_MARKING_ID.get(ref)
         if name:
             return name
@@ -103,43 +106,57 @@ def read_stix(source: str, data: Any) -> Iterator[Item]:
     objects: list[Any] = data.get("objects") or []
     markings = _marking_names(objects)
     for n, obj in enumerate(objects):
-        if (
-            not isinstance(obj, dict)
-            or not isinstance(obj.get("type"), str)
-            or not isinstance(obj.get("id"), str)
-        ):
-            yield IntelIssue(source, f"objects[{n}]", "not a STIX object (needs string 'type' and 'id')")
-            continue
-        if obj.get("spec_version", "2.1") != "2.1":
-            yield IntelIssue(source, obj["id"], f"spec_version {obj.get('spec_version')!r} is not 2.1")
-            continue
-        if obj["type"] != "indicator":
-            yield obj
-            continue
-        if not isinstance(obj.get("pattern"), str):
-            yield IntelIssue(source, obj["id"], "indicator without a string 'pattern'")
-            continue
-        if obj.get("pattern_type", "stix") != "stix":
-            yield obj  # a Sigma/YARA/Snort indicator: kept as it is, not matched as an indicator
-            continue
         try:
-            first = parse_time(obj.get("valid_from") or obj.get("created"))
-            last = parse_time(obj.get("modified")) or first
-        except IntelError as exc:
-            yield IntelIssue(source, obj["id"], str(exc))
-            continue
-        yield IndicatorInput(
-            id=obj["id"],
-            pattern=obj["pattern"],
-            name=obj.get("name"),
-            description=obj.get("description"),
-            source=source,
-            tlp=_stix_tlp(obj, markings),
-            first_seen=first,
-            last_seen=last,
-            labels=tuple(str(x) for x in obj.get("labels") or ()),
-            raw=obj,
-        )
+            yield _stix_item(source, n, obj, markings)
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of an unexpected shape
+            oid = obj["id"] if isinstance(obj, dict) and isinstance(obj.get("id"), str) else f"objects[{n}]"
+            yield IntelIssue(source, oid, f"unreadable object: {type(exc).__name__}: {exc}")
+
+
+#: STIX 2.1 (3.1): a type name is 3-250 characters of a-z, 0-9 and hyphen; an id is `<type>--<UUID>`.
+_STIX_TYPE = re.compile(r"[a-z0-9-]{3,250}")
+
+
+def _stix_item(source: str, n: int, obj: Any, markings: Mapping[str, str]) -> Item:
+    if not (isinstance(obj, dict) and isinstance(obj.get("type"), str) and isinstance(obj.get("id"), str)):
+        return IntelIssue(source, f"objects[{n}]", "not a STIX object (needs string 'type' and 'id')")
+    otype, oid = obj["type"], obj["id"]
+    if _STIX_TYPE.fullmatch(otype) is None or not oid.startswith(f"{otype}--"):
+        return IntelIssue(source, f"objects[{n}]", f"not a STIX object: type {otype!r}, id {oid!r}")
+    try:
+        uuid.UUID(oid[len(otype) + 2:])
+    except ValueError:
+        return IntelIssue(source, f"objects[{n}]", f"id {oid!r} does not end in a UUID")
+    if obj.get("spec_version", "2.1") != "2.1":
+        return IntelIssue(source, oid, f"spec_version {obj.get('spec_version')!r} is not 2.1")
+    if otype != "indicator":
+        return obj
+    if not isinstance(obj.get("pattern"), str):
+        return IntelIssue(source, oid, "indicator without a string 'pattern'")
+    if obj.get("pattern_type", "stix") != "stix":
+        return obj  # a Sigma/YARA/Snort indicator: kept as it is, not matched as an indicator
+    try:
+        first = parse_time(obj.get("valid_from") or obj.get("created"))
+        last = parse_time(obj.get("modified")) or first
+    except IntelError as exc:
+        return IntelIssue(source, oid, str(exc))
+    labels = obj.get("labels") or ()
+    return IndicatorInput(
+        id=oid,
+        pattern=obj["pattern"],
+        name=_text(obj.get("name")),
+        description=_text(obj.get("description")),
+        source=source,
+        tlp=_stix_tlp(obj, markings),
+        first_seen=first,
+        last_seen=last,
+        labels=tuple(str(x) for x in labels) if isinstance(labels, list) else (),
+        raw=obj,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 # -- MISP ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from casefile.errors import IntelError
+from casefile.ingest.columnar import arrow_array, storable
 from casefile.share.models import Atom, AtomKind, Indicator, IndicatorInput, IntelIssue
 from casefile.share.patterns import parse_pattern
 
@@ -133,12 +134,12 @@ class IntelStore:
                 issues.append(IntelIssue(item.source, item.id, str(exc)))
                 continue
             accepted += 1
-            key = atom_key(atoms, item.pattern)
+            key = storable(atom_key(atoms, item.pattern))  # as stored: a lone surrogate escaped
             row = _Row.of(key, item, tuple(atoms), note)
             rows[key] = rows[key].merge(row) if key in rows else row
         if not rows:
             return 0, 0, issues
-        self._con.register("_cf_keys", pa.table({"key": pa.array(list(rows), pa.string())}))
+        self._con.register("_cf_keys", pa.table({"key": arrow_array(list(rows), pa.string())}))
         try:
             stored = self._con.execute(
                 """SELECT i.key, i.id, i.pattern, i.name, i.description, i.sources, i.tlp, i.first_seen,
@@ -169,25 +170,25 @@ class IntelStore:
         table = pa.table(
             {
                 "key": [r.key for r in rows.values()],
-                "id": [r.id for r in rows.values()],
-                "pattern": [r.pattern for r in rows.values()],
-                "name": pa.array([r.name for r in rows.values()], pa.string()),
-                "description": pa.array([r.description for r in rows.values()], pa.string()),
-                "sources": pa.array([r.sources for r in rows.values()], pa.list_(pa.string())),
-                "tlp": pa.array([r.tlp for r in rows.values()], pa.string()),
+                "id": arrow_array([r.id for r in rows.values()], pa.string()),
+                "pattern": arrow_array([r.pattern for r in rows.values()], pa.string()),
+                "name": arrow_array([r.name for r in rows.values()], pa.string()),
+                "description": arrow_array([r.description for r in rows.values()], pa.string()),
+                "sources": arrow_array([r.sources for r in rows.values()], pa.list_(pa.string())),
+                "tlp": arrow_array([r.tlp for r in rows.values()], pa.string()),
                 "first_seen": pa.array([r.first_seen for r in rows.values()], pa.timestamp("us", tz="UTC")),
                 "last_seen": pa.array([r.last_seen for r in rows.values()], pa.timestamp("us", tz="UTC")),
-                "labels": pa.array([sorted(r.labels) for r in rows.values()], pa.list_(pa.string())),
-                "note": pa.array([r.note for r in rows.values()], pa.string()),
-                "raw": pa.array([r.raw for r in rows.values()], pa.string()),
+                "labels": arrow_array([sorted(r.labels) for r in rows.values()], pa.list_(pa.string())),
+                "note": arrow_array([r.note for r in rows.values()], pa.string()),
+                "raw": arrow_array([r.raw for r in rows.values()], pa.string()),
             }
         )
         fresh = [r for r in rows.values() if r.key not in existing]
         atoms_table = pa.table(
             {
-                "key": pa.array([r.key for r in fresh for _ in r.atoms], pa.string()),
-                "kind": pa.array([a.kind.value for r in fresh for a in r.atoms], pa.string()),
-                "value": pa.array([a.value for r in fresh for a in r.atoms], pa.string()),
+                "key": arrow_array([r.key for r in fresh for _ in r.atoms], pa.string()),
+                "kind": arrow_array([a.kind.value for r in fresh for a in r.atoms], pa.string()),
+                "value": arrow_array([a.value for r in fresh for a in r.atoms], pa.string()),
             }
         )
         self._con.register("_cf_rows", table)
@@ -217,7 +218,7 @@ class IntelStore:
                 newest[oid] = (otype, stamp, obj)
         if not newest:
             return
-        self._con.register("_cf_ids", pa.table({"id": pa.array(list(newest), pa.string())}))
+        self._con.register("_cf_ids", pa.table({"id": arrow_array(list(newest), pa.string())}))
         try:
             for oid, modified in self._con.execute(
                 "SELECT o.id, o.modified FROM objects o SEMI JOIN _cf_ids i ON i.id = o.id"
@@ -228,11 +229,11 @@ class IntelStore:
             self._con.unregister("_cf_ids")
         table = pa.table(
             {
-                "id": pa.array(list(newest), pa.string()),
-                "type": pa.array([v[0] for v in newest.values()], pa.string()),
-                "modified": pa.array([v[1] for v in newest.values()], pa.string()),
-                "source": pa.array([source] * len(newest), pa.string()),
-                "json": pa.array([json.dumps(v[2], sort_keys=True) for v in newest.values()], pa.string()),
+                "id": arrow_array(list(newest), pa.string()),
+                "type": arrow_array([v[0] for v in newest.values()], pa.string()),
+                "modified": arrow_array([v[1] for v in newest.values()], pa.string()),
+                "source": arrow_array([source] * len(newest), pa.string()),
+                "json": arrow_array([json.dumps(v[2], sort_keys=True) for v in newest.values()], pa.string()),
             }
         )
         self._con.register("_cf_objects", table)
