@@ -276,6 +276,26 @@ def test_misp_feed_folder_with_a_broken_event(tmp_path: Path) -> None:
         assert sha.pattern == f"[file:hashes.'SHA-256' = '{SHA256}']"
 
 
+def test_misp_events_of_odd_shapes_are_issues_not_fatal(tmp_path: Path) -> None:
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    good, bad = "5f1a0000-0000-4000-8000-0000000000a1", "5f1a0000-0000-4000-8000-0000000000a2"
+    (feed / "manifest.json").write_text(json.dumps({good: {}, bad: {}}))
+    attr = {"uuid": "6a000000-0000-4000-8000-0000000000a1", "type": "domain", "value": "evil.example",
+            "comment": 7, "Tag": "tlp:red", "category": ["x"]}
+    (feed / f"{good}.json").write_text(json.dumps(misp_event(
+        good, [attr, {"uuid": 5, "type": "domain", "value": "x\ud800.example"}], Tag=5,
+        Object=[5, {"Attribute": 5}],
+    )))
+    (feed / f"{bad}.json").write_text(json.dumps(misp_event(bad, 5)))  # type: ignore[arg-type]
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, feed)
+        assert result.indicators_new == 1
+        assert sorted(i.object for i in result.issues) == ["5", "Event", "Object[1]"]
+        (ind,) = store.indicators()
+        assert (ind.description, ind.tlp) == ("wiper campaign", None)  # the event's info; no TLP given
+
+
 def test_unreadable_targets_are_issues_or_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text("[1, 2")
     (tmp_path / "list.json").write_text("[1, 2]")

@@ -196,7 +196,7 @@ _MISP_HASH_NAMES = {
 
 
 def _misp_tlp(tags: Any) -> str | None:
-    for tag in tags or ():
+    for tag in _listed(tags):
         name = tag.get("name") if isinstance(tag, dict) else None
         if isinstance(name, str) and name.lower().startswith("tlp:"):
             found = tlp_name(name)
@@ -212,54 +212,64 @@ def read_misp_event(source: str, data: Any) -> Iterator[Item]:
         yield IntelIssue(source, "-", "not a MISP event (no 'Event' object)")
         return
     event_tlp = _misp_tlp(event.get("Tag"))
-    event_info = event.get("info")
-    attributes: list[Any] = list(event.get("Attribute") or [])
-    for obj in event.get("Object") or []:
-        if isinstance(obj, dict):
-            attributes.extend(obj.get("Attribute") or [])
+    event_info = _text(event.get("info"))
+    attributes: list[Any] = []
+    for where, holder in [("Event", event)] + [
+        (f"Object[{k}]", o) for k, o in enumerate(_listed(event.get("Object"))) if isinstance(o, dict)
+    ]:
+        found = holder.get("Attribute")
+        if isinstance(found, list):
+            attributes.extend(found)
+        elif found is not None:
+            yield IntelIssue(source, where, "'Attribute' is not a list of attributes")
     for n, attr in enumerate(attributes):
-        if not isinstance(attr, dict):
-            yield IntelIssue(source, f"Attribute[{n}]", "not a MISP attribute object")
-            continue
-        ident = str(attr.get("uuid") or f"Attribute[{n}]")
-        atype, value = str(attr.get("type", "")), attr.get("value")
-        if not attr.get("to_ids", True):
-            yield Skipped("MISP attribute not flagged to_ids")
-            continue
-        if not isinstance(value, str):
-            yield IntelIssue(source, ident, "attribute value is not a string")
-            continue
-        if atype in _MISP_COMPOSITE:
-            parts = value.split("|")
-            if len(parts) != 2:
-                yield IntelIssue(source, ident, f"{atype} value {value!r} is not two '|'-separated parts")
-                continue
-            value = parts[_MISP_COMPOSITE[atype]]
-            atype = atype.split("|")[_MISP_COMPOSITE[atype]]
-        kind = MISP_TYPES.get(atype)
-        if kind is None:  # filenames, mutexes, registry keys ...: not an error, but counted
-            yield Skipped(f"MISP attribute type {atype} (not matched by casefile)")
-            continue
         try:
-            atom = Atom(kind, normalise(kind, value))
-            stamp = parse_time(attr.get("timestamp"))
-            first = parse_time(attr.get("first_seen")) or stamp
-            last = parse_time(attr.get("last_seen")) or stamp
-        except IntelError as exc:
-            yield IntelIssue(source, ident, str(exc))
-            continue
-        yield IndicatorInput(
-            id=f"indicator--{attr['uuid']}" if _is_uuid(attr.get("uuid")) else _indicator_id(atom),
-            pattern=atom_pattern(atom, _MISP_HASH_NAMES.get(atype)),
-            name=f"{atype}: {value}",
-            description=attr.get("comment") or event_info,
-            source=source,
-            tlp=_misp_tlp(attr.get("Tag")) or event_tlp,
-            first_seen=first,
-            last_seen=last,
-            labels=(f"misp:{attr.get('category')}",) if attr.get("category") else (),
-            atoms=(atom,),
-        )
+            yield _misp_item(source, n, attr, event_tlp, event_info)
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of an unexpected shape
+            yield IntelIssue(source, f"Attribute[{n}]", f"unreadable attribute: {type(exc).__name__}: {exc}")
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _misp_item(source: str, n: int, attr: Any, event_tlp: str | None, event_info: str | None) -> Item:
+    if not isinstance(attr, dict):
+        return IntelIssue(source, f"Attribute[{n}]", "not a MISP attribute object")
+    ident = str(attr.get("uuid") or f"Attribute[{n}]")
+    atype, value = str(attr.get("type", "")), attr.get("value")
+    if not attr.get("to_ids", True):
+        return Skipped("MISP attribute not flagged to_ids")
+    if not isinstance(value, str):
+        return IntelIssue(source, ident, "attribute value is not a string")
+    if atype in _MISP_COMPOSITE:
+        parts = value.split("|")
+        if len(parts) != 2:
+            return IntelIssue(source, ident, f"{atype} value {value!r} is not two '|'-separated parts")
+        value = parts[_MISP_COMPOSITE[atype]]
+        atype = atype.split("|")[_MISP_COMPOSITE[atype]]
+    kind = MISP_TYPES.get(atype)
+    if kind is None:  # filenames, mutexes, registry keys ...: not an error, but counted
+        return Skipped(f"MISP attribute type {atype} (not matched by casefile)")
+    try:
+        atom = Atom(kind, normalise(kind, value))
+        stamp = parse_time(attr.get("timestamp"))
+        first = parse_time(attr.get("first_seen")) or stamp
+        last = parse_time(attr.get("last_seen")) or stamp
+    except IntelError as exc:
+        return IntelIssue(source, ident, str(exc))
+    return IndicatorInput(
+        id=f"indicator--{attr['uuid']}" if _is_uuid(attr.get("uuid")) else _indicator_id(atom),
+        pattern=atom_pattern(atom, _MISP_HASH_NAMES.get(atype)),
+        name=f"{atype}: {value}",
+        description=_text(attr.get("comment")) or event_info,
+        source=source,
+        tlp=_misp_tlp(attr.get("Tag")) or event_tlp,
+        first_seen=first,
+        last_seen=last,
+        labels=(f"misp:{attr.get('category')}",) if attr.get("category") else (),
+        atoms=(atom,),
+    )
 
 
 def read_misp_feed(source: str, folder: Any) -> Iterator[Item]:
