@@ -126,6 +126,48 @@ def test_inline_naming_sources(tmp_path: Path) -> None:
     assert country_code("Korea (Democratic People's Republic of)") == "KP" and country_code("Unknown") is None
 
 
+def test_properties_of_the_wrong_shape_are_left_out(tmp_path: Path) -> None:
+    """An ally's bundle or a galaxy with a number or text where STIX and MISP give lists: that property says
+    nothing, the rest of the object and of the file is read (it was a TypeError that stopped attribution)."""
+    import json
+
+    from kbfixture import objects
+
+    objs = objects()
+    by_type = {o["type"]: o for o in objs}
+    by_type["x-mitre-matrix"]["tactic_refs"] = 3
+    by_type["intrusion-set"]["aliases"] = "not a list"
+    by_type["tool"]["external_references"] = 5
+    odd_technique = next(o for o in objs if o["type"] == "attack-pattern")
+    odd_technique["kill_chain_phases"] = True
+    bundle = tmp_path / "odd.json"
+    bundle.write_text(json.dumps({"type": "bundle", "id": "bundle--1", "objects": objs}), encoding="utf-8")
+    kb = load_knowledge_base([bundle], cache_dir=None)
+    plain = load_knowledge_base([write_bundle(tmp_path / "plain.json")], cache_dir=None)
+    assert {t.id for t in kb.techniques.values()} == {t.id for t in plain.techniques.values()}
+    assert kb.techniques[_attack_id_of(odd_technique)].tactics == ()
+    assert len(kb.groups) == len(plain.groups)
+
+    galaxy = tmp_path / "galaxy"
+    galaxy.mkdir()
+    (galaxy / "threat-actor.json").write_text(
+        """{"values": [5, {"value": "Alpha Kitten", "related": 3, "meta": {"country": 7, "synonyms": 9,
+            "refs": "https://attack.mitre.org/groups/G0001/", "name-attribution": true,
+            "cfr-suspected-state-sponsor": ["Iran"]}},
+          {"value": "Bravo team", "meta": {"cfr-suspected-state-sponsor": "Russian Federation",
+            "refs": ["https://attack.mitre.org/groups/G0002/"]}}]}""",
+        encoding="utf-8",
+    )
+    out = resolve_names({"G0001": ("Alpha", "Alpha Kitten"), "G0002": ("Bravo",)}, {}, galaxy_dir=galaxy)
+    assert out.sponsors == {"G0002": "RU"}  # the odd cluster says nothing; the next one is read
+
+
+def _attack_id_of(obj: dict[str, object]) -> str:
+    refs = obj["external_references"]
+    assert isinstance(refs, list)
+    return str(refs[0]["external_id"])
+
+
 @pytest.mark.shared
 def test_real_attack_counts_and_lookups(real_kb: KnowledgeBase) -> None:
     assert len(real_kb.groups) == 172

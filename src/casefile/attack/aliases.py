@@ -17,6 +17,7 @@ from typing import Any
 
 import pycountry
 
+from casefile.attack.stix import items_of
 from casefile.errors import KnowledgeBaseError
 
 #: Country names used by CFR and Microsoft -> ISO 3166-1 alpha-2. "Unknown" maps to nothing on purpose.
@@ -166,26 +167,27 @@ def resolve_names(
         ta_path = galaxy_dir / "threat-actor.json"
         if ta_path.is_file():
             doc = _load_json(ta_path)
-            for c in doc.get("values", []) if isinstance(doc, dict) else []:
+            for c in items_of(doc.get("values")) if isinstance(doc, dict) else []:
                 if not isinstance(c, dict):
                     continue
                 meta = c.get("meta") if isinstance(c.get("meta"), dict) else {}
                 assert isinstance(meta, dict)
-                synonyms = [s for s in meta.get("synonyms") or () if isinstance(s, str)]
+                synonyms = [s for s in items_of(meta.get("synonyms")) if isinstance(s, str)]
                 names = [str(c.get("value", "")), *synonyms]
                 explicit = {s for s in synonyms if _GID.match(s)}
-                for ref in meta.get("refs") or ():
+                for ref in items_of(meta.get("refs")):
                     explicit.update(_GROUP_URL.findall(str(ref)))
-                for attr in meta.get("name-attribution") or ():
+                for attr in items_of(meta.get("name-attribution")):
                     head = str(attr).split(":", 1)[0]
                     if _GID.match(head):
                         explicit.add(head)
-                for rel in c.get("related") or ():
+                for rel in items_of(c.get("related")):
                     dest = str(rel.get("dest-uuid", "")) if isinstance(rel, dict) else ""
                     if dest in stix_ids:
                         explicit.add(stix_ids[dest])
                 country = country_code(meta.get("country") if isinstance(meta.get("country"), str) else None)
-                country = country or country_code(meta.get("cfr-suspected-state-sponsor"))
+                sponsor = meta.get("cfr-suspected-state-sponsor")
+                country = country or country_code(sponsor if isinstance(sponsor, str) else None)
                 found = link(names, explicit)
                 # A cluster that names the group by id, URL or STIX link outvotes clusters that only share
                 # a name with it: names are reused (Microsoft's IRIDIUM was Sandworm; the galaxy's IRIDIUM

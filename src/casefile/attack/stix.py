@@ -77,6 +77,11 @@ class ParsedBundle:
     report_years: tuple[tuple[str, int], ...] = ()
 
 
+def items_of(value: object) -> list[Any]:
+    """A list property's items; nothing when a bundle gives something else there (a number, a string)."""
+    return value if isinstance(value, list) else []
+
+
 def _day(value: object) -> date | None:
     if not isinstance(value, str) or len(value) < 10:
         return None
@@ -87,7 +92,7 @@ def _day(value: object) -> date | None:
 
 
 def _attack_id(obj: dict[str, Any]) -> str | None:
-    for ref in obj.get("external_references") or ():
+    for ref in items_of(obj.get("external_references")):
         if isinstance(ref, dict) and ref.get("source_name") in _ATTACK_SOURCES and ref.get("external_id"):
             return str(ref["external_id"])
     return None
@@ -96,7 +101,7 @@ def _attack_id(obj: dict[str, Any]) -> str | None:
 def _reports(obj: dict[str, Any]) -> frozenset[str]:
     """Citation keys of a relationship (ATT&CK's own id references are not reports)."""
     keys = set()
-    for ref in obj.get("external_references") or ():
+    for ref in items_of(obj.get("external_references")):
         if isinstance(ref, dict) and ref.get("source_name") and ref.get("source_name") not in _ATTACK_SOURCES:
             keys.add(str(ref["source_name"]))
     return frozenset(keys)
@@ -120,7 +125,7 @@ def report_year(source_name: str, description: str) -> int | None:
 def _report_years(objects: list[dict[str, Any]]) -> tuple[tuple[str, int], ...]:
     years: dict[str, int] = {}
     for o in objects:
-        for ref in o.get("external_references") or ():
+        for ref in items_of(o.get("external_references")):
             if not isinstance(ref, dict) or ref.get("source_name") in _ATTACK_SOURCES:
                 continue
             key = str(ref.get("source_name") or "")
@@ -169,7 +174,7 @@ def parse_bundle(path: Path) -> ParsedBundle:
             version = str(o["x_mitre_version"])
             version_source = VERSION_FROM_COLLECTION
         elif kind == "x-mitre-matrix":
-            matrix_order.extend(str(t) for t in o.get("tactic_refs") or ())
+            matrix_order.extend(str(t) for t in items_of(o.get("tactic_refs")))
         elif kind == "x-mitre-tactic":
             tactic_objs[sid] = Tactic(aid, str(o.get("name", aid)), str(o.get("x_mitre_shortname", "")))
         elif kind == "attack-pattern":
@@ -177,11 +182,11 @@ def parse_bundle(path: Path) -> ParsedBundle:
             pending_techniques.append((o, aid))
         elif kind in ("malware", "tool"):
             ids[sid] = aid
-            aliases = tuple(str(a) for a in (o.get("x_mitre_aliases") or o.get("aliases") or ()))
+            aliases = tuple(str(a) for a in items_of(o.get("x_mitre_aliases") or o.get("aliases")))
             software.append(Software(aid, str(o.get("name", aid)), str(kind), aliases, sid))
         elif kind == "intrusion-set":
             ids[sid] = aid
-            aliases = tuple(str(a) for a in o.get("aliases") or ())
+            aliases = tuple(str(a) for a in items_of(o.get("aliases")))
             groups.append(Group(aid, str(o.get("name", aid)), aliases, None, sid))
         elif kind == "campaign":
             ids[sid] = aid
@@ -202,7 +207,7 @@ def parse_bundle(path: Path) -> ParsedBundle:
     for o, aid in pending_techniques:
         phases = {
             str(p.get("phase_name"))
-            for p in o.get("kill_chain_phases") or ()
+            for p in items_of(o.get("kill_chain_phases"))
             if isinstance(p, dict) and p.get("phase_name")
         }
         techniques.append(
