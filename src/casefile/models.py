@@ -15,6 +15,10 @@ from typing import Any
 from casefile.errors import CasefileError
 from casefile.pickling import by_fields
 
+#: STIX 2.1 (3.1): an object type's name is 3-250 characters of a-z, 0-9 and hyphen (the server and the
+#: importers refuse others).
+STIX_TYPE = re.compile(r"[a-z0-9-]{3,250}")
+
 
 class Level(IntEnum):
     """Sigma rule level, ordered so that `--min-level` is a comparison."""

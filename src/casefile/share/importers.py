@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from casefile.errors import IntelError
+from casefile.models import STIX_TYPE
 from casefile.registry import Registry
 from casefile.share.models import Atom, AtomKind, ImportResult, IndicatorInput, IntelIssue, Skipped
 from casefile.share.patterns import atom_pattern, guess_atom, normalise
@@ -113,15 +114,11 @@ def read_stix(source: str, data: Any) -> Iterator[Item]:
             yield IntelIssue(source, oid, f"unreadable object: {type(exc).__name__}: {exc}")
 
 
-#: STIX 2.1 (3.1): a type name is 3-250 characters of a-z, 0-9 and hyphen; an id is `<type>--<UUID>`.
-_STIX_TYPE = re.compile(r"[a-z0-9-]{3,250}")
-
-
 def _stix_item(source: str, n: int, obj: Any, markings: Mapping[str, str]) -> Item:
     if not (isinstance(obj, dict) and isinstance(obj.get("type"), str) and isinstance(obj.get("id"), str)):
         return IntelIssue(source, f"objects[{n}]", "not a STIX object (needs string 'type' and 'id')")
     otype, oid = obj["type"], obj["id"]
-    if _STIX_TYPE.fullmatch(otype) is None or not oid.startswith(f"{otype}--"):
+    if STIX_TYPE.fullmatch(otype) is None or not oid.startswith(f"{otype}--"):
         return IntelIssue(source, f"objects[{n}]", f"not a STIX object: type {otype!r}, id {oid!r}")
     try:
         uuid.UUID(oid[len(otype) + 2:])

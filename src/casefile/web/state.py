@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import sqlite3
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from casefile.errors import CasefileError
+from casefile.models import STIX_TYPE
 
 DB_NAME = "taxii.sqlite"
 
@@ -425,10 +425,6 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-#: STIX 2.1 (3.1): a type name is 3-250 characters of a-z, 0-9 and hyphen.
-_STIX_TYPE = re.compile(r"[a-z0-9-]{3,250}")
-
-
 def _stored_json(obj: Mapping[str, Any]) -> str:
     """An object's JSON as stored and served: UTF-8 text as it is, unless a string holds a lone surrogate
     (a client's `\\ud800` escape), which only an escaped form can carry."""
@@ -447,7 +443,7 @@ def _invalid(obj: Any) -> str | None:
     oid, otype = obj.get("id"), obj.get("type")
     if not isinstance(otype, str) or not isinstance(oid, str) or not oid.startswith(f"{otype}--"):
         return "needs a string 'type' and an 'id' of the form '<type>--<uuid>'"
-    if _STIX_TYPE.fullmatch(otype) is None:
+    if STIX_TYPE.fullmatch(otype) is None:
         return f"type {otype!r} is not a STIX type (3-250 of a-z, 0-9 and '-')"
     try:
         uuid.UUID(oid.split("--", 1)[1])
