@@ -103,17 +103,33 @@ def test_every_bad_rule_is_listed_with_its_reason(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     (tmp_path / "dup.yml").write_text(PROC.format(level="high"), encoding="utf-8")
+    # a number given to |re: pySigma accepts it, but makes no regular expression of it
+    (tmp_path / "renum.yml").write_text(
+        PROC.format(level="low").replace("1a01", "1a05").replace("contains: '/all'", "re: 1"),
+        encoding="utf-8",
+    )
+    # two errors pySigma collects: one entry for the rule, with both
+    (tmp_path / "twice.yml").write_text(
+        PROC.format(level="bogus").replace("1a01", "1a06").replace("'/all'", "'*'").replace("contains", "re"),
+        encoding="utf-8",
+    )
     rs = load_rules([tmp_path])
     assert [r.info.title for r in rs.rules] == ["Whoami Execution"]
     reasons = {Path(s.path).name: s.reason for s in rs.skipped}
+    assert len(reasons) == len(rs.skipped)  # one entry per rule
     # files load in sorted path order, so dup.yml wins and good.yml is the duplicate
-    assert set(reasons) == {"broken.yml", "linux.yml", "nocond.yml", "old.yml", "good.yml"}
+    assert set(reasons) == {
+        "broken.yml", "linux.yml", "nocond.yml", "old.yml", "good.yml", "renum.yml", "twice.yml"
+    }
+    assert reasons["renum.yml"].startswith("cannot compile: AttributeError")
+    assert "'bogus' is not a valid Sigma rule level" in reasons["twice.yml"]
+    assert "Regular expression '*' is invalid" in reasons["twice.yml"]
     assert "invalid Sigma YAML" in reasons["broken.yml"]
     assert "product 'linux'" in reasons["linux.yml"]
     assert "condition" in reasons["nocond.yml"].lower()
     assert "deprecated" in reasons["old.yml"]
     assert reasons["good.yml"].startswith("duplicate rule id")
-    assert rs.files == 6
+    assert rs.files == 8
 
 
 def test_placeholders_expand_or_skip(

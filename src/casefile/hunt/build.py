@@ -75,8 +75,11 @@ def _parse_file(path: Path, skipped: list[SkippedRule]) -> Iterator[SigmaRule | 
         reason = " ".join(str(exc).split())
         skipped.append(SkippedRule(str(path), None, None, f"invalid Sigma YAML: {reason}"))
         return
+    # A rule's own errors are also the collection's: listed once, with the rule they belong to (below).
+    of_rules = {id(e) for rule in collection.rules for e in rule.errors}
     for error in collection.errors:
-        skipped.append(SkippedRule(str(path), None, None, f"invalid Sigma YAML: {error}"))
+        if id(error) not in of_rules:
+            skipped.append(SkippedRule(str(path), None, None, f"invalid Sigma YAML: {error}"))
     for rule in collection.rules:
         rid, title = _ident(rule)
         if rule.errors:
@@ -133,11 +136,19 @@ def build_rules(
         except SigmaError as exc:
             skipped.append(SkippedRule(rpath, rid, title, f"pySigma: {exc}"))
             continue
+        except _ODD_RULE as exc:  # a value pySigma took but did not make what its type says (`x|re: 1`)
+            skipped.append(SkippedRule(rpath, rid, title, f"cannot compile: {type(exc).__name__}: {exc}"))
+            continue
         seen[key] = rpath
         compiled.append(CompiledRule(_info(rule, rpath), tuple(programs)))
 
     correlations = _correlations(base, corrs, skipped)
     return RuleSet(tuple(compiled), tuple(skipped), tuple(correlations), files=len(files))
+
+
+#: What a rule of an odd shape can raise beyond pySigma's own errors: skipped with the reason, never the
+#: end of loading thousands of others.
+_ODD_RULE = (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError)
 
 
 def _correlations(
@@ -160,6 +171,8 @@ def _correlations(
             out.append(compile_correlation(corr, path=path))
         except (SigmaError, RuleError) as exc:
             skipped.append(SkippedRule(path, rid, title, f"correlation: {exc}"))
+        except _ODD_RULE as exc:
+            skipped.append(SkippedRule(path, rid, title, f"correlation: {type(exc).__name__}: {exc}"))
     return out
 
 
