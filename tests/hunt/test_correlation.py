@@ -246,6 +246,32 @@ correlation:
     assert err.value.rule_id == "99999999-0000-4000-8000-000000000003"
 
 
+def test_odd_correlations_are_skipped_one_by_one(tmp_path: Path) -> None:
+    """A dangling reference, a timespan no date range holds, a document pySigma cannot read: each is
+    skipped with its reason, and the correlation beside them loads (one dangling reference stopped the
+    whole load: pySigma resolved every correlation at once)."""
+
+    def corr(n: int, rules: str, timespan: str = "1m") -> str:
+        return (
+            f"title: c{n}\nid: 99999999-0000-4000-8000-0000000001{n:02d}\ncorrelation:\n"
+            f"    type: event_count\n    rules: {rules}\n    group-by: Computer\n"
+            f"    timespan: {timespan}\n    condition: {{gte: 2}}\n"
+        )
+
+    (tmp_path / "base.yml").write_text(BASE, encoding="utf-8")
+    (tmp_path / "c1.yml").write_text(corr(1, "[does_not_exist]"), encoding="utf-8")
+    (tmp_path / "c2.yml").write_text(corr(2, "[recon_a]", timespan="99999999999d"), encoding="utf-8")
+    (tmp_path / "c3.yml").write_text(corr(3, "[recon_a]").replace("condition: {gte: 2}", "condition: 5"),
+                                     encoding="utf-8")
+    (tmp_path / "c4.yml").write_text(corr(4, "[recon_a]"), encoding="utf-8")
+    rs = load_rules([tmp_path])
+    assert [c.info.title for c in rs.correlations] == ["c4"]
+    reasons = {Path(s.path).name: s.reason for s in rs.skipped}
+    assert set(reasons) == {"c1.yml", "c2.yml", "c3.yml"}
+    assert "does_not_exist" in reasons["c1.yml"]
+    assert "longer than any date range" in reasons["c2.yml"]
+
+
 def test_compile_ordered_extended_condition_with_or_is_a_rule_error() -> None:
     with pytest.raises(RuleError, match="temporal_ordered supports only 'and'"):
         compile_all(

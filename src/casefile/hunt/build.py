@@ -62,6 +62,11 @@ def _ident(rule: Any) -> tuple[str | None, str | None]:
     return rid, getattr(rule, "title", None)
 
 
+#: What a rule of an odd shape can raise beyond pySigma's own errors: skipped with the reason, never the
+#: end of loading thousands of others.
+_ODD_RULE = (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError)
+
+
 def _parse_file(path: Path, skipped: list[SkippedRule]) -> Iterator[SigmaRule | SigmaCorrelationRule]:
     """The rules in one file (a file may hold several documents); failures become SkippedRules."""
     try:
@@ -74,6 +79,10 @@ def _parse_file(path: Path, skipped: list[SkippedRule]) -> Iterator[SigmaRule | 
     except (SigmaError, ValueError, yaml.YAMLError) as exc:
         reason = " ".join(str(exc).split())
         skipped.append(SkippedRule(str(path), None, None, f"invalid Sigma YAML: {reason}"))
+        return
+    except (*_ODD_RULE, NameError) as exc:  # pySigma failing on a document of an odd shape (a correlation's)
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        skipped.append(SkippedRule(str(path), None, None, f"pySigma cannot read it: {reason}"))
         return
     # A rule's own errors are also the collection's: listed once, with the rule they belong to (below).
     of_rules = {id(e) for rule in collection.rules for e in rule.errors}
@@ -146,11 +155,6 @@ def build_rules(
     return RuleSet(tuple(compiled), tuple(skipped), tuple(correlations), files=len(files))
 
 
-#: What a rule of an odd shape can raise beyond pySigma's own errors: skipped with the reason, never the
-#: end of loading thousands of others.
-_ODD_RULE = (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError)
-
-
 def _correlations(
     base: list[tuple[SigmaRule, str]],
     corrs: list[tuple[SigmaCorrelationRule, str]],
@@ -161,7 +165,8 @@ def _correlations(
         return []
     members: list[SigmaRule | SigmaCorrelationRule | SigmaFilter] = [r for r, _ in base]
     members += [c for c, _ in corrs]
-    collection = SigmaCollection(members)
+    # Not resolved here: pySigma would resolve every correlation at once, and raise on the first dangling one.
+    collection = SigmaCollection(members, resolve_references=False)
     out: list[CompiledCorrelation] = []
     for corr, path in corrs:
         rid, title = _ident(corr)

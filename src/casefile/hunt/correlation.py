@@ -403,6 +403,11 @@ def compile_correlation(rule: SigmaCorrelationRule, *, path: str | None = None) 
         condition = CorrelationCondition(Operator(cond.op.name.lower()), int(cond.count), fields, percentile)
     else:
         raise RuleError(source, f"unsupported condition {cond!r}", key)
+    try:
+        timespan = timedelta(seconds=rule.timespan.seconds)
+    except OverflowError:
+        reason = f"timespan {rule.timespan.spec!r} is longer than any date range"
+        raise RuleError(source, reason, key) from None
 
     return CompiledCorrelation(
         id=key,
@@ -411,7 +416,7 @@ def compile_correlation(rule: SigmaCorrelationRule, *, path: str | None = None) 
         type=ctype,
         rules=rules,
         group_by=tuple(rule.group_by or ()),
-        timespan=timedelta(seconds=rule.timespan.seconds),
+        timespan=timespan,
         timespan_spec=rule.timespan.spec,
         condition=condition,
         aliases=aliases,
