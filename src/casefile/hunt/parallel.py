@@ -34,7 +34,7 @@ from casefile.ingest import EvidenceFile, read_file, read_records, with_next
 from casefile.ingest.pipeline import SHAPE_ERRORS, defeated
 from casefile.ingest.readers.evtx import EvtxReader
 from casefile.ingest.shapes.evtx_json import EvtxJsonShape
-from casefile.models import Detection, Event, IngestWarning
+from casefile.models import Detection, IngestWarning
 
 #: Records hunted per batch: a batch's records stay a few tens of MB. (The anchors each value hit are
 #: remembered across batches, up to `vector.MEMO_BYTES`.)
@@ -92,16 +92,11 @@ def _fields(raw: RawJson, on_warning: Callable[[IngestWarning], None]) -> dict[s
 
 class EvtxRecords:
     """Raw EVTX records as a worker hunts them (`vector.RecordShape`): the evtx-json shape's fields, partition
-    and Event, and `normalise`, the Event the serial path gives (tests compare the two paths with it)."""
+    and Event."""
 
     fields = staticmethod(_fields)
     channel_and_id = staticmethod(EvtxJsonShape.channel_and_id)
     event = staticmethod(EvtxJsonShape.event)
-
-    @staticmethod
-    def normalise(raw: RawJson, on_warning: Callable[[IngestWarning], None]) -> Event | None:
-        fields = _fields(raw, on_warning)
-        return None if fields is None else EvtxJsonShape.event(fields, raw.source)
 
 
 @dataclass
