@@ -18,7 +18,7 @@ rewrites and an anchored search that keep every answer and spare `re`'s backtrac
   gives, where `re.search` would try every position of the value.
 
 The leading-repeat rewrite is checked by parsing (the rewritten pattern must parse to exactly the
-intended tree, or the pattern is used as written); the other is written from the parse tree itself.
+intended tree, or the pattern is used as written); the others are read from the parse tree itself.
 """
 
 from __future__ import annotations
