@@ -297,7 +297,7 @@ def test_the_memo_is_kept_across_batches_until_its_budget(monkeypatch: pytest.Mo
     # what the budget is checked against follows what the memo holds (strings, bits, tables)
     held = sum(
         sys.getsizeof(seen) + sum(sys.getsizeof(v) + sys.getsizeof(b) for v, b in seen.items())
-        for seen in hunter._memo.values()
+        for anchors in hunter._anchors.values() for _name, _key, _fa, seen in anchors
     ) + sum(sys.getsizeof(shape) + sys.getsizeof(folded) for shape, folded in hunter._folded.items())
     assert held / 2 < hunter._memo_cost < held * 2
     assert emptied == first  # over a budget of 0, the memo was emptied before the batch and built again

@@ -837,10 +837,9 @@ class BatchHunter:
         self.fields_of = fields_of
         #: See MEMO_BYTES.
         self.memo_bytes = MEMO_BYTES
-        # Per anchor index (by id: plans live as long as the index), the owner bits each value string gave.
-        # Emptied once it holds about `memo_bytes` (`_memo_cost`), so memory does not grow with the evidence.
-        self._memo: dict[int, dict[str, int]] = {}
-        # Per plan (by id), its fields' anchors as `_hits` walks them: name, folded name, anchors, memo.
+        # Per plan (by id: plans live as long as the index), its fields' anchors as `_hits` walks them: name,
+        # folded name, anchors, and the memo of the owner bits each value string gave them. Emptied once the
+        # memos hold about `memo_bytes` (`_memo_cost`), so memory does not grow with the evidence.
         self._anchors: dict[int, list[tuple[str, str, _FieldAnchors, dict[str, int]]]] = {}
         # Records of one source repeat their field names: the folded-name lookup table is made once per list
         # of names (and forgotten with the memo).
@@ -883,7 +882,6 @@ class BatchHunter:
         return found
 
     def _forget(self) -> None:
-        self._memo.clear()
         self._anchors.clear()
         self._folded.clear()
         self._memo_cost = 0
@@ -921,10 +919,8 @@ class BatchHunter:
         folded = view.folded if view.folded is not None else fold_keys(fields)
         anchors = self._anchors.get(id(plan))
         if anchors is None:
-            memo = self._memo
-            anchors = self._anchors[id(plan)] = [
-                (name, _fold(name), fa, memo.setdefault(id(fa), {})) for name, fa in plan.by_name.items()
-            ]
+            anchors = [(name, _fold(name), fa, {}) for name, fa in plan.by_name.items()]
+            self._anchors[id(plan)] = anchors
         for name, key, fa, seen in anchors:
             v = fields.get(name, _MISSING)
             if v is _MISSING:
