@@ -310,7 +310,7 @@ class TaxiiState:
                         version or date_added,
                         version_key,
                         date_added,
-                        _stored_json(obj),
+                        utf8_json(obj, sort_keys=True).decode("utf-8"),  # as stored and served
                     ),
                 )
                 entry = {"id": obj["id"], "version": version or date_added}
@@ -425,15 +425,13 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _stored_json(obj: Mapping[str, Any]) -> str:
-    """An object's JSON as stored and served: UTF-8 text as it is, unless a string holds a lone surrogate
-    (a client's `\\ud800` escape), which only an escaped form can carry."""
-    text = json.dumps(obj, ensure_ascii=False, sort_keys=True)
+def utf8_json(value: Any, **dumps: Any) -> bytes:
+    """`value`'s JSON (`json.dumps` options in `dumps`) as UTF-8, non-ASCII text as it is, unless a string
+    holds a lone surrogate (a client's `\\ud800` escape), which only the escaped, ASCII form can carry."""
     try:
-        text.encode("utf-8")
+        return json.dumps(value, ensure_ascii=False, **dumps).encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(obj, sort_keys=True)
-    return text
+        return json.dumps(value, **dumps).encode("ascii")
 
 
 def _invalid(obj: Any) -> str | None:

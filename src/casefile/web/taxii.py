@@ -22,7 +22,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from casefile.errors import CasefileError
-from casefile.web.state import Account, Collection, ObjectFilter, StoredObject, TaxiiState, timestamp_key
+from casefile.web.state import (
+    Account,
+    Collection,
+    ObjectFilter,
+    StoredObject,
+    TaxiiState,
+    timestamp_key,
+    utf8_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +60,7 @@ class TaxiiResponse(JSONResponse):
     media_type = TAXII_MEDIA
 
     def render(self, content: Any) -> bytes:
-        text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-        try:
-            return text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate a client sent (an id in a status): escaped
-            return json.dumps(content, separators=(",", ":")).encode("ascii")
+        return utf8_json(content, separators=(",", ":"))  # a client's lone surrogate (an id in a status)
 
 
 def _error(status: int, title: str, description: str | None = None) -> TaxiiResponse:
