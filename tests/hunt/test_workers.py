@@ -195,3 +195,23 @@ def test_a_worker_that_stalls_costs_only_its_file(
         "b.evtx", "EVTX parse error, records skipped: parser stopped on chunk 1 (no answer within 3 s) after "
         "0 of its records",
     ]]
+
+
+def test_a_worker_hides_what_a_task_leaves_from_the_collector(
+    tmp_path: Path, rules_from: RuleFactory
+) -> None:
+    """The partition plans a worker builds in a task live as long as it: frozen after the task (as the rule
+    set is once loaded), so the full collections later tasks trigger do not walk them again and again."""
+    import gc
+    from concurrent.futures import ProcessPoolExecutor
+
+    rules = rules_from(WHOAMI_RULE).rules
+    (tmp_path / "e.json").write_text(json.dumps({**EVENT, "EventRecordID": 1}) + "\n", encoding="utf-8")
+    evidence = discover([tmp_path])
+    init = (parallel.rules_pickle(rules), 100, None, 60.0, None)
+    with ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), parallel._init_worker, init) as pool:
+        loaded = pool.submit(gc.get_freeze_count).result()
+        result = pool.submit(parallel._worker_task, evidence).result()
+        after = pool.submit(gc.get_freeze_count).result()
+    assert [d.record_id for d in result.detections] == [1]
+    assert loaded > 0 and after > loaded

@@ -14,6 +14,7 @@ from typing import Any
 
 from casefile.attack.models import Campaign, Group, Software, Tactic, Technique, Use
 from casefile.errors import KnowledgeBaseError
+from casefile.heap import load_pickle
 
 #: Bump when ParsedBundle changes shape, so stale caches are ignored.
 CACHE_FORMAT = 5  # 4: Group gained victims and sectors; 5: report_years
@@ -283,7 +284,7 @@ def load_parsed(path: Path, cache_dir: Path | None = None) -> ParsedBundle:
         if cached.is_file():
             try:
                 # The cache is written by us into casefile's own data directory, never taken from evidence.
-                parsed = pickle.loads(cached.read_bytes())
+                parsed = load_pickle(cached.read_bytes())
             except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError) as exc:
                 cached.unlink(missing_ok=True)
                 raise KnowledgeBaseError(f"{cached}: corrupt cache removed, run again ({exc})") from exc

@@ -19,6 +19,7 @@ import duckdb
 from casefile.case.clusters import cluster_detections
 from casefile.case.store import Case, Clock, EvidenceBatch, utc_now
 from casefile.errors import ConfigError
+from casefile.heap import long_lived
 from casefile.hunt import RuleSet, event_hunter, load_rules
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.ingest import EvidenceFile, discover, read_file, with_next
@@ -121,27 +122,29 @@ def hunt_into_case(
         bar.advance()
     bar.stage("Hunting evidence", sum(ef.size for ef, _ in todo))
     fired: dict[str, str | None] = {}
-    for group_files in _groups(list(with_next(todo))):
-        stored: list[tuple[EvidenceFile, EvidenceBatch]] = []
-        with case.evidence_group() as group:
-            for (ef, sha), after in group_files:
-                following = after[0] if after is not None else None
-                with group.evidence(sha, ef.path, ef.size, ef.format) as batch:
-                    for ev in read_file(ef, batch.warnings.append, following=following):
-                        batch.add_event(ev)
-                        for d in hunter.match_event(ev):
-                            if d.rule.id in needed:
-                                batch.correlation_inputs.append(d)
-                            if d.rule.id not in suppressed and d.rule.level >= min_level:
-                                batch.detections.append(d)
-                                fired.setdefault(d.rule.id, d.rule.path)
-                stored.append((ef, batch))
-        for ef, batch in stored:  # committed: counted, and shown as done
-            added += 1
-            events += batch.event_count
-            detections += len(batch.detections)
-            warnings.extend(batch.warnings)
-            bar.advance(ef.size)
+    with long_lived() as settle:
+        for group_files in _groups(list(with_next(todo))):
+            stored: list[tuple[EvidenceFile, EvidenceBatch]] = []
+            with case.evidence_group() as group:
+                for (ef, sha), after in group_files:
+                    following = after[0] if after is not None else None
+                    with group.evidence(sha, ef.path, ef.size, ef.format) as batch:
+                        for ev in read_file(ef, batch.warnings.append, following=following):
+                            batch.add_event(ev)
+                            for d in hunter.match_event(ev):
+                                if d.rule.id in needed:
+                                    batch.correlation_inputs.append(d)
+                                if d.rule.id not in suppressed and d.rule.level >= min_level:
+                                    batch.detections.append(d)
+                                    fired.setdefault(d.rule.id, d.rule.path)
+                    stored.append((ef, batch))
+            for ef, batch in stored:  # committed: counted, and shown as done
+                added += 1
+                events += batch.event_count
+                detections += len(batch.detections)
+                warnings.extend(batch.warnings)
+                bar.advance(ef.size)
+            settle()  # the partition plans the group's events needed live as long as the hunt
     _keep_rule_texts(case, ruleset, fired)
     return added, already, events, detections, warnings
 

@@ -19,6 +19,8 @@ from importlib.resources import files as package_files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from casefile.heap import load_pickle
+
 if TYPE_CHECKING:
     from casefile.hunt.rules import RuleSet
 
@@ -72,7 +74,7 @@ def cached(
     if target.is_file():
         try:
             data = target.read_bytes()
-            loaded = pickle.loads(data)
+            loaded = load_pickle(data)
             if isinstance(loaded, RuleSet):
                 return dataclasses.replace(loaded, pickled=data)
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
@@ -83,7 +85,7 @@ def cached(
         # What later runs load, so that this run's rules pickle to the same bytes as theirs: plan folders
         # are named by those bytes (`PlanStore.for_rules`), and a freshly built rule set shares fewer
         # objects than a loaded one.
-        ruleset = dataclasses.replace(pickle.loads(data), pickled=data)
+        ruleset = dataclasses.replace(load_pickle(data), pickled=data)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
         tmp.write_bytes(data)
@@ -146,8 +148,7 @@ class PlanStore:
     def load(self, key: tuple[str | None, int | None]) -> object | None:
         """What was stored under `key`, or None (absent, unreadable, or stored for another key)."""
         try:
-            with self._path(key).open("rb") as fh:
-                stored = pickle.load(fh)
+            stored = load_pickle(self._path(key).read_bytes())
         except FileNotFoundError:
             return None
         except Exception:  # a damaged cache file may raise anything at all; the plan is built again

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from casefile.heap import load_pickle, long_lived
 from casefile.hunt.cache import PlanStore
 from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
@@ -200,7 +201,7 @@ def rules_pickle(rules: Sequence[CompiledRule], source: RuleSet | None = None) -
 
 def load_pickled_rules(data: bytes) -> tuple[CompiledRule, ...]:
     """The rules of a `rules_pickle`."""
-    loaded = pickle.loads(data)
+    loaded = load_pickle(data)
     return tuple(loaded.rules if isinstance(loaded, RuleSet) else loaded)
 
 
@@ -268,6 +269,10 @@ def _worker_task(evidence: list[EvidenceFile]) -> TaskResult:
         return _worker.hunt(evidence)
     finally:
         _timer.stop()  # an idle worker waits for its next task
+        # What the task leaves (partition plans built as their partitions are first met, memo entries) lives
+        # as long as the worker: out of the collector's sight too. A pass makes no reference cycles (none
+        # found by gc.collect() after a pass over the corpus), so nothing freed later is held for good.
+        gc.freeze()
 
 
 def vector_hits(
@@ -309,8 +314,11 @@ def vector_hits(
             rules, batch_records=batch_records, fields_of=fields_of, isolate=True, plans=plans
         )
         try:
-            for group in groups:
-                yield from _deliver(group, hunter.hunt(group), warn, done)
+            with long_lived() as settle:
+                for group in groups:
+                    result = hunter.hunt(group)
+                    settle()  # the partition plans the group's files needed, as a worker does
+                    yield from _deliver(group, result, warn, done)
         finally:
             hunter.reader.close()
         return
@@ -319,10 +327,12 @@ def vector_hits(
     # after the other (about 0.2 s each). Without a writable temporary folder they go that slower way.
     rules_file = _private_copy(pickled)
     try:
-        yield from _pooled(
-            groups, workers, (rules_file or pickled, batch_records, fields_of, stall_seconds, plans),
-            stall_seconds, warn, done,
-        )
+        # the rule set is this process's too; what flows through it is the workers' detections
+        with long_lived():
+            yield from _pooled(
+                groups, workers, (rules_file or pickled, batch_records, fields_of, stall_seconds, plans),
+                stall_seconds, warn, done,
+            )
     finally:
         if rules_file is not None:
             with contextlib.suppress(OSError):
