@@ -210,3 +210,45 @@ def test_a_group_stores_all_its_files_or_none(tmp_path: Path) -> None:
         with case.evidence_group() as group:
             group.add(batch("b" * 64))
         assert len(_contents(case)[0]) == 2
+
+
+def test_a_damaged_or_foreign_database_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """Not "is another casefile using it?" for a file that is damaged, not a case, or lacks tables or
+    columns (which would fail later, mid-command, with DuckDB's own error); the file is left as it was."""
+    import duckdb
+
+    with Case.create(tmp_path / "good") as case:
+        case.add_evidence(batch("a" * 64))
+    good = (tmp_path / "good" / "case.duckdb").read_bytes()
+
+    def case_with(name: str, data: bytes | None = None, sql: str = "") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        db = folder / "case.duckdb"
+        db.write_bytes(good if data is None else data)
+        if sql:
+            con = duckdb.connect(str(db))
+            con.execute(sql)
+            con.close()
+        return folder
+
+    cut = case_with("cut", good[: len(good) // 3])
+    with pytest.raises(CaseError, match="damaged") as err:
+        Case.open(cut)
+    assert "another casefile" not in str(err.value)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    con = duckdb.connect(str(foreign / "case.duckdb"))
+    con.execute("CREATE TABLE x (a INTEGER)")
+    con.close()
+    with pytest.raises(CaseError, match="no casefile case"):
+        Case.open(foreign)
+    dropped = case_with("dropped", sql="DROP TABLE detections; ALTER TABLE events DROP COLUMN computer")
+    before = (dropped / "case.duckdb").read_bytes()
+    with pytest.raises(CaseError, match=r"lacks events\.computer, table detections: it was damaged"):
+        Case.open(dropped, read_only=True)
+    with pytest.raises(CaseError, match="lacks"):
+        Case.open_or_create(dropped)  # as `casefile investigate` opens it: nothing written over
+    assert (dropped / "case.duckdb").read_bytes() == before
+    with Case.open(tmp_path / "good", read_only=True) as case:
+        assert len(case.evidence_files()) == 1

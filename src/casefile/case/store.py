@@ -7,6 +7,7 @@ Files are keyed by SHA-256: the same file added twice (under any name) is stored
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -45,6 +46,19 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@functools.cache
+def _expected_columns() -> frozenset[tuple[str, str]]:
+    """(table, column) of every column a case database of this SCHEMA_VERSION has."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(_SCHEMA)
+        create_events_table(con, EVENTS_TABLE)
+        rows = con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall()
+    finally:
+        con.close()
+    return frozenset((str(t), str(c)) for t, c in rows)
 
 
 _SCHEMA = """
@@ -400,11 +414,41 @@ class Case:
                 f"{root}: no case here (missing {DB_NAME}); run `casefile investigate ... --case {root}`"
             )
         case = cls(root, cls._connect(db, read_only=read_only), clock=clock)
-        version = case._meta("schema_version")
-        if version != SCHEMA_VERSION:
+        try:
+            case._check(db)
+        except BaseException:
             case.close()
-            raise CaseError(f"{db}: case schema version {version!r}, this casefile reads {SCHEMA_VERSION!r}")
+            raise
         return case
+
+    def _check(self, db: Path) -> None:
+        """CaseError unless the database is a readable case of this SCHEMA_VERSION with all its columns."""
+        try:
+            version = self._meta("schema_version")
+            have = self._columns()
+        except duckdb.Error as exc:  # the header was readable, what it points to is not
+            raise CaseError(
+                f"{db}: cannot read the case database ({exc}); the file is damaged: restore it from a copy, "
+                "or start a new case folder"
+            ) from exc
+        if version is None:
+            raise CaseError(
+                f"{db}: a DuckDB database, but no casefile case (no schema version recorded); "
+                "pick another --case folder"
+            )
+        if version != SCHEMA_VERSION:
+            raise CaseError(f"{db}: case schema version {version!r}, this casefile reads {SCHEMA_VERSION!r}")
+        missing = sorted(_expected_columns() - have)
+        if missing:
+            tables = {t for t, _ in have}
+            # a table gone is named once, not column by column
+            names = sorted({f"table {t}" if t not in tables else f"{t}.{c}" for t, c in missing})
+            named = ", ".join(names[:8])
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+            raise CaseError(
+                f"{db}: the case database lacks {named}{more}: it was damaged or changed outside casefile; "
+                "restore it from a copy, or start a new case folder"
+            )
 
     @classmethod
     def open_or_create(cls, path: str | Path, *, clock: Clock = utc_now, case_id: str | None = None) -> Case:
@@ -418,9 +462,19 @@ class Case:
         try:
             return duckdb.connect(str(db), read_only=read_only)
         except duckdb.Error as exc:
-            raise CaseError(
-                f"{db}: cannot open the case database ({exc}); is another casefile using it?"
-            ) from exc
+            # DuckDB names a lock held by another process "Conflicting lock"; anything else is the file
+            hint = (
+                "is another casefile using it?" if "lock" in str(exc).lower()
+                else "the file is damaged or not a case database: restore it from a copy, or start a new "
+                "case folder"
+            )
+            raise CaseError(f"{db}: cannot open the case database ({exc}); {hint}") from exc
+
+    def _columns(self) -> set[tuple[str, str]]:
+        rows = self._con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+        ).fetchall()
+        return {(str(t), str(c)) for t, c in rows}
 
     def _init_schema(self, *, created: datetime, case_id: str) -> None:
         with self.transaction():
