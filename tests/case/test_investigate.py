@@ -314,3 +314,28 @@ def test_correlation_runs_over_the_whole_case_across_files_and_runs(tmp_path: Pa
         # generate: false (the default) keeps the base rule's hits out of the detections.
         assert not any(d.rule.title == "Remote Process Creation Through WMI" for d in dets)
         assert len(case.correlation_inputs()) == 2
+
+
+def test_an_output_path_that_cannot_be_written_is_one_error_line(demo_case: Path, tmp_path: Path) -> None:
+    """A folder given where a file goes, a file where a folder goes, a parent that does not exist: the path
+    and the system's reason, exit 2, no traceback; the case is left as it was."""
+    runner = CliRunner(env={"COLUMNS": "40"})
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x", encoding="utf-8")
+    missing = tmp_path / "no" / "such" / "out.json"
+    before = (demo_case / "case.duckdb").read_bytes()
+    cases = [
+        (["case", "timeline", str(demo_case), "-o", str(tmp_path)], f"{tmp_path}: Is a directory"),
+        (["case", "timeline", str(demo_case), "-o", str(missing)], f"{missing}: No such file or directory"),
+        (["case", "export", str(demo_case), "-o", str(a_file)], f"{a_file}: exists and is not a folder"),
+        (["export", "stix", str(demo_case), "--out", str(tmp_path)], f"{tmp_path}: Is a directory"),
+        (["hunt", str(DEMO_EVIDENCE), "--rules", str(DEMO_RULES), "-o", str(tmp_path)],
+         f"{tmp_path}: Is a directory"),
+    ]
+    for args, expected in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        (error,) = [line for line in res.output.splitlines() if line.startswith("error: ")]
+        assert error == f"error: {expected}", args
+        assert "Traceback" not in res.output
+    assert (demo_case / "case.duckdb").read_bytes() == before

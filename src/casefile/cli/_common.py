@@ -35,7 +35,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Render CasefileError as one clear line and exit 2, never a traceback."""
+    """Render CasefileError, and an OSError on a named file (an output path that is a folder or cannot
+    be created, a full disk), as one clear line and exit 2, never a traceback."""
     import functools
 
     @functools.wraps(fn)
@@ -44,6 +45,16 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except CasefileError as exc:
             raise fail(str(exc)) from exc
+        except OSError as exc:
+            # Evidence that cannot be read is a warning long before this; what reaches here is a file the
+            # command itself needs, and the file and the system's reason are what the user can act on.
+            if exc.filename is None:
+                raise
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError):  # mkdir(exist_ok=True) on a path that is a file
+                reason = "exists and is not a folder"
+            target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
+            raise fail(f"{target}: {reason}") from exc
 
     return wrapper
 
