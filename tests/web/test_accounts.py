@@ -80,3 +80,12 @@ def test_cli_refuses_unknown_role_and_unknown_users(tmp_path: Path) -> None:
     state = TaxiiState(tmp_path)
     state.add_user("boss", Role.ADMIN)
     assert state.collections(state.users()[0]) == []  # the refused collection was not half-made
+
+
+def test_serve_refuses_a_port_outside_tcp_before_starting(tmp_path: Path) -> None:
+    # bind() raised OverflowError (a traceback) once the server was already starting
+    for port in ("0", "65536", "99999"):
+        res = CliRunner().invoke(app, ["serve", "--port", port, "--data", str(tmp_path)])
+        assert res.exit_code == 2 and "Invalid value for '--port'" in res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert list(tmp_path.iterdir()) == []  # no server state made

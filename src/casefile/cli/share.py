@@ -209,7 +209,7 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1", "--host", help="address to bind (loopback unless you mean otherwise)"
     ),
-    port: int = typer.Option(8000, "--port"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
     data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
 ) -> None:
     """Run the TAXII 2.1 server (discovery at /taxii2/)."""
