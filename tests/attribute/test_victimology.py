@@ -95,6 +95,24 @@ def test_stated_victim_accepts_codes_and_names_and_refuses_regions() -> None:
     assert sector_key("Civil  Society") == "civil society"
     with pytest.raises(ConfigError, match="'Europe'"):
         stated_victim("Europe", None)
+    # two capitals that name no country were taken as a code, and the victim then matched no group
+    assert stated_victim("ALB", None) == ("AL", None) and stated_victim("XK", None) == ("XK", None)
+    for typo in ("XX", "AB"):
+        with pytest.raises(ConfigError, match=f"'{typo}': not an ISO 3166"):
+            stated_victim(typo, None)
+
+
+def test_naming_data_of_the_wrong_kind_is_refused_not_passed_over(tmp_path: Path) -> None:
+    from casefile.attribute.service import default_knowledge_base
+    from casefile.config import Settings
+
+    a_file = tmp_path / "threat-actor.json"
+    a_file.write_text("{}", encoding="utf-8")
+    settings = Settings.from_env()
+    with pytest.raises(ConfigError, match="not a folder"):
+        default_knowledge_base(settings, galaxy_dir=a_file)
+    with pytest.raises(ConfigError, match="not a file"):
+        default_knowledge_base(settings, vendor_map=tmp_path)
 
 
 def test_explicit_links_outvote_clusters_that_only_share_a_name(tmp_path: Path) -> None:

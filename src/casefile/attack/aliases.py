@@ -83,8 +83,12 @@ def victim_country_code(name: str | None) -> str | None:
     """ISO code of a victim country named by code or by any ISO or common English name; None for regions
     ("Middle East"), organisations and anything else that is not one country."""
     code = country_code(name)
-    if code or not name:
-        return code
+    if code:
+        # any two capitals pass country_code (the galaxies' own codes); a stated victim must be a country
+        known = pycountry.countries.get(alpha_2=code) is not None or code in _VICTIM_NAMES.values()
+        return code if known else None
+    if not name:
+        return None
     text = name.strip()
     if text.casefold() in _VICTIM_NAMES:
         return _VICTIM_NAMES[text.casefold()]

@@ -38,6 +38,11 @@ def default_knowledge_base(
     for given in (galaxy_dir, vendor_map):
         if given is not None and not given.exists():
             raise ConfigError(f"{given}: not found")
+    # given but of the wrong kind, they were passed over without a word and the names they hold unused
+    if galaxy_dir is not None and not galaxy_dir.is_dir():
+        raise ConfigError(f"{galaxy_dir}: not a folder (--galaxy takes a MISP galaxy folder)")
+    if vendor_map is not None and not vendor_map.is_file():
+        raise ConfigError(f"{vendor_map}: not a file (--vendor-map takes the naming map JSON)")
     chosen = list(bundles) if bundles else installed_bundles(settings.attack_dir)
     galaxy = galaxy_dir or settings.data_dir / "misp-galaxy"
     vendor = vendor_map or settings.data_dir / "vendor-naming" / "MicrosoftMapping.json"
