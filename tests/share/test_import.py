@@ -117,6 +117,27 @@ def test_stix_objects_of_odd_shapes_are_issues_or_imported_not_fatal(tmp_path: P
         assert note["text"] == "\ud800"  # the object itself is kept as JSON, exactly
 
 
+def test_patterns_too_deep_or_too_long_to_parse_are_issues_not_fatal(tmp_path: Path) -> None:
+    """stix2-patterns recurses per nesting level: thousands of parentheses or comparisons in one pattern
+    used to raise RecursionError out of the import, losing every other indicator of the bundle."""
+    nested = "(" * 3000 + "[domain-name:value = 'deep.example']" + ")" * 3000
+    long_or = "[" + " OR ".join(f"ipv4-addr:value = '10.0.{i // 256}.{i % 256}'" for i in range(5000)) + "]"
+    bundle = write_bundle(
+        tmp_path / "hostile.json",
+        [indicator(1, nested), indicator(2, long_or), indicator(3, "[domain-name:value = 'c2.example']")],
+    )
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, bundle)
+        assert result.indicators_new == 1
+        assert sorted(i.object for i in result.issues) == [
+            "indicator--00000001-0000-4000-8000-000000000000",
+            "indicator--00000002-0000-4000-8000-000000000000",
+        ]
+        assert all("too deeply nested or too long" in i.reason for i in result.issues)
+        assert all(len(i.reason) < 300 for i in result.issues)  # not the whole pattern
+        assert [i.pattern for i in store.indicators()] == ["[domain-name:value = 'c2.example']"]
+
+
 def test_same_indicator_from_two_sources_is_one_indicator(tmp_path: Path) -> None:
     bundle = write_bundle(
         tmp_path / "a.json",

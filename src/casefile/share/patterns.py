@@ -88,10 +88,17 @@ def parse_pattern(pattern: str) -> tuple[list[Atom], str | None]:
     """
     try:
         parsed = Pattern(pattern)
+        inspector = _Inspector()
+        parsed.walk(inspector)
     except ParseException as exc:
         raise IntelError(f"invalid STIX pattern {pattern!r}: {exc}") from exc
-    inspector = _Inspector()
-    parsed.walk(inspector)
+    except RecursionError:
+        # stix2-patterns' ANTLR parser and walker recurse once per nesting level: a few hundred
+        # parentheses or about a thousand comparisons in one pattern exhaust Python's stack.
+        raise IntelError(
+            f"STIX pattern too deeply nested or too long to parse ({len(pattern)} characters, "
+            f"starting {pattern[:80]!r}): split it into several indicators"
+        ) from None
     data = inspector.pattern_data()
     if inspector.comparison_and or data.observation_ops - {"OR"} or data.qualifiers:
         return [], "pattern combines comparisons with AND/FOLLOWEDBY or qualifiers; stored, not matched"
