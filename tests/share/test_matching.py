@@ -129,3 +129,23 @@ def test_no_indicators_or_no_events_give_nothing(tmp_path: Path) -> None:
 def test_bad_table_name_is_refused() -> None:
     with pytest.raises(IntelError, match="invalid events table name"):
         match_indicators(duckdb.connect(), [], table='events"; DROP')
+
+
+def test_ipv6_zone_in_an_indicator_is_dropped_like_in_events(tmp_path: Path) -> None:
+    """`fe80::1%eth0` (and `fe80::%3/64`) used to be stored with the zone, while event addresses lose
+    theirs: such indicators never matched anything."""
+    con = duckdb.connect(str(tmp_path / "events.duckdb"))
+    write_events(con, [ev(1, 3, DestinationIp="fe80::1"), ev(2, 3, DestinationIp="fe80::1%12")])
+    feed = tmp_path / "zones.csv"
+    feed.write_text("type,value\nipv6,fe80::1%eth0\ncidr,fe80::%3/64\n", encoding="utf-8")
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        assert import_intel(store, feed).issues == []
+        indicators = store.indicators()
+    assert sorted(a.value for i in indicators for a in i.atoms) == ["fe80::/64", "fe80::1"]
+    hits = match_indicators(con, indicators)
+    assert sorted((h.record_id, h.indicator) for h in hits) == [
+        (1, "[ipv6-addr:value ISSUBSET 'fe80::/64']"),
+        (1, "fe80::1"),
+        (2, "[ipv6-addr:value ISSUBSET 'fe80::/64']"),
+        (2, "fe80::1"),
+    ]

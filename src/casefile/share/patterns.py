@@ -64,6 +64,11 @@ def normalise(kind: AtomKind, value: str) -> str:
             raise IntelError(f"not a hex file hash: {value!r}")
         return v
     if kind is AtomKind.IP:
+        address, percent, zone = v.partition("%")
+        if percent and ":" in address:
+            # An IPv6 zone (fe80::1%eth0) names an interface of the host that logged it; matching drops
+            # it from event addresses, so an atom keeping it would never match.
+            v = address + zone[zone.find("/") :] if "/" in zone else address
         try:
             net = ipaddress.ip_network(v, strict=False)
         except ValueError:
