@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -148,4 +149,50 @@ def test_ipv6_zone_in_an_indicator_is_dropped_like_in_events(tmp_path: Path) -> 
         (1, "fe80::1"),
         (2, "[ipv6-addr:value ISSUBSET 'fe80::/64']"),
         (2, "fe80::1"),
+    ]
+
+
+def test_ipv4_mapped_ipv6_indicator_matches_like_the_events_address(tmp_path: Path) -> None:
+    """Events' `::ffff:a.b.c.d` are read as IPv4; an indicator written that way used to stay IPv6 and
+    never matched, not even the same text in an event."""
+    con = duckdb.connect(str(tmp_path / "events.duckdb"))
+    write_events(
+        con,
+        [
+            ev(1, 3, DestinationIp="203.0.113.7"),
+            ev(2, 4624, channel="Security", IpAddress="::ffff:203.0.113.7"),
+            ev(3, 3, DestinationIp="10.1.2.3"),
+        ],
+    )
+    feed = tmp_path / "mapped.json"
+    feed.write_text(
+        json.dumps(
+            {
+                "type": "bundle",
+                "id": "bundle--00000000-0000-4000-8000-000000000000",
+                "objects": [
+                    {
+                        "type": "indicator",
+                        "spec_version": "2.1",
+                        "id": "indicator--00000000-0000-4000-8000-000000000001",
+                        "created": "2022-07-10T00:00:00Z",
+                        "modified": "2022-07-10T00:00:00Z",
+                        "valid_from": "2022-07-10T00:00:00Z",
+                        "pattern": "[ipv6-addr:value = '::ffff:203.0.113.7'] "
+                        "OR [ipv6-addr:value ISSUBSET '::ffff:10.0.0.0/104']",
+                        "pattern_type": "stix",
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        assert import_intel(store, feed).issues == []
+        indicators = store.indicators()
+    assert [a.value for a in indicators[0].atoms] == ["10.0.0.0/8", "203.0.113.7"]
+    assert sorted((h.record_id, h.indicator) for h in match_indicators(con, indicators)) == [
+        (1, "203.0.113.7"),
+        (2, "203.0.113.7"),
+        (3, indicators[0].pattern),
     ]

@@ -73,6 +73,10 @@ def normalise(kind: AtomKind, value: str) -> str:
             net = ipaddress.ip_network(v, strict=False)
         except ValueError:
             raise IntelError(f"not an IP address or CIDR network: {value!r}") from None
+        mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+        if mapped is not None and net.prefixlen >= 96:
+            # Matching reads ::ffff:a.b.c.d in events as IPv4 a.b.c.d; kept as IPv6, it would never match.
+            net = ipaddress.IPv4Network((mapped, net.prefixlen - 96))
         return str(net.network_address) if net.num_addresses == 1 else str(net)
     if kind is AtomKind.DOMAIN:
         v = v.lower().rstrip(".")
