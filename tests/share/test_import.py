@@ -407,3 +407,20 @@ def test_cli_import_of_bundle_with_only_unmatchable_comparisons(tmp_path: Path) 
     assert stored[mutex.id].atoms == () and stored[mutex.id].note == "not matchable: mutex:name ="
     assert stored[domain.id].atoms == (Atom(AtomKind.DOMAIN, "c2.example"),)
     assert stored[domain.id].note is None
+
+
+def test_misp_hash_attribute_of_the_wrong_length_is_an_issue(tmp_path: Path) -> None:
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps(misp_event("5f1a0000-0000-4000-8000-0000000000b1", [
+        {"uuid": "6a000000-0000-4000-8000-0000000000b1", "type": "md5", "value": "e" * 33},
+        {"uuid": "6a000000-0000-4000-8000-0000000000b2", "type": "filename|sha256",
+         "value": "a.exe|" + "b" * 40},
+        {"uuid": "6a000000-0000-4000-8000-0000000000b3", "type": "sha1", "value": "c" * 40},
+    ])))
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, event)
+        assert result.indicators_new == 1
+        assert sorted((i.object, i.reason.split(":")[0]) for i in result.issues) == [
+            ("6a000000-0000-4000-8000-0000000000b1", "not a hex MD5 hash (32 hex digits)"),
+            ("6a000000-0000-4000-8000-0000000000b2", "not a hex SHA-256 hash (64 hex digits)"),
+        ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from casefile.errors import IntelError
@@ -75,3 +77,29 @@ def test_guess_atom_by_type_column_or_shape() -> None:
         guess_atom("x", "mutex")
     with pytest.raises(IntelError, match="cannot tell"):
         guess_atom("not an indicator")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("[file:hashes.MD5 = '" + "a" * 33 + "']", "not a hex MD5 hash (32 hex digits)"),
+        ("[file:hashes.'SHA-256' = '" + "a" * 63 + "']", "not a hex SHA-256 hash (64 hex digits)"),
+        ("[file:hashes.'SHA-1' = '" + "a" * 64 + "']", "not a hex SHA-1 hash (40 hex digits)"),
+        ("[file:hashes.'sha-512' = '" + "a" * 100 + "']", "not a hex SHA-512 hash (128 hex digits)"),
+    ],
+)
+def test_hash_of_the_wrong_length_for_its_algorithm_is_refused(pattern: str, reason: str) -> None:
+    """A truncated or mislabelled hash used to be stored and could never match (`_HEX` took 32-128 digits)."""
+    with pytest.raises(IntelError, match=re.escape(reason)):
+        parse_pattern(pattern)
+
+
+def test_hash_algorithm_names_in_any_spelling_and_bare_hashes_by_length() -> None:
+    for name in ("'SHA-256'", "SHA256", "'sha-256'", "'Sha-256'", "'SHA3-256'"):
+        atoms, _ = parse_pattern(f"[file:hashes.{name} = '{SHA256}']")
+        assert atoms == [Atom(AtomKind.HASH, SHA256.lower())]
+    assert guess_atom("d41d8cd98f00b204e9800998ecf8427e", "md5").value == "d41d8cd98f00b204e9800998ecf8427e"
+    with pytest.raises(IntelError, match="not a hex SHA-256 hash"):
+        guess_atom("d41d8cd98f00b204e9800998ecf8427e", "sha256")
+    with pytest.raises(IntelError, match="cannot tell"):
+        guess_atom("a" * 50)  # no algorithm has 50 hex digits

@@ -249,7 +249,7 @@ def _misp_item(source: str, n: int, attr: Any, event_tlp: str | None, event_info
     if kind is None:  # filenames, mutexes, registry keys ...: not an error, but counted
         return Skipped(f"MISP attribute type {atype} (not matched by casefile)")
     try:
-        atom = Atom(kind, normalise(kind, value))
+        atom = Atom(kind, normalise(kind, value, _MISP_HASH_NAMES.get(atype)))
         stamp = parse_time(attr.get("timestamp"))
         first = parse_time(attr.get("first_seen")) or stamp
         last = parse_time(attr.get("last_seen")) or stamp

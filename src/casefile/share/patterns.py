@@ -25,7 +25,10 @@ HASH_ALGORITHMS = {
     "sha3-256": "SHA3-256",
     "imphash": "IMPHASH",
 }
-_HEX = re.compile(r"^[0-9a-f]{32,128}$")
+#: Hex digits of each algorithm's digest: a value of another length (a truncated or mistyped hash) can
+#: never match, so it is refused at import rather than stored as a dead indicator.
+HASH_LENGTHS = {"MD5": 32, "SHA-1": 40, "SHA-256": 64, "SHA-512": 128, "SHA3-256": 64, "IMPHASH": 32}
+_HEX = re.compile(r"^[0-9a-f]+$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z][a-z0-9-]{0,62}$")
 _HASH_BY_LENGTH = {32: "MD5", 40: "SHA-1", 64: "SHA-256", 128: "SHA-512"}
 
@@ -55,13 +58,21 @@ def _literals(op: str, text: str) -> list[str]:
     return [_literal(text)]
 
 
-def normalise(kind: AtomKind, value: str) -> str:
-    """The canonical form an atom is stored and matched in; raises IntelError when it is not valid."""
+def normalise(kind: AtomKind, value: str, algorithm: str | None = None) -> str:
+    """The canonical form an atom is stored and matched in; raises IntelError when it is not valid.
+
+    `algorithm` (a HASH_LENGTHS name) is the hash's, when the source names it: its length is then checked.
+    """
     v = value.strip()
     if kind is AtomKind.HASH:
         v = v.lower()
-        if not _HEX.match(v):
-            raise IntelError(f"not a hex file hash: {value!r}")
+        if algorithm in HASH_LENGTHS:
+            n = HASH_LENGTHS[algorithm]
+            lengths, what = {n}, f"{algorithm} hash ({n} hex digits)"
+        else:
+            lengths, what = set(HASH_LENGTHS.values()), "file hash (32, 40, 64 or 128 hex digits)"
+        if not _HEX.match(v) or len(v) not in lengths:
+            raise IntelError(f"not a hex {what}: {value!r}")
         return v
     if kind is AtomKind.IP:
         address, percent, zone = v.partition("%")
@@ -121,7 +132,8 @@ def parse_pattern(pattern: str) -> tuple[list[Atom], str | None]:
                 continue
             for literal in _literals(op, value):
                 try:
-                    atoms.append(Atom(kind, normalise(kind, literal)))
+                    algorithm = HASH_ALGORITHMS.get(str(path[-1]).lower()) if kind is AtomKind.HASH else None
+                    atoms.append(Atom(kind, normalise(kind, literal, algorithm)))
                 except IntelError as exc:
                     raise IntelError(f"pattern {pattern!r}: {exc}") from None
     note = f"not matchable: {', '.join(skipped)}" if skipped else None
@@ -192,7 +204,7 @@ def guess_atom(value: str, kind: str | None = None) -> Atom:
             raise IntelError(
                 f"unknown indicator type {kind!r} (use one of {', '.join(sorted(names))})"
             ) from None
-        return Atom(chosen, normalise(chosen, value))
+        return Atom(chosen, normalise(chosen, value, HASH_ALGORITHMS.get(kind.strip().lower())))
     for candidate in (AtomKind.HASH, AtomKind.IP, AtomKind.URL, AtomKind.DOMAIN):
         try:
             return Atom(candidate, normalise(candidate, value))
