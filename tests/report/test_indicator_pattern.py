@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from casefile.share import IntelStore, import_intel, match_indicators
         ("2001:db8::/32", "[ipv6-addr:value = '2001:db8::/32']"),
         ("https://evil.example/a?b=1", "[url:value = 'https://evil.example/a?b=1']"),
         ("Evil.Example", "[domain-name:value = 'evil.example']"),
+        ("A" * 128, "[file:hashes.'SHA-512' = '" + "a" * 128 + "']"),
+        ("dc_01.corp.example", "[domain-name:value = 'dc_01.corp.example']"),
+        ("evil.xn--p1ai", "[domain-name:value = 'evil.xn--p1ai']"),
         ("evil.exe'x", "[file:name = 'evil.exe\\'x']"),
         (
             "[ipv4-addr:value = '198.51.100.0/24'] OR [domain-name:value = 'c2.example']",
@@ -88,6 +92,38 @@ def test_cidr_and_multi_value_hits_export_their_patterns_in_a_valid_bundle(tmp_p
     assert patterns == sorted([cidr, pair])
     sighted = {o.sighting_of_ref for o in parsed.objects if o.type == "sighting"}
     assert sighted == {o.id for o in parsed.objects if o.type == "indicator"}
+
+
+def test_sha512_and_domain_hits_reimport_as_the_same_atoms(tmp_path: Path) -> None:
+    """A SHA-512, a domain with `_` and one with a punycode TLD were exported as `file:name` patterns:
+    a partner importing the case's bundle got nothing to match."""
+    sha512 = "ab" * 64
+    feed = tmp_path / "partner.csv"
+    feed.write_text(f"type,value\nsha512,{sha512}\ndomain,dc_01.corp.example\ndomain,evil.xn--p1ai\n")
+    events = [
+        _event(1, hashes=f"SHA512={sha512.upper()}"),
+        _event(2, DestinationHostname="dc_01.corp.example"),
+        _event(3, DestinationHostname="evil.xn--p1ai"),
+    ]
+    con = duckdb.connect()
+    write_events(con, events)
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        assert import_intel(store, feed).issues == []
+        sent = sorted(a for i in store.indicators() for a in i.atoms)
+        hits = match_indicators(con, store.indicators())
+    assert len(hits) == 3
+    case = Case.create(tmp_path / "case", clock=lambda: datetime(2022, 7, 20, tzinfo=UTC))
+    batch = EvidenceBatch("d" * 64, "fs01.evtx", 4096, "evtx")
+    for e in events:
+        batch.add_event(e)
+    batch.detections.extend(hits)
+    case.add_evidence(batch)
+    bundle = tmp_path / "case.stix.json"
+    bundle.write_text(json.dumps(case_bundle(case)), encoding="utf-8")
+    case.close()
+    with IntelStore.open(tmp_path / "back.duckdb") as back:
+        assert import_intel(back, bundle).issues == []
+        assert sorted(a for i in back.indicators() for a in i.atoms) == sent
 
 
 def _event(record: int, **fields: str) -> Event:

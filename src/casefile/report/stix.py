@@ -18,7 +18,10 @@ from stix2patterns.validator import validate as validate_pattern  # type: ignore
 
 from casefile.case.store import Case, StoredDetection
 from casefile.case.timeline import tactics_for
+from casefile.errors import IntelError
 from casefile.models import DetectionKind
+from casefile.share.models import AtomKind
+from casefile.share.patterns import normalise
 
 #: Namespace of every casefile STIX id (uuid5(NAMESPACE_URL, "https://casefile/stix")).
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://casefile/stix")
@@ -36,7 +39,7 @@ def stix_time(ts: datetime) -> str:
 
 
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-zA-Z0-9-]{1,63}\.)+[a-zA-Z]{2,63}$")
+_HASH_NAMES = {32: "MD5", 40: "SHA-1", 64: "SHA-256", 128: "SHA-512"}
 
 
 def _quote(value: str) -> str:
@@ -53,9 +56,8 @@ def indicator_pattern(value: str) -> str:
     v = value.strip()
     if v.startswith("[") and validate_pattern(v, ret_errs=False, print_errs=False):
         return v
-    if _HEX.match(v) and len(v) in (32, 40, 64):
-        algo = {32: "MD5", 40: "SHA-1", 64: "SHA-256"}[len(v)]
-        return f"[file:hashes.'{algo}' = {_quote(v.lower())}]"
+    if _HEX.match(v) and len(v) in _HASH_NAMES:
+        return f"[file:hashes.'{_HASH_NAMES[len(v)]}' = {_quote(v.lower())}]"
     try:
         ip = ipaddress.ip_address(v)
         return f"[{'ipv4' if ip.version == 4 else 'ipv6'}-addr:value = {_quote(v)}]"
@@ -69,9 +71,12 @@ def indicator_pattern(value: str) -> str:
             pass
     if "://" in v:
         return f"[url:value = {_quote(v)}]"
-    if _DOMAIN.match(v):
-        return f"[domain-name:value = {_quote(v.lower())}]"
-    return f"[file:name = {_quote(v)}]"
+    try:
+        # The intel store's own test of a domain: a name it matched on (an `_` label, a punycode TLD)
+        # must not come back as a file name, which nothing matches.
+        return f"[domain-name:value = {_quote(normalise(AtomKind.DOMAIN, v))}]"
+    except IntelError:
+        return f"[file:name = {_quote(v)}]"
 
 
 def _attack_ref(tid: str) -> dict[str, str]:
