@@ -424,3 +424,22 @@ def test_misp_hash_attribute_of_the_wrong_length_is_an_issue(tmp_path: Path) -> 
             ("6a000000-0000-4000-8000-0000000000b1", "not a hex MD5 hash (32 hex digits)"),
             ("6a000000-0000-4000-8000-0000000000b2", "not a hex SHA-256 hash (64 hex digits)"),
         ]
+
+
+def test_misp_to_ids_that_is_not_a_boolean_is_an_issue_not_a_detection(tmp_path: Path) -> None:
+    """`"to_ids": "0"` is truthy: the attribute, marked not for detection, used to be imported as one."""
+    event = tmp_path / "event.json"
+    attributes = [
+        {"uuid": f"6a000000-0000-4000-8000-0000000000c{n}", "type": "ip-dst", "value": f"192.0.2.{n}",
+         "to_ids": flag}
+        for n, flag in ((1, "0"), (2, 1), (3, False), (4, True))
+    ]
+    event.write_text(json.dumps(misp_event("5f1a0000-0000-4000-8000-0000000000c1", attributes)))
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        result = import_intel(store, event)
+        assert sorted((i.object, i.reason) for i in result.issues) == [
+            ("6a000000-0000-4000-8000-0000000000c1", "to_ids '0' is not true or false"),
+            ("6a000000-0000-4000-8000-0000000000c2", "to_ids 1 is not true or false"),
+        ]
+        assert result.skipped == {"MISP attribute not flagged to_ids": 1}
+        assert [a.value for i in store.indicators() for a in i.atoms] == ["192.0.2.4"]

@@ -235,7 +235,10 @@ def _misp_item(source: str, n: int, attr: Any, event_tlp: str | None, event_info
         return IntelIssue(source, f"Attribute[{n}]", "not a MISP attribute object")
     ident = str(attr.get("uuid") or f"Attribute[{n}]")
     atype, value = str(attr.get("type", "")), attr.get("value")
-    if not attr.get("to_ids", True):
+    to_ids = attr.get("to_ids", True)
+    if not isinstance(to_ids, bool):  # "0" and "false" are true in Python: never guess a detection flag
+        return IntelIssue(source, ident, f"to_ids {to_ids!r} is not true or false")
+    if not to_ids:
         return Skipped("MISP attribute not flagged to_ids")
     if not isinstance(value, str):
         return IntelIssue(source, ident, "attribute value is not a string")
