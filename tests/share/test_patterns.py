@@ -103,3 +103,16 @@ def test_hash_algorithm_names_in_any_spelling_and_bare_hashes_by_length() -> Non
         guess_atom("d41d8cd98f00b204e9800998ecf8427e", "sha256")
     with pytest.raises(IntelError, match="cannot tell"):
         guess_atom("a" * 50)  # no algorithm has 50 hex digits
+
+
+def test_note_names_list_paths_as_written_not_the_inspectors_sentinel() -> None:
+    """`[*]` used to print as `<object object at 0x...>`: a note that differed on every run."""
+    atoms, note = parse_pattern(
+        "[file:hashes[*] = 'ab'] OR [windows-registry-key:values[0].name = 'Run']"
+        " OR [network-traffic:dst_ref.resolves_to_refs[*].value = '192.0.2.1']"
+    )
+    assert atoms == []
+    assert note == (
+        "not matchable: file:hashes[*] =, windows-registry-key:values[0].name =, "
+        "network-traffic:dst_ref.resolves_to_refs[*].value ="
+    )

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from stix2patterns.exceptions import ParseException  # type: ignore[import-untyped]
-from stix2patterns.v21.inspector import InspectionListener  # type: ignore[import-untyped]
+from stix2patterns.v21.inspector import INDEX_STAR, InspectionListener  # type: ignore[import-untyped]
 from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
 
 from casefile.errors import IntelError
@@ -128,7 +128,7 @@ def parse_pattern(pattern: str) -> tuple[list[Atom], str | None]:
         for path, op, value in comparisons:
             kind = _kind(obj_type, [str(p) for p in path])
             if kind is None or op not in ("=", "IN", "ISSUBSET"):
-                skipped.append(f"{obj_type}:{'.'.join(str(p) for p in path)} {op}")
+                skipped.append(f"{obj_type}:{_path_text(path)} {op}")
                 continue
             for literal in _literals(op, value):
                 try:
@@ -138,6 +138,20 @@ def parse_pattern(pattern: str) -> tuple[list[Atom], str | None]:
                     raise IntelError(f"pattern {pattern!r}: {exc}") from None
     note = f"not matchable: {', '.join(skipped)}" if skipped else None
     return sorted(set(atoms)), note
+
+
+def _path_text(path: list[Any]) -> str:
+    """An object path as the pattern wrote it (`hashes[*]`, `values[0].name`), not the inspector's
+    list (whose `[*]` is a sentinel object that would print as its memory address)."""
+    text = ""
+    for part in path:
+        if part is INDEX_STAR:
+            text += "[*]"
+        elif isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
 
 
 def _kind(obj_type: str, path: list[str]) -> AtomKind | None:
