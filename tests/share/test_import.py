@@ -443,3 +443,24 @@ def test_misp_to_ids_that_is_not_a_boolean_is_an_issue_not_a_detection(tmp_path:
         ]
         assert result.skipped == {"MISP attribute not flagged to_ids": 1}
         assert [a.value for i in store.indicators() for a in i.atoms] == ["192.0.2.4"]
+
+
+def test_issues_quote_huge_patterns_and_values_cut_to_a_readable_line(tmp_path: Path) -> None:
+    """A 100k-character pattern or value used to be quoted whole (twice for a bad value in a pattern):
+    `intel import` printed warning lines of hundreds of kilobytes."""
+    huge = "a" * 100_000
+    bundle = write_bundle(
+        tmp_path / "huge.json",
+        [indicator(1, "[" * 100_000), indicator(2, f"[domain-name:value = '{huge}']")],
+    )
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps(misp_event("5f1a0000-0000-4000-8000-0000000000d1", [
+        {"uuid": "6a000000-0000-4000-8000-0000000000d1", "type": "ip-dst|port", "value": huge},
+        {"uuid": "6a000000-0000-4000-8000-0000000000d2", "type": "url", "value": huge},
+    ])))
+    csv_list = tmp_path / "list.csv"
+    csv_list.write_text(f"value\n{huge}\n", encoding="utf-8")
+    with IntelStore.open(tmp_path / "intel.duckdb") as store:
+        issues = [i for target in (bundle, event, csv_list) for i in import_intel(store, target).issues]
+    assert len(issues) == 5
+    assert all(len(i.reason) < 400 and "(100000 characters)" in i.reason for i in issues), issues

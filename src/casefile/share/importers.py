@@ -22,7 +22,7 @@ from casefile.errors import IntelError
 from casefile.models import STIX_TYPE
 from casefile.registry import Registry
 from casefile.share.models import Atom, AtomKind, ImportResult, IndicatorInput, IntelIssue, Skipped
-from casefile.share.patterns import atom_pattern, guess_atom, normalise
+from casefile.share.patterns import atom_pattern, guess_atom, normalise, shown
 from casefile.share.store import TLP_BY_MARKING_ID, IntelStore, tlp_name
 
 #: Namespace of ids casefile gives indicators that did not come as STIX (CSV rows, MISP attributes).
@@ -245,7 +245,7 @@ def _misp_item(source: str, n: int, attr: Any, event_tlp: str | None, event_info
     if atype in _MISP_COMPOSITE:
         parts = value.split("|")
         if len(parts) != 2:
-            return IntelIssue(source, ident, f"{atype} value {value!r} is not two '|'-separated parts")
+            return IntelIssue(source, ident, f"{atype} value {shown(value)} is not two '|'-separated parts")
         value = parts[_MISP_COMPOSITE[atype]]
         atype = atype.split("|")[_MISP_COMPOSITE[atype]]
     kind = MISP_TYPES.get(atype)

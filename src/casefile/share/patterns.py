@@ -33,6 +33,14 @@ _DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\
 _HASH_BY_LENGTH = {32: "MD5", 40: "SHA-1", 64: "SHA-256", 128: "SHA-512"}
 
 
+def shown(text: str, limit: int = 100) -> str:
+    """`text` as an issue quotes it: repr, cut to `limit` characters with its length, so that a 1 MB
+    pattern or value in a partner's feed does not become a 1 MB warning line."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 class _Inspector(InspectionListener):  # type: ignore[misc]
     """stix2-patterns' inspector, also noting AND between comparisons (it only notes observation ops)."""
 
@@ -72,7 +80,7 @@ def normalise(kind: AtomKind, value: str, algorithm: str | None = None) -> str:
         else:
             lengths, what = set(HASH_LENGTHS.values()), "file hash (32, 40, 64 or 128 hex digits)"
         if not _HEX.match(v) or len(v) not in lengths:
-            raise IntelError(f"not a hex {what}: {value!r}")
+            raise IntelError(f"not a hex {what}: {shown(value)}")
         return v
     if kind is AtomKind.IP:
         address, percent, zone = v.partition("%")
@@ -83,7 +91,7 @@ def normalise(kind: AtomKind, value: str, algorithm: str | None = None) -> str:
         try:
             net = ipaddress.ip_network(v, strict=False)
         except ValueError:
-            raise IntelError(f"not an IP address or CIDR network: {value!r}") from None
+            raise IntelError(f"not an IP address or CIDR network: {shown(value)}") from None
         mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
         if mapped is not None and net.prefixlen >= 96:
             # Matching reads ::ffff:a.b.c.d in events as IPv4 a.b.c.d; kept as IPv6, it would never match.
@@ -92,10 +100,10 @@ def normalise(kind: AtomKind, value: str, algorithm: str | None = None) -> str:
     if kind is AtomKind.DOMAIN:
         v = v.lower().rstrip(".")
         if not _DOMAIN.match(v):
-            raise IntelError(f"not a domain name: {value!r}")
+            raise IntelError(f"not a domain name: {shown(value)}")
         return v
     if "://" not in v:
-        raise IntelError(f"not a URL (no scheme): {value!r}")
+        raise IntelError(f"not a URL (no scheme): {shown(value)}")
     return v
 
 
@@ -111,7 +119,8 @@ def parse_pattern(pattern: str) -> tuple[list[Atom], str | None]:
         inspector = _Inspector()
         parsed.walk(inspector)
     except ParseException as exc:
-        raise IntelError(f"invalid STIX pattern {pattern!r}: {exc}") from exc
+        reason = str(exc) if len(str(exc)) <= 200 else f"{str(exc)[:200]}..."  # it quotes the bad token
+        raise IntelError(f"invalid STIX pattern {shown(pattern)}: {reason}") from exc
     except RecursionError:
         # stix2-patterns' ANTLR parser and walker recurse once per nesting level: a few hundred
         # parentheses or about a thousand comparisons in one pattern exhaust Python's stack.
@@ -135,7 +144,7 @@ def parse_pattern(pattern: str) -> tuple[list[Atom], str | None]:
                     algorithm = HASH_ALGORITHMS.get(str(path[-1]).lower()) if kind is AtomKind.HASH else None
                     atoms.append(Atom(kind, normalise(kind, literal, algorithm)))
                 except IntelError as exc:
-                    raise IntelError(f"pattern {pattern!r}: {exc}") from None
+                    raise IntelError(f"pattern {shown(pattern)}: {exc}") from None
     note = f"not matchable: {', '.join(skipped)}" if skipped else None
     return sorted(set(atoms)), note
 
@@ -216,7 +225,7 @@ def guess_atom(value: str, kind: str | None = None) -> Atom:
             chosen = names[kind.strip().lower()]
         except KeyError:
             raise IntelError(
-                f"unknown indicator type {kind!r} (use one of {', '.join(sorted(names))})"
+                f"unknown indicator type {shown(kind)} (use one of {', '.join(sorted(names))})"
             ) from None
         return Atom(chosen, normalise(chosen, value, HASH_ALGORITHMS.get(kind.strip().lower())))
     for candidate in (AtomKind.HASH, AtomKind.IP, AtomKind.URL, AtomKind.DOMAIN):
@@ -224,4 +233,4 @@ def guess_atom(value: str, kind: str | None = None) -> Atom:
             return Atom(candidate, normalise(candidate, value))
         except IntelError:
             continue
-    raise IntelError(f"cannot tell what kind of indicator {value!r} is (give a type column)")
+    raise IntelError(f"cannot tell what kind of indicator {shown(value)} is (give a type column)")
