@@ -116,3 +116,24 @@ def test_note_names_list_paths_as_written_not_the_inspectors_sentinel() -> None:
         "not matchable: file:hashes[*] =, windows-registry-key:values[0].name =, "
         "network-traffic:dst_ref.resolves_to_refs[*].value ="
     )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("[ipv4-addr:value IN ('192.0.2.1', 5)]", "not an IP address or CIDR network: '5'"),
+        ("[ipv4-addr:value IN (1, 2)]", "not an IP address or CIDR network: '1'"),
+        ("[domain-name:value IN ('a.example', true)]", "not a domain name: 'true'"),
+        ("[ipv4-addr:value IN ()]", "ipv4-addr:value IN () names no value"),
+    ],
+)
+def test_in_sets_with_unquoted_items_or_no_items_are_refused(pattern: str, reason: str) -> None:
+    """Only quoted items were read from an IN set: `(1, 2)` and `()` gave an indicator with no atoms
+    and no note, stored as matchable and matching nothing; `('192.0.2.1', 5)` lost the 5 unseen."""
+    with pytest.raises(IntelError, match=re.escape(reason)):
+        parse_pattern(pattern)
+
+
+def test_in_set_items_keep_commas_parentheses_and_escaped_quotes() -> None:
+    atoms, _ = parse_pattern("[url:value IN ('http://a/?x=1,2', 'http://b/(c)', 'http://d/\\'e')]")
+    assert [a.value for a in atoms] == ["http://a/?x=1,2", "http://b/(c)", "http://d/'e"]

@@ -61,8 +61,11 @@ def _literal(text: str) -> str:
 
 
 def _literals(op: str, text: str) -> list[str]:
+    """The values a comparison names: one, or each item of an IN set (`('a','b',5)` as the inspector
+    gives it). Unquoted items (numbers, `h'..'`, `true`) are kept as text so normalise refuses them,
+    as it does after `=`, rather than being skipped unseen."""
     if op == "IN":
-        return [_literal(t) for t in re.findall(r"'(?:[^'\\]|\\.)*'", text)]
+        return [_literal(t) for t in re.findall(r"[a-z]?'(?:[^'\\]|\\.)*'|[^,()]+", text)]
     return [_literal(text)]
 
 
@@ -139,7 +142,11 @@ def parse_pattern(pattern: str) -> tuple[list[Atom], str | None]:
             if kind is None or op not in ("=", "IN", "ISSUBSET"):
                 skipped.append(f"{obj_type}:{_path_text(path)} {op}")
                 continue
-            for literal in _literals(op, value):
+            literals = _literals(op, value)
+            if not literals:
+                where = f"{obj_type}:{_path_text(path)}"
+                raise IntelError(f"pattern {shown(pattern)}: {where} IN () names no value")
+            for literal in literals:
                 try:
                     algorithm = HASH_ALGORITHMS.get(str(path[-1]).lower()) if kind is AtomKind.HASH else None
                     atoms.append(Atom(kind, normalise(kind, literal, algorithm)))
