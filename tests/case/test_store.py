@@ -252,3 +252,15 @@ def test_a_damaged_or_foreign_database_is_named_for_what_it_is(tmp_path: Path) -
     assert (dropped / "case.duckdb").read_bytes() == before
     with Case.open(tmp_path / "good", read_only=True) as case:
         assert len(case.evidence_files()) == 1
+
+
+def test_a_note_or_meta_value_with_a_lone_surrogate_is_stored_escaped(tmp_path: Path) -> None:
+    """A shell argument of bytes that are not UTF-8 (`casefile case note CASE $'\\xff'`) and a version read
+    from a hostile bundle arrive with lone surrogates, which DuckDB refused with an exception."""
+    with Case.create(tmp_path / "c") as case:
+        note = case.add_note("bad \udcff byte", author="a\udcfe")
+        case.set_attributions({}, attack_version="18.1\ud800")
+    with Case.open(tmp_path / "c", read_only=True) as case:
+        (stored,) = case.notes()
+        assert stored.text == note.text == "bad \\udcff byte" and stored.author == "a\\udcfe"
+        assert case.attack_version == "18.1\\ud800"

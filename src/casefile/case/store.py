@@ -34,7 +34,14 @@ from casefile.case.codec import (
     to_naive_utc,
 )
 from casefile.errors import CaseError
-from casefile.ingest.columnar import arrow_array, column_int, create_events_table, read_table, write_events
+from casefile.ingest.columnar import (
+    arrow_array,
+    column_int,
+    create_events_table,
+    read_table,
+    storable,
+    write_events,
+)
 from casefile.models import Detection, Event, IngestWarning, Level
 
 DB_NAME = "case.duckdb"
@@ -516,8 +523,8 @@ class Case:
 
     def _set_meta(self, con: duckdb.DuckDBPyConnection, key: str, value: str | None) -> None:
         con.execute("DELETE FROM meta WHERE key = ?", [key])
-        if value is not None:
-            con.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+        if value is not None:  # storable: an ATT&CK version or stated victim read from a hostile bundle
+            con.execute("INSERT INTO meta VALUES (?, ?)", [key, storable(value)])
 
     @property
     def created_at(self) -> datetime:
@@ -808,6 +815,8 @@ class Case:
             row = con.execute("SELECT coalesce(max(id), 0) + 1 FROM notes").fetchone()
             nid = int(row[0]) if row else 1
             now = self._clock()
+            # an argument the shell passed as bytes that are not UTF-8 arrives with lone surrogates
+            text, author = storable(text), None if author is None else storable(author)
             con.execute("INSERT INTO notes VALUES (?, ?, ?, ?)", [nid, to_naive_utc(now), author, text])
         return Note(nid, now, author, text)
 
