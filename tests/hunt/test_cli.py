@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -227,3 +228,53 @@ def test_jsonl_lines_are_the_records(tmp_path: Path) -> None:
     lines = out.getvalue().splitlines()
     assert [json.loads(line) for line in lines] == [d.to_record() for d in detections]
     assert all(": " not in line for line in lines)  # one compact style for every line
+
+
+def test_rules_update_keeps_what_is_installed_when_a_download_is_wrong(
+    web_root: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A captive portal's page for the bundle, a zip bomb, a download past its bound: one error line each,
+    and the rules and bundle installed before are still there, unchanged."""
+    from casefile.hunt import update
+
+    url, root = web_root
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("rules/windows/whoami.yml", RULE)
+    (root / "good.zip").write_bytes(buf.getvalue())
+    (root / "bundle.json").write_text('{"type": "bundle", "objects": []}', encoding="utf-8")
+    (root / "portal.html").write_text("<html>log in to the hotel wifi</html>", encoding="utf-8")
+    (root / "list.json").write_text("[]", encoding="utf-8")
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("rules/a.yml", RULE)
+        z.writestr("rules/zeros.yml", b"\0" * (3 << 20))
+    (root / "bomb.zip").write_bytes(bomb.getvalue())
+    runner = CliRunner()
+
+    def update_from(sigma: str, attack: str) -> Any:
+        return runner.invoke(
+            app, ["rules", "update", "--sigma-url", f"{url}/{sigma}", "--attack-url", f"{url}/{attack}"]
+        )
+
+    assert update_from("good.zip", "bundle.json").exit_code == 0
+    settings = update.Settings.from_env()
+
+    def files() -> dict[Path, bytes]:
+        paths = [*settings.rules_dir.rglob("*.yml"), *settings.attack_dir.iterdir()]
+        return {p: p.read_bytes() for p in paths}
+
+    installed = files()
+    monkeypatch.setattr(update, "MAX_UNPACKED", 1 << 20)
+    for sigma, attack, said in [
+        ("good.zip", "portal.html", "not JSON"),
+        ("good.zip", "list.json", "not a STIX bundle"),
+        ("bomb.zip", "bundle.json", "refusing it as a zip bomb"),
+    ]:
+        result = update_from(sigma, attack)
+        assert result.exit_code == 2 and said in result.stderr.replace("\n", ""), (sigma, attack)
+    monkeypatch.setattr(update, "MAX_DOWNLOAD", 100)
+    result = update_from("good.zip", "bundle.json")
+    assert result.exit_code == 2 and "larger than" in result.stderr
+    assert files() == installed and len(installed) == 2
+    assert not (settings.data_dir / "sigma.new").exists()

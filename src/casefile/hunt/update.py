@@ -8,6 +8,7 @@ out like the reference data (sigma/, attack/, misp-galaxy/, vendor-naming/).
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import zipfile
@@ -59,13 +60,21 @@ def installed_rule_dirs(settings: Settings) -> list[Path]:
     )
 
 
+#: Bounds on what an update may take (SigmaHQ's zip is a few MB, about 40 MB unpacked; the ATT&CK bundle
+#: about 50 MB): a wrong URL or a hostile mirror must not fill the memory or the disk.
+MAX_DOWNLOAD = 1 << 30
+MAX_UNPACKED = 2 << 30
+
+
 def _safe_extract(data: bytes, dest: Path, origin: str) -> int:
-    """Extract a zip into dest, refusing absolute paths and `..` (zip-slip); returns .yml count."""
+    """Extract a zip into dest, refusing absolute paths and `..` (zip-slip) and more than MAX_UNPACKED
+    bytes unpacked (a zip bomb; counted as written, not as the archive declares); returns .yml count."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
         raise ConfigError(f"{origin}: not a zip archive ({exc})") from exc
-    count = 0
+    count = written = 0
+    limit = MAX_UNPACKED
     with archive:
         for info in archive.infolist():
             name = PurePosixPath(info.filename)
@@ -76,20 +85,45 @@ def _safe_extract(data: bytes, dest: Path, origin: str) -> int:
             target = dest.joinpath(*name.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(info) as src, target.open("wb") as dst:
-                shutil.copyfileobj(src, dst)
+                while block := src.read(1 << 20):
+                    written += len(block)
+                    if written > limit:
+                        raise ConfigError(
+                            f"{origin}: unpacks to more than {limit >> 20} MiB; refusing it as a zip bomb"
+                        )
+                    dst.write(block)
             count += name.suffix in (".yml", ".yaml")
     return count
 
 
 def _fetch(client: httpx.Client, url: str) -> bytes:
+    """The body at `url`, at most MAX_DOWNLOAD bytes."""
     import httpx
 
+    limit = MAX_DOWNLOAD
     try:
-        response = client.get(url, follow_redirects=True)
-        response.raise_for_status()
+        with client.stream("GET", url, follow_redirects=True) as response:
+            response.raise_for_status()
+            parts, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise ConfigError(f"download of {url} stopped: larger than {limit >> 20} MiB")
+                parts.append(chunk)
     except httpx.HTTPError as exc:
         raise ConfigError(f"download of {url} failed: {exc}") from exc
-    return response.content
+    return b"".join(parts)
+
+
+def _check_bundle(data: bytes, url: str) -> None:
+    """ConfigError unless `data` is a STIX bundle: a proxy's or captive portal's page answered with 200 must
+    not replace the installed knowledge base."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{url}: not JSON ({exc}); the installed ATT&CK bundle is kept") from None
+    if not (isinstance(parsed, dict) and parsed.get("type") == "bundle"):
+        raise ConfigError(f"{url}: JSON, but not a STIX bundle; the installed ATT&CK bundle is kept")
 
 
 def _replace_dir(staging: Path, final: Path) -> None:
@@ -123,10 +157,14 @@ def update_online(
     staging = settings.data_dir / "sigma.new"
     if staging.exists():
         shutil.rmtree(staging)
-    count = _safe_extract(rules_zip, staging, sigma_url)
-    if count == 0:
-        shutil.rmtree(staging)
-        raise ConfigError(f"{sigma_url}: the archive holds no Sigma .yml rules")
+    try:
+        count = _safe_extract(rules_zip, staging, sigma_url)
+        if count == 0:
+            raise ConfigError(f"{sigma_url}: the archive holds no Sigma .yml rules")
+        _check_bundle(bundle, attack_url)  # before anything installed is replaced
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     _replace_dir(staging, settings.rules_dir)
     settings.attack_dir.mkdir(parents=True, exist_ok=True)
     attack_file = settings.attack_dir / ATTACK_FILE
