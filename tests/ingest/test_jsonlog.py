@@ -175,3 +175,16 @@ def test_hostile_nesting_is_skipped_not_a_crash() -> None:
     assert [(w.record, w.reason) for w in warnings] == [
         (2, "invalid JSON at line 2 column 1: nested too deeply; record skipped, resumed at line 3"),
     ]
+
+
+def test_integer_longer_than_python_reads_is_skipped_not_a_crash() -> None:
+    # `int` refuses decimal text beyond sys.get_int_max_str_digits() (4300) with a plain ValueError
+    huge = "1" + "0" * 5000
+    text = '{"a": 1}\n{"EventID": ' + huge + '}\n{"a": 2}\n{"b": [' + huge + ']}\n{"a": 3}\n'
+    records, warnings = _read(text)
+    assert [r for _, r in records] == [{"a": 1}, {"a": 2}, {"a": 3}]
+    reason = (
+        "invalid JSON at line {} column 1: integer longer than 4300 digits; "
+        "record skipped, resumed at line {}"
+    )
+    assert [(w.record, w.reason) for w in warnings] == [(2, reason.format(2, 3)), (4, reason.format(4, 5))]

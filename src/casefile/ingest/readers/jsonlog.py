@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -162,6 +163,13 @@ class JsonReader:
                         pass
                     continue
                 self._skip_bad(buf, exc, source, on_warning)
+                return _SKIPPED
+            except ValueError:
+                # An integer of more digits than `int` reads (sys.get_int_max_str_digits(), 4300 by default):
+                # what the record holds cannot be a log value; skip it like a bad record.
+                digits = sys.get_int_max_str_digits()
+                too_long = json.JSONDecodeError(f"integer longer than {digits} digits", buf.text, buf.pos)
+                self._skip_bad(buf, too_long, source, on_warning)
                 return _SKIPPED
             buf.advance(end)
             return value
