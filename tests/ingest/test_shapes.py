@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,3 +241,29 @@ def test_timestamp_outside_the_calendar_in_utc_leaves_the_event_without_one(stam
     when = datetime(2022, 7, 15, 8, 12, 1, tzinfo=UTC)
     assert [e.timestamp if e else "lost" for e in events] == [None, when]
     assert events[0] is not None and events[0].fields["process.command_line"] == "whoami"
+
+
+@pytest.mark.parametrize(
+    ("record", "shape"),
+    [
+        ({"EventID": "0x" + "f" * 5000, "CommandLine": "whoami"}, None),
+        ({"winlog": {"event_id": "0x" + "f" * 5000}}, None),
+        ({"Event": {"System": {"EventID": "0x" + "f" * 5000, "Channel": "Security"}}}, "evtx-json"),
+    ],
+)
+def test_hex_integer_too_long_to_write_in_decimal_stays_text(
+    record: dict[str, Any], shape: str | None
+) -> None:
+    """Decimal text beyond sys.get_int_max_str_digits() never becomes an int, but hex text of any length
+    did: an EventID of 5000 hex digits made an int that `str` refuses, and the hunt (its plan cache names a
+    partition by `repr`) and the case store (fields as text) failed with a traceback. It stays text."""
+    import duckdb
+
+    from casefile.ingest.columnar import read_table, write_events
+
+    event = normalise(RawRecord(1, record, shape=shape), "x.json", lambda w: pytest.fail(str(w)))
+    assert event is not None and event.event_id is None
+    assert event.fields["EventID"] == "0x" + "f" * 5000
+    con = duckdb.connect()
+    assert write_events(con, [event]) == 1
+    assert list(read_table(con)) == [event]

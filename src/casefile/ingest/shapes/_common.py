@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -72,7 +73,8 @@ def _as_utc(ts: datetime) -> datetime | None:
 
 
 def as_int(value: Any) -> int | None:
-    """An int from an int or a decimal/hex string (forwarded events carry System ints as text)."""
+    """An int from an int or a decimal/hex string (forwarded events carry System ints as text); None for
+    anything else, and for text of an int too long to write in decimal (`sys.get_int_max_str_digits`)."""
     if value.__class__ is int:  # the common case, before the slower isinstance tests
         return value  # type: ignore[no-any-return]
     if isinstance(value, bool):
@@ -84,9 +86,14 @@ def as_int(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         try:
-            return int(text, 16) if text.lower().startswith("0x") else int(text)
+            if not text.lower().startswith("0x"):
+                return int(text)  # refuses more digits than sys.get_int_max_str_digits() (ValueError)
+            number = int(text, 16)  # hex has no such limit, but the int must still be writable in decimal
         except ValueError:
             return None
+        limit = sys.get_int_max_str_digits()  # 0: no limit
+        # 3 bits stay under one decimal digit (log2 10 = 3.32): a value within this bound is writable
+        return None if limit and number.bit_length() > 3 * limit else number
     return None
 
 
