@@ -188,3 +188,23 @@ def test_integer_longer_than_python_reads_is_skipped_not_a_crash() -> None:
         "record skipped, resumed at line {}"
     )
     assert [(w.record, w.reason) for w in warnings] == [(2, reason.format(2, 3)), (4, reason.format(4, 5))]
+
+
+def test_huge_record_is_joined_once_not_copied_per_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record of N blocks grows the buffer in doubling steps, each joined once: appending block by block
+    copied the whole buffer per block, and a 600 MB line (a 600 kB gzip) took minutes."""
+    monkeypatch.setattr(jsonlog, "READ_SIZE", 64)
+    fills = 0
+    fill = jsonlog._Buffer.fill
+
+    def counted(self: jsonlog._Buffer, *size: int) -> bool:
+        nonlocal fills
+        fills += 1
+        return fill(self, *size)
+
+    monkeypatch.setattr(jsonlog._Buffer, "fill", counted)
+    blob = "x" * 200_000  # 3125 blocks
+    records, warnings = _read('{"a": 1}\n{"blob": "' + blob + '"}\n{"a": 2}\n')
+    assert [r for _, r in records] == [{"a": 1}, {"blob": blob}, {"a": 2}]
+    assert warnings == []
+    assert fills < 40  # about log2(3125) growth steps, not one per block
