@@ -273,3 +273,34 @@ def test_evidence_files_pickle_whole(tmp_path: Path) -> None:
     found = discover([tmp_path])
     assert {(f.member, f.gzip) for f in found} == {("inner/beat.json", False), (None, True)}
     assert pickle.loads(pickle.dumps(found, pickle.HIGHEST_PROTOCOL)) == found
+
+
+def _flag_utf8(data: bytearray, signature: bytes) -> None:
+    """Set bit 11 (names are UTF-8) in the flags of the first header with `signature`."""
+    offset = data.index(signature) + (6 if signature == b"PK\x03\x04" else 8)
+    flags = struct.unpack_from("<H", data, offset)[0]
+    struct.pack_into("<H", data, offset, flags | 0x800)
+
+
+@pytest.mark.parametrize("headers", [(b"PK\x01\x02",), (b"PK\x03\x04",)], ids=["central", "local"])
+def test_zip_member_name_flagged_utf8_that_is_not_is_reported(tmp_path: Path, headers: tuple[bytes]) -> None:
+    """zipfile decodes a name flagged UTF-8 strictly: in the central directory as the archive opens (which
+    stopped discovery with a traceback), in a member's local header as the member opens."""
+    archive = tmp_path / "names.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("aaaa.json", b'{"EventID": 1}\n')
+        z.writestr("good.json", b'{"EventID": 2}\n')
+    data = bytearray(archive.read_bytes().replace(b"aaaa.json", b"a\xff\xfea.json"))
+    for signature in headers:
+        _flag_utf8(data, signature)
+    archive.write_bytes(bytes(data))
+    events, warnings = _read(archive)
+    assert len(warnings) == 1
+    if headers == (b"PK\x01\x02",):  # the archive cannot be opened at all
+        assert events == []
+        assert warnings[0].file == str(archive)
+        assert warnings[0].reason.startswith("unreadable zip archive: a member name flagged UTF-8 is not: ")
+    else:  # the member alone: its name in the central directory is read as cp437
+        assert [e.event_id for e in events] == [2]
+        assert warnings[0].file == f"{archive}!a\u00a0\u25a0a.json"
+        assert warnings[0].reason.startswith("unreadable zip member: 'utf-8' codec can't decode byte 0xff")

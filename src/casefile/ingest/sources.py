@@ -21,8 +21,11 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
 #: Errors that mean "these bytes are damaged", raised by zipfile, gzip and zlib while reading.
 ARCHIVE_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError)
-# Opening a zip member also raises RuntimeError (encryption, unsupported compression).
-_MEMBER_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError, RuntimeError, NotImplementedError)
+# Opening a zip member also raises RuntimeError (encryption, unsupported compression), and
+# UnicodeDecodeError for a name flagged UTF-8 (bit 11) that is not.
+_MEMBER_ERRORS = (
+    zipfile.BadZipFile, EOFError, zlib.error, OSError, RuntimeError, NotImplementedError, UnicodeDecodeError
+)
 
 WarningSink = Callable[[IngestWarning], None]
 
@@ -117,6 +120,10 @@ def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
         archive = zipfile.ZipFile(path)
     except ARCHIVE_ERRORS as exc:
         on_warning(IngestWarning(str(path), f"unreadable zip archive: {exc}"))
+        return
+    except UnicodeDecodeError as exc:  # zipfile decodes every name as it opens the archive
+        reason = f"unreadable zip archive: a member name flagged UTF-8 is not: {exc}"
+        on_warning(IngestWarning(str(path), reason))
         return
     with archive:
         for info in archive.infolist():
