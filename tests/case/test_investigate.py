@@ -339,3 +339,74 @@ def test_an_output_path_that_cannot_be_written_is_one_error_line(demo_case: Path
         assert error == f"error: {expected}", args
         assert "Traceback" not in res.output
     assert (demo_case / "case.duckdb").read_bytes() == before
+
+
+def _psexec(n: int) -> bytes:
+    return json.dumps({
+        "TimeCreated": "2022-07-16T01:00:00Z", "Computer": f"WS{n}", "EventID": 7045, "Channel": "System",
+        "ServiceName": "PSEXESVC",
+    }).encode() + b"\n"
+
+
+@pytest.mark.parametrize("damage", ["crc", "deflate"])
+def test_zip_member_with_damaged_data_is_stored_up_to_the_damage(tmp_path: Path, damage: str) -> None:
+    """A member whose data fails its CRC-32 (or stops inflating) after the first block that discovery sniffs:
+    hashing it raised zipfile's error, and investigate ended with a traceback. Its records before the damage
+    are stored and hunted, as `casefile hunt` reads them, with the damage as the file's warning."""
+    import random
+    import zipfile
+
+    rng = random.Random(3)  # incompressible padding: the damaged bytes fall late in the deflate stream
+    lines = [_psexec(n)[:-2] + b', "pad": "%x"}\n' % rng.getrandbits(400) for n in range(400)]
+    archive = tmp_path / "triage.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("damaged.ndjson", b"".join(lines))
+        z.writestr("intact.ndjson", _psexec(999))
+    data = bytearray(archive.read_bytes())
+    if damage == "crc":  # the CRC-32 in both headers
+        for offset in (14, data.index(b"PK\x01\x02") + 16):
+            data[offset] ^= 0xFF
+    else:  # bytes near the end of the first member's compressed data
+        end = data.index(b"PK\x03\x04", 4)
+        data[end - 40:end - 20] = bytes(b ^ 0x5A for b in data[end - 40:end - 20])
+    archive.write_bytes(bytes(data))
+    result = investigate([archive], tmp_path / "case", rules=[DEMO_RULES], write_outputs=False)
+    assert result.files_added == 2
+    with Case.open(tmp_path / "case", read_only=True) as case:
+        files = {Path(e.path).name: e for e in case.evidence_files()}
+        assert set(files) == {"triage.zip!damaged.ndjson", "triage.zip!intact.ndjson"}
+        assert files["triage.zip!intact.ndjson"].events == 1
+        stored = files["triage.zip!damaged.ndjson"].events
+        assert (stored == 400) if damage == "crc" else (300 < stored < 400)
+        assert case.detection_count() == stored + 1
+        reasons = [w.warning.reason for w in case.warnings() if w.warning.file.endswith("damaged.ndjson")]
+        assert reasons[-1].startswith("damaged archive data, reading stopped here: ")
+    again = investigate([archive], tmp_path / "case", rules=[DEMO_RULES], write_outputs=False)
+    assert (again.files_added, again.files_already_in_case) == (0, 2)  # the same hash on every run
+
+
+def test_zip_changed_after_it_was_listed_is_a_warning(tmp_path: Path) -> None:
+    """A member gone (or the archive no longer a zip) between discovery and hashing: that file is skipped
+    with a warning, the others are stored."""
+    import zipfile
+
+    from casefile.case.investigate import hunt_into_case
+    from casefile.hunt import load_rules
+    from casefile.ingest import discover
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("one.ndjson", _psexec(1))
+        z.writestr("two.ndjson", _psexec(2))
+    plain = tmp_path / "b.ndjson"
+    plain.write_bytes(_psexec(3))
+    evidence = discover([archive, plain])
+    with zipfile.ZipFile(archive, "w") as z:  # rewritten without `two`
+        z.writestr("one.ndjson", _psexec(1))
+    with Case.create(tmp_path / "case") as case:
+        added, _, events, detections, warnings = hunt_into_case(case, evidence, load_rules([DEMO_RULES]))
+    assert (added, events, detections) == (2, 2, 2)
+    assert [(w.file, w.reason) for w in warnings] == [
+        (f"{archive}!two.ndjson", "cannot read file: \"There is no item named 'two.ndjson' in the archive\"; "
+         "skipped"),
+    ]

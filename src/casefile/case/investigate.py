@@ -7,7 +7,10 @@ Case-wide steps (correlation, clustering, attribution, reports) are recomputed f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -63,7 +66,8 @@ class InvestigateResult:
 
 
 def evidence_sha256(evidence: EvidenceFile, *, chunk: int = 1 << 20) -> str:
-    """SHA-256 of the evidence bytes as collected (a zip member's own bytes, a .gz file as stored)."""
+    """SHA-256 of the evidence bytes as collected (a zip member's own bytes, a .gz file as stored); of a zip
+    member whose data is damaged, of the bytes read before the damage (reading it reports the damage)."""
     h = hashlib.sha256()
     if evidence.member is None:
         with evidence.location.open("rb") as fh:
@@ -71,9 +75,10 @@ def evidence_sha256(evidence: EvidenceFile, *, chunk: int = 1 << 20) -> str:
                 h.update(block)
         return h.hexdigest()
     # For a zip member, hash the member (decompressed by the zip, still gzip if it was gzip).
-    import zipfile
-
-    with zipfile.ZipFile(evidence.location) as archive, archive.open(evidence.member) as fh:
+    # Damaged data ends the hash, not the file: its records before the damage are read and hunted as
+    # `casefile hunt` does, and what could be read identifies it, the same on every run.
+    damage = contextlib.suppress(zipfile.BadZipFile, EOFError, zlib.error)
+    with zipfile.ZipFile(evidence.location) as archive, archive.open(evidence.member) as fh, damage:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -110,7 +115,7 @@ def hunt_into_case(
     for ef in evidence:
         try:
             sha = evidence_sha256(ef)
-        except OSError as exc:
+        except (OSError, zipfile.BadZipFile, KeyError) as exc:  # the archive changed since it was listed
             warnings.append(IngestWarning(ef.path, f"cannot read file: {exc}; skipped"))
             bar.advance()
             continue
