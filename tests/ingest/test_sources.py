@@ -304,3 +304,24 @@ def test_zip_member_name_flagged_utf8_that_is_not_is_reported(tmp_path: Path, he
         assert [e.event_id for e in events] == [2]
         assert warnings[0].file == f"{archive}!a\u00a0\u25a0a.json"
         assert warnings[0].reason.startswith("unreadable zip member: 'utf-8' codec can't decode byte 0xff")
+
+
+def test_zip_member_gone_since_discovery_is_a_warning(tmp_path: Path) -> None:
+    """An archive rewritten between `discover` and the read (a long hunt over a live collection): the member
+    no longer in it is a warning (zipfile's KeyError was a traceback), the others are read."""
+    from casefile.ingest import read_file
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("one.json", '{"EventID": 1}\n')
+        z.writestr("two.json", '{"EventID": 2}\n')
+    found = discover([archive])
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("one.json", '{"EventID": 1}\n')
+    warnings: list[IngestWarning] = []
+    events = [e for f in found for e in read_file(f, warnings.append)]
+    assert [e.event_id for e in events] == [1]
+    assert warnings == [IngestWarning(
+        f"{archive}!two.json",
+        "read error, reading stopped here: no longer in the archive (changed since it was listed)",
+    )]

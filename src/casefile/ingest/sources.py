@@ -262,12 +262,17 @@ class _CheckedMember(io.RawIOBase):
 
 @contextmanager
 def open_evidence(evidence: EvidenceFile) -> Iterator[IO[bytes]]:
-    """The uncompressed bytes of one evidence file as a seekable binary stream."""
+    """The uncompressed bytes of one evidence file as a seekable binary stream; InputError for a zip member
+    that is no longer in its archive."""
     with ExitStack() as stack:
         stream: IO[bytes]
         if evidence.member is not None:
             archive = stack.enter_context(zipfile.ZipFile(evidence.location))
-            info = archive.getinfo(evidence.member)
+            try:
+                info = archive.getinfo(evidence.member)
+            except KeyError:  # the archive was rewritten since `discover` listed it
+                gone = "no longer in the archive (changed since it was listed)"
+                raise InputError(evidence.path, gone) from None
             member = cast(zipfile.ZipExtFile, stack.enter_context(archive.open(info)))
             stream = stack.enter_context(io.BufferedReader(_CheckedMember(member, info), 1 << 16))
         else:
