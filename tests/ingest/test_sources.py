@@ -325,3 +325,23 @@ def test_zip_member_gone_since_discovery_is_a_warning(tmp_path: Path) -> None:
         f"{archive}!two.json",
         "read error, reading stopped here: no longer in the archive (changed since it was listed)",
     )]
+
+
+def test_zip_members_of_the_same_name_are_reported_not_read_twice(tmp_path: Path) -> None:
+    """A member is opened by its name, which gives the last member of that name: two members named alike were
+    the last one read twice, and the first (the one most extractors overwrite: a place to hide) lost."""
+    import warnings as python_warnings
+
+    archive = tmp_path / "dup.zip"
+    with python_warnings.catch_warnings(), zipfile.ZipFile(archive, "w") as z:
+        python_warnings.simplefilter("ignore")  # zipfile warns of the duplicate name as it writes it
+        z.writestr("x.json", '{"EventID": 1}\n')
+        z.writestr("x.json", '{"EventID": 2}\n')
+        z.writestr("y.json", '{"EventID": 3}\n')
+    events, warnings = _read(archive)
+    assert [e.event_id for e in events] == [2, 3]
+    assert [(w.file, w.reason) for w in warnings] == [(
+        f"{archive}!x.json",
+        "zip member named as a later one, which is read in its place: extract both (7z x -aou renames) and "
+        "ingest them",
+    )]

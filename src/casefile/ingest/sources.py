@@ -130,6 +130,14 @@ def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
             if info.is_dir() or info.filename.startswith("__MACOSX/"):
                 continue  # folders, and macOS resource forks (AppleDouble), hold no log records
             source = f"{path}!{info.filename}"
+            if archive.getinfo(info.filename) is not info:
+                # Members are opened by name, which gives the last of that name: this one would be lost
+                # without a word, and the last read twice.
+                on_warning(IngestWarning(source, (
+                    "zip member named as a later one, which is read in its place: extract both (7z x -aou "
+                    "renames) and ingest them"
+                )))
+                continue
             if info.flag_bits & 0x1:
                 on_warning(IngestWarning(
                     source, "encrypted zip member: password required; extract it and ingest the file"
