@@ -83,3 +83,13 @@ def test_malformed_csv_rows_are_reported(tmp_path: Path) -> None:
         (3, "invalid CSV row: ',' expected after '\"'; skipped"),
         (5, "invalid CSV row: unexpected end of data; skipped"),
     ]
+
+
+def test_semicolon_csv_is_recognised(tmp_path: Path) -> None:
+    """The reader takes `;` as the delimiter when the header has most of them (Excel in German or French
+    locales), but the sniff knew only `,` and tab: such a file was `not a recognised log format`."""
+    path = tmp_path / "export.csv"
+    path.write_text("Id;LogName;MachineName\n4720;Security;DC01\n", encoding="utf-8")
+    events, warnings = _read(path)
+    assert [(e.event_id, e.channel, e.computer) for e in events] == [(4720, "Security", "DC01")]
+    assert warnings == []

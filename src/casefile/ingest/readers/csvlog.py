@@ -30,7 +30,8 @@ class CsvReader:
         if not name.lower().endswith(".csv"):
             return 0
         first = head.split(b"\n", 1)[0]
-        return 60 if b"," in first or b"\t" in first else 0
+        # the delimiters `read` picks from (German/French Excel writes `;`)
+        return 60 if any(d in first for d in (b",", b";", b"\t")) else 0
 
     def read(
         self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None,
