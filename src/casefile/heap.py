@@ -3,7 +3,7 @@
 A hunt holds hundreds of thousands of objects for as long as it runs (the rule set, the partition plans
 built as partitions are met), while records, events and detections flow through it. The flow promotes
 objects to the oldest generation, and every full collection it triggers walks everything there again:
-a fifth of the parent's CPU in a `casefile hunt` with workers, and of a `casefile investigate`.
+a quarter of the CPU of a `casefile hunt` parent with workers, a seventh of a `casefile investigate`.
 Frozen objects (`gc.freeze`) are left out of collections; they are still freed when nothing refers to
 them, so only a reference cycle left behind would outlive the run (a pass over the corpus leaves none).
 """
@@ -37,7 +37,7 @@ def long_lived() -> Iterator[Callable[[], None]]:
 
 def load_pickle(data: bytes) -> Any:
     """`pickle.loads` with the collector paused: every object a pickle makes is kept, so the collections
-    its allocations would trigger only walk the growing result (a third of loading the rule cache)."""
+    its allocations would trigger only walk the growing result (about 15% of loading the rule cache)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
