@@ -93,3 +93,15 @@ def test_semicolon_csv_is_recognised(tmp_path: Path) -> None:
     events, warnings = _read(path)
     assert [(e.event_id, e.channel, e.computer) for e in events] == [(4720, "Security", "DC01")]
     assert warnings == []
+
+
+def test_csv_in_utf16_without_a_bom_is_read_as_utf16(tmp_path: Path) -> None:
+    """Read as UTF-8 it gave a NUL between every character of every name and value, and no warning: no
+    rule could match."""
+    text = "Id,LogName,MachineName,Message\r\n4720,Security,DC01,Account: backdoor\r\n"
+    for codec in ("utf-16-le", "utf-16-be"):
+        path = tmp_path / f"export-{codec}.csv"
+        path.write_bytes(text.encode(codec))
+        events, warnings = _read(path)
+        assert [(e.event_id, e.channel, e.computer) for e in events] == [(4720, "Security", "DC01")], codec
+        assert events[0].fields["Message"] == "Account: backdoor" and warnings == []

@@ -50,6 +50,16 @@ def test_utf16_with_bom() -> None:
     assert records == [(1, {"k": "Ünïcode"})]
 
 
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-32"])
+def test_utf16_and_utf32_without_a_bom_or_with_utf32s(codec: str) -> None:
+    """Without a mark, the NULs around the first character name the encoding (read as UTF-8, the whole file
+    was one "invalid JSON" warning); "utf-32" writes UTF-32's mark, which begins with UTF-16's."""
+    text = '{"k": "Ünïcode"}\n{"k": 2}\n'
+    records, warnings = _read(text.encode(codec))
+    assert records == [(1, {"k": "Ünïcode"}), (2, {"k": 2})] and warnings == []
+    assert JsonReader().sniff(text.encode(codec)[:64], "x.log") == 80
+
+
 def test_invalid_utf8_stays_visible() -> None:
     records, _ = _read(b'{"k": "bad \xff byte"}\n')
     assert records == [(1, {"k": "bad \\xff byte"})]

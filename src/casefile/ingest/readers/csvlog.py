@@ -5,7 +5,6 @@ Values are text, as CSV has no types; empty cells are empty strings. The file is
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import sys
@@ -15,6 +14,7 @@ from typing import IO, Any
 
 from casefile.ingest.model import RawRecord
 from casefile.ingest.plugins import READERS, WarningSink
+from casefile.ingest.readers._text import text_encoding
 from casefile.models import IngestWarning
 
 # Script blocks and payloads exceed csv's default 128 KiB field limit.
@@ -39,8 +39,7 @@ class CsvReader:
     ) -> Iterator[RawRecord]:
         head = stream.read(4)
         stream.seek(0)
-        encoding = "utf-16" if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
-        text = io.TextIOWrapper(stream, encoding=encoding, errors="backslashreplace", newline="")
+        text = io.TextIOWrapper(stream, encoding=text_encoding(head), errors="backslashreplace", newline="")
         # The delimiter is the most frequent candidate in the header line; quoting is Excel's.
         first_line = text.readline()
         delimiter = max(",;\t", key=first_line.count)

@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from casefile.ingest.model import RawRecord
 from casefile.ingest.plugins import READERS, WarningSink
+from casefile.ingest.readers._text import text_encoding
 from casefile.models import IngestWarning
 
 #: Bytes read from the file per refill.
@@ -46,19 +47,12 @@ _ERRORS = "casefile-json-escape"
 codecs.register_error(_ERRORS, _json_escape_bytes)
 
 
-def _encoding(head: bytes) -> str:
-    """UTF-16 when the file starts with its BOM (PowerShell's Out-File writes that), else UTF-8."""
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    return "utf-8-sig"
-
-
 class _Buffer:
     """Text decoded from a binary stream, consumed from the front, refilled at the back."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         head = stream.read(4)
-        self._decoder = codecs.getincrementaldecoder(_encoding(head))(errors=_ERRORS)
+        self._decoder = codecs.getincrementaldecoder(text_encoding(head))(errors=_ERRORS)
         self._stream = stream
         self.text = self._decoder.decode(head)
         self.pos = 0
@@ -127,7 +121,7 @@ class JsonReader:
     name = "json"
 
     def sniff(self, head: bytes, name: str) -> int:
-        text = head.decode(_encoding(head), errors="ignore").lstrip("\ufeff \t\r\n")
+        text = head.decode(text_encoding(head), errors="ignore").lstrip("\ufeff \t\r\n")
         if text[:1] in ("{", "["):
             return 80
         return 40 if name.lower().endswith(_EXTENSIONS) else 0
