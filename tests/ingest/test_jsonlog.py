@@ -109,6 +109,30 @@ def test_records_larger_than_the_read_block(monkeypatch: pytest.MonkeyPatch) -> 
     ]
 
 
+def test_a_record_longer_than_the_bound_is_skipped_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compressed bomb of one line took memory in proportion to the line (1.3 GB in `casefile hunt` for a
+    600 kB zip): past MAX_RECORD_CHARS the record is skipped, and reading goes on at the next record."""
+    monkeypatch.setattr(jsonlog, "READ_SIZE", 256)
+    monkeypatch.setattr(jsonlog, "MAX_RECORD_CHARS", 4096)
+    longest = 0
+    real_fill = jsonlog._Buffer.fill
+
+    def fill(self: jsonlog._Buffer, size: int = 0) -> bool:
+        nonlocal longest
+        grew = real_fill(self, size)
+        longest = max(longest, len(self.text))
+        return grew
+
+    monkeypatch.setattr(jsonlog._Buffer, "fill", fill)
+    fits = json.dumps({"n": 2, "blob": "y" * 3000})
+    text = '{"n": 1}\n{"n": "' + "x" * 100_000 + '"}\n' + fits + "\n"
+    records, warnings = _read(text)
+    assert [r["n"] for _, r in records] == [1, 2]
+    ((line, reason),) = [(w.record, w.reason) for w in warnings]
+    assert line == 2 and "record longer than 4,096 characters; record skipped, resumed at line 3" in reason
+    assert longest < 3 * 4096  # never the whole line
+
+
 def test_huge_single_line_array_is_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jsonlog, "READ_SIZE", 1024)
     text = json.dumps([{"n": i, "pad": "p" * 100} for i in range(3000)])

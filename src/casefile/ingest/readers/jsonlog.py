@@ -32,6 +32,8 @@ _EXTENSIONS = (".json", ".jsonl", ".ndjson", ".jsonlines")
 # after a bad record the text read is dropped once it exceeds this: a file of bad lines took a minute per
 # 2 MB, one error per line at up to 1 MiB into the block. (Dropping costs a copy of the rest of the block.)
 _KEEP_CONSUMED = 4096
+#: The longest record read whole; a longer one is skipped with a warning (see `JsonReader._decode`).
+MAX_RECORD_CHARS = 64 << 20
 
 
 def _json_escape_bytes(exc: UnicodeError) -> tuple[str, int]:
@@ -170,8 +172,18 @@ class JsonReader:
                 return _SKIPPED
             except json.JSONDecodeError as exc:
                 if _incomplete(exc, buf.text) and not buf.eof:
+                    held = len(buf.text) - buf.pos
+                    if held >= MAX_RECORD_CHARS:
+                        # No log record is this long (an EVTX record is at most 64 KiB): a compressed bomb of
+                        # one line must not take the memory. Skipped from the end of what is held.
+                        too_big = json.JSONDecodeError(
+                            f"record longer than {MAX_RECORD_CHARS:,} characters", buf.text,
+                            len(buf.text) - 1,
+                        )
+                        self._skip_bad(buf, too_big, source, on_warning)
+                        return _SKIPPED
                     # Grow geometrically so a huge record is not re-parsed once per block.
-                    buf.fill(2 * (len(buf.text) - buf.pos))
+                    buf.fill(min(2 * held, MAX_RECORD_CHARS))
                     continue
                 self._skip_bad(buf, exc, source, on_warning)
                 return _SKIPPED
