@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from casefile.ingest import discover, read_events
 from casefile.models import Event, IngestWarning
 
@@ -105,3 +107,22 @@ def test_csv_in_utf16_without_a_bom_is_read_as_utf16(tmp_path: Path) -> None:
         events, warnings = _read(path)
         assert [(e.event_id, e.channel, e.computer) for e in events] == [(4720, "Security", "DC01")], codec
         assert events[0].fields["Message"] == "Account: backdoor" and warnings == []
+
+
+def test_a_csv_line_longer_than_the_bound_is_skipped_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compressed bomb of one line took memory in proportion to the line; past MAX_LINE_CHARS the line is
+    read past in pieces, and the rows after it are read with their own line numbers."""
+    from casefile.ingest.readers import csvlog
+
+    monkeypatch.setattr(csvlog, "MAX_LINE_CHARS", 1000)
+    path = tmp_path / "export.csv"
+    path.write_text(
+        "Id,LogName,MachineName,Message\n4720,Security,DC01,one\n"
+        f"4721,Security,DC01,{'x' * 100_000}\n4722,Security,DC01,three\n",
+        encoding="utf-8",
+    )
+    events, warnings = _read(path)
+    assert [(e.event_id, e.fields["Message"]) for e in events] == [(4720, "one"), (4722, "three")]
+    assert [(w.record, w.reason) for w in warnings] == [(3, "CSV line longer than 1,000 characters; skipped")]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -17,8 +16,25 @@ from casefile.ingest.plugins import READERS, WarningSink
 from casefile.ingest.readers._text import text_encoding
 from casefile.models import IngestWarning
 
-# Script blocks and payloads exceed csv's default 128 KiB field limit.
-csv.field_size_limit(sys.maxsize)
+#: The longest CSV line, and field, read (script blocks and payloads exceed csv's default 128 KiB); a
+#: longer one is skipped with a warning: a compressed bomb of one line must not take the memory.
+MAX_LINE_CHARS = 64 << 20
+csv.field_size_limit(MAX_LINE_CHARS)
+
+
+def _bounded_lines(text: IO[str], source: str, on_warning: WarningSink) -> Iterator[str]:
+    """The lines of `text`; one longer than MAX_LINE_CHARS is read past in pieces and given as an empty line
+    (which csv skips, and which keeps its line count), with a warning."""
+    number = 0
+    limit = MAX_LINE_CHARS
+    while line := text.readline(limit):
+        number += 1
+        if len(line) >= limit and not line.endswith(("\n", "\r")):
+            while (more := text.readline(limit)) and not more.endswith(("\n", "\r")):
+                pass
+            on_warning(IngestWarning(source, f"CSV line longer than {limit:,} characters; skipped", number))
+            line = "\n"
+        yield line
 
 
 class CsvReader:
@@ -41,11 +57,11 @@ class CsvReader:
         stream.seek(0)
         text = io.TextIOWrapper(stream, encoding=text_encoding(head), errors="backslashreplace", newline="")
         # The delimiter is the most frequent candidate in the header line; quoting is Excel's.
-        first_line = text.readline()
+        first_line = text.readline(MAX_LINE_CHARS)
         delimiter = max(",;\t", key=first_line.count)
         text.seek(0)
         # strict: a malformed quote is an error to report, not a silent merge of rows.
-        rows = csv.reader(text, delimiter=delimiter, strict=True)
+        rows = csv.reader(_bounded_lines(text, source, on_warning), delimiter=delimiter, strict=True)
         try:
             header = next(rows)
         except StopIteration:
