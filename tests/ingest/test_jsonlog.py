@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -261,3 +262,24 @@ def test_bad_lines_are_decoded_near_the_front_of_the_buffer(monkeypatch: pytest.
     assert [r for _, r in records] == [{"a": 1}, {"a": 2}]
     assert len(warnings) == 50_000 and warnings[-1].record == 50_001
     assert max(offsets) < 2 * jsonlog._KEEP_CONSUMED  # not up to the 250 kB the file holds
+
+
+def test_a_file_lists_its_first_warnings_and_counts_the_rest(tmp_path: Path) -> None:
+    """A file of a million bad lines printed, and a case held, a million warnings (14 s and 750 MB for
+    200,000): past MAX_FILE_WARNINGS they are counted in one last warning; the good records are read."""
+    from casefile.ingest import read_events
+    from casefile.ingest.pipeline import MAX_FILE_WARNINGS
+
+    bad = MAX_FILE_WARNINGS + 250
+    (tmp_path / "noisy.json").write_text(
+        '{"n": 1}\n' + "{bad\n" * bad + '{"n": 2}\n', encoding="utf-8"
+    )
+    (tmp_path / "quiet.json").write_text("{bad\n" * 3 + '{"n": 3}\n', encoding="utf-8")
+    warnings: list[IngestWarning] = []
+    events = list(read_events([tmp_path], on_warning=warnings.append))
+    assert [e.fields["n"] for e in events] == [1, 2, 3]
+    noisy = [w for w in warnings if w.file.endswith("noisy.json")]
+    assert len(noisy) == MAX_FILE_WARNINGS + 1
+    first = MAX_FILE_WARNINGS
+    assert noisy[-1].reason == f"250 more warnings for this file not listed (the first {first} are)"
+    assert len([w for w in warnings if w.file.endswith("quiet.json")]) == 3  # counted per file

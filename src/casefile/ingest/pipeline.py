@@ -25,6 +25,34 @@ from casefile.models import Event, IngestWarning
 _READ_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError, UnicodeError, InputError)
 
 
+#: Warnings listed per evidence file; past it they are counted, and one more warning says how many (a file
+#: of a million bad lines must not print, or hold, a million warnings).
+MAX_FILE_WARNINGS = 1000
+
+
+class _Capped:
+    """One file's warning sink: passes on the first MAX_FILE_WARNINGS, counts the rest."""
+
+    __slots__ = ("listed", "more", "sink")
+
+    def __init__(self, sink: WarningSink) -> None:
+        self.sink = sink
+        self.listed = self.more = 0
+
+    def __call__(self, warning: IngestWarning) -> None:
+        if self.listed < MAX_FILE_WARNINGS:
+            self.listed += 1
+            self.sink(warning)
+        else:
+            self.more += 1
+
+    def summary(self, path: str) -> None:
+        if self.more:
+            self.sink(IngestWarning(
+                path, f"{self.more} more warnings for this file not listed (the first {self.listed} are)"
+            ))
+
+
 def read_records(
     evidence: EvidenceFile, on_warning: WarningSink, *, reader: Reader | None = None,
     following: EvidenceFile | None = None,
@@ -33,21 +61,26 @@ def read_records(
 
     `reader` replaces the registered reader for the file's format (e.g. one that keeps raw text);
     `following` is the file the caller reads next, if known (the EVTX reader starts on it meanwhile).
+    The first MAX_FILE_WARNINGS warnings of the file are passed on, then one that counts the rest.
     """
     reader = reader or READERS.get(evidence.format)
     next_path = (
         _plain(following) if following is not None and following.format == evidence.format else None
     )
+    capped = on_warning if isinstance(on_warning, _Capped) else _Capped(on_warning)
     try:
         with open_evidence(evidence) as stream:
             yield from reader.read(
-                stream, evidence.path, on_warning, disk_path=_plain(evidence), next_path=next_path
+                stream, evidence.path, capped, disk_path=_plain(evidence), next_path=next_path
             )
     except _READ_ERRORS as exc:
         reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
         damaged = isinstance(exc, zipfile.BadZipFile | EOFError | zlib.error | gzip.BadGzipFile)
         kind = "damaged archive data" if damaged else "read error"
-        on_warning(IngestWarning(evidence.path, f"{kind}, reading stopped here: {reason}"))
+        # always listed: where reading stopped matters more than any warning counted before it
+        capped.sink(IngestWarning(evidence.path, f"{kind}, reading stopped here: {reason}"))
+    if capped is not on_warning:  # the caller's own cap (read_file) says it at the end of its file
+        capped.summary(evidence.path)
 
 
 T = TypeVar("T")
@@ -98,10 +131,12 @@ def read_file(
 ) -> Iterator[Event]:
     """The Events of one evidence file (`following`: see `read_records`)."""
     shapes = shapes_by_priority()
-    for raw in read_records(evidence, on_warning, following=following):
-        event = normalise(raw, evidence.path, on_warning, shapes=shapes)
+    capped = _Capped(on_warning)  # the reader's warnings and the shapes' count together
+    for raw in read_records(evidence, capped, following=following):
+        event = normalise(raw, evidence.path, capped, shapes=shapes)
         if event is not None:
             yield event
+    capped.summary(evidence.path)
 
 
 def read_events(paths: Sequence[str | Path], *, on_warning: WarningSink) -> Iterator[Event]:
