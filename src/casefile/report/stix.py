@@ -8,7 +8,6 @@ never from the clock.
 from __future__ import annotations
 
 import ipaddress
-import re
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -20,8 +19,8 @@ from casefile.case.store import Case, StoredDetection
 from casefile.case.timeline import tactics_for
 from casefile.errors import IntelError
 from casefile.models import DetectionKind
-from casefile.share.models import AtomKind
-from casefile.share.patterns import normalise
+from casefile.share.models import Atom, AtomKind
+from casefile.share.patterns import atom_pattern, normalise, quote
 
 #: Namespace of every casefile STIX id (uuid5(NAMESPACE_URL, "https://casefile/stix")).
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://casefile/stix")
@@ -38,15 +37,6 @@ def stix_time(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_HEX = re.compile(r"^[0-9a-fA-F]+$")
-_HASH_NAMES = {32: "MD5", 40: "SHA-1", 64: "SHA-256", 128: "SHA-512"}
-
-
-def _quote(value: str) -> str:
-    """A STIX pattern string literal: backslash and quote escaped."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def indicator_pattern(value: str) -> str:
     """A STIX pattern for an indicator value, by its shape (hash, IP or CIDR, URL, domain, else file name).
 
@@ -56,27 +46,30 @@ def indicator_pattern(value: str) -> str:
     v = value.strip()
     if v.startswith("[") and validate_pattern(v, ret_errs=False, print_errs=False):
         return v
-    if _HEX.match(v) and len(v) in _HASH_NAMES:
-        return f"[file:hashes.'{_HASH_NAMES[len(v)]}' = {_quote(v.lower())}]"
+    try:
+        # The intel store's own tests, here and for domains below: what it matches on is exported as such.
+        return atom_pattern(Atom(AtomKind.HASH, normalise(AtomKind.HASH, v)))
+    except IntelError:
+        pass
     try:
         ip = ipaddress.ip_address(v)
-        return f"[{'ipv4' if ip.version == 4 else 'ipv6'}-addr:value = {_quote(v)}]"
+        return f"[{'ipv4' if ip.version == 4 else 'ipv6'}-addr:value = {quote(v)}]"
     except ValueError:
         pass
     if "/" in v and "://" not in v:
         try:
             net = ipaddress.ip_network(v, strict=False)
-            return f"[{'ipv4' if net.version == 4 else 'ipv6'}-addr:value = {_quote(str(net))}]"
+            return f"[{'ipv4' if net.version == 4 else 'ipv6'}-addr:value = {quote(str(net))}]"
         except ValueError:
             pass
     if "://" in v:
-        return f"[url:value = {_quote(v)}]"
+        return f"[url:value = {quote(v)}]"
     try:
-        # The intel store's own test of a domain: a name it matched on (an `_` label, a punycode TLD)
-        # must not come back as a file name, which nothing matches.
-        return f"[domain-name:value = {_quote(normalise(AtomKind.DOMAIN, v))}]"
+        # a name the store matched on (an `_` label, a punycode TLD) must not come back as a file name,
+        # which nothing matches
+        return atom_pattern(Atom(AtomKind.DOMAIN, normalise(AtomKind.DOMAIN, v)))
     except IntelError:
-        return f"[file:name = {_quote(v)}]"
+        return f"[file:name = {quote(v)}]"
 
 
 def _attack_ref(tid: str) -> dict[str, str]:
