@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
 from typing import Any
 
 from stix2patterns.validator import validate as validate_pattern  # type: ignore[import-untyped]
@@ -21,6 +20,7 @@ from casefile.errors import IntelError
 from casefile.models import DetectionKind
 from casefile.share.models import Atom, AtomKind
 from casefile.share.patterns import atom_pattern, normalise, quote
+from casefile.share.store import stix_time
 
 #: Namespace of every casefile STIX id (uuid5(NAMESPACE_URL, "https://casefile/stix")).
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://casefile/stix")
@@ -30,11 +30,6 @@ MIN_ATTRIBUTION_PROBABILITY = 0.05
 
 def stix_id(kind: str, *key: str) -> str:
     return f"{kind}--{uuid.uuid5(NAMESPACE, '|'.join((kind, *key)))}"
-
-
-def stix_time(ts: datetime) -> str:
-    # isoformat, not strftime: %Y writes year 1 as "1", which no reader takes for a timestamp
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def indicator_pattern(value: str) -> str:

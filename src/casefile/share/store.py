@@ -324,13 +324,13 @@ class IntelStore:
             if raw is not None:
                 yield json.loads(raw)
                 continue
-            stamp = _stix_time(_utc(first) or datetime(1970, 1, 1, tzinfo=UTC))
+            stamp = stix_time(first or datetime(1970, 1, 1, tzinfo=UTC))
             obj: dict[str, Any] = {
                 "type": "indicator",
                 "spec_version": "2.1",
                 "id": oid,
                 "created": stamp,
-                "modified": _stix_time(_utc(last)) if last else stamp,
+                "modified": stix_time(last) if last else stamp,
                 "pattern": pattern,
                 "pattern_type": "stix",
                 "valid_from": stamp,
@@ -488,8 +488,9 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(a, b) if a and b else a or b
 
 
-def _stix_time(ts: datetime | None) -> str:
-    t = _utc(ts) or datetime(1970, 1, 1, tzinfo=UTC)
+def stix_time(ts: datetime) -> str:
+    """A STIX timestamp (UTC, milliseconds, `Z`); a naive `ts` is taken as UTC."""
+    t = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     # isoformat, not strftime: %Y writes year 1 as "1", which no reader takes for a timestamp
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
