@@ -65,3 +65,51 @@ def test_empty_json_array() -> None:
     out = io.StringIO()
     assert write_detections([], "json", out) == 0
     assert out.getvalue() == "[]\n"
+
+
+class _Recorder:
+    """A `Progress` that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def start(self, total_files: int | None) -> None:
+        self.calls.append(("start", total_files))
+
+    def set_total(self, total_files: int) -> None:
+        self.calls.append(("total", total_files))
+
+    def file_done(self, path: str) -> None:
+        self.calls.append(("done", path))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_counts_files_on_disk_while_they_are_found(
+    sample: tuple[Path, list[Path]], tmp_path: Path, workers: int
+) -> None:
+    # The bar starts without a total (files are found as the hunt goes), is given one counted beside it,
+    # and each file on disk is done once: a zip once for all its members, a file no reader claims too.
+    import shutil
+    import zipfile
+
+    rules_dir, files = sample
+    evidence = tmp_path / "evidence"
+    shutil.copytree(Path(__file__).parent.parent / "data" / "ingest", evidence / "logs")
+    for f in files[:3]:
+        shutil.copy(f, evidence / f.name)
+    with zipfile.ZipFile(evidence / "triage.zip", "w") as z:
+        for f in files[3:6]:
+            z.write(f, f"host/{f.name}")
+    recorder = _Recorder()
+    stats = HuntStats()
+    found = list(iter_hunt(
+        [evidence], load_rules([rules_dir]), stats=stats, progress=recorder, workers=workers,
+        vectorised=True, event_fields=False,
+    ))
+    assert found and stats.files == 3 + 3 + 7  # three EVTX, three zip members, seven fixture logs
+    assert recorder.calls[0] == ("start", None)
+    totals = [n for what, n in recorder.calls if what == "total"]
+    done = [p for what, p in recorder.calls if what == "done"]
+    on_disk = [str(p) for p in sorted(evidence.rglob("*")) if p.is_file()]
+    assert sorted(done) == on_disk  # each once, the README and the zip included
+    assert totals == [len(on_disk)]

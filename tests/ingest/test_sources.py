@@ -76,10 +76,11 @@ def test_zip_members_are_read_in_place(tmp_path: Path) -> None:
         f"{archive}!host1/logs/flat.jsonl", f"{archive}!host2/beat.json", f"{archive}!host3/sec.json.gz",
     ]
     assert len(events) == 3 + 2 + 2
+    # files are found as they are read: a member skipped after host1 is reported after host1's records
     assert [str(w) for w in warnings] == [
-        f"{archive}!host3/notes.txt: not a recognised log format; skipped",
         f"{archive}!host1/logs/flat.jsonl (record 3): invalid JSON at line 3 column 154: Invalid control "
         "character; record skipped, resumed at line 4",
+        f"{archive}!host3/notes.txt: not a recognised log format; skipped",
     ]
     member = next(f for f in discover([archive]) if f.member == "host3/sec.json.gz")
     assert (member.format, member.gzip, member.location) == ("json", True, archive)
@@ -345,3 +346,123 @@ def test_zip_members_of_the_same_name_are_reported_not_read_twice(tmp_path: Path
         "zip member named as a later one, which is read in its place: extract both (7z x -aou renames) and "
         "ingest them",
     )]
+
+
+def _set_dedup(paths: list[Path]) -> list[str]:
+    """What discovery gives, by the plain rule it keeps in less memory: every file the walk meets, in
+    order, but those whose real path was met before."""
+    import os
+
+    from casefile.ingest.sources import _walk
+
+    seen: set[str] = set()
+    out: list[str] = []
+    for given in paths:
+        path = os.fspath(given)
+        if os.path.isdir(path):
+            walked = _walk(path, _ignore, set())
+            found = [(f, os.path.realpath(f) if link else pos) for f, pos, link in walked]
+        else:
+            found = [(path, os.path.realpath(path))]
+        for file, key in found:
+            if key not in seen:
+                seen.add(key)
+                out.append(file)
+    return out
+
+
+def _ignore(_: IngestWarning) -> None:
+    pass
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_files_met_twice_are_read_once_without_a_set_of_every_file(tmp_path: Path, seed: int) -> None:
+    # Random trees with links to files before and after them in the walk, into other named folders and
+    # out of them, nested and repeated roots, and files named on their own: discovery remembers only the
+    # links and the named files, and must give what a set of every real path met would.
+    import random
+
+    rng = random.Random(seed)
+    root = tmp_path / "t"
+    folders = [root]
+    files: list[Path] = []
+    for i in range(rng.randint(3, 12)):
+        folder = rng.choice(folders) / f"d{rng.randint(0, 3)}{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        folders.append(folder)
+    for i in range(rng.randint(5, 25)):
+        file = rng.choice(folders) / f"f{rng.randint(0, 9)}{i}.json"
+        file.write_bytes(ECS.read_bytes())
+        files.append(file)
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(ECS.read_bytes())
+    targets = [*files, outside]
+    for i in range(rng.randint(1, 8)):
+        link = rng.choice(folders) / f"{rng.choice('aflz')}link{i}.json"
+        link.symlink_to(rng.choice(targets))
+        targets.append(link)
+    choices = [*folders, *targets]
+    given = [rng.choice(choices) for _ in range(rng.randint(1, 4))]
+    found = [f.path for f in discover(given)]
+    assert found == _set_dedup([Path(p) for p in given])
+    assert len(found) == len(set(found))
+
+
+def test_discovery_goes_as_it_is_asked(tmp_path: Path) -> None:
+    # Files are found as the iterator advances (a hunt starts on the first files and holds none it is not
+    # reading); a path that does not exist is refused before anything is read.
+    from casefile.ingest import count_files, iter_discover
+
+    for name in ("a.json", "b.json", "c.json"):
+        shutil.copy(ECS, tmp_path / name)
+    found = iter_discover([tmp_path])
+    assert next(found).path == str(tmp_path / "a.json")
+    (tmp_path / "c.json").unlink()  # gone before the walk reaches it: never seen
+    assert [f.path for f in found] == [str(tmp_path / "b.json")]
+    with pytest.raises(InputError, match="no-such-dir"):
+        iter_discover([tmp_path, tmp_path / "no-such-dir"])
+    with pytest.raises(InputError, match="no-such-dir"):
+        count_files([tmp_path, tmp_path / "no-such-dir"])
+
+
+def test_count_files_counts_what_discovery_looks_at(tmp_path: Path) -> None:
+    # A progress total: files on disk once each (a zip once, whatever it holds), those no reader claims too
+    from casefile.ingest import count_files, iter_discover
+
+    shutil.copytree(DATA, tmp_path / "data")
+    with zipfile.ZipFile(tmp_path / "data" / "two.zip", "w") as z:
+        z.write(ECS, "one.json")
+        z.write(ECS, "two.json")
+    (tmp_path / "link.json").symlink_to(tmp_path / "data" / "evtx_shapes.json")
+    given = [tmp_path, tmp_path / "data" / "evtxecmd.csv"]
+    skipped: list[str] = []
+    found = list(iter_discover(given, on_skip=skipped.append))
+    on_disk = {f.on_disk for f in found}
+    assert skipped == [str(tmp_path / "data" / "nested" / "README.txt")]
+    assert len(found) == len(on_disk) + 1  # the zip's two members
+    assert count_files(given) == len(on_disk) + len(skipped)
+
+
+def test_files_in_a_folder_that_could_not_be_listed_are_still_read_through_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder one may enter but not list: its files were not read by the walk, so a link to one, met
+    # later in the walk, and a folder inside it named on its own, are read.
+    import os
+
+    locked = tmp_path / "locked"
+    (locked / "inner").mkdir(parents=True)
+    shutil.copy(ECS, locked / "x.json")
+    shutil.copy(ECS, locked / "inner" / "y.json")
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "link.json").symlink_to(locked / "x.json")
+    real_scandir = os.scandir
+
+    def scandir(path: str | Path) -> object:
+        if Path(path) == locked:  # tests run as root, whom chmod does not stop
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = discover([tmp_path, locked / "inner"])
+    assert [f.path for f in found] == [str(tmp_path / "z" / "link.json"), str(locked / "inner" / "y.json")]

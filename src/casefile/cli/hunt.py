@@ -33,14 +33,19 @@ PlaceholderOpt = Annotated[
 
 
 class _Bar:
-    """Adapts run_hunt's progress protocol to a rich progress bar (files done of files found)."""
+    """Adapts run_hunt's progress protocol to a rich progress bar (files done of files found; without a
+    total, until it is counted, the bar pulses)."""
 
     def __init__(self, bar: Progress) -> None:
         self._bar = bar
         self._task: TaskID | None = None
 
-    def start(self, total_files: int) -> None:
+    def start(self, total_files: int | None) -> None:
         self._task = self._bar.add_task("Hunting", total=total_files)
+
+    def set_total(self, total_files: int) -> None:
+        if self._task is not None:
+            self._bar.update(self._task, total=total_files)
 
     def file_done(self, path: str) -> None:
         if self._task is not None:

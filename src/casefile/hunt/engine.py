@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -11,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from casefile.errors import InputError
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.hunt.evaluate import EventView, Predicate, compile_node, route_key
 from casefile.hunt.rules import CompiledRule, RuleSet
-from casefile.ingest import EvidenceFile, discover, read_file, with_next
+from casefile.ingest import EvidenceFile, count_files, iter_discover, read_file, with_next
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
 
 
@@ -161,9 +164,14 @@ class HuntResult:
 
 
 class Progress(Protocol):
-    """What run_hunt reports progress to (the CLI adapts a rich progress bar to it)."""
+    """What run_hunt reports progress to (the CLI adapts a rich progress bar to it), in files as
+    `ingest.count_files` counts them: a zip archive is one file, done once all its members are."""
 
-    def start(self, total_files: int) -> None: ...
+    def start(self, total_files: int | None) -> None:
+        """The hunt begins; `total_files` is None until counted (`set_total`)."""
+        ...
+
+    def set_total(self, total_files: int) -> None: ...
 
     def file_done(self, path: str) -> None: ...
 
@@ -201,15 +209,17 @@ def iter_hunt(
         if on_warning is not None:
             on_warning(w)
 
-    evidence = discover(paths, on_warning=warn)
-    stats.files = len(evidence)
-    if progress is not None:
-        progress.start(len(evidence))
+    report = _FileProgress(progress)
+    # Files are found as the hunt goes (workers start on the first ones, and memory does not grow with
+    # the number of files); the progress bar's total is counted beside it, without opening them.
+    evidence: Iterable[EvidenceFile] = _counted(
+        iter_discover(paths, on_warning=warn, on_skip=report.skipped), stats
+    )
+    counting = report.start(paths)
 
     def done(ev: EvidenceFile, events: int) -> None:
         stats.events += events
-        if progress is not None:
-            progress.file_done(ev.path)
+        report.done(ev)
 
     if vectorised:  # same detections, order and counts; see casefile/hunt/vector.py
         from casefile.hunt.parallel import vector_hits
@@ -220,15 +230,66 @@ def iter_hunt(
             evidence, rules, workers=workers, warn=warn, done=done,
             fields_of=None if event_fields else needed, plan_cache=plan_cache, source=ruleset,
         )
-    elif (workers or os.cpu_count() or 1) > 1 and len(evidence) > 1:
-        hits = _parallel_hits(evidence, ruleset, min_level, workers or os.cpu_count() or 1, warn, done)
-    else:
-        hits = _sequential_hits(evidence, _index(ruleset, min_level), warn, done)
+    else:  # the reference path: the whole list first, as it always did
+        listed = list(evidence)
+        if (workers or os.cpu_count() or 1) > 1 and len(listed) > 1:
+            hits = _parallel_hits(listed, ruleset, min_level, workers or os.cpu_count() or 1, warn, done)
+        else:
+            hits = _sequential_hits(listed, _index(ruleset, min_level), warn, done)
     by_rule = stats.by_rule
     for d in _emit(hits, ruleset, min_level, warn):
         stats.detections += 1
         by_rule[d.rule.id] = by_rule.get(d.rule.id, 0) + 1
         yield d
+    report.finish(counting)
+
+
+def _counted(evidence: Iterable[EvidenceFile], stats: HuntStats) -> Iterator[EvidenceFile]:
+    for ev in evidence:
+        stats.files += 1
+        yield ev
+
+
+class _FileProgress:
+    """Turns a hunt's evidence files into `Progress` files: one per file on disk (a zip's members
+    together), and the files discovery skips."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.current: str | None = None  # the file on disk whose evidence is being delivered
+
+    def start(self, paths: Sequence[str | Path]) -> threading.Thread | None:
+        """Starts the bar, and the count of its total in a thread (the walk is mostly system calls)."""
+        progress = self.progress
+        if progress is None:
+            return None
+        progress.start(None)
+
+        def count() -> None:
+            # a folder that changes or goes during the count leaves the bar without a total, nothing more
+            with contextlib.suppress(OSError, InputError):
+                progress.set_total(count_files(paths))
+
+        thread = threading.Thread(target=count, name="casefile-count-files", daemon=True)
+        thread.start()
+        return thread
+
+    def skipped(self, path: str) -> None:
+        if self.progress is not None:
+            self.progress.file_done(path)
+
+    def done(self, ev: EvidenceFile) -> None:
+        if self.progress is not None and ev.on_disk != self.current:
+            if self.current is not None:
+                self.progress.file_done(self.current)
+            self.current = ev.on_disk
+
+    def finish(self, counting: threading.Thread | None) -> None:
+        if self.progress is not None and self.current is not None:
+            self.progress.file_done(self.current)
+            self.current = None
+        if counting is not None:
+            counting.join()
 
 
 def run_hunt(

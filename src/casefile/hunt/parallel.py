@@ -18,7 +18,7 @@ import pickle
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -205,7 +205,7 @@ def load_pickled_rules(data: bytes) -> tuple[CompiledRule, ...]:
     return tuple(loaded.rules if isinstance(loaded, RuleSet) else loaded)
 
 
-def _groups(evidence: Sequence[EvidenceFile], task_bytes: int) -> Iterator[list[EvidenceFile]]:
+def _groups(evidence: Iterable[EvidenceFile], task_bytes: int) -> Iterator[list[EvidenceFile]]:
     group: list[EvidenceFile] = []
     size = 0
     for ev in evidence:
@@ -276,7 +276,7 @@ def _worker_task(evidence: list[EvidenceFile]) -> TaskResult:
 
 
 def vector_hits(
-    evidence: Sequence[EvidenceFile],
+    evidence: Iterable[EvidenceFile],
     rules: Sequence[CompiledRule],
     *,
     workers: int,

@@ -1,6 +1,7 @@
 """casefile.ingest: evidence files (EVTX, JSON in its common shapes, zip/gz) to normalised Events.
 
-    discover(paths) -> list[EvidenceFile]
+    iter_discover(paths) -> Iterator[EvidenceFile] (found as the iterator goes), discover (a list),
+        count_files (a progress total)
     read_events(paths, on_warning=...) -> Iterator[Event]
     read_records / normalise / read_file: the same pipeline, step by step (with_next names the file
         read next, which the EVTX reader starts on meanwhile)
@@ -12,7 +13,7 @@ from casefile.ingest import readers, shapes  # noqa: F401  (built-ins register t
 from casefile.ingest.model import EvidenceFile, RawRecord
 from casefile.ingest.pipeline import normalise, read_events, read_file, read_records, with_next
 from casefile.ingest.plugins import READERS, SHAPES, Reader, Shape, WarningSink
-from casefile.ingest.sources import discover, open_evidence
+from casefile.ingest.sources import count_files, discover, iter_discover, open_evidence
 
 __all__ = [
     "READERS",
@@ -22,7 +23,9 @@ __all__ = [
     "Reader",
     "Shape",
     "WarningSink",
+    "count_files",
     "discover",
+    "iter_discover",
     "normalise",
     "open_evidence",
     "read_events",

@@ -10,14 +10,14 @@ import gzip
 import itertools
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from casefile.errors import InputError
 from casefile.ingest.model import EvidenceFile, RawRecord
 from casefile.ingest.plugins import READERS, SHAPES, Reader, Shape, WarningSink, shapes_by_priority
-from casefile.ingest.sources import discover, open_evidence
+from casefile.ingest.sources import iter_discover, open_evidence
 from casefile.models import Event, IngestWarning
 
 # What a damaged input can raise while a reader streams it: archive/compression errors,
@@ -86,11 +86,13 @@ def read_records(
 T = TypeVar("T")
 
 
-def with_next(items: Sequence[T]) -> Iterator[tuple[T, T | None]]:
+def with_next(items: Iterable[T]) -> Iterator[tuple[T, T | None]]:
     """Each item with the one after it (None after the last): how callers name the file they read next
-    (`read_records(..., following=...)`)."""
+    (`read_records(..., following=...)`). Items are taken one ahead of the one given out."""
+    ahead, following = itertools.tee(items)
+    next(following, None)
     # not strict: for no items the second iterable still holds its None
-    return zip(items, itertools.chain(itertools.islice(items, 1, None), (None,)), strict=False)
+    return zip(ahead, itertools.chain(following, (None,)), strict=False)
 
 
 def _plain(evidence: EvidenceFile) -> Path | None:
@@ -145,5 +147,5 @@ def read_events(paths: Sequence[str | Path], *, on_warning: WarningSink) -> Iter
     Damaged files, records and archives, and files in no known format, are reported through
     `on_warning`; reading goes on. A path that does not exist raises InputError.
     """
-    for evidence, following in with_next(discover(paths, on_warning=on_warning)):
+    for evidence, following in with_next(iter_discover(paths, on_warning=on_warning)):
         yield from read_file(evidence, on_warning, following=following)

@@ -7,7 +7,7 @@ import io
 import os
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, cast
@@ -60,18 +60,19 @@ def _gzip_head(fileobj: IO[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _walk(path: Path, on_warning: WarningSink) -> Iterator[tuple[Path, str]]:
-    """Files under a folder, each with its resolved path, in a stable order: names sorted, a folder's
-    files before its subfolders'. Symlinked folders are not followed (no loops).
+def _walk(top: str, on_warning: WarningSink, unreadable: set[str]) -> Iterator[tuple[str, str, bool]]:
+    """Files under a folder in a stable order (names sorted, a folder's files before its subfolders'), each
+    as (path, position, link): `position` is the real path the walk stands at (its folder's real path plus
+    the name), the file's own real path unless `link` (the entry is a symbolic link). Symlinked folders
+    are not followed (no loops); the real paths of folders that cannot be listed are added to `unreadable`.
 
-    Built on `os.scandir` rather than `os.walk` plus `Path.resolve` per file: the entry's type comes
-    with the listing and a file's real path is its folder's plus its name unless it is a link itself,
-    which made discovery of folders of tens of thousands of files several times cheaper."""
+    Built on `os.scandir` and text paths rather than `os.walk`, `Path.resolve` and a Path per file: the
+    entry's type comes with the listing, and a Path's parsing was most of a walk over many files."""
 
-    def unreadable(exc: OSError, folder: str) -> None:
+    def unreadable_folder(exc: OSError, folder: str, real: str) -> None:
+        unreadable.add(real)
         on_warning(IngestWarning(str(exc.filename or folder), f"unreadable folder: {exc.strerror or exc}"))
 
-    top = os.fspath(path)
     stack = [(top, os.path.realpath(top))]
     while stack:
         folder, real = stack.pop()
@@ -79,7 +80,7 @@ def _walk(path: Path, on_warning: WarningSink) -> Iterator[tuple[Path, str]]:
             with os.scandir(folder) as listing:
                 entries = sorted(listing, key=_name)
         except OSError as exc:
-            unreadable(exc, folder)
+            unreadable_folder(exc, folder, real)
             continue
         subfolders: list[tuple[str, str]] = []
         for entry in entries:
@@ -91,16 +92,15 @@ def _walk(path: Path, on_warning: WarningSink) -> Iterator[tuple[Path, str]]:
                 if not _is_link(entry):
                     subfolders.append((entry.path, os.path.join(real, entry.name)))
                 continue
-            file = Path(entry.path)
             try:
                 regular = entry.is_file()
             except OSError as exc:
-                on_warning(IngestWarning(str(file), f"unreadable file: {exc.strerror or exc}"))
+                on_warning(IngestWarning(entry.path, f"unreadable file: {exc.strerror or exc}"))
                 continue
             if not regular:  # a FIFO would block the open forever; sockets, devices, dangling links
-                on_warning(IngestWarning(str(file), "not a regular file; skipped"))
+                on_warning(IngestWarning(entry.path, "not a regular file; skipped"))
                 continue
-            yield file, os.path.realpath(file) if _is_link(entry) else os.path.join(real, entry.name)
+            yield entry.path, os.path.join(real, entry.name), _is_link(entry)
         stack.extend(reversed(subfolders))
 
 
@@ -115,7 +115,7 @@ def _is_link(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
+def _zip_members(path: str, on_warning: WarningSink) -> Iterator[EvidenceFile]:
     try:
         archive = zipfile.ZipFile(path)
     except ARCHIVE_ERRORS as exc:
@@ -165,7 +165,7 @@ def _zip_members(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
             yield EvidenceFile(source, info.file_size, fmt, str(path), member=info.filename, gzip=is_gzip)
 
 
-def _classify(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
+def _classify(path: str, on_warning: WarningSink) -> Iterator[EvidenceFile]:
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -175,50 +175,147 @@ def _classify(path: Path, on_warning: WarningSink) -> Iterator[EvidenceFile]:
                 fh.seek(0)
                 head = _gzip_head(fh)
     except ARCHIVE_ERRORS as exc:
-        on_warning(IngestWarning(str(path), f"unreadable file: {exc}"))
+        on_warning(IngestWarning(path, f"unreadable file: {exc}"))
         return
     if not is_gzip and head.startswith(ZIP_MAGIC):
         yield from _zip_members(path, on_warning)
         return
-    name = path.name.removesuffix(".gz") if is_gzip else path.name
-    fmt = _pick(head, name)
+    name = os.path.basename(path)
+    fmt = _pick(head, name.removesuffix(".gz") if is_gzip else name)
     if fmt is None:
-        on_warning(IngestWarning(str(path), "not a recognised log format; skipped"))
+        on_warning(IngestWarning(path, "not a recognised log format; skipped"))
         return
-    name = str(path)
-    yield EvidenceFile(name, size, fmt, name, gzip=is_gzip)
+    yield EvidenceFile(path, size, fmt, path, gzip=is_gzip)
 
 
-def discover(
-    paths: Sequence[str | Path], *, on_warning: WarningSink | None = None
-) -> list[EvidenceFile]:
-    """Every readable log file under `paths` (folders walked recursively, zip members listed).
+class _Seen:
+    """Which files a discovery has already looked at, kept in memory that grows with the paths named, the
+    symbolic links met and the folders that could not be listed, not with the files walked.
+
+    A file is known by its real path. A walk reaches each real path under its folder at one position
+    only (linked folders are not followed), in a fixed order (`_walk`): a file under a folder walked
+    before was looked at then (unless it lies in a folder that could not be listed), and one under the
+    folder being walked was if its position comes first. Only what links point to and the files named
+    on their own need remembering.
+    """
+
+    def __init__(self) -> None:
+        self.walked: list[str] = []  # real paths of the folders walked to the end
+        self.named: set[str] = set()  # real paths of files named on their own or through a link
+        self.unreadable: set[str] = set()  # real paths of folders that could not be listed
+
+    def met(self, key: str) -> bool:
+        """Whether the file of real path `key` was met before, by a walk that has ended or by name."""
+        return key in self.named or (self._under(key, self.walked) and not self._under(key, self.unreadable))
+
+    def first_named(self, key: str) -> bool:
+        """Whether a file named on its own, or through a link outside the walk at hand, is met for the
+        first time (it is then remembered)."""
+        if self.met(key):
+            return False
+        self.named.add(key)
+        return True
+
+    def first_linked(self, key: str, position: str, walking: str) -> bool:
+        """`first_named` for a link the walk of the real folder `walking` meets at `position`: the file
+        it points to was met if that walk reached it already."""
+        if _under(key, walking) and not self._under(key, self.unreadable) and _walked_before(
+            key, position, walking
+        ):
+            return False
+        return self.first_named(key)
+
+    @staticmethod
+    def _under(key: str, folders: Iterable[str]) -> bool:
+        return any(_under(key, folder) for folder in folders)
+
+
+def _under(path: str, folder: str) -> bool:
+    """Whether the real path `path` lies inside the real folder `folder`."""
+    return path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
+
+
+def _walked_before(key: str, position: str, folder: str) -> bool:
+    """Whether a walk of `folder` (`_walk`) reaches the real path `key` before `position`, both inside it."""
+    a = key[len(folder):].strip(os.sep).split(os.sep)
+    b = position[len(folder):].strip(os.sep).split(os.sep)
+    for depth, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            x_file, y_file = depth == len(a) - 1, depth == len(b) - 1
+            if x_file != y_file:
+                return x_file  # a folder's files come before its subfolders'
+            return x < y  # names in sorted order, files and subfolders alike
+    return False
+
+
+def _files(paths: Sequence[str | Path], sink: WarningSink) -> Iterator[str]:
+    """The regular files under `paths` (`_walk` order, each given path in turn), each once."""
+    seen = _Seen()
+    for given in paths:
+        path = os.fspath(Path(given))  # Path: the name as discovery gives it ("a/./b" -> "a/b")
+        if os.path.isdir(path):
+            real = os.path.realpath(path)
+            for file, position, link in _walk(path, sink, seen.unreadable):
+                # a walk meets a real path where it is once: only earlier walks and links could have met it
+                if link:
+                    first = seen.first_linked(os.path.realpath(file), position, real)
+                else:
+                    first = not seen.met(position)
+                if first:
+                    yield file
+            seen.walked.append(real)
+        elif os.path.isfile(path):
+            if seen.first_named(os.path.realpath(path)):
+                yield path
+        else:
+            sink(IngestWarning(path, "not a regular file; skipped"))
+
+
+def _check_paths(paths: Sequence[str | Path]) -> None:
+    for given in paths:
+        if not os.path.exists(given):
+            raise InputError(os.fspath(Path(given)), "no such file or folder")
+
+
+def iter_discover(
+    paths: Sequence[str | Path], *, on_warning: WarningSink | None = None,
+    on_skip: Callable[[str], None] | None = None,
+) -> Iterator[EvidenceFile]:
+    """Every readable log file under `paths` (folders walked recursively, zip members listed), found as
+    the iterator is advanced: memory does not grow with the number of files.
 
     Files no reader claims (READMEs, images) and damaged archives are reported to `on_warning`
-    and left out. A path that does not exist raises InputError: that is a typo, not evidence.
+    and left out; `on_skip` is told the path of each file `count_files` counted that gives no evidence.
+    The same file named twice (or a folder and a file inside it, or a link and its target) is read once,
+    under the name met first. A path that does not exist raises InputError before anything is read:
+    that is a typo, not evidence.
     """
-    sink = on_warning or _ignore
-    found: list[EvidenceFile] = []
-    seen: set[str] = set()
+    _check_paths(paths)
+    return _discovered(paths, on_warning or _ignore, on_skip)
 
-    def classify(file: Path, key: str) -> None:
-        # The same file named twice (or a folder and a file inside it) is read once.
-        if key not in seen:
-            seen.add(key)
-            found.extend(_classify(file, sink))
 
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            for file, key in _walk(path, sink):
-                classify(file, key)
-        elif path.is_file():
-            classify(path, os.path.realpath(path))
-        elif path.exists():
-            sink(IngestWarning(str(path), "not a regular file; skipped"))
-        else:
-            raise InputError(str(path), "no such file or folder")
-    return found
+def _discovered(
+    paths: Sequence[str | Path], sink: WarningSink, on_skip: Callable[[str], None] | None
+) -> Iterator[EvidenceFile]:
+    for file in _files(paths, sink):
+        found = False
+        for ev in _classify(file, sink):
+            found = True
+            yield ev
+        if not found and on_skip is not None:
+            on_skip(file)
+
+
+def discover(paths: Sequence[str | Path], *, on_warning: WarningSink | None = None) -> list[EvidenceFile]:
+    """`iter_discover`'s files as a list."""
+    return list(iter_discover(paths, on_warning=on_warning))
+
+
+def count_files(paths: Sequence[str | Path]) -> int:
+    """How many files a discovery of `paths` looks at (a zip archive counts once), without opening them:
+    a progress bar's total. Warnings are left to the discovery."""
+    _check_paths(paths)
+    return sum(1 for _ in _files(paths, _ignore))
 
 
 class _CheckedMember(io.RawIOBase):
