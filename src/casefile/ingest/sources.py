@@ -7,7 +7,7 @@ import io
 import os
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, cast
@@ -60,11 +60,14 @@ def _gzip_head(fileobj: IO[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _walk(top: str, on_warning: WarningSink, unreadable: set[str]) -> Iterator[tuple[str, str, bool]]:
+def _walk(
+    top: str, on_warning: WarningSink, unreadable: set[str], skip: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, str, bool]]:
     """Files under a folder in a stable order (names sorted, a folder's files before its subfolders'), each
     as (path, position, link): `position` is the real path the walk stands at (its folder's real path plus
     the name), the file's own real path unless `link` (the entry is a symbolic link). Symlinked folders
-    are not followed (no loops); the real paths of folders that cannot be listed are added to `unreadable`.
+    are not followed (no loops), nor subfolders whose real path is in `skip`; the real paths of folders
+    that cannot be listed are added to `unreadable`.
 
     Built on `os.scandir` and text paths rather than `os.walk`, `Path.resolve` and a Path per file: the
     entry's type comes with the listing, and a Path's parsing was most of a walk over many files."""
@@ -90,7 +93,9 @@ def _walk(top: str, on_warning: WarningSink, unreadable: set[str]) -> Iterator[t
                 is_dir = False
             if is_dir:
                 if not _is_link(entry):
-                    subfolders.append((entry.path, os.path.join(real, entry.name)))
+                    sub = os.path.join(real, entry.name)
+                    if sub not in skip:
+                        subfolders.append((entry.path, sub))
                 continue
             try:
                 regular = entry.is_file()
@@ -200,13 +205,16 @@ class _Seen:
     """
 
     def __init__(self) -> None:
-        self.walked: list[str] = []  # real paths of the folders walked to the end
+        self.walked: set[str] = set()  # real paths of the folders walked to the end
         self.named: set[str] = set()  # real paths of files named on their own or through a link
         self.unreadable: set[str] = set()  # real paths of folders that could not be listed
 
-    def met(self, key: str) -> bool:
-        """Whether the file of real path `key` was met before, by a walk that has ended or by name."""
-        return key in self.named or (self._under(key, self.walked) and not self._under(key, self.unreadable))
+    def met(self, key: str, walked: set[str] | None = None) -> bool:
+        """Whether the file of real path `key` was met before: by name, or by a walk that has ended (one
+        of `walked`, if given: the only folders walked that may hold it)."""
+        return key in self.named or (
+            _inside(key, self.walked if walked is None else walked) and not _inside(key, self.unreadable)
+        )
 
     def first_named(self, key: str) -> bool:
         """Whether a file named on its own, or through a link outside the walk at hand, is met for the
@@ -219,20 +227,51 @@ class _Seen:
     def first_linked(self, key: str, position: str, walking: str) -> bool:
         """`first_named` for a link the walk of the real folder `walking` meets at `position`: the file
         it points to was met if that walk reached it already."""
-        if _under(key, walking) and not self._under(key, self.unreadable) and _walked_before(
+        if _under(key, walking) and not _inside(key, self.unreadable) and _walked_before(
             key, position, walking
         ):
             return False
         return self.first_named(key)
 
-    @staticmethod
-    def _under(key: str, folders: Iterable[str]) -> bool:
-        return any(_under(key, folder) for folder in folders)
+    def walk(self, path: str, sink: WarningSink) -> Iterator[str]:
+        """The files a walk of the folder `path` meets for the first time, in `_walk` order."""
+        real = os.path.realpath(path)
+        if _inside(real, self.walked, itself=True) and not _inside(real, self.unreadable, itself=True):
+            return  # walked already, all of it
+        # Folders walked before that a file here may lie in: those inside this one (a folder walked
+        # before that holds this one was handled above). Those read whole are not walked again; files in
+        # the others are looked up (mostly there are none, and a file costs one set lookup).
+        inner = {folder for folder in self.walked if _under(folder, real)}
+        whole = frozenset(f for f in inner if not any(_under(u, f) or u == f for u in self.unreadable))
+        inner -= whole
+        for file, position, link in _walk(path, sink, self.unreadable, whole):
+            if link:
+                first = self.first_linked(os.path.realpath(file), position, real)
+            else:  # where it is: a walk meets a real path there once, so only earlier walks or links could
+                first = not self.met(position, inner)
+            if first:
+                yield file
+        self.walked.add(real)
 
 
 def _under(path: str, folder: str) -> bool:
     """Whether the real path `path` lies inside the real folder `folder`."""
     return path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
+
+
+def _inside(path: str, folders: set[str], *, itself: bool = False) -> bool:
+    """Whether the real path `path` lies inside one of `folders` (or is one, with `itself`): its parents
+    are looked up, so the cost does not grow with the number of folders."""
+    if not folders:
+        return False
+    if itself and path in folders:
+        return True
+    parent, child = os.path.dirname(path), path
+    while parent != child:
+        if parent in folders:
+            return True
+        parent, child = os.path.dirname(parent), parent
+    return False
 
 
 def _walked_before(key: str, position: str, folder: str) -> bool:
@@ -254,16 +293,7 @@ def _files(paths: Sequence[str | Path], sink: WarningSink) -> Iterator[str]:
     for given in paths:
         path = os.fspath(Path(given))  # Path: the name as discovery gives it ("a/./b" -> "a/b")
         if os.path.isdir(path):
-            real = os.path.realpath(path)
-            for file, position, link in _walk(path, sink, seen.unreadable):
-                # a walk meets a real path where it is once: only earlier walks and links could have met it
-                if link:
-                    first = seen.first_linked(os.path.realpath(file), position, real)
-                else:
-                    first = not seen.met(position)
-                if first:
-                    yield file
-            seen.walked.append(real)
+            yield from seen.walk(path, sink)
         elif os.path.isfile(path):
             if seen.first_named(os.path.realpath(path)):
                 yield path
