@@ -278,3 +278,21 @@ def test_rules_update_keeps_what_is_installed_when_a_download_is_wrong(
     assert result.exit_code == 2 and "larger than" in result.stderr
     assert files() == installed and len(installed) == 2
     assert not (settings.data_dir / "sigma.new").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_hunt_output_inside_the_evidence_is_not_hunted(case_files: tuple[Path, Path], jobs: str) -> None:
+    # Files are found as the hunt goes: its own output, written into the evidence folder (here under a
+    # name found after the evidence, and left from an earlier run), must not be read as evidence.
+    rules, evidence = case_files
+    out = evidence / "zz-hits.jsonl"
+    args = ["hunt", str(evidence), "-r", str(rules), "-f", "jsonl", "-o", str(out), "-j", jobs]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "zz-hits" not in again.output  # no warning about it
+    assert "files 1," in again.output
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["file"] == str(evidence / "events.json")

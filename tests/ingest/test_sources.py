@@ -466,3 +466,16 @@ def test_files_in_a_folder_that_could_not_be_listed_are_still_read_through_links
     monkeypatch.setattr(os, "scandir", scandir)
     found = discover([tmp_path, locked / "inner"])
     assert [f.path for f in found] == [str(tmp_path / "z" / "link.json"), str(locked / "inner" / "y.json")]
+
+
+def test_excluded_files_are_left_out_silently(tmp_path: Path) -> None:
+    from casefile.ingest import count_files, iter_discover
+
+    for name in ("a.json", "out.jsonl"):
+        shutil.copy(ECS, tmp_path / name)
+    (tmp_path / "again.jsonl").symlink_to(tmp_path / "out.jsonl")
+    warnings: list[IngestWarning] = []
+    exclude = [tmp_path / "." / "out.jsonl"]
+    found = list(iter_discover([tmp_path], on_warning=warnings.append, exclude=exclude))
+    assert [f.path for f in found] == [str(tmp_path / "a.json")] and warnings == []
+    assert count_files([tmp_path], exclude) == 1

@@ -144,6 +144,7 @@ def hunt_cmd(
         detections = iter_hunt(
             paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=jobs,
             event_fields=False, plan_cache=Settings.from_env().cache_dir,
+            exclude=[output] if output is not None else [],  # written into the evidence folder, say
         )
         if fmt == "table":
             _render_table(detections, out)

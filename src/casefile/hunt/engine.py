@@ -188,8 +188,10 @@ def iter_hunt(
     vectorised: bool = True,
     event_fields: bool = True,
     plan_cache: Path | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> Iterator[Detection]:
-    """Detections of every evidence file under `paths`, yielded as they are found.
+    """Detections of every evidence file under `paths` (but the files of `exclude`: the hunt's own
+    output, say), yielded as they are found.
 
     Same detections and order as `run_hunt`, but nothing is kept: only counters in `stats` (filled
     as the iterator advances; complete once it is exhausted) and, for correlations, the base hits
@@ -213,9 +215,9 @@ def iter_hunt(
     # Files are found as the hunt goes (workers start on the first ones, and memory does not grow with
     # the number of files); the progress bar's total is counted beside it, without opening them.
     evidence: Iterable[EvidenceFile] = _counted(
-        iter_discover(paths, on_warning=warn, on_skip=report.skipped), stats
+        iter_discover(paths, on_warning=warn, on_skip=report.skipped, exclude=exclude), stats
     )
-    counting = report.start(paths)
+    counting = report.start(paths, exclude)
 
     def done(ev: EvidenceFile, events: int) -> None:
         stats.events += events
@@ -258,7 +260,7 @@ class _FileProgress:
         self.progress = progress
         self.current: str | None = None  # the file on disk whose evidence is being delivered
 
-    def start(self, paths: Sequence[str | Path]) -> threading.Thread | None:
+    def start(self, paths: Sequence[str | Path], exclude: Sequence[str | Path]) -> threading.Thread | None:
         """Starts the bar, and the count of its total in a thread (the walk is mostly system calls)."""
         progress = self.progress
         if progress is None:
@@ -268,7 +270,7 @@ class _FileProgress:
         def count() -> None:
             # a folder that changes or goes during the count leaves the bar without a total, nothing more
             with contextlib.suppress(OSError, InputError):
-                progress.set_total(count_files(paths))
+                progress.set_total(count_files(paths, exclude))
 
         thread = threading.Thread(target=count, name="casefile-count-files", daemon=True)
         thread.start()

@@ -7,7 +7,7 @@ import io
 import os
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, cast
@@ -287,9 +287,13 @@ def _walked_before(key: str, position: str, folder: str) -> bool:
     return False
 
 
-def _files(paths: Sequence[str | Path], sink: WarningSink) -> Iterator[str]:
-    """The regular files under `paths` (`_walk` order, each given path in turn), each once."""
+def _files(
+    paths: Sequence[str | Path], sink: WarningSink, exclude: Iterable[str | Path] = ()
+) -> Iterator[str]:
+    """The regular files under `paths` (`_walk` order, each given path in turn), each once, but those of
+    `exclude`."""
     seen = _Seen()
+    seen.named.update(os.path.realpath(path) for path in exclude)  # as if met already
     for given in paths:
         path = os.fspath(Path(given))  # Path: the name as discovery gives it ("a/./b" -> "a/b")
         if os.path.isdir(path):
@@ -309,7 +313,7 @@ def _check_paths(paths: Sequence[str | Path]) -> None:
 
 def iter_discover(
     paths: Sequence[str | Path], *, on_warning: WarningSink | None = None,
-    on_skip: Callable[[str], None] | None = None,
+    on_skip: Callable[[str], None] | None = None, exclude: Sequence[str | Path] = (),
 ) -> Iterator[EvidenceFile]:
     """Every readable log file under `paths` (folders walked recursively, zip members listed), found as
     the iterator is advanced: memory does not grow with the number of files.
@@ -317,17 +321,19 @@ def iter_discover(
     Files no reader claims (READMEs, images) and damaged archives are reported to `on_warning`
     and left out; `on_skip` is told the path of each file `count_files` counted that gives no evidence.
     The same file named twice (or a folder and a file inside it, or a link and its target) is read once,
-    under the name met first. A path that does not exist raises InputError before anything is read:
-    that is a typo, not evidence.
+    under the name met first. Files of `exclude` are left out without a word (a hunt's own output, which
+    a walk finds as it is written). A path that does not exist raises InputError before anything is
+    read: that is a typo, not evidence.
     """
     _check_paths(paths)
-    return _discovered(paths, on_warning or _ignore, on_skip)
+    return _discovered(paths, on_warning or _ignore, on_skip, exclude)
 
 
 def _discovered(
-    paths: Sequence[str | Path], sink: WarningSink, on_skip: Callable[[str], None] | None
+    paths: Sequence[str | Path], sink: WarningSink, on_skip: Callable[[str], None] | None,
+    exclude: Sequence[str | Path],
 ) -> Iterator[EvidenceFile]:
-    for file in _files(paths, sink):
+    for file in _files(paths, sink, exclude):
         found = False
         for ev in _classify(file, sink):
             found = True
@@ -341,11 +347,11 @@ def discover(paths: Sequence[str | Path], *, on_warning: WarningSink | None = No
     return list(iter_discover(paths, on_warning=on_warning))
 
 
-def count_files(paths: Sequence[str | Path]) -> int:
-    """How many files a discovery of `paths` looks at (a zip archive counts once), without opening them:
-    a progress bar's total. Warnings are left to the discovery."""
+def count_files(paths: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> int:
+    """How many files a discovery of `paths` (leaving out `exclude`) looks at (a zip archive counts once),
+    without opening them: a progress bar's total. Warnings are left to the discovery."""
     _check_paths(paths)
-    return sum(1 for _ in _files(paths, _ignore))
+    return sum(1 for _ in _files(paths, _ignore, exclude))
 
 
 class _CheckedMember(io.RawIOBase):
