@@ -401,7 +401,12 @@ def test_files_met_twice_are_read_once_without_a_set_of_every_file(tmp_path: Pat
         link = rng.choice(folders) / f"{rng.choice('aflz')}link{i}.json"
         link.symlink_to(rng.choice(targets))
         targets.append(link)
-    choices = [*folders, *targets]
+    linked_folders = []
+    for i in range(rng.randint(0, 2)):  # not walked inside a walk; walked when named
+        link = rng.choice(folders) / f"{rng.choice('adz')}dirlink{i}"
+        link.symlink_to(rng.choice(folders), target_is_directory=True)
+        linked_folders.append(link)
+    choices = [*folders, *targets, *linked_folders]
     given = [rng.choice(choices) for _ in range(rng.randint(1, 6))]
     found = [f.path for f in discover(given)]
     assert found == _set_dedup([Path(p) for p in given])
