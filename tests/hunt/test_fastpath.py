@@ -81,6 +81,41 @@ def test_evtx_sample_identical_with_two_workers(shared_data: Path, all_rules: Ru
     assert _compare(sample, all_rules, workers=2) > 500
 
 
+def test_large_files_split_between_workers_give_identical_results(
+    shared_data: Path, all_rules: RuleSet
+) -> None:
+    """An intact EVTX file larger than a task is read in parts by several workers (`evtx_parts`): same
+    detections, order, event counts and warnings as one hunter reading each file whole (which the tests
+    above hold to the serial path)."""
+    from casefile.hunt.parallel import _groups, vector_hits
+    from casefile.ingest import discover
+    from casefile.ingest.readers.evtx import CHUNK_SIZE, evtx_parts
+
+    files = sorted(
+        f for f in (shared_data / "evtx").rglob("*.evtx")
+        if "hayabusa-sample-evtx/EVTX-ATTACK-SAMPLES" not in f.as_posix()
+    )
+    large = [f for f in files if f.stat().st_size > 20 * CHUNK_SIZE][:6]
+    assert sum(evtx_parts(f, 2) is not None for f in large) >= 3  # most of them split, in parts of 2 chunks
+
+    parts = [ev.part for group in _groups(discover(large), 2 * CHUNK_SIZE, split=True) for ev in group]
+    assert sum(part is not None for part in parts) > 10
+
+    def hunt(workers: int, task_bytes: int) -> tuple[list[Any], list[tuple[str, int, Any]], list[str]]:
+        warnings: list[str] = []
+        done: list[tuple[str, int, Any]] = []
+        found = list(vector_hits(
+            discover(large), list(all_rules.rules), workers=workers, warn=lambda w: warnings.append(str(w)),
+            done=lambda ev, n: done.append((ev.path, n, ev.part)), task_bytes=task_bytes,
+        ))
+        return [_key(d) for d in found], done, sorted(warnings)
+
+    split = hunt(2, 2 * CHUNK_SIZE)
+    whole = hunt(1, 64 * 1024 * 1024)
+    assert split == whole and len(whole[0]) > 100  # each file told done once, whole, with all its events
+    assert [path for path, _n, _part in whole[1]] == [str(f) for f in large]
+
+
 def test_json_datasets_identical(shared_data: Path, all_rules: RuleSet) -> None:
     """JSON logs (OTRF's flat shape, zipped) are hunted one event at a time, pre-filtered the same way."""
     zips = sorted((shared_data / "json").rglob("*.zip"), key=lambda p: (p.stat().st_size, p.name))[:4]

@@ -98,7 +98,7 @@ def test_workers_read_the_rules_from_a_file_removed_after_the_hunt(
     assert len(list(hunt())) == 3
 
 
-#: Runs `vector_hits` over a folder with N workers, one file per task and 3 s stall limits, and prints
+#: Runs `vector_hits` over a folder with N workers, tasks of M bytes and 3 s stall limits, and prints
 #: the detections (file, record), each file's event count and the warnings as JSON. In a child process
 #: under a time limit: if the limit failed, a worker's endless loop would hang the test.
 _HUNT = textwrap.dedent("""
@@ -115,7 +115,7 @@ _HUNT = textwrap.dedent("""
     evidence = discover([Path(sys.argv[2])])
     done, warnings = [], []
     hits = vector_hits(
-        evidence, rules, workers=int(sys.argv[3]), task_bytes=1, stall_seconds=3.0,
+        evidence, rules, workers=int(sys.argv[3]), task_bytes=int(sys.argv[4]), stall_seconds=3.0,
         warn=lambda w: warnings.append([Path(w.file).name, w.reason]),
         done=lambda ev, n: done.append([Path(ev.path).name, n]),
     )
@@ -145,8 +145,9 @@ def test_a_worker_that_stalls_costs_only_its_file(
 ) -> None:
     """A file crafted so that the EVTX parser loops (checksums valid, so the reader does not set its chunk
     apart) stops its worker; the parent hunts the files it had given out again, one by one, names the file,
-    and every other file gives what it gives alone. With one worker (this process) the chunk is parsed in a
-    child process and stopped: only its records are lost."""
+    and every other file gives what it gives alone. Split into parts between workers (it looks intact), it
+    costs only its part. With one worker (this process) the chunk is parsed in a child process and
+    stopped: only its records are lost."""
     sample = shared_data / "evtx" / "EVTX-ATTACK-SAMPLES" / "Lateral Movement"
     sample /= "LM_5145_Remote_FileCopy.evtx"
     data = crafted_evtx
@@ -158,9 +159,12 @@ def test_a_worker_that_stalls_costs_only_its_file(
         (logs / f"{name}.evtx").write_bytes(sample.read_bytes())
     (logs / "b.evtx").write_bytes(bytes(data))
 
-    def hunt(workers: int, folder: Path) -> list[Any]:
+    one_file = len(sample.read_bytes())  # a task per file, none split
+
+    def hunt(workers: int, folder: Path, task_bytes: int = one_file) -> list[Any]:
         run = subprocess.run(
-            [sys.executable, "-c", _HUNT, str(tmp_path / "rules"), str(folder), str(workers)],
+            [sys.executable, "-c", _HUNT, str(tmp_path / "rules"), str(folder), str(workers),
+             str(task_bytes)],
             capture_output=True, text=True, timeout=300, check=True,
         )
         result: list[Any] = json.loads(run.stdout)
@@ -194,6 +198,16 @@ def test_a_worker_that_stalls_costs_only_its_file(
     assert warnings == [[
         "b.evtx", "EVTX parse error, records skipped: parser stopped on chunk 1 (no answer within 3 s) after "
         "0 of its records",
+    ]]
+    # Two workers, files in parts of a chunk: the part holding chunk 1 is lost, and only it; the file's
+    # parts are counted as one file.
+    split_found, done, warnings = hunt(2, logs, task_bytes=1)
+    assert done == [[f"{name}.evtx", 869 - 99 if name == "b" else 869] for name in "abcdefg"]
+    assert split_found == found
+    assert warnings == [[
+        "b.evtx", "chunks 1..1 not hunted: the worker reading them stopped responding for 3 s or died (the "
+        "EVTX parser looping or crashing on crafted or damaged bytes?); their detections, if any, are lost "
+        "and the hunt went on without them",
     ]]
 
 

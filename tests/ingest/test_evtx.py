@@ -654,3 +654,82 @@ def test_compressed_evtx_copy_is_bounded(tmp_path: Path, monkeypatch: pytest.Mon
     assert [w.reason for w in warnings] == [
         "not an EVTX file: expected magic b'ElfFile\\x00', found b'MZ\\x00\\x00\\x00\\x00\\x00\\x00'"
     ]
+
+
+def _records_of(ev: Any) -> tuple[list[tuple[int, Any]], list[IngestWarning]]:
+    warnings: list[IngestWarning] = []
+    reader = EvtxReader(threads=1, isolate=False)
+    records = [(r.index, r.data) for r in read_records(ev, warnings.append, reader=reader)]
+    return records, warnings
+
+
+def _read_in_parts(
+    path: Path, parts: list[tuple[int, int]]
+) -> tuple[list[tuple[int, Any]], list[IngestWarning]]:
+    import dataclasses
+
+    (whole,) = discover([path])
+    records: list[tuple[int, Any]] = []
+    warnings: list[IngestWarning] = []
+    for part in parts:
+        got, said = _records_of(dataclasses.replace(whole, part=part))
+        records += got
+        warnings += said
+    return records, warnings
+
+
+@pytest.mark.shared
+def test_an_intact_file_read_in_parts_gives_what_it_gives_whole(sample: bytes, tmp_path: Path) -> None:
+    # Chunks stand alone: a large file is split between hunt workers (`evtx_parts`), each reading its part.
+    path = tmp_path / "intact.evtx"
+    path.write_bytes(sample)
+    parts = evtx_reader.evtx_parts(path, 3)  # 17 chunks, the last 7 unused
+    assert parts == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15), (15, 17)]
+    whole = _records_of(discover([path])[0])
+    assert len(whole[0]) == 869 and whole[1] == []
+    assert _read_in_parts(path, parts) == whole
+    # unused (zero-filled) chunks are skipped alike
+    data = bytearray(sample)
+    data[HEADER_SIZE + 4 * CHUNK_SIZE:HEADER_SIZE + 5 * CHUNK_SIZE] = bytes(CHUNK_SIZE)
+    path.write_bytes(bytes(data))
+    parts = evtx_reader.evtx_parts(path, 4)
+    assert parts == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 17)]
+    whole = _records_of(discover([path])[0])
+    assert 0 < len(whole[0]) < 869 and whole[1] == []  # chunk 4 zeroed: its records gone, no warning
+    assert _read_in_parts(path, parts) == whole
+
+
+@pytest.mark.shared
+def test_only_intact_files_are_split(sample: bytes, tmp_path: Path) -> None:
+    def variant(name: str, offset: int, data: bytes) -> Path:
+        changed = bytearray(sample)
+        changed[offset:offset + len(data)] = data
+        path = tmp_path / name
+        path.write_bytes(bytes(changed))
+        return path
+
+    assert evtx_reader.evtx_parts(variant("same.evtx", 0, b""), 3) is not None
+    assert evtx_reader.evtx_parts(variant("same.evtx", 0, b""), 17) is None  # one part: nothing to split
+    records = HEADER_SIZE + CHUNK_SIZE + 20_000
+    assert evtx_reader.evtx_parts(variant("altered.evtx", records, b"A" * 16), 3) is None
+    assert evtx_reader.evtx_parts(variant("header.evtx", 60, b"\x07"), 3) is None  # header checksum
+    garbage = variant("garbage.evtx", HEADER_SIZE + CHUNK_SIZE, b"XXXXXXXX")
+    assert evtx_reader.evtx_parts(garbage, 3) is None  # neither a chunk nor unused space
+    cut = tmp_path / "cut.evtx"
+    cut.write_bytes(sample[:-1000])
+    assert evtx_reader.evtx_parts(cut, 3) is None
+
+
+@pytest.mark.shared
+def test_a_part_names_chunks_and_records_as_the_whole_file_does(sample: bytes, tmp_path: Path) -> None:
+    # The parser numbers the chunks of a part's image from 0: its messages are renumbered, and a record
+    # lost at a part's start is numbered after the last record of the chunk before.
+    data = bytearray(sample)
+    data[HEADER_SIZE + CHUNK_SIZE:HEADER_SIZE + CHUNK_SIZE + 8] = b"XXXXXXXX"
+    bad = tmp_path / "bad-chunk.evtx"
+    bad.write_bytes(bytes(data))
+    whole = _records_of(discover([bad])[0])
+    assert [(w.record, w.reason[:65]) for w in whole[1]] == [
+        (99, "EVTX parse error, records skipped: Failed to parse chunk number 1"),
+    ]
+    assert _read_in_parts(bad, [(0, 1), (1, 4), (4, 17)]) == whole

@@ -8,6 +8,7 @@ counts are those of the serial engine.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
 import gc
 import itertools
@@ -33,7 +34,7 @@ from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
 from casefile.ingest import EvidenceFile, read_file, read_records, with_next
 from casefile.ingest.pipeline import SHAPE_ERRORS, defeated
-from casefile.ingest.readers.evtx import EvtxReader
+from casefile.ingest.readers.evtx import CHUNK_SIZE, EvtxReader, evtx_parts
 from casefile.ingest.shapes.evtx_json import EvtxJsonShape
 from casefile.models import Detection, IngestWarning
 
@@ -205,10 +206,22 @@ def load_pickled_rules(data: bytes) -> tuple[CompiledRule, ...]:
     return tuple(loaded.rules if isinstance(loaded, RuleSet) else loaded)
 
 
-def _groups(evidence: Iterable[EvidenceFile], task_bytes: int) -> Iterator[list[EvidenceFile]]:
+def _groups(
+    evidence: Iterable[EvidenceFile], task_bytes: int, split: bool = False
+) -> Iterator[list[EvidenceFile]]:
+    """Files in groups of about `task_bytes`, in order; with `split`, an intact EVTX file larger than that
+    in parts of about that (`evtx_parts`), each its own group, so that workers share a large file."""
     group: list[EvidenceFile] = []
     size = 0
     for ev in evidence:
+        parts = _parts(ev, task_bytes) if split else None
+        if parts is not None:
+            if group:
+                yield group
+                group, size = [], 0
+            for start, stop in parts:
+                yield [dataclasses.replace(ev, part=(start, stop))]
+            continue
         group.append(ev)
         size += ev.size
         if size >= task_bytes:
@@ -216,6 +229,39 @@ def _groups(evidence: Iterable[EvidenceFile], task_bytes: int) -> Iterator[list[
             group, size = [], 0
     if group:
         yield group
+
+
+class _PerFile:
+    """A `done` callback that is told the parts of a file (consecutive) and tells the file once."""
+
+    def __init__(self, done: Callable[[EvidenceFile, int], None]) -> None:
+        self.done = done
+        self.pending: tuple[EvidenceFile, int] | None = None  # a split file's parts so far
+
+    def __call__(self, ev: EvidenceFile, events: int) -> None:
+        if self.pending is not None:
+            whole, counted = self.pending
+            if ev.part is not None and ev.on_disk == whole.on_disk and ev.path == whole.path:
+                self.pending = (whole, counted + events)
+                return
+            self.pending = None
+            self.done(whole, counted)
+        if ev.part is None:
+            self.done(ev, events)
+        else:
+            self.pending = (dataclasses.replace(ev, part=None), events)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            whole, counted = self.pending
+            self.pending = None
+            self.done(whole, counted)
+
+
+def _parts(ev: EvidenceFile, task_bytes: int) -> list[tuple[int, int]] | None:
+    if ev.format != EvtxReader.name or ev.member is not None or ev.gzip or ev.size <= task_bytes:
+        return None
+    return evtx_parts(ev.on_disk, max(1, task_bytes // CHUNK_SIZE))
 
 
 def _nothing() -> None:
@@ -301,7 +347,13 @@ def vector_hits(
     rules (`PlanStore`). `source`: the rule set `rules` were taken from, whose pickle the workers then load
     if it holds just these rules (`rules_pickle`).
     """
-    groups: Iterator[list[EvidenceFile]] = _groups(evidence, task_bytes)
+    # Large files are split between workers only where there are several (parts are parsed in the worker,
+    # which has its stall timer; hunting alone, this process parses EVTX apart instead). Their parts' counts
+    # are told as one file's.
+    split = workers > 1 or (workers == 0 and (os.cpu_count() or 1) > 1)
+    per_file = _PerFile(done)
+    done = per_file
+    groups: Iterator[list[EvidenceFile]] = _groups(evidence, task_bytes, split)
     if workers == 0:
         first = list(itertools.islice(groups, 2))
         workers = (os.cpu_count() or 1) if len(first) > 1 else 1
@@ -319,6 +371,7 @@ def vector_hits(
                     result = hunter.hunt(group)
                     settle()  # the partition plans the group's files needed, as a worker does
                     yield from _deliver(group, result, warn, done)
+            per_file.flush()
         finally:
             hunter.reader.close()
         return
@@ -333,6 +386,7 @@ def vector_hits(
                 groups, workers, (rules_file or pickled, batch_records, fields_of, stall_seconds, plans),
                 stall_seconds, warn, done,
             )
+        per_file.flush()
     finally:
         if rules_file is not None:
             with contextlib.suppress(OSError):
@@ -431,11 +485,14 @@ class _OneByOne:
                 result = self.pool.submit(_worker_task, [ev]).result()
             except BrokenProcessPool:
                 self.close()
+                what, its, it = "not hunted", "its", "it"
+                if ev.part is not None:
+                    what, its, it = f"chunks {ev.part[0]}..{ev.part[1] - 1} not hunted", "their", "them"
                 result = TaskResult([], [IngestWarning(
                     ev.path,
-                    f"not hunted: the worker reading it stopped responding for {self.stall_seconds:g} s or "
-                    "died (the EVTX parser looping or crashing on crafted or damaged bytes?); its "
-                    "detections, if any, are lost and the hunt went on without it",
+                    f"{what}: the worker reading {it} stopped responding for {self.stall_seconds:g} s or "
+                    f"died (the EVTX parser looping or crashing on crafted or damaged bytes?); {its} "
+                    f"detections, if any, are lost and the hunt went on without {it}",
                 )], [0])
             out.detections.extend(result.detections)
             out.warnings.extend(result.warnings)

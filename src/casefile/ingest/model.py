@@ -18,7 +18,8 @@ class EvidenceFile:
     `archive.zip!inner/path.json` for zip members. `on_disk` is the file on disk that holds the
     bytes (`location` gives it as a Path); `member` the zip member name; `gzip` whether the bytes (of
     the file or the member) are gzip-compressed. `size` is the size on disk (the uncompressed size for
-    a zip member). `format` names the reader in `casefile.ingest.READERS` that will parse it.
+    a zip member). `format` names the reader in `casefile.ingest.READERS` that will parse it. `part`, when
+    set, is the range of the file a task reads alone (for EVTX, chunks [start, stop): `evtx_parts`).
     """
 
     path: str
@@ -29,6 +30,7 @@ class EvidenceFile:
     on_disk: str
     member: str | None = None
     gzip: bool = False
+    part: tuple[int, int] | None = None
 
     @property
     def location(self) -> Path:

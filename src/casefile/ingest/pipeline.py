@@ -16,7 +16,15 @@ from typing import Any, TypeVar
 
 from casefile.errors import InputError
 from casefile.ingest.model import EvidenceFile, RawRecord
-from casefile.ingest.plugins import READERS, SHAPES, Reader, Shape, WarningSink, shapes_by_priority
+from casefile.ingest.plugins import (
+    READERS,
+    SHAPES,
+    PartReader,
+    Reader,
+    Shape,
+    WarningSink,
+    shapes_by_priority,
+)
 from casefile.ingest.sources import iter_discover, open_evidence
 from casefile.models import Event, IngestWarning
 
@@ -70,9 +78,14 @@ def read_records(
     capped = on_warning if isinstance(on_warning, _Capped) else _Capped(on_warning)
     try:
         with open_evidence(evidence) as stream:
-            yield from reader.read(
-                stream, evidence.path, capped, disk_path=_plain(evidence), next_path=next_path
-            )
+            if evidence.part is None:
+                yield from reader.read(
+                    stream, evidence.path, capped, disk_path=_plain(evidence), next_path=next_path
+                )
+            elif isinstance(reader, PartReader):
+                yield from reader.read_part(stream, evidence.path, capped, evidence.part)
+            else:  # a caller's mistake, not the evidence's
+                raise TypeError(f"the {reader.name} reader cannot read part of a file")
     except _READ_ERRORS as exc:
         reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
         damaged = isinstance(exc, zipfile.BadZipFile | EOFError | zlib.error | gzip.BadGzipFile)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 from casefile.ingest.model import RawRecord
 from casefile.models import Event, IngestWarning
@@ -36,6 +36,16 @@ class Reader(Protocol):
         """Yield the records of `stream` (seekable); `disk_path` is set when it is a plain file, `next_path`
         when the caller knows the plain file of this format it reads next (a reader may start on it)."""
         ...
+
+
+@runtime_checkable
+class PartReader(Reader, Protocol):
+    """A reader that can read a range of a file alone (`EvidenceFile.part`), as reading the whole file gives
+    that range's records and warnings."""
+
+    def read_part(
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, int]
+    ) -> Iterator[RawRecord]: ...
 
 
 class Shape(Protocol):

@@ -55,25 +55,95 @@ def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> tuple
     """
     problems = []
     damaged: set[int] = set()
-    if zlib.crc32(header[:120]) != struct.unpack_from("<I", header, 124)[0]:
+    if not _header_ok(header):
         problems.append("file header checksum mismatch: header fields may be damaged")
     stream.seek(HEADER_SIZE)
     for number in range(full_chunks):
         chunk = stream.read(CHUNK_SIZE)
         if not chunk.startswith(CHUNK_MAGIC):
             continue  # unused (zero-filled) space; a damaged chunk header is reported by the parser
-        first, last = struct.unpack_from("<QQ", chunk, 24)
-        free_offset, data_crc = struct.unpack_from("<II", chunk, 48)
-        header_ok = zlib.crc32(chunk[:120] + chunk[128:512]) == struct.unpack_from("<I", chunk, 124)[0]
-        data_ok = free_offset <= CHUNK_SIZE and zlib.crc32(chunk[512:free_offset]) == data_crc
-        if not (header_ok and data_ok):
+        part = _chunk_mismatch(chunk)
+        if part is not None:
             damaged.add(number)
-            part = "chunk header" if not header_ok else "records"
+            first, last = struct.unpack_from("<QQ", chunk, 24)
             problems.append(
                 f"chunk {number} checksum mismatch ({part}): records {first}..{last} may be damaged "
                 "or altered; read as found"
             )
     return problems, damaged
+
+
+def _header_ok(header: bytes) -> bool:
+    stored: int = struct.unpack_from("<I", header, 124)[0]
+    return zlib.crc32(header[:120]) == stored
+
+
+def _chunk_mismatch(chunk: bytes) -> str | None:
+    """Which checksum of a chunk (with its magic) does not match: "chunk header", "records", or None."""
+    free_offset, data_crc = struct.unpack_from("<II", chunk, 48)
+    if zlib.crc32(chunk[:120] + chunk[128:512]) != struct.unpack_from("<I", chunk, 124)[0]:
+        return "chunk header"
+    if free_offset > CHUNK_SIZE or zlib.crc32(chunk[512:free_offset]) != data_crc:
+        return "records"
+    return None
+
+
+def evtx_parts(path: str | Path, chunks_per_part: int) -> list[tuple[int, int]] | None:
+    """Ranges of `chunks_per_part` whole chunks of an EVTX file, which tasks may read apart
+    (`EvtxReader.read_part`) and get the records and warnings reading the whole file gives; None when the
+    file is not in one part or not intact.
+
+    Chunks stand alone (each holds its own string and template tables), but reading a damaged file has
+    file-wide steps: checksum problems listed before the records, the cut last chunk, a truncation named
+    against the header. So only a file without any is split: header checksum matching, no partial chunk,
+    at least the chunks the header declares, and every chunk intact (checksums matching) or zero-filled.
+    (In such a file only records that fail to parse in chunks whose checksums match, which takes crafted
+    bytes, are read differently: one that starts a part is numbered after the chunk header's last record
+    before it, and a parser failure stops its part rather than the file.) The file is read through once.
+    """
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(HEADER_SIZE)
+            if len(header) < HEADER_SIZE or not header.startswith(MAGIC) or not _header_ok(header):
+                return None
+            size = fh.seek(0, io.SEEK_END)
+            full_chunks, partial = divmod(size - HEADER_SIZE, CHUNK_SIZE)
+            declared = struct.unpack_from("<H", header, 42)[0]
+            if partial or full_chunks < declared or full_chunks <= chunks_per_part:
+                return None
+            fh.seek(HEADER_SIZE)
+            for _ in range(full_chunks):
+                chunk = fh.read(CHUNK_SIZE)
+                if chunk.startswith(CHUNK_MAGIC):
+                    if _chunk_mismatch(chunk) is not None:
+                        return None
+                elif chunk.count(0) != len(chunk):  # neither a chunk nor unused space: the parser says what
+                    return None
+    except OSError:
+        return None
+    return [(a, min(a + chunks_per_part, full_chunks)) for a in range(0, full_chunks, chunks_per_part)]
+
+
+class _Renumbered:
+    """A parser of an image holding chunks `offset`, `offset + 1`, ... of a file: its error messages name the
+    file's chunk numbers, as the parser of the whole file does (it numbers the image's chunks from 0)."""
+
+    def __init__(self, parser: Any, offset: int) -> None:
+        self._records = parser.records_json()
+        self._offset = offset
+
+    def records_json(self) -> _Renumbered:
+        return self
+
+    def __iter__(self) -> _Renumbered:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            return next(self._records)  # type: ignore[no-any-return]
+        except RuntimeError as exc:  # the parser's per-chunk / per-record error: iteration goes on after it
+            text = _CHUNK_NUMBER.sub(lambda m: f"chunk number {int(m.group(1)) + self._offset}", str(exc))
+            raise RuntimeError(text) from None
 
 
 def _complete_records(chunk: bytes) -> tuple[int, int | None]:
@@ -677,6 +747,30 @@ class EvtxReader:
                     ))
             with copy.open("rb") as fh:
                 yield from self._read(fh, source, on_warning, copy)
+
+    def read_part(
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, int]
+    ) -> Iterator[RawRecord]:
+        """The records of chunks `part` (start, stop) of an intact file (`evtx_parts`), as reading the whole
+        file gives them. Parsed in this process: a part goes to a hunt worker, which has its stall timer."""
+        start, stop = part
+        header = stream.read(HEADER_SIZE)
+        last = 0  # what the whole file's reading would number an unreadable record after
+        for number in range(start - 1, -1, -1):
+            stream.seek(HEADER_SIZE + number * CHUNK_SIZE)
+            head = stream.read(40)
+            if head.startswith(CHUNK_MAGIC):
+                last = struct.unpack_from("<Q", head, 32)[0]
+                break
+        stream.seek(HEADER_SIZE + start * CHUNK_SIZE)
+        image = header + stream.read((stop - start) * CHUNK_SIZE)
+        try:
+            parser = PyEvtxParser(io.BytesIO(image), number_of_threads=self.threads)
+        except (OSError, RuntimeError, ValueError) as exc:
+            on_warning(IngestWarning(source, f"unreadable EVTX file: {exc}"))
+            return
+        renumbered = _Renumbered(parser, start)
+        yield from _records(renumbered, source, on_warning, last_number=last, decode=self.decode)
 
     def _read(
         self, stream: IO[bytes], source: str, on_warning: WarningSink, disk_path: Path,
