@@ -536,12 +536,18 @@ def test_quarantine_keeps_what_a_dying_child_sent(monkeypatch: pytest.MonkeyPatc
     quarantine.close()
 
 
-@pytest.mark.shared
-def test_destroyed_chunk_header_loses_that_chunk_only(sample: bytes, tmp_path: Path) -> None:
+def _destroyed_chunk_1(sample: bytes, tmp_path: Path) -> Path:
+    """A copy of the sample whose chunk 1 header magic is overwritten."""
     data = bytearray(sample)
     data[HEADER_SIZE + CHUNK_SIZE:HEADER_SIZE + CHUNK_SIZE + 8] = b"XXXXXXXX"
     bad = tmp_path / "bad-chunk.evtx"
     bad.write_bytes(bytes(data))
+    return bad
+
+
+@pytest.mark.shared
+def test_destroyed_chunk_header_loses_that_chunk_only(sample: bytes, tmp_path: Path) -> None:
+    bad = _destroyed_chunk_1(sample, tmp_path)
     events, warnings = _read(bad)
     assert len(events) == 869 - 99
     assert {e.record_id for e in events} == {437471 + n for n in range(1, 870) if not 99 <= n <= 197}
@@ -724,10 +730,7 @@ def test_only_intact_files_are_split(sample: bytes, tmp_path: Path) -> None:
 def test_a_part_names_chunks_and_records_as_the_whole_file_does(sample: bytes, tmp_path: Path) -> None:
     # The parser numbers the chunks of a part's image from 0: its messages are renumbered, and a record
     # lost at a part's start is numbered after the last record of the chunk before.
-    data = bytearray(sample)
-    data[HEADER_SIZE + CHUNK_SIZE:HEADER_SIZE + CHUNK_SIZE + 8] = b"XXXXXXXX"
-    bad = tmp_path / "bad-chunk.evtx"
-    bad.write_bytes(bytes(data))
+    bad = _destroyed_chunk_1(sample, tmp_path)
     whole = _records_of(discover([bad])[0])
     assert [(w.record, w.reason[:65]) for w in whole[1]] == [
         (99, "EVTX parse error, records skipped: Failed to parse chunk number 1"),
