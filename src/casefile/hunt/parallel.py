@@ -340,8 +340,9 @@ def vector_hits(
     Reports warnings and per-file event counts through `warn` and `done`, file by file in order. Only
     detections of the rule ids in `fields_of` carry their event's fields, if it is given. `workers=0`
     picks one per CPU, or none beside this process when the evidence is one task: starting workers
-    (spawning, loading the rules in each) costs more than a few files take. A worker that stalls
-    (`stall_seconds`) or dies costs only the file it was on, which is named in a warning; in this
+    (spawning, loading the rules in each) costs more than a few files take. With workers, an intact EVTX
+    file larger than `task_bytes` is handed out in parts (`_groups`), told done as one file. A worker that
+    stalls (`stall_seconds`) or dies costs only the file (or part) it was on, named in a warning; in this
     process (one worker) EVTX chunks are parsed in a child process, stopped if one loops (`EvtxReader`).
     With `plan_cache` (a folder) the partition plans built are kept there for the next hunt with the same
     rules (`PlanStore`). `source`: the rule set `rules` were taken from, whose pickle the workers then load
