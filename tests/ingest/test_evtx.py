@@ -736,3 +736,15 @@ def test_a_part_names_chunks_and_records_as_the_whole_file_does(sample: bytes, t
         (99, "EVTX parse error, records skipped: Failed to parse chunk number 1"),
     ]
     assert _read_in_parts(bad, [(0, 1), (1, 4), (4, 17)]) == whole
+
+
+@pytest.mark.shared
+def test_a_file_that_reads_slowly_is_not_split(
+    sample: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checking a file before splitting it pays only where it reads fast; from slow media it is read whole.
+    path = tmp_path / "intact.evtx"
+    path.write_bytes(sample)
+    monkeypatch.setattr(evtx_reader, "_SPEED_CHUNKS", 4)
+    assert evtx_reader.evtx_parts(path, 3) is not None
+    assert evtx_reader.evtx_parts(path, 3, min_read=float("inf")) is None
