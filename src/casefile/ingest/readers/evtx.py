@@ -78,6 +78,14 @@ def _header_ok(header: bytes) -> bool:
     return zlib.crc32(header[:120]) == stored
 
 
+def _layout(stream: IO[bytes], header: bytes) -> tuple[int, int, int]:
+    """A file's whole chunks, the bytes of its partial last chunk, and the chunks its header declares
+    (the stream is left at its end)."""
+    full_chunks, partial = divmod(stream.seek(0, io.SEEK_END) - HEADER_SIZE, CHUNK_SIZE)
+    declared: int = struct.unpack_from("<H", header, 42)[0]
+    return full_chunks, partial, declared
+
+
 def _chunk_mismatch(chunk: bytes) -> str | None:
     """Which checksum of a chunk (with its magic) does not match: "chunk header", "records", or None."""
     free_offset, data_crc = struct.unpack_from("<II", chunk, 48)
@@ -117,9 +125,7 @@ def evtx_parts(
             header = fh.read(HEADER_SIZE)
             if len(header) < HEADER_SIZE or not header.startswith(MAGIC) or not _header_ok(header):
                 return None
-            size = fh.seek(0, io.SEEK_END)
-            full_chunks, partial = divmod(size - HEADER_SIZE, CHUNK_SIZE)
-            declared = struct.unpack_from("<H", header, 42)[0]
+            full_chunks, partial, declared = _layout(fh, header)
             if partial or full_chunks < declared or full_chunks <= chunks_per_part:
                 return None
             fh.seek(HEADER_SIZE)
@@ -802,9 +808,7 @@ class EvtxReader:
                 source, f"truncated EVTX: only {len(header)} bytes, the file header alone is {HEADER_SIZE}"
             ))
             return
-        size = stream.seek(0, io.SEEK_END)
-        declared = struct.unpack_from("<H", header, 42)[0]
-        full_chunks, partial = divmod(size - HEADER_SIZE, CHUNK_SIZE)
+        full_chunks, partial, declared = _layout(stream, header)
         problems, damaged = check_checksums(stream, header, full_chunks)
         for problem in problems:
             on_warning(IngestWarning(source, problem))
