@@ -11,11 +11,14 @@ detections (lines of the JSONL output), warm start-up (the CLI on one file with 
 filled), and the bare parse rate of the same file list with `evtx.PyEvtxParser(...).records_json()`
 alone: the floor, and the ratio hunt/parse that issue #3 tracks. CPU seconds of the hunt (the CLI and
 its workers) and of the bare parse are printed too: on a shared machine they move less than wall time.
+`compiled_modules` counts the hot modules running as compiled builds (casefile.native); run with
+CASEFILE_PURE_PYTHON=1 to measure the same code as Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -30,11 +33,19 @@ from pathlib import Path
 from evtx import PyEvtxParser
 
 from casefile.config import shared_data_dir
+from casefile.native import compiled_modules
 
 
 def corpus(shared: Path) -> list[Path]:
     dup = "hayabusa-sample-evtx/EVTX-ATTACK-SAMPLES/"
     return sorted(f for f in (shared / "evtx").rglob("*.evtx") if dup not in f.as_posix())
+
+
+def compiled_in_cli() -> int:
+    """How many modules of a hunt run as compiled builds in this environment (see casefile.native)."""
+    for name in ("casefile.hunt.engine", "casefile.hunt.parallel", "casefile.hunt.output"):
+        importlib.import_module(name)
+    return len(compiled_modules())
 
 
 def bare_parse(files: list[Path], repeat: int) -> tuple[int, float]:
@@ -188,6 +199,8 @@ def main() -> int:
             "hunt_cpu_over_parse_cpu": round(cpu / parse_cpu, 1),
             "start_cold_s": round(cold, 2),
             "start_warm_s": round(warm, 2),
+            # the hot modules the CLI (started with this environment) runs compiled: see casefile.native
+            "compiled_modules": compiled_in_cli(),
             # the CLI's summary line, not what native libraries print at interpreter exit
             "summary": next(
                 (ln[ln.index("files "):] for ln in reversed(proc.stderr.splitlines()) if "files " in ln), ""
