@@ -16,7 +16,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[dev]'
-.venv/bin/python -c 'import casefile.hunt.parallel
+.venv/bin/python -c 'import casefile.hunt.engine, casefile.hunt.parallel, casefile.hunt.output
 from casefile import native
 n = len(native.compiled_modules())
 print(f"casefile: {n} hunt modules compiled" if n else "casefile: WARNING: no module compiled (no C compiler?): hunts run about a sixth slower")'
