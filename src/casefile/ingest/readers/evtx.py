@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import io
 import json
 import os
@@ -829,13 +830,12 @@ class EvtxReader:
             )
             return
         quarantine = _Quarantine(CHUNK_SECONDS) if damaged else None
-
-        def apart(number: int) -> list[Item] | None:
-            if quarantine is None or number not in damaged:
-                return None
-            stream.seek(HEADER_SIZE + number * CHUNK_SIZE)
-            return quarantine.records(header, stream.read(CHUNK_SIZE), number)
-
+        # Callables made in these generators hold values, not the generator's scope: a closure would make a
+        # reference cycle once compiled (Cython keeps a generator's locals, the closure among them, in the
+        # scope the closure refers to), and a hunt worker freezes what cycles are left after each task.
+        apart = None
+        if quarantine is not None:
+            apart = functools.partial(_parse_apart, quarantine, damaged, stream, header)
         last = 0
         try:
             for raw in _records(parser, source, on_warning, last_number=0, decode=self.decode, damaged=apart):
@@ -861,7 +861,7 @@ class EvtxReader:
             chunks = _chunks_apart(
                 child, disk_path, full_chunks, damaged, first_asked=first, next_path=ahead
             )
-            feed = _Feed(lambda: next(chunks, None))
+            feed = _Feed(functools.partial(next, chunks, None))  # (not a closure: see `_read`)
             last = 0
             for raw in _records(feed, source, on_warning, last_number=0, decode=self.decode):
                 last = raw.index
@@ -918,8 +918,8 @@ class EvtxReader:
             return
         if child is not None:  # the check above reads the header only; the records are parsed apart
             child.send(padded, 0)  # 0: the parser's own numbering, as parsing it here would give
-            items: list[list[Item]] = [child.results(f"partial chunk {full_chunks}")]
-            parser = _Feed(lambda: items.pop() if items else None)
+            items = iter([child.results(f"partial chunk {full_chunks}")])
+            parser = _Feed(functools.partial(next, items, None))  # (not a closure: see `_read`)
         what = f" in partial chunk {full_chunks}"
         for raw in _records(parser, source, on_warning, last_number=last, what=what, decode=self.decode):
             recovered += 1
@@ -931,6 +931,16 @@ class EvtxReader:
             + (f", record {cut_record} was cut off" if cut_record is not None else "")
             + ", later records are lost",
         ))
+
+
+def _parse_apart(
+    quarantine: _Quarantine, damaged: set[int], stream: IO[bytes], header: bytes, number: int
+) -> list[Item] | None:
+    """The items of chunk `number` parsed in `quarantine` if it is one of the `damaged`, else None."""
+    if number not in damaged:
+        return None
+    stream.seek(HEADER_SIZE + number * CHUNK_SIZE)
+    return quarantine.records(header, stream.read(CHUNK_SIZE), number)
 
 
 #: Readers that may hold idle children: stopped at exit, and forgotten by a forked process (whose requests
