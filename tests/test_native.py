@@ -96,6 +96,18 @@ def test_installed_builds_are_used_unless_stale_or_turned_off(built: None, tmp_p
     assert "casefile.hunt.vector" not in loaded and "casefile.hunt.evaluate" in loaded
 
 
+def test_builds_and_python_share_partition_plans(built: None) -> None:
+    code = "from casefile.hunt.cache import _plan_code_digest; print(_plan_code_digest())"
+    digests = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+            env={**os.environ, native.PURE_PYTHON_ENV: pure},
+        ).stdout
+        for pure in ("0", "1")
+    ]
+    assert digests[0] == digests[1] and len(digests[0].strip()) == 64
+
+
 @pytest.mark.shared
 def test_builds_hunt_exactly_as_the_python(built: None, shared_data: Path, tmp_path: Path) -> None:
     """The whole EVTX corpus and the JSON datasets with every SigmaHQ rule, in two workers: the same output

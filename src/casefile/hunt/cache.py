@@ -180,8 +180,10 @@ def _plan_code_digest() -> str | None:
         spec = importlib.util.find_spec(f"casefile.hunt.{name}")
         if spec is None or spec.origin is None:
             return None
+        # a compiled build (casefile.native) does what its source says: plans are shared with the Python
+        source = Path(spec.origin).with_name(f"{name}.py")
         try:
-            parts.append(hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest())
+            parts.append(hashlib.sha256(source.read_bytes()).hexdigest())
         except OSError:
             return None
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
