@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -49,6 +50,9 @@ def test_finder_loads_a_build_only_while_its_source_matches(tmp_path: Path) -> N
     spec = finder.find_spec("casefile.hunt.mod", [str(folder)])
     assert spec is not None and spec.origin == str(build)
     assert isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+    with pytest.raises(ImportError, match=f"{build}: the compiled build of casefile.hunt.mod does not load .*"
+                       f"{native.PURE_PYTHON_ENV}=1"):
+        importlib.util.module_from_spec(spec)  # an empty file is no extension module
     assert finder.find_spec("elsewhere.mod", [str(folder)]) is None  # only casefile's modules
     assert finder.find_spec("casefile.hunt.other", [str(folder)]) is None
     assert finder.find_spec("casefile.hunt.mod", None) is None

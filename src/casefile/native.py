@@ -61,7 +61,7 @@ class BuildFinder(importlib.abc.MetaPathFinder):
             if wanted not in builds:
                 return None  # the source changed since the build: run the source
             location = os.path.join(folder, wanted)
-            loader = importlib.machinery.ExtensionFileLoader(fullname, location)
+            loader = _BuildLoader(fullname, location)
             return importlib.util.spec_from_file_location(fullname, location, loader=loader)
         return None
 
@@ -78,6 +78,19 @@ class BuildFinder(importlib.abc.MetaPathFinder):
                     builds.setdefault(name.partition(".")[0], []).append(name)
             self._builds[folder] = builds
         return builds
+
+
+class _BuildLoader(importlib.machinery.ExtensionFileLoader):
+    """Loads a build, saying what to do when it does not load (a damaged or foreign file)."""
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        try:
+            return super().create_module(spec)
+        except ImportError as exc:
+            raise ImportError(
+                f"{self.path}: the compiled build of {self.name} does not load ({exc}); reinstall casefile, "
+                f"or set {PURE_PYTHON_ENV}=1 to run it as Python"
+            ) from exc
 
 
 def install() -> None:
