@@ -73,8 +73,7 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # no Cython, or code it cannot compile: the modules run as Python
             self._skip(f"Cython: {exc}")
             return
-        if self.inplace or getattr(self, "editable_mode", False):
-            self._remove_stale()
+        self._remove_stale(inplace=self.inplace or getattr(self, "editable_mode", False))
         try:
             super().run()
         except Exception as exc:  # no compiler at all
@@ -102,14 +101,15 @@ class OptionalBuildExt(build_ext):
         self.extensions = []
         self.warn(f"casefile: modules not compiled ({reason}); casefile runs as Python, about a sixth slower")
 
-    def _remove_stale(self) -> None:
-        """Builds of earlier sources left in a checkout by earlier editable installs."""
+    def _remove_stale(self, *, inplace: bool) -> None:
+        """Builds of earlier sources, left in the checkout by earlier editable installs or in the build
+        folder by earlier wheels (never loaded, but a wheel would carry them)."""
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
         for name in COMPILED:
-            source = _source(name)
-            keep = source.with_name(_build_name(name))
-            suffix = sysconfig.get_config_var("EXT_SUFFIX")
-            for old in glob.glob(str(source.with_name(f"{source.stem}.*{suffix}"))):
-                if Path(old) != keep:
+            folder = _source(name).parent if inplace else Path(self.build_lib, *name.split(".")[:-1])
+            stem = name.rpartition(".")[2]
+            for old in glob.glob(str(folder / f"{stem}.*{suffix}")):
+                if Path(old).name != _build_name(name):
                     os.remove(old)
 
 
