@@ -65,10 +65,10 @@ def test_finder_loads_a_build_only_while_its_source_matches(tmp_path: Path) -> N
 
 def test_build_names_match_setup_py() -> None:
     """setup.py names builds without importing casefile: the two namings must agree."""
-    namespace: dict[str, object] = {"__name__": "not_main", "__file__": str(SRC.parents[1] / "setup.py")}
     setup_py = SRC.parents[1] / "setup.py"
     if not setup_py.exists():
         pytest.skip("not a checkout: setup.py is not installed with the package")
+    namespace: dict[str, object] = {"__name__": "not_main", "__file__": str(setup_py)}
     code = setup_py.read_text().split("\nsetup(")[0]  # the definitions, not the setup() call
     exec(compile(code, str(setup_py), "exec"), namespace)
     build_name = namespace["_build_name"]
