@@ -75,7 +75,7 @@ def _as_utc(ts: datetime) -> datetime | None:
 def as_int(value: Any) -> int | None:
     """An int from an int or a decimal/hex string (forwarded events carry System ints as text); None for
     anything else, and for text of an int too long to write in decimal (`sys.get_int_max_str_digits`)."""
-    if value.__class__ is int:  # the common case, before the slower isinstance tests
+    if type(value) is int:  # the common case, before the slower isinstance tests
         return value  # type: ignore[no-any-return]
     if isinstance(value, bool):
         return None
@@ -99,7 +99,7 @@ def as_int(value: Any) -> int | None:
 
 def as_str(value: Any) -> str | None:
     """A non-empty string form of a scalar, None for null/empty/containers."""
-    if value.__class__ is str:  # the common case, before the slower isinstance tests
+    if type(value) is str:  # the common case, before the slower isinstance tests
         return value or None  # type: ignore[no-any-return]
     if value is None or isinstance(value, dict | list):
         return None

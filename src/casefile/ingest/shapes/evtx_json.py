@@ -22,7 +22,7 @@ _LEAVES = frozenset({str, int, float, bool, list, type(None)})
 
 def _is_map(value: Any) -> bool:
     """`isinstance(value, Mapping)`, without the slow ABC check for the JSON values most are."""
-    cls = value.__class__
+    cls = type(value)
     return cls is dict or (cls not in _LEAVES and isinstance(value, Mapping))
 
 
@@ -35,7 +35,7 @@ _MAX_NAMES = 64
 def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
     """`Provider.#attributes.Name` -> `Provider_Name`, `EventID.#text` -> `EventID`, scalars as is."""
     for key, value in system.items():
-        cls = value.__class__
+        cls = type(value)
         if cls is dict or (cls not in _LEAVES and isinstance(value, Mapping)):
             attrs = value.get("#attributes")
             if attrs is not None and _is_map(attrs):
@@ -67,7 +67,7 @@ def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
             fields[key] = value
     for key in _SYSTEM_INTS:
         number = fields.get(key)
-        if number is not None and number.__class__ is not int and not isinstance(number, int):
+        if number is not None and type(number) is not int and not isinstance(number, int):
             number = as_int(number)
             if number is not None:
                 fields[key] = number
@@ -80,7 +80,7 @@ def _event_data_fields(data: Any, fields: dict[str, Any]) -> None:
             put(fields, "Data", data, qualifier="EventData")
         return
     for key, value in data.items():
-        if value.__class__ in _LEAVES and key != "#text":
+        if type(value) in _LEAVES and key != "#text":
             # the common case, a named scalar: what the last branch below does, without its type tests
             if key in fields:
                 put(fields, key, value, qualifier="EventData")
