@@ -78,14 +78,18 @@ def test_build_names_match_setup_py() -> None:
     assert set(HOT) <= set(namespace["COMPILED"])  # type: ignore[arg-type]
 
 
+def _python(code: str, env: dict[str, str], timeout: float = 120) -> str:
+    """What `code` prints in a new interpreter with these environment variables added."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=timeout,
+        env={**os.environ, **env},
+    ).stdout
+
+
 def _probe(root: Path, env: dict[str, str] | None = None) -> list[str]:
     code = "import casefile.hunt.parallel, casefile.models; from casefile import native; " \
            "print(' '.join(native.compiled_modules()))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
-    )
-    return out.stdout.split()
+    return _python(code, {"PYTHONPATH": str(root), **(env or {})}).split()
 
 
 def test_installed_builds_are_used_unless_stale_or_turned_off(built: None, tmp_path: Path) -> None:
@@ -102,13 +106,7 @@ def test_installed_builds_are_used_unless_stale_or_turned_off(built: None, tmp_p
 
 def test_builds_and_python_share_partition_plans(built: None) -> None:
     code = "from casefile.hunt.cache import _plan_code_digest; print(_plan_code_digest())"
-    digests = [
-        subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
-            env={**os.environ, native.PURE_PYTHON_ENV: pure},
-        ).stdout
-        for pure in ("0", "1")
-    ]
+    digests = [_python(code, {native.PURE_PYTHON_ENV: pure}, timeout=60) for pure in ("0", "1")]
     assert digests[0] == digests[1] and len(digests[0].strip()) == 64
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,8 @@ level: low
 }
 
 
-def _cyclic_garbage(run: object) -> Counter[str]:
+def _cyclic_garbage(run: Callable[[], None]) -> Counter[str]:
     """Types of the objects `run()` leaves in reference cycles."""
-    assert callable(run)
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
