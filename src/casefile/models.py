@@ -173,7 +173,14 @@ class Detection:
     source: str | None = None  # where it came from (feed / bundle)
 
     def to_record(self) -> dict[str, Any]:
-        """The flat JSON shape of `casefile hunt --format jsonl` (one detection per line)."""
+        """The flat JSON shape of `casefile hunt --format jsonl` (one detection per line):
+        `rule_record()`'s keys, then `hit_record()`'s."""
+        record = self.rule_record()
+        record.update(self.hit_record())
+        return record
+
+    def rule_record(self) -> dict[str, Any]:
+        """The keys of `to_record` that depend only on the rule and the kind (first in a record)."""
         return {
             "rule_id": self.rule.id,
             "rule_title": self.rule.title,
@@ -182,6 +189,11 @@ class Detection:
             "author": self.rule.author,
             "tags": list(self.rule.tags),
             "kind": self.kind.value,
+        }
+
+    def hit_record(self) -> dict[str, Any]:
+        """The keys of `to_record` that describe this hit (last in a record)."""
+        return {
             "timestamp": self.timestamp.isoformat().replace("+00:00", "Z") if self.timestamp else None,
             "computer": self.computer,
             "channel": self.channel,

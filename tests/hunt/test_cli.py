@@ -230,6 +230,65 @@ def test_jsonl_lines_are_the_records(tmp_path: Path) -> None:
     assert all(": " not in line for line in lines)  # one compact style for every line
 
 
+def test_jsonl_lines_encode_each_rule_once_and_are_the_whole_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`JsonlLines` joins a rule's keys, encoded once per rule and kind, to each hit's: the line is what
+    encoding the whole record gives (orjson, or `json` with ASCII escapes where orjson refuses either part),
+    also once its cache of rules is emptied."""
+    import itertools
+    import random
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from casefile.hunt import output
+    from casefile.models import Detection, DetectionKind, Level, RuleInfo
+
+    def whole(d: Detection) -> str:
+        record = d.to_record()
+        try:
+            return orjson.dumps(record, default=output._json_default, option=output._ORJSON_OPTIONS).decode()
+        except orjson.JSONEncodeError:
+            return output._LINE.encode(record)
+
+    heads = 0
+    head = output._head
+
+    def counted(keys: dict[str, object]) -> bytes | None:
+        nonlocal heads
+        heads += 1
+        return head(keys)
+
+    monkeypatch.setattr(output, "_head", counted)
+    rules = [
+        RuleInfo("r1", "T", Level.HIGH, "test", "A", ("attack.t1059",)),
+        RuleInfo("r1", "T", Level.HIGH, "test", "A", ("attack.t1059",)),  # equal, another object
+        RuleInfo("r2", "Odd \udc80 title", Level.LOW, None, None),  # orjson refuses the rule's keys
+        RuleInfo("r3", "ä", Level.CRITICAL, "stable", "B, C", ("x", "y")),
+    ]
+    kinds = [DetectionKind.SIGMA, DetectionKind.IOC]
+    hits: list[tuple[dict[str, object], datetime | None]] = [
+        ({"Image": "C:\\ä\\x.exe", "Count": 7, "Ratio": 0.25, "List": ["a", 1]}, None),
+        ({"Wide": 2**70}, datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)),  # orjson refuses the hit's keys
+        ({"Odd": "x\ud800y", "Nan": float("nan")}, datetime(2024, 1, 2, 3, 4, 5, 600, tzinfo=UTC)),
+        ({}, datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)),
+    ]
+    detections = [
+        Detection(rule, kind, ts, "ws1", "Security", 4688, i, "f.evtx", matched, indicator="1.2.3.4")
+        for i, (rule, kind, (matched, ts)) in enumerate(itertools.product(rules, kinds, hits))
+    ] * 3
+    random.Random(7).shuffle(detections)
+    expected = [whole(d) for d in detections]
+    lines = output.JsonlLines()
+    assert [lines.line(d) for d in detections] == expected
+    assert heads == len(rules) * len(kinds)
+    assert sum("\\udc80" in line for line in expected) == len(expected) // len(rules)  # `json`'s escape
+    monkeypatch.setattr(output, "_MAX_HEADS", 3)  # emptied every third rule and kind
+    heads = 0
+    lines = output.JsonlLines()
+    assert [lines.line(d) for d in detections] == expected
+    assert heads > len(rules) * len(kinds)
+
+
 def test_rules_update_keeps_what_is_installed_when_a_download_is_wrong(
     web_root: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

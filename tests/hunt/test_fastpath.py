@@ -7,6 +7,7 @@ warnings, over (a) SigmaHQ's regression data, (b) a sample of the EVTX corpus wi
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import sys
@@ -630,14 +631,7 @@ def test_event_fields_are_left_out_only_where_nothing_reads_them(tmp_path: Path)
 
     (tmp_path / "rules.yml").write_text(RULES_WITH_CORRELATION, encoding="utf-8")
     ruleset = load_rules([tmp_path / "rules.yml"])
-    lines = []
-    for i, (eid, user) in enumerate([(4625, "alice")] * 3 + [(4625, "bob"), (4624, "alice")]):
-        record = json.loads(_evtx_json(eid, "Security", {"TargetUserName": user}, record=i + 1))
-        system = record["Event"]["System"]
-        system["TimeCreated"]["#attributes"]["SystemTime"] = f"2024-01-02T03:04:0{i}.000000Z"
-        lines.append(json.dumps(record))
-    evidence = tmp_path / "security.jsonl"
-    evidence.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    evidence = _logon_evidence(tmp_path)
     full = list(iter_hunt([evidence], ruleset, workers=1))
     lean = list(iter_hunt([evidence], ruleset, workers=1, event_fields=False))
     assert [d.to_record() for d in lean] == [d.to_record() for d in full]
@@ -648,3 +642,71 @@ def test_event_fields_are_left_out_only_where_nothing_reads_them(tmp_path: Path)
         elif d.rule.title == "Successful logon":
             assert dict(d.fields) == {}
     assert next(d for d in full if d.rule.title == "Successful logon").fields["TargetUserName"] == "alice"
+
+
+def _logon_evidence(tmp_path: Path) -> Path:
+    lines = []
+    for i, (eid, user) in enumerate([(4625, "alice")] * 3 + [(4625, "bob"), (4624, "alice")]):
+        record = json.loads(_evtx_json(eid, "Security", {"TargetUserName": user}, record=i + 1))
+        system = record["Event"]["System"]
+        system["TimeCreated"]["#attributes"]["SystemTime"] = f"2024-01-02T03:04:0{i}.000000Z"
+        lines.append(json.dumps(record))
+    evidence = tmp_path / "security.jsonl"
+    evidence.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return evidence
+
+
+@pytest.mark.parametrize("generate", ["true", "false"])
+@pytest.mark.parametrize("min_level", [Level.INFORMATIONAL, Level.HIGH])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hunt_lines_are_the_lines_of_the_detections(
+    tmp_path: Path, generate: str, min_level: Level, workers: int
+) -> None:
+    """`iter_hunt_lines` (what `casefile hunt --format jsonl` writes) gives `write_jsonl`'s lines of
+    `iter_hunt`'s detections and the same counts, with a correlation that reads (and, with `generate:
+    false`, suppresses) one rule, below or at the lowest level hunted."""
+    from casefile.hunt import HuntStats, iter_hunt, iter_hunt_lines
+    from casefile.hunt.output import write_jsonl
+
+    rules = RULES_WITH_CORRELATION.replace("generate: true", f"generate: {generate}")
+    (tmp_path / "rules.yml").write_text(rules, encoding="utf-8")
+    ruleset = load_rules([tmp_path / "rules.yml"])
+    evidence = _logon_evidence(tmp_path)
+    expected, got = HuntStats(), HuntStats()
+    out = io.StringIO()
+    write_jsonl(iter_hunt([evidence], ruleset, workers=workers, min_level=min_level, stats=expected), out)
+    lines = list(iter_hunt_lines([evidence], ruleset, workers=workers, min_level=min_level, stats=got))
+    assert lines == out.getvalue().splitlines()
+    assert got == expected
+    titles = [json.loads(line)["rule_title"] for line in lines]
+    assert "Many failed logons for one account" in titles
+    assert ("Failed logon" in titles) == (generate == "true" and min_level == Level.INFORMATIONAL)
+    assert ("Successful logon" in titles) == (min_level == Level.INFORMATIONAL)
+
+
+def test_workers_send_lines_but_for_the_rules_correlations_read(tmp_path: Path) -> None:
+    """With `lines_except`, the fast path delivers the other rules' detections as (rule id, JSONL line)."""
+    from casefile.hunt.correlation import input_rule_ids
+    from casefile.hunt.output import JsonlLines
+    from casefile.hunt.parallel import vector_hits
+    from casefile.ingest import discover
+
+    (tmp_path / "rules.yml").write_text(RULES_WITH_CORRELATION, encoding="utf-8")
+    ruleset = load_rules([tmp_path / "rules.yml"])
+    evidence = discover([_logon_evidence(tmp_path)])
+    needed = input_rule_ids(ruleset.correlations)
+
+    def hits(lines_except: frozenset[str] | None) -> list[Any]:
+        return list(vector_hits(
+            evidence, ruleset.rules, workers=1, warn=lambda w: pytest.fail(str(w)), done=lambda ev, n: None,
+            fields_of=needed, lines_except=lines_except,
+        ))
+
+    objects, mixed = hits(None), hits(needed)
+    assert all(isinstance(d, Detection) for d in objects) and len(objects) == len(mixed) == 5
+    encode = JsonlLines().line
+    for d, hit in zip(objects, mixed, strict=True):
+        if d.rule.id in needed:
+            assert hit == d and hit.fields["TargetUserName"] in ("alice", "bob")
+        else:
+            assert hit == (d.rule.id, encode(d))

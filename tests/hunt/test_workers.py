@@ -222,7 +222,7 @@ def test_a_worker_hides_what_a_task_leaves_from_the_collector(
     rules = rules_from(WHOAMI_RULE).rules
     (tmp_path / "e.json").write_text(json.dumps({**EVENT, "EventRecordID": 1}) + "\n", encoding="utf-8")
     evidence = discover([tmp_path])
-    init = (parallel.rules_pickle(rules), 100, None, 60.0, None)
+    init = (parallel.rules_pickle(rules), 100, None, 60.0, None, None)
     with ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), parallel._init_worker, init) as pool:
         loaded = pool.submit(gc.get_freeze_count).result()
         result = pool.submit(parallel._worker_task, evidence).result()

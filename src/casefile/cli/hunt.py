@@ -14,8 +14,8 @@ from rich.table import Table
 
 from casefile.cli._common import console, fail, handle_errors, progress, text_output
 from casefile.config import Settings
-from casefile.hunt import HuntStats, RuleSet, iter_hunt, load_rules
-from casefile.hunt.output import WRITERS, write_detections
+from casefile.hunt import HuntStats, RuleSet, iter_hunt, iter_hunt_lines, load_rules
+from casefile.hunt.output import WRITERS, write_detections, write_lines
 from casefile.hunt.update import installed_rule_dirs, update_offline, update_online
 from casefile.models import Detection, IngestWarning, Level
 
@@ -140,16 +140,23 @@ def hunt_cmd(
     # detections are written as they are found (only counters stay in memory); the table
     # format keeps its rendered rows until the end because rich lays a table out whole
     with _bar() as bar, text_output(output) as out:
-        # no output format writes the events' fields (`to_record`), so workers need not send them
-        detections = iter_hunt(
-            paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=jobs,
-            event_fields=False, plan_cache=Settings.from_env().cache_dir,
-            exclude=[output] if output is not None else [],  # written into the evidence folder, say
-        )
-        if fmt == "table":
-            _render_table(detections, out)
+        plan_cache = Settings.from_env().cache_dir
+        exclude = [output] if output is not None else []  # written into the evidence folder, say
+        if fmt == "jsonl":  # the workers write the lines (iter_hunt_lines)
+            write_lines(iter_hunt_lines(
+                paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=jobs,
+                plan_cache=plan_cache, exclude=exclude,
+            ), out)
         else:
-            write_detections(detections, fmt, out)
+            # no output format writes the events' fields (`to_record`), so workers need not send them
+            detections = iter_hunt(
+                paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=jobs,
+                event_fields=False, plan_cache=plan_cache, exclude=exclude,
+            )
+            if fmt == "table":
+                _render_table(detections, out)
+            else:
+                write_detections(detections, fmt, out)
     _summary(stats)
 
 

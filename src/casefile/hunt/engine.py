@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 from casefile.errors import InputError
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.hunt.evaluate import EventView, Predicate, compile_node, route_key
+from casefile.hunt.output import JsonlLines, RuleLine
 from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.ingest import EvidenceFile, count_files, iter_discover, read_file, with_next
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
@@ -104,18 +105,29 @@ def _index(ruleset: RuleSet, min_level: Level) -> RuleIndex:
     return RuleIndex([r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed])
 
 
+#: A hunt's hits: detections, or also lines (`_hunt`'s `lines`).
+_Hit = TypeVar("_Hit", Detection, Detection | RuleLine)
+
+
 def _emit(
-    hits: Iterable[Detection],
+    hits: Iterable[_Hit],
     ruleset: RuleSet,
     min_level: Level,
     on_warning: Callable[[IngestWarning], None] | None,
-) -> Iterator[Detection]:
-    """Report base hits (minus suppressed and below-level ones), then correlation hits."""
+) -> Iterator[_Hit]:
+    """Report base hits (minus suppressed and below-level ones), then correlation hits.
+
+    Hits already written as lines are reported as they come: only rules no correlation reads are written
+    so, and those are suppressed by none and hunted only at `min_level` or above (`_hunt`)."""
     correlations = list(ruleset.correlations)
     suppressed = suppressed_rule_ids(correlations) if correlations else frozenset()
     needed = input_rule_ids(correlations) if correlations else frozenset()
     fed: list[Detection] = []
     for d in hits:
+        if type(d) is tuple:
+            yield d
+            continue
+        assert isinstance(d, Detection)
         if d.rule.id in needed:
             fed.append(d)
         if d.rule.id not in suppressed and d.rule.level >= min_level:
@@ -202,6 +214,57 @@ def iter_hunt(
     correlations read, for callers that do not use it: workers then send far less. `plan_cache`: a
     folder where the fast path keeps the partition plans it builds, for the next hunt with these rules.
     """
+    hits = _hunt(
+        paths, ruleset, stats=stats, min_level=min_level, on_warning=on_warning, progress=progress,
+        workers=workers, vectorised=vectorised, event_fields=event_fields, plan_cache=plan_cache,
+        exclude=exclude, lines=False,
+    )
+    return cast("Iterator[Detection]", hits)  # without `lines`, every hit is a Detection
+
+
+def iter_hunt_lines(
+    paths: Sequence[str | Path],
+    ruleset: RuleSet,
+    *,
+    stats: HuntStats | None = None,
+    min_level: Level = Level.INFORMATIONAL,
+    on_warning: Callable[[IngestWarning], None] | None = None,
+    progress: Progress | None = None,
+    workers: int = 1,
+    plan_cache: Path | None = None,
+    exclude: Sequence[str | Path] = (),
+) -> Iterator[str]:
+    """The lines `output.write_jsonl` writes for `iter_hunt`'s detections (same options), without their
+    newlines.
+
+    The fast path's workers write the lines of the rules no correlation reads themselves (`JsonlLines`):
+    a line crosses to this process for a fraction of what a Detection costs to send, receive and encode.
+    """
+    encode = JsonlLines().line
+    for hit in _hunt(
+        paths, ruleset, stats=stats, min_level=min_level, on_warning=on_warning, progress=progress,
+        workers=workers, vectorised=True, event_fields=False, plan_cache=plan_cache, exclude=exclude,
+        lines=True,
+    ):
+        yield hit[1] if type(hit) is tuple else encode(hit)  # type: ignore[arg-type]
+
+
+def _hunt(
+    paths: Sequence[str | Path],
+    ruleset: RuleSet,
+    *,
+    stats: HuntStats | None,
+    min_level: Level,
+    on_warning: Callable[[IngestWarning], None] | None,
+    progress: Progress | None,
+    workers: int,
+    vectorised: bool,
+    event_fields: bool,
+    plan_cache: Path | None,
+    exclude: Sequence[str | Path],
+    lines: bool,
+) -> Iterator[Detection | RuleLine]:
+    """`iter_hunt`, and with `lines` the fast path's detections of rules no correlation reads as lines."""
     stats = stats if stats is not None else HuntStats()
     stats.rules_loaded = len(ruleset)
     stats.rules_skipped = len(ruleset.skipped)
@@ -228,9 +291,10 @@ def iter_hunt(
 
         needed = input_rule_ids(ruleset.correlations) if ruleset.correlations else frozenset()
         rules = [r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed]
-        hits: Iterable[Detection] = vector_hits(
+        hits: Iterable[Detection | RuleLine] = vector_hits(
             evidence, rules, workers=workers, warn=warn, done=done,
             fields_of=None if event_fields else needed, plan_cache=plan_cache, source=ruleset,
+            lines_except=needed if lines else None,
         )
     else:  # the reference path: the whole list first, as it always did
         listed = list(evidence)
@@ -240,8 +304,9 @@ def iter_hunt(
             hits = _sequential_hits(listed, _index(ruleset, min_level), warn, done)
     by_rule = stats.by_rule
     for d in _emit(hits, ruleset, min_level, warn):
+        rule_id = d[0] if type(d) is tuple else d.rule.id  # type: ignore[union-attr]
         stats.detections += 1
-        by_rule[d.rule.id] = by_rule.get(d.rule.id, 0) + 1
+        by_rule[rule_id] = by_rule.get(rule_id, 0) + 1
         yield d
     report.finish(counting)
 
@@ -391,5 +456,6 @@ def _parallel_hits(
 
 
 __all__ = [
-    "HuntResult", "HuntStats", "Progress", "RuleIndex", "hunt", "iter_hunt", "match_event", "run_hunt",
+    "HuntResult", "HuntStats", "Progress", "RuleIndex", "hunt", "iter_hunt", "iter_hunt_lines", "match_event",
+    "run_hunt",
 ]

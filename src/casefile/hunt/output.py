@@ -9,10 +9,12 @@ from typing import Any, TextIO
 
 import orjson
 
-from casefile.models import Detection
+from casefile.models import Detection, RuleInfo
 from casefile.registry import Registry
 
 Writer = Callable[[Iterable[Detection], TextIO], int]
+#: A detection already written as its JSONL line (`JsonlLines`): (its rule's id, the line).
+RuleLine = tuple[str, str]
 
 #: Machine-readable output formats (the CLI renders `table` itself).
 WRITERS: Registry[Writer] = Registry("detection output format")
@@ -35,23 +37,70 @@ _LINE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_json
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
+#: Rules whose leading keys a `JsonlLines` keeps encoded before it starts again (the parent meets each
+#: task's rules as new objects, unpickled with its detections).
+_MAX_HEADS = 4096
+
+
+class JsonlLines:
+    """Detections as `write_jsonl` writes them, one line each (without its newline).
+
+    A line is the compact JSON of `Detection.to_record()`. Its leading keys (`Detection.rule_record`:
+    the rule's id, title, level, status, author, tags, and the kind) are the same for every hit of a
+    rule, so they are encoded once per rule object and only `Detection.hit_record` is encoded per
+    detection: orjson writes no spaces, so the two texts joined are the record's. A record orjson refuses
+    (a lone surrogate, an integer wider than 64 bits, in either part) is written by `json` with ASCII
+    escapes, as a whole. NaN and infinities, which JSON lacks, are null.
+    """
+
+    def __init__(self) -> None:
+        # (id(rule), kind) -> (the rule, held so that no other object takes its id; its keys as `{...,`, or
+        # None). By id: a rule's hash reads all its fields.
+        self._heads: dict[tuple[int, str], tuple[RuleInfo, bytes | None]] = {}
+
+    def line(self, d: Detection) -> str:
+        key = (id(d.rule), d.kind)
+        entry = self._heads.get(key)
+        if entry is None:
+            if len(self._heads) >= _MAX_HEADS:
+                self._heads.clear()
+            entry = self._heads[key] = (d.rule, _head(d.rule_record()))
+        head = entry[1]
+        if head is not None:
+            try:
+                tail = orjson.dumps(d.hit_record(), default=_json_default, option=_ORJSON_OPTIONS)
+                return (head + tail[1:]).decode()
+            except orjson.JSONEncodeError:
+                pass
+        return _LINE.encode(d.to_record())
+
+
+def _head(keys: dict[str, Any]) -> bytes | None:
+    """`keys` as the start of a compact JSON object that more keys follow (`{...,`); None if orjson
+    refuses them."""
+    try:
+        return orjson.dumps(keys, default=_json_default, option=_ORJSON_OPTIONS)[:-1] + b","
+    except orjson.JSONEncodeError:
+        return None
+
+
 def write_jsonl(detections: Iterable[Detection], out: TextIO) -> int:
-    """One `Detection.to_record()` JSON object per line, compact (no spaces after `:` and `,`).
+    """One `Detection.to_record()` JSON object per line, compact (no spaces after `:` and `,`): see
+    `JsonlLines`.
 
     Encoded by orjson, many times faster than `json` when the parent process writes hundreds of thousands
-    of lines while the workers hunt; a record orjson refuses (a lone surrogate, an integer wider than
-    64 bits) is written by `json` with ASCII escapes. NaN and infinities, which JSON lacks, are null.
+    of lines while the workers hunt.
     """
+    return write_lines(map(JsonlLines().line, detections), out)
+
+
+def write_lines(lines: Iterable[str], out: TextIO) -> int:
+    """Lines (without their newline) written one per line; returns how many."""
     n = 0
-    dumps, options, default = orjson.dumps, _ORJSON_OPTIONS, _json_default
-    for d in detections:
-        record = d.to_record()
-        try:
-            line = dumps(record, default=default, option=options).decode()
-        except orjson.JSONEncodeError:
-            line = _LINE.encode(record)
-        out.write(line)
-        out.write("\n")
+    write = out.write
+    for line in lines:
+        write(line)
+        write("\n")
         n += 1
     return n
 

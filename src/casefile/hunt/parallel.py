@@ -30,6 +30,7 @@ import orjson
 
 from casefile.heap import load_pickle, long_lived
 from casefile.hunt.cache import PlanStore
+from casefile.hunt.output import JsonlLines, RuleLine
 from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
 from casefile.ingest import EvidenceFile, read_file, read_records, with_next
@@ -101,11 +102,15 @@ class EvtxRecords:
     event = staticmethod(EvtxJsonShape.event)
 
 
+#: What a hunt delivers: a detection, or one written as its JSONL line (`FileHunter`'s `lines_except`).
+Hit = Detection | RuleLine
+
+
 @dataclass
 class TaskResult:
     """What one group of files gave: detections in order, warnings, events per file."""
 
-    detections: list[Detection]
+    detections: list[Hit]
     warnings: list[IngestWarning]
     events: list[int]
 
@@ -121,21 +126,27 @@ class FileHunter:
         fields_of: frozenset[str] | None = None,
         isolate: bool = False,
         plans: PlanStore | None = None,
+        lines_except: frozenset[str] | None = None,
     ) -> None:
         """`isolate`: parse EVTX in a child process (`EvtxReader`), for a hunter in a process that must not
         hang on a parser that loops; a worker has its stall timer instead, and parses in its own process.
-        `plans`: partition plans kept on disk for these rules (`PlanStore`)."""
+        `plans`: partition plans kept on disk for these rules (`PlanStore`). `lines_except`: if given,
+        detections of other rules are delivered as their JSONL lines (`RuleLine`): a line costs a fraction
+        of what a Detection costs to send, receive and then encode in the parent."""
         self.index = VectorIndex(rules, plans)
         self.hunter = BatchHunter(self.index, EvtxRecords(), fields_of=fields_of)
         self.reader = EvtxReader(threads=1, decode=_keep_text, isolate=isolate)
         self.batch_records = batch_records
+        self.lines_except = lines_except
+        self.lines = JsonlLines()
         #: Called at each file and batch: re-arms a worker's stall timer (see STALL_SECONDS).
         self.alive: Callable[[], None] = _nothing
 
     def hunt(self, evidence: Sequence[EvidenceFile]) -> TaskResult:
         warnings: list[IngestWarning] = []
         warn = warnings.append
-        detections: list[Detection] = []
+        detections: list[Hit] = []
+        deliver = detections.extend if self.lines_except is None else self._as_lines(detections)
         events = [0] * len(evidence)
         batch: list[RawJson] = []
         owner: list[int] = []  # file position of each batch record
@@ -145,7 +156,7 @@ class FileHunter:
         def flush() -> None:
             alive()
             result = self.hunter.run(batch, warn)
-            detections.extend(result.detections)
+            deliver(result.detections)
             lost = set(result.not_events)
             for ri, pos in enumerate(owner):
                 if ri not in lost:
@@ -161,7 +172,7 @@ class FileHunter:
                     events[pos] += 1
                     if not events[pos] % self.batch_records:
                         alive()
-                    detections.extend(self.hunter.match_event(event))
+                    deliver(self.hunter.match_event(event))
                 continue
             for raw in read_records(ev, warn, reader=self.reader, following=following):
                 data = raw.data
@@ -172,6 +183,18 @@ class FileHunter:
                     flush()
         flush()
         return TaskResult(detections, warnings, events)
+
+    def _as_lines(self, out: list[Hit]) -> Callable[[list[Detection]], None]:
+        """Adds detections to `out`, those of rules outside `lines_except` as their lines."""
+        keep = self.lines_except or frozenset()
+        line = self.lines.line
+
+        def deliver(found: list[Detection]) -> None:
+            for d in found:
+                rule_id = d.rule.id
+                out.append(d if rule_id in keep else (rule_id, line(d)))
+
+        return deliver
 
 
 def event_hunter(
@@ -296,12 +319,14 @@ _timer: _StallTimer | None = None
 
 def _init_worker(
     rules: str | bytes, batch_records: int, fields_of: frozenset[str] | None, stall_seconds: float,
-    plans: PlanStore | None,
+    plans: PlanStore | None, lines_except: frozenset[str] | None,
 ) -> None:
     """`rules`: the file holding a `rules_pickle`, or the pickle itself."""
     global _worker, _timer
     loaded = load_pickled_rules(Path(rules).read_bytes() if isinstance(rules, str) else rules)
-    _worker = FileHunter(loaded, batch_records=batch_records, fields_of=fields_of, plans=plans)
+    _worker = FileHunter(
+        loaded, batch_records=batch_records, fields_of=fields_of, plans=plans, lines_except=lines_except
+    )
     _timer = _StallTimer(stall_seconds)
     _worker.alive = _timer.alive
     # The rule set is most of the worker's objects and lives as long as it: out of the collector's sight,
@@ -334,7 +359,8 @@ def vector_hits(
     stall_seconds: float = STALL_SECONDS,
     plan_cache: Path | None = None,
     source: RuleSet | None = None,
-) -> Iterator[Detection]:
+    lines_except: frozenset[str] | None = None,
+) -> Iterator[Hit]:
     """Base-rule detections of `rules` over `evidence`, in the serial engine's order.
 
     Reports warnings and per-file event counts through `warn` and `done`, file by file in order. Only
@@ -346,7 +372,8 @@ def vector_hits(
     process (one worker) EVTX chunks are parsed in a child process, stopped if one loops (`EvtxReader`).
     With `plan_cache` (a folder) the partition plans built are kept there for the next hunt with the same
     rules (`PlanStore`). `source`: the rule set `rules` were taken from, whose pickle the workers then load
-    if it holds just these rules (`rules_pickle`).
+    if it holds just these rules (`rules_pickle`). With `lines_except`, the detections of other rules come
+    as their JSONL lines (`RuleLine`), encoded where they are found.
     """
     # Large files are split between workers only where there are several (parts are parsed in the worker,
     # which has its stall timer; hunting alone, this process parses EVTX apart instead). Their parts' counts
@@ -364,7 +391,8 @@ def vector_hits(
     plans = PlanStore.for_rules(plan_cache, pickled) if plan_cache is not None else None
     if workers <= 1:
         hunter = FileHunter(
-            rules, batch_records=batch_records, fields_of=fields_of, isolate=True, plans=plans
+            rules, batch_records=batch_records, fields_of=fields_of, isolate=True, plans=plans,
+            lines_except=lines_except,
         )
         try:
             with long_lived() as settle:
@@ -384,7 +412,8 @@ def vector_hits(
         # the rule set is this process's too; what flows through it is the workers' detections
         with long_lived():
             yield from _pooled(
-                groups, workers, (rules_file or pickled, batch_records, fields_of, stall_seconds, plans),
+                groups, workers,
+                (rules_file or pickled, batch_records, fields_of, stall_seconds, plans, lines_except),
                 stall_seconds, warn, done,
             )
         per_file.flush()
@@ -418,7 +447,7 @@ def _pooled(
     stall_seconds: float,
     warn: Callable[[IngestWarning], None],
     done: Callable[[EvidenceFile, int], None],
-) -> Iterator[Detection]:
+) -> Iterator[Hit]:
     """`vector_hits` with worker processes (`initargs`: `_init_worker`'s)."""
 
     def pool_of(n: int) -> ProcessPoolExecutor:
@@ -511,7 +540,7 @@ def _deliver(
     result: TaskResult,
     warn: Callable[[IngestWarning], None],
     done: Callable[[EvidenceFile, int], None],
-) -> Iterator[Detection]:
+) -> Iterator[Hit]:
     for w in result.warnings:
         warn(w)
     yield from result.detections
@@ -519,4 +548,4 @@ def _deliver(
         done(ev, n)
 
 
-__all__ = ["BATCH_RECORDS", "FileHunter", "TaskResult", "event_hunter", "vector_hits"]
+__all__ = ["BATCH_RECORDS", "FileHunter", "Hit", "TaskResult", "event_hunter", "vector_hits"]
