@@ -705,6 +705,34 @@ def test_an_intact_file_read_in_parts_gives_what_it_gives_whole(sample: bytes, t
     assert _read_in_parts(path, parts) == whole
 
 
+def test_a_part_view_reads_as_an_image_of_the_header_and_its_chunks(tmp_path: Path) -> None:
+    """The parser reads a part through `_PartView` (header, then chunks start..stop of the file): any
+    seeks and reads give the bytes of that image."""
+    import io
+    import random
+
+    data = random.Random(3).randbytes(HEADER_SIZE + 6 * CHUNK_SIZE)
+    path = tmp_path / "f.evtx"
+    path.write_bytes(data)
+    image = data[:HEADER_SIZE] + data[HEADER_SIZE + 2 * CHUNK_SIZE:HEADER_SIZE + 5 * CHUNK_SIZE]
+    rng = random.Random(5)
+    with path.open("rb") as fh:
+        view = evtx_reader._PartView(fh, data[:HEADER_SIZE], 2, 5)
+        assert view.read() == image and view.read(10) == b"" and view.tell() == len(image)
+        expected = io.BytesIO(image)
+        assert view.seek(0) == 0
+        for _ in range(300):
+            if rng.random() < 0.4:
+                whence = rng.choice([io.SEEK_SET, io.SEEK_CUR, io.SEEK_END])
+                base = {io.SEEK_SET: 0, io.SEEK_CUR: expected.tell(), io.SEEK_END: len(image)}[whence]
+                offset = rng.randint(-base, len(image) + 9 - base)  # never before the start
+                assert view.seek(offset, whence) == expected.seek(offset, whence)
+            size = rng.choice([-1, 1, 100, HEADER_SIZE, HEADER_SIZE + 7, CHUNK_SIZE, 3 * CHUNK_SIZE])
+            assert view.read(size) == expected.read(size) and view.tell() == expected.tell()
+        with pytest.raises(ValueError, match="negative seek"):
+            view.seek(-1)
+
+
 @pytest.mark.shared
 def test_only_intact_files_are_split(sample: bytes, tmp_path: Path) -> None:
     def variant(name: str, offset: int, data: bytes) -> Path:

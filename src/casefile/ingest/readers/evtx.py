@@ -146,6 +146,48 @@ def evtx_parts(
     return [(a, min(a + chunks_per_part, full_chunks)) for a in range(0, full_chunks, chunks_per_part)]
 
 
+class _PartView:
+    """A file's header followed by its chunks `start` to `stop` (exclusive), read from the file as the parser
+    asks: what an image of the part would hold, without 16 MB copied into memory (and paged in) per
+    part. The parser reads it through its `read`, `seek` and `tell`, about a chunk at a time."""
+
+    def __init__(self, stream: IO[bytes], header: bytes, start: int, stop: int) -> None:
+        self._stream = stream
+        self._header = header
+        self._shift = start * CHUNK_SIZE  # file offset - view offset, past the header
+        self._size = HEADER_SIZE + (stop - start) * CHUNK_SIZE
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        head = b""
+        if self._pos < min(end, HEADER_SIZE):
+            head = self._header[self._pos:min(end, HEADER_SIZE)]
+            self._pos += len(head)
+        if self._pos >= end:
+            return head
+        self._stream.seek(self._pos + self._shift)
+        body = self._stream.read(end - self._pos)
+        self._pos += len(body)
+        return head + body if head else body
+
+
 class _Renumbered:
     """A parser of an image holding chunks `offset`, `offset + 1`, ... of a file: its error messages name the
     file's chunk numbers, as the parser of the whole file does (it numbers the image's chunks from 0)."""
@@ -784,10 +826,8 @@ class EvtxReader:
             if head.startswith(CHUNK_MAGIC):
                 last = struct.unpack_from("<Q", head, 32)[0]
                 break
-        stream.seek(HEADER_SIZE + start * CHUNK_SIZE)
-        image = header + stream.read((stop - start) * CHUNK_SIZE)
         try:
-            parser = PyEvtxParser(io.BytesIO(image), number_of_threads=self.threads)
+            parser = PyEvtxParser(_PartView(stream, header, start, stop), number_of_threads=self.threads)
         except (OSError, RuntimeError, ValueError) as exc:
             on_warning(IngestWarning(source, f"unreadable EVTX file: {exc}"))
             return
