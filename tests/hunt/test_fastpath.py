@@ -117,6 +117,50 @@ def test_large_files_split_between_workers_give_identical_results(
     assert [path for path, _n, _part in whole[1]] == [str(f) for f in large]
 
 
+def test_large_ndjson_split_between_workers_gives_identical_results(
+    shared_data: Path, all_rules: RuleSet, tmp_path: Path
+) -> None:
+    """A large NDJSON log (OTRF's records, one per line, a damaged line near the end) is read in parts by
+    several workers (`ndjson_parts`): same detections, order, event count and warnings as one hunter
+    reading it whole."""
+    import zipfile
+
+    from casefile.hunt.parallel import _groups, vector_hits
+    from casefile.ingest import discover
+
+    zips = sorted((shared_data / "json").rglob("*.zip"), key=lambda p: (p.stat().st_size, p.name))[:6]
+    if not zips:
+        pytest.skip(f"no JSON datasets under {shared_data / 'json'}")
+    lines: list[bytes] = []
+    for z in zips:
+        with zipfile.ZipFile(z) as archive:
+            for name in archive.namelist():
+                if name.endswith(".json") and not name.startswith("__MACOSX"):
+                    lines += [line.rstrip(b"\n") for line in archive.read(name).splitlines() if line.strip()]
+    lines.insert(len(lines) - 50, b'{"damaged": ')
+    log = tmp_path / "export.jsonl"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    task_bytes = log.stat().st_size // 12
+    parts = [ev.part for group in _groups(discover([log]), task_bytes, split=True) for ev in group]
+    assert len(parts) >= 10 and all(part is not None for part in parts)
+
+    def hunt(workers: int, task_bytes: int) -> tuple[list[Any], list[tuple[str, int, Any]], list[str]]:
+        warnings: list[str] = []
+        done: list[tuple[str, int, Any]] = []
+        found = list(vector_hits(
+            discover([log]), list(all_rules.rules), workers=workers, warn=lambda w: warnings.append(str(w)),
+            done=lambda ev, n: done.append((ev.path, n, ev.part)), task_bytes=task_bytes,
+        ))
+        return [_key(d) for d in found], done, warnings
+
+    split = hunt(2, task_bytes)
+    whole = hunt(1, 64 * 1024 * 1024)
+    assert split == whole and len(whole[0]) > 10
+    # the damaged line takes the next one as its value, and the reader resumes after the line that follows
+    assert whole[1] == [(str(log), len(lines) - 3, None)]
+    assert len(whole[2]) == 1 and "record skipped" in whole[2][0]
+
+
 def test_json_datasets_identical(shared_data: Path, all_rules: RuleSet) -> None:
     """JSON logs (OTRF's flat shape, zipped) are hunted one event at a time, pre-filtered the same way."""
     zips = sorted((shared_data / "json").rglob("*.zip"), key=lambda p: (p.stat().st_size, p.name))[:4]

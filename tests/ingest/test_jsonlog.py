@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,3 +285,103 @@ def test_a_file_lists_its_first_warnings_and_counts_the_rest(tmp_path: Path) -> 
     first = MAX_FILE_WARNINGS
     assert noisy[-1].reason == f"250 more warnings for this file not listed (the first {first} are)"
     assert len([w for w in warnings if w.file.endswith("quiet.json")]) == 3  # counted per file
+
+
+def _whole_and_in_parts(
+    path: Path, parts: list[tuple[int, ...]]
+) -> tuple[tuple[list[Any], list[IngestWarning]], tuple[list[Any], list[IngestWarning]]]:
+    import dataclasses
+
+    from casefile.ingest import discover, read_records
+
+    (ev,) = discover([path])
+
+    def read(evidence: Any) -> tuple[list[Any], list[IngestWarning]]:
+        warnings: list[IngestWarning] = []
+        return [(r.index, r.data) for r in read_records(evidence, warnings.append)], warnings
+
+    whole = read(ev)
+    records: list[Any] = []
+    warnings: list[IngestWarning] = []
+    for part in parts:
+        got, said = read(dataclasses.replace(ev, part=part))
+        records += got
+        warnings += said
+    return whole, (records, warnings)
+
+
+_GOOD_LINES = [
+    '{"a": 1, "s": "x}\\\\n{y"}', '{"Image": "C:\\\\Windows\\\\cmd.exe", "n": -3.5, "l": [1, {"b": null}]}',
+    '{"u": "Ünïcode \\\\ud83d\\\\ude00", "e": {}}', '{}', '  {"indented": true}', '{"crlf": 1}\r',
+]
+# Lines the whole file's reader refuses or reads oddly: an object that swallows the next line, an array,
+# a pretty-printed object's first line, values orjson refuses but `json` reads, text that is no JSON.
+_ODD_LINES = [
+    '{"open": 1,', '[{"in": "array"},', '{', '{"nan": NaN}', '{"wide": 123456789012345678901234567890}',
+    'garbage', '{"a": 1} {"b": 2}', ']', '{"lone": "\\\\ud800"}',
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ndjson_parts_read_as_the_whole_file(tmp_path: Path, seed: int) -> None:
+    """Random NDJSON, blank lines and (in half the files) odd lines, split in parts of a few lines: read part
+    by part, the records (with their line numbers) and warnings are the whole file's. Parts follow each
+    other, start on their line's number before a line opening an object, and from an odd line on the rest
+    is one part."""
+    import random
+
+    rng = random.Random(seed)
+    lines: list[str] = []
+    for _ in range(rng.randint(20, 80)):
+        roll = rng.random()
+        if roll < 0.1:
+            lines.append(rng.choice(["", "  ", "\t\r"]))
+        elif roll < 0.13 and seed % 2 and len(lines) > 15:
+            lines.append(rng.choice(_ODD_LINES))
+        else:
+            lines.append(rng.choice(_GOOD_LINES).replace('"a": 1', f'"a": {rng.randint(0, 99)}'))
+    text = "\n".join(lines) + rng.choice(["", "\n"])
+    data = (b"\xef\xbb\xbf" if seed % 3 == 0 else b"") + text.encode("utf-8", "surrogatepass")
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(data)
+    if not jsonlog._one_object(data.split(b"\n")[0].removeprefix(b"\xef\xbb\xbf")):
+        assert jsonlog.ndjson_parts(path, 40) is None
+        return
+    found = jsonlog.ndjson_parts(path, 40)
+    assert found is not None
+    parts = list(found)
+    assert len(parts) > 2
+    assert parts[0][0] == 0 and parts[-1][1] == -1
+    for (_, stop, _), (start, _, line) in itertools.pairwise(parts):
+        assert start == stop and data[start:start + 1] == b"{"
+        assert line == data.count(b"\n", 0, start) + 1
+    odd = [i for i, line in enumerate(lines) if line in _ODD_LINES]
+    if odd:  # nothing is cut after the first odd line
+        assert parts[-1][2] <= odd[0] + 1
+    whole, in_parts = _whole_and_in_parts(path, parts)
+    assert in_parts == whole
+    assert whole[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"a": 1},\n' + '{"a": 1},\n' * 40 + "]\n",  # an array
+        "{\n" + '  "a": 1\n}\n' * 40,  # pretty-printed
+        "\n" + '{"a": 1}\n' * 40,  # a blank first line
+        '{"a": 1}\n' * 3,  # no larger than a part
+        "garbage\n" + '{"a": 1}\n' * 40,
+    ],
+)
+def test_files_not_starting_with_an_object_line_are_not_split(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "log.json"
+    path.write_text(text, encoding="utf-8")
+    assert jsonlog.ndjson_parts(path, 30) is None
+
+
+def test_parts_are_named_for_messages() -> None:
+    from casefile.ingest.readers.evtx import EvtxReader
+
+    assert JsonReader().part_name((0, 4096, 1)) == "lines from 1 (bytes 0..4095)"
+    assert JsonReader().part_name((4096, -1, 77)) == "lines from 77 (bytes 4096..the end)"
+    assert EvtxReader().part_name((256, 512)) == "chunks 256..511"

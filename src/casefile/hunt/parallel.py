@@ -35,7 +35,8 @@ from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
 from casefile.ingest import EvidenceFile, read_file, read_records, with_next
 from casefile.ingest.pipeline import SHAPE_ERRORS, defeated
-from casefile.ingest.readers.evtx import CHUNK_SIZE, EvtxReader, evtx_parts
+from casefile.ingest.plugins import READERS, PartReader
+from casefile.ingest.readers.evtx import EvtxReader
 from casefile.ingest.shapes.evtx_json import EvtxJsonShape
 from casefile.models import Detection, IngestWarning
 
@@ -232,8 +233,9 @@ def load_pickled_rules(data: bytes) -> tuple[CompiledRule, ...]:
 def _groups(
     evidence: Iterable[EvidenceFile], task_bytes: int, split: bool = False
 ) -> Iterator[list[EvidenceFile]]:
-    """Files in groups of about `task_bytes`, in order; with `split`, an intact EVTX file larger than that
-    in parts of about that (`evtx_parts`), each its own group, so that workers share a large file."""
+    """Files in groups of about `task_bytes`, in order; with `split`, a file larger than that in parts of
+    about that, each its own group, where its reader splits it (`PartReader.parts`: an intact EVTX file,
+    NDJSON), so that workers share a large file. Parts may be found as the file is read through."""
     group: list[EvidenceFile] = []
     size = 0
     for ev in evidence:
@@ -242,8 +244,8 @@ def _groups(
             if group:
                 yield group
                 group, size = [], 0
-            for start, stop in parts:
-                yield [dataclasses.replace(ev, part=(start, stop))]
+            for part in parts:
+                yield [dataclasses.replace(ev, part=part)]
             continue
         group.append(ev)
         size += ev.size
@@ -281,10 +283,12 @@ class _PerFile:
             self.done(whole, counted)
 
 
-def _parts(ev: EvidenceFile, task_bytes: int) -> list[tuple[int, int]] | None:
-    if ev.format != EvtxReader.name or ev.member is not None or ev.gzip or ev.size <= task_bytes:
+def _parts(ev: EvidenceFile, task_bytes: int) -> Iterable[tuple[int, ...]] | None:
+    """The parts of a plain file larger than a task, if its reader splits it (`PartReader.parts`)."""
+    if ev.member is not None or ev.gzip or ev.size <= task_bytes:
         return None
-    return evtx_parts(ev.on_disk, max(1, task_bytes // CHUNK_SIZE))
+    reader = READERS.get(ev.format)
+    return reader.parts(ev.on_disk, task_bytes) if isinstance(reader, PartReader) else None
 
 
 def _nothing() -> None:
@@ -516,8 +520,9 @@ class _OneByOne:
             except BrokenProcessPool:
                 self.close()
                 what, its, it = "not hunted", "its", "it"
-                if ev.part is not None:
-                    what, its, it = f"chunks {ev.part[0]}..{ev.part[1] - 1} not hunted", "their", "them"
+                reader = READERS.get(ev.format)
+                if ev.part is not None and isinstance(reader, PartReader):
+                    what, its, it = f"{reader.part_name(ev.part)} not hunted", "their", "them"
                 result = TaskResult([], [IngestWarning(
                     ev.path,
                     f"{what}: the worker reading {it} stopped responding for {self.stall_seconds:g} s or "

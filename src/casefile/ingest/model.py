@@ -19,7 +19,8 @@ class EvidenceFile:
     bytes (`location` gives it as a Path); `member` the zip member name; `gzip` whether the bytes (of
     the file or the member) are gzip-compressed. `size` is the size on disk (the uncompressed size for
     a zip member). `format` names the reader in `casefile.ingest.READERS` that will parse it. `part`, when
-    set, is the range of the file a task reads alone (for EVTX, chunks [start, stop): `evtx_parts`).
+    set, is the range of the file a task reads alone, as its reader's `PartReader.parts` gives it (EVTX:
+    chunks [start, stop); JSON: bytes [start, stop or -1 for the end) and the first line's number).
     """
 
     path: str
@@ -30,7 +31,7 @@ class EvidenceFile:
     on_disk: str
     member: str | None = None
     gzip: bool = False
-    part: tuple[int, int] | None = None
+    part: tuple[int, ...] | None = None
 
     @property
     def location(self) -> Path:

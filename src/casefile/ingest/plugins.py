@@ -6,7 +6,7 @@ under its name; `casefile.ingest` imports the built-in modules, which register t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
@@ -43,9 +43,19 @@ class PartReader(Reader, Protocol):
     """A reader that can read a range of a file alone (`EvidenceFile.part`), as reading the whole file gives
     that range's records and warnings."""
 
+    def parts(self, path: str, part_bytes: int) -> Iterable[tuple[int, ...]] | None:
+        """Ranges of the plain file `path`, of about `part_bytes` each, in order, which read alone give what
+        reading the whole file gives; None when the file is not to be split. May be lazy: found as the file
+        is read through."""
+        ...
+
     def read_part(
-        self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, int]
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, ...]
     ) -> Iterator[RawRecord]: ...
+
+    def part_name(self, part: tuple[int, ...]) -> str:
+        """A range in words, for messages (`chunks 0..255`)."""
+        ...
 
 
 class Shape(Protocol):

@@ -812,8 +812,15 @@ class EvtxReader:
             with copy.open("rb") as fh:
                 yield from self._read(fh, source, on_warning, copy)
 
+    def parts(self, path: str, part_bytes: int) -> list[tuple[int, int]] | None:
+        """Chunk ranges of about `part_bytes` of an intact file (`evtx_parts`)."""
+        return evtx_parts(path, max(1, part_bytes // CHUNK_SIZE))
+
+    def part_name(self, part: tuple[int, ...]) -> str:
+        return f"chunks {part[0]}..{part[1] - 1}"
+
     def read_part(
-        self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, int]
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, ...]
     ) -> Iterator[RawRecord]:
         """The records of chunks `part` (start, stop) of an intact file (`evtx_parts`), as reading the whole
         file gives them. Parsed in this process: a part goes to a hunt worker, which has its stall timer."""

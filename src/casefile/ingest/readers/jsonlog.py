@@ -3,7 +3,8 @@
 The file is streamed: a buffer of text is decoded value by value with `raw_decode`, and refilled
 as needed, so multi-gigabyte exports and huge single lines never sit whole in memory (one
 record, however large, does). A record that does not parse is skipped with a warning naming its
-line; reading resumes at the next line that starts an object.
+line; reading resumes at the next line that starts an object. A large NDJSON file is read in parts
+by several hunt workers (`ndjson_parts`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import orjson
 
 from casefile.ingest.model import RawRecord
 from casefile.ingest.plugins import READERS, WarningSink
@@ -52,13 +55,14 @@ codecs.register_error(_ERRORS, _json_escape_bytes)
 class _Buffer:
     """Text decoded from a binary stream, consumed from the front, refilled at the back."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes] | _Bounded, line: int = 1) -> None:
+        """`line`: the number of the stream's first line in its file."""
         head = stream.read(4)
         self._decoder = codecs.getincrementaldecoder(text_encoding(head))(errors=_ERRORS)
         self._stream = stream
         self.text = self._decoder.decode(head)
         self.pos = 0
-        self.line = 1  # line number of self.pos
+        self.line = line  # line number of self.pos
         self.eof = False
 
     def fill(self, size: int = 0) -> bool:
@@ -132,7 +136,27 @@ class JsonReader:
         self, stream: IO[bytes], source: str, on_warning: WarningSink, *, disk_path: Path | None = None,
         next_path: Path | None = None,
     ) -> Iterator[RawRecord]:
-        buf = _Buffer(stream)
+        yield from self._records(_Buffer(stream), source, on_warning)
+
+    def parts(self, path: str, part_bytes: int) -> Iterator[tuple[int, int, int]] | None:
+        """Byte ranges of about `part_bytes` of an NDJSON file (`ndjson_parts`)."""
+        return ndjson_parts(path, part_bytes)
+
+    def part_name(self, part: tuple[int, ...]) -> str:
+        start, stop, line = part
+        return f"lines from {line} (bytes {start}..{'the end' if stop < 0 else stop - 1})"
+
+    def read_part(
+        self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, ...]
+    ) -> Iterator[RawRecord]:
+        """The records of `part` (start, stop or -1 for the end, the first line's number) of a file
+        `ndjson_parts` split, as reading the whole file gives them."""
+        start, stop, line = part
+        stream.seek(start)
+        buf = _Buffer(_Bounded(stream, stop - start if stop >= 0 else -1), line)
+        yield from self._records(buf, source, on_warning)
+
+    def _records(self, buf: _Buffer, source: str, on_warning: WarningSink) -> Iterator[RawRecord]:
         depth = 0  # open top-level arrays
         while buf.skip_ws():
             char = buf.text[buf.pos]
@@ -225,5 +249,83 @@ class JsonReader:
 
 
 _SKIPPED = object()
+
+
+class _Bounded:
+    """The next `size` bytes of a stream (all of them if `size` is negative)."""
+
+    def __init__(self, stream: IO[bytes], size: int) -> None:
+        self._stream = stream
+        self._left = size
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left < 0:
+            return self._stream.read(size)
+        data = self._stream.read(self._left if size < 0 else min(size, self._left))
+        self._left -= len(data)
+        return data
+
+
+#: The longest line `ndjson_parts` checks (bytes): from a longer one on, a file is read in one part.
+MAX_PART_LINE = 1 << 20
+
+
+def ndjson_parts(path: str | Path, part_bytes: int) -> Iterator[tuple[int, int, int]] | None:
+    """Parts (start byte, stop byte or -1 for the end, first line's number) of an NDJSON file: ranges of
+    about `part_bytes` that `JsonReader.read_part` reads alone and gets what reading the whole file gives;
+    None unless the file starts with a line holding one JSON object and is larger than a part.
+
+    The file is read through as the parts are taken (lazily), each line checked to be one JSON object
+    (orjson) or blank, and a part ends before a line that starts with `{`. There the whole file's reader
+    is between two top-level values, whatever came before: every line before held one object (a JSON
+    string holds no newline), and its resync after a record it refused stops at such a line too. From the
+    first line that is not one object (damaged, pretty-printed, an array, a line longer than
+    `MAX_PART_LINE`, text orjson refuses), the rest of the file is one last part, which its reader reads
+    from that point as the whole file's would.
+    """
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(0)
+            first = fh.readline(MAX_PART_LINE)
+    except OSError:
+        return None
+    if size <= part_bytes or not _one_object(first.removeprefix(codecs.BOM_UTF8)):
+        return None
+    return _ndjson_parts(path, part_bytes)
+
+
+def _ndjson_parts(path: str | Path, part_bytes: int) -> Iterator[tuple[int, int, int]]:
+    start = pos = 0  # the part's first byte; the current line's
+    first_line = line = 1  # their lines' numbers
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                text = fh.readline(MAX_PART_LINE)
+                ended = text.endswith(b"\n")
+                if not text or (not ended and len(text) == MAX_PART_LINE):
+                    break
+                checked = text.removeprefix(codecs.BOM_UTF8) if not pos else text
+                blank = not checked.strip(b" \t\r\n")  # JSON's blanks, which the reader skips
+                if not blank and not _one_object(checked):
+                    break
+                # A part ends before a line that starts with its object: where the reader's resync after a
+                # bad record would stop too, so even a record `json` refused reads alike.
+                if not blank and checked[:1] == b"{" and pos - start >= part_bytes:
+                    yield start, pos, first_line
+                    start, first_line = pos, line
+                pos += len(text)
+                line += ended
+    except OSError:
+        pass  # the rest is read as one part, and its reader says what is wrong
+    yield start, -1, first_line
+
+
+def _one_object(line: bytes) -> bool:
+    """Whether `line` holds one JSON object (and blanks), as orjson reads it."""
+    try:
+        return type(orjson.loads(line)) is dict
+    except orjson.JSONDecodeError:
+        return False
 
 READERS.register(JsonReader.name, JsonReader())
