@@ -126,3 +126,81 @@ def test_a_csv_line_longer_than_the_bound_is_skipped_not_held(
     events, warnings = _read(path)
     assert [(e.event_id, e.fields["Message"]) for e in events] == [(4720, "one"), (4722, "three")]
     assert [(w.record, w.reason) for w in warnings] == [(3, "CSV line longer than 1,000 characters; skipped")]
+
+
+_CELLS = [
+    "plain", "C:\\Windows\\cmd.exe", '"with, comma"', '"say ""hi"""', '"two\nlines"', '"crlf\r\nlines"',
+    "Ünïcode", "", '"; and\ttabs"', "4688",
+]
+# Rows the whole file's reader refuses or reads oddly: a quote in an unquoted cell, a quote that never
+# closes (it swallows the rows after it), a lone carriage return (a line end to the reader), bad UTF-8.
+_ODD_ROWS = ['2,"Sec"urity', '4,"never closed', '"a\rb",c', "x\xff,y", "5,6,7,8,9,10"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_csv_parts_read_as_the_whole_file(tmp_path: Path, seed: int) -> None:
+    """Random CSV (quoted cells holding delimiters, quotes and line breaks, blank lines, a BOM, any of the
+    three delimiters; in half the files odd rows), split in parts of a few rows: read part by part under
+    the header, the records (with their line numbers) and warnings are the whole file's."""
+    import dataclasses
+    import itertools
+    import random
+
+    from casefile.ingest import read_records
+    from casefile.ingest.readers import csvlog
+
+    rng = random.Random(seed)
+    delimiter = rng.choice([",", ";", "\t"])
+    rows = [delimiter.join(["EventID", "Channel", "Note"])]
+    for _ in range(rng.randint(20, 70)):
+        roll = rng.random()
+        if roll < 0.08:
+            rows.append("")
+        elif roll < 0.12 and seed % 2 and len(rows) > 12:
+            rows.append(rng.choice(_ODD_ROWS).replace(",", delimiter))
+        else:
+            rows.append(delimiter.join(rng.choice(_CELLS) for _ in range(rng.choice([2, 3, 3, 4]))))
+    text = "\n".join(rows) + rng.choice(["", "\n"])
+    data = (b"\xef\xbb\xbf" if seed % 3 == 0 else b"") + text.encode("utf-8").replace(b"\xc3\xbf", b"\xff")
+    path = tmp_path / "export.csv"
+    path.write_bytes(data)
+    found = csvlog.csv_parts(path, 60)
+    assert found is not None
+    parts = list(found)
+    odd = any(row in [r.replace(",", delimiter) for r in _ODD_ROWS] for row in rows)
+    if not odd:
+        assert len(parts) > 2
+    assert parts[-1][1] == -1
+    for (_, stop, _), (start, _, line) in itertools.pairwise(parts):
+        assert start == stop
+        if start < len(data):  # (a cut after the last row, which no newline ends, leaves an empty part)
+            assert line == data.count(b"\n", 0, start) + 1
+
+    (ev,) = discover([path])
+
+    def read(evidence: object) -> tuple[list[object], list[IngestWarning]]:
+        warnings: list[IngestWarning] = []
+        records = [(r.index, r.data) for r in read_records(evidence, warnings.append)]  # type: ignore[arg-type]
+        return records, warnings
+
+    whole = read(ev)
+    in_parts: tuple[list[object], list[IngestWarning]] = ([], [])
+    for part in parts:
+        records, warnings = read(dataclasses.replace(ev, part=part))
+        in_parts[0].extend(records)
+        in_parts[1].extend(warnings)
+    assert in_parts == whole and whole[0]
+
+
+def test_csv_files_that_do_not_read_plainly_are_not_split(tmp_path: Path) -> None:
+    from casefile.ingest.readers import csvlog
+
+    rows = "1,Security\n" * 40
+    for name, data in [
+        ("small.csv", b"EventID,Channel\n1,Security\n"),
+        ("utf16.csv", ("EventID,Channel\n" + rows).encode("utf-16")),
+        ("header.csv", ('"EventID,Channel\n' + rows).encode()),  # the header's quote never closes
+        ("cr.csv", ("EventID,Channel\r" + rows).encode()),  # a lone carriage return ends the header
+    ]:
+        (tmp_path / name).write_bytes(data)
+        assert csvlog.csv_parts(tmp_path / name, 30) is None, name

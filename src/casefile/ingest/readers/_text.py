@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import io
+from typing import IO
 
 _BOMS = (
     # UTF-32's little-endian mark begins with UTF-16's: test it first
@@ -38,4 +40,24 @@ def text_encoding(head: bytes) -> str:
     return "utf-8-sig"
 
 
-__all__ = ["text_encoding"]
+class Bounded(io.RawIOBase):
+    """The next `size` bytes of a binary stream (all the rest if `size` is negative), as a raw stream that
+    `io.BufferedReader` and `io.TextIOWrapper` can wrap; closing it leaves the stream open."""
+
+    def __init__(self, stream: IO[bytes], size: int) -> None:
+        self._stream = stream
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        size = len(buffer) if self._left < 0 else min(len(buffer), self._left)
+        data = self._stream.read(size) if size else b""
+        buffer[:len(data)] = data
+        if self._left >= 0:
+            self._left -= len(data)
+        return len(data)
+
+
+__all__ = ["Bounded", "text_encoding"]

@@ -21,7 +21,7 @@ import orjson
 
 from casefile.ingest.model import RawRecord
 from casefile.ingest.plugins import READERS, WarningSink
-from casefile.ingest.readers._text import text_encoding
+from casefile.ingest.readers._text import Bounded, text_encoding
 from casefile.models import IngestWarning
 
 #: Bytes read from the file per refill.
@@ -55,7 +55,7 @@ codecs.register_error(_ERRORS, _json_escape_bytes)
 class _Buffer:
     """Text decoded from a binary stream, consumed from the front, refilled at the back."""
 
-    def __init__(self, stream: IO[bytes] | _Bounded, line: int = 1) -> None:
+    def __init__(self, stream: IO[bytes] | Bounded, line: int = 1) -> None:
         """`line`: the number of the stream's first line in its file."""
         head = stream.read(4)
         self._decoder = codecs.getincrementaldecoder(text_encoding(head))(errors=_ERRORS)
@@ -153,7 +153,7 @@ class JsonReader:
         `ndjson_parts` split, as reading the whole file gives them."""
         start, stop, line = part
         stream.seek(start)
-        buf = _Buffer(_Bounded(stream, stop - start if stop >= 0 else -1), line)
+        buf = _Buffer(Bounded(stream, stop - start if stop >= 0 else -1), line)
         yield from self._records(buf, source, on_warning)
 
     def _records(self, buf: _Buffer, source: str, on_warning: WarningSink) -> Iterator[RawRecord]:
@@ -249,21 +249,6 @@ class JsonReader:
 
 
 _SKIPPED = object()
-
-
-class _Bounded:
-    """The next `size` bytes of a stream (all of them if `size` is negative)."""
-
-    def __init__(self, stream: IO[bytes], size: int) -> None:
-        self._stream = stream
-        self._left = size
-
-    def read(self, size: int = -1) -> bytes:
-        if self._left < 0:
-            return self._stream.read(size)
-        data = self._stream.read(self._left if size < 0 else min(size, self._left))
-        self._left -= len(data)
-        return data
 
 
 #: The longest line `ndjson_parts` checks (bytes): from a longer one on, a file is read in one part.
