@@ -194,6 +194,67 @@ def test_large_csv_split_between_workers_gives_identical_results(tmp_path: Path,
     assert whole[1] == [(str(log), len(body) - 2, None)] and len(whole[2]) == 1, whole[2]
 
 
+def test_a_task_spills_its_detections_to_files_read_back_in_order(tmp_path: Path) -> None:
+    """`Spill` moves a task's detections to a file once it holds enough; `TaskResult.hits` gives the spilled
+    ones first, in order, and deletes their files."""
+    from casefile.hunt.parallel import Spill, TaskResult
+
+    result = TaskResult([], [], [])
+    spill = Spill(str(tmp_path), at=3)
+    for n in range(8):
+        result.detections.append(("r", f"line {n}"))
+        spill(result)
+    assert len(result.spilled) == 2 and result.detections == [("r", "line 6"), ("r", "line 7")]
+    spill(result, force=True)
+    assert len(result.spilled) == 3 and result.detections == []
+    assert list(result.hits()) == [("r", f"line {n}") for n in range(8)]
+    assert list(tmp_path.iterdir()) == []
+    unspilled = TaskResult([("r", "x")], [], [])
+    Spill(None, at=1)(unspilled, force=True)  # no folder: they stay
+    assert unspilled.spilled == [] and list(unspilled.hits()) == [("r", "x")]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_spilled_detections_come_back_as_they_were_found(
+    shared_data: Path, all_rules: RuleSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Tasks that spill every few detections (checked after each batch of 50 records) give the detections,
+    order, counts and warnings of tasks that keep them, and the hunt's spill folder is gone at its end."""
+    import tempfile
+
+    from casefile.hunt import parallel
+    from casefile.ingest import discover
+
+    files = sorted(f for f in (shared_data / "evtx").rglob("*.evtx") if "EVTX-ATTACK-SAMPLES" in f.as_posix())
+    files = files[:40]
+    spilled: list[int] = []
+    original = parallel.Spill.__call__
+
+    def counting(self: Any, result: Any, force: bool = False) -> None:
+        before = len(result.spilled)
+        original(self, result, force)
+        spilled.append(len(result.spilled) - before)
+
+    monkeypatch.setattr(parallel.Spill, "__call__", counting)  # seen in this process (workers=1)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def hunt(spill_hits: int) -> tuple[list[Any], list[tuple[str, int]], list[str]]:
+        warnings: list[str] = []
+        done: list[tuple[str, int]] = []
+        found = list(parallel.vector_hits(
+            discover(files), list(all_rules.rules), workers=workers, warn=lambda w: warnings.append(str(w)),
+            done=lambda ev, n: done.append((ev.path, n)), spill_hits=spill_hits, batch_records=50,
+        ))
+        return [_key(d) for d in found], done, warnings
+
+    kept = hunt(10**9)
+    assert sum(spilled) == 0
+    assert hunt(3) == kept and len(kept[0]) > 30
+    if workers == 1:
+        assert sum(spilled) > 5
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("casefile-hits-")] == []
+
+
 def test_json_datasets_identical(shared_data: Path, all_rules: RuleSet) -> None:
     """JSON logs (OTRF's flat shape, zipped) are hunted one event at a time, pre-filtered the same way."""
     zips = sorted((shared_data / "json").rglob("*.zip"), key=lambda p: (p.stat().st_size, p.name))[:4]

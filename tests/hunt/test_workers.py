@@ -66,7 +66,8 @@ def test_workers_read_the_rules_from_a_file_removed_after_the_hunt(
 ) -> None:
     """Spawned workers read the pickled rules from a private file (not from their start-up arguments, which
     would start them one after the other); it is removed when the hunt ends, also when it is abandoned,
-    and a hunt with no temporary folder to write to goes on without it."""
+    and a hunt with no temporary folder to write to goes on without it. So is the private folder tasks
+    spill their detections to."""
     rules = rules_from(WHOAMI_RULE).rules
     for i in range(3):
         record = json.dumps({**EVENT, "EventRecordID": i})
@@ -82,15 +83,16 @@ def test_workers_read_the_rules_from_a_file_removed_after_the_hunt(
 
     hits = hunt()
     first = next(hits)
-    (rules_file,) = spool.iterdir()
-    assert rules_file.name.startswith("casefile-rules-")
+    rules_file, spill_folder = sorted(spool.iterdir(), key=lambda p: p.name, reverse=True)
+    assert rules_file.name.startswith("casefile-rules-") and spill_folder.name.startswith("casefile-hits-")
+    assert oct(spill_folder.stat().st_mode & 0o777) == "0o700"
     assert [r.info.id for r in pickle.loads(rules_file.read_bytes())] == [r.info.id for r in rules]
     assert oct(rules_file.stat().st_mode & 0o777) == "0o600"  # a pickle others could rewrite would run code
     assert len([first, *hits]) == 3
     assert list(spool.iterdir()) == []
     abandoned = hunt()
     next(abandoned)
-    assert len(list(spool.iterdir())) == 1
+    assert len(list(spool.iterdir())) == 2
     abandoned.close()
     assert list(spool.iterdir()) == []
     # no temporary folder to write to: the rules go with the workers' start-up arguments instead
@@ -222,7 +224,7 @@ def test_a_worker_hides_what_a_task_leaves_from_the_collector(
     rules = rules_from(WHOAMI_RULE).rules
     (tmp_path / "e.json").write_text(json.dumps({**EVENT, "EventRecordID": 1}) + "\n", encoding="utf-8")
     evidence = discover([tmp_path])
-    init = (parallel.rules_pickle(rules), 100, None, 60.0, None, None)
+    init = (parallel.rules_pickle(rules), 100, None, 60.0, None, None, parallel.Spill(None))
     with ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), parallel._init_worker, init) as pool:
         loaded = pool.submit(gc.get_freeze_count).result()
         result = pool.submit(parallel._worker_task, evidence).result()

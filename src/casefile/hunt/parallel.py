@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import faulthandler
+import functools
 import gc
 import itertools
 import json
 import multiprocessing
 import os
 import pickle
+import shutil
 import tempfile
 import time
 from collections import deque
@@ -47,6 +49,10 @@ BATCH_RECORDS = 20_000
 TASK_BYTES = 16 * 1024 * 1024
 #: Tasks in flight per worker; bounds the results waiting in the parent.
 IN_FLIGHT = 2
+#: Detections a task holds before it moves them to a file of its hunt's spill folder: a file that is not
+#: split (compressed, a JSON array, damaged EVTX) is one task however large, and a few hundred bytes per
+#: detection would otherwise grow with it, in the worker and then in the parent.
+SPILL_HITS = 20_000
 #: A worker that goes this many seconds without finishing a batch or starting a file ends itself. Crafted
 #: (or damaged) EVTX bytes can send the parser into an endless loop that holds the GIL, which nothing in
 #: the worker can interrupt; the parent then hunts the files it had given out one at a time, to name the
@@ -109,11 +115,55 @@ Hit = Detection | RuleLine
 
 @dataclass
 class TaskResult:
-    """What one group of files gave: detections in order, warnings, events per file."""
+    """What one group of files gave: detections in order, warnings, events per file. `spilled`: files of
+    pickled lists of detections (`Spill`) that come, in order, before `detections`."""
 
     detections: list[Hit]
     warnings: list[IngestWarning]
     events: list[int]
+    spilled: list[str] = dataclasses.field(default_factory=list)
+
+    def hits(self) -> Iterator[Hit]:
+        """The detections, those of the spilled files first (read back, then deleted)."""
+        for path in self.spilled:
+            try:
+                with open(path, "rb") as fh:
+                    while True:
+                        try:
+                            chunk: list[Hit] = pickle.load(fh)
+                        except EOFError:
+                            break
+                        yield from chunk
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        yield from self.detections
+
+
+class Spill:
+    """Moves a task's detections to files in `folder` once it holds `at` of them (see `SPILL_HITS`)."""
+
+    def __init__(self, folder: str | None, at: int = SPILL_HITS) -> None:
+        self.folder = folder
+        self.at = at
+
+    def __call__(self, result: TaskResult, force: bool = False) -> None:
+        """Moves `result.detections` to a new file of `result.spilled` if they are `at` or more (or any, with
+        `force`). Without a folder, they stay."""
+        if self.folder is None or not result.detections or (len(result.detections) < self.at and not force):
+            return
+        fd, path = tempfile.mkstemp(prefix="hits-", suffix=".pickle", dir=self.folder)
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(result.detections, fh, pickle.HIGHEST_PROTOCOL)
+        result.spilled.append(path)
+        result.detections.clear()
+
+
+def _add_and_spill(
+    add: Callable[[list[Detection]], None], spill: Spill, out: TaskResult, found: list[Detection]
+) -> None:
+    add(found)
+    spill(out)
 
 
 class FileHunter:
@@ -128,18 +178,21 @@ class FileHunter:
         isolate: bool = False,
         plans: PlanStore | None = None,
         lines_except: frozenset[str] | None = None,
+        spill: Spill | None = None,
     ) -> None:
         """`isolate`: parse EVTX in a child process (`EvtxReader`), for a hunter in a process that must not
         hang on a parser that loops; a worker has its stall timer instead, and parses in its own process.
         `plans`: partition plans kept on disk for these rules (`PlanStore`). `lines_except`: if given,
         detections of other rules are delivered as their JSONL lines (`RuleLine`): a line costs a fraction
-        of what a Detection costs to send, receive and then encode in the parent."""
+        of what a Detection costs to send, receive and then encode in the parent. `spill`: where a task's
+        detections go once it holds many (none: they stay)."""
         self.index = VectorIndex(rules, plans)
         self.hunter = BatchHunter(self.index, EvtxRecords(), fields_of=fields_of)
         self.reader = EvtxReader(threads=1, decode=_keep_text, isolate=isolate)
         self.batch_records = batch_records
         self.lines_except = lines_except
         self.lines = JsonlLines()
+        self.spill = spill if spill is not None else Spill(None)
         #: Called at each file and batch: re-arms a worker's stall timer (see STALL_SECONDS).
         self.alive: Callable[[], None] = _nothing
 
@@ -147,8 +200,13 @@ class FileHunter:
         warnings: list[IngestWarning] = []
         warn = warnings.append
         detections: list[Hit] = []
-        deliver = detections.extend if self.lines_except is None else self._as_lines(detections)
+        add = detections.extend if self.lines_except is None else self._as_lines(detections)
         events = [0] * len(evidence)
+        out = TaskResult(detections, warnings, events)
+        # (not a closure: compiled, it would tie this call's scope to itself, and a worker freezes what a task
+        # leaves: see tests/hunt/test_cycles.py)
+        deliver = functools.partial(_add_and_spill, add, self.spill, out)
+
         batch: list[RawJson] = []
         owner: list[int] = []  # file position of each batch record
 
@@ -183,7 +241,7 @@ class FileHunter:
                 if len(batch) >= self.batch_records:
                     flush()
         flush()
-        return TaskResult(detections, warnings, events)
+        return out
 
     def _as_lines(self, out: list[Hit]) -> Callable[[list[Detection]], None]:
         """Adds detections to `out`, those of rules outside `lines_except` as their lines."""
@@ -323,13 +381,14 @@ _timer: _StallTimer | None = None
 
 def _init_worker(
     rules: str | bytes, batch_records: int, fields_of: frozenset[str] | None, stall_seconds: float,
-    plans: PlanStore | None, lines_except: frozenset[str] | None,
+    plans: PlanStore | None, lines_except: frozenset[str] | None, spill: Spill,
 ) -> None:
     """`rules`: the file holding a `rules_pickle`, or the pickle itself."""
     global _worker, _timer
     loaded = load_pickled_rules(Path(rules).read_bytes() if isinstance(rules, str) else rules)
     _worker = FileHunter(
-        loaded, batch_records=batch_records, fields_of=fields_of, plans=plans, lines_except=lines_except
+        loaded, batch_records=batch_records, fields_of=fields_of, plans=plans, lines_except=lines_except,
+        spill=spill,
     )
     _timer = _StallTimer(stall_seconds)
     _worker.alive = _timer.alive
@@ -364,6 +423,7 @@ def vector_hits(
     plan_cache: Path | None = None,
     source: RuleSet | None = None,
     lines_except: frozenset[str] | None = None,
+    spill_hits: int = SPILL_HITS,
 ) -> Iterator[Hit]:
     """Base-rule detections of `rules` over `evidence`, in the serial engine's order.
 
@@ -377,7 +437,9 @@ def vector_hits(
     With `plan_cache` (a folder) the partition plans built are kept there for the next hunt with the same
     rules (`PlanStore`). `source`: the rule set `rules` were taken from, whose pickle the workers then load
     if it holds just these rules (`rules_pickle`). With `lines_except`, the detections of other rules come
-    as their JSONL lines (`RuleLine`), encoded where they are found.
+    as their JSONL lines (`RuleLine`), encoded where they are found. A task that holds `spill_hits`
+    detections moves them to a file (`Spill`), read back here in order: memory does not grow with a file
+    that is not split.
     """
     # Large files are split between workers only where there are several (parts are parsed in the worker,
     # which has its stall timer; hunting alone, this process parses EVTX apart instead). Their parts' counts
@@ -393,21 +455,55 @@ def vector_hits(
     # pickled once here (if at all), not once per worker process started; the plans' folder is named by it
     pickled = rules_pickle(rules, source) if workers > 1 or plan_cache else b""
     plans = PlanStore.for_rules(plan_cache, pickled) if plan_cache is not None else None
-    if workers <= 1:
-        hunter = FileHunter(
-            rules, batch_records=batch_records, fields_of=fields_of, isolate=True, plans=plans,
-            lines_except=lines_except,
+    with _spill_folder() as folder:
+        spill = Spill(folder, spill_hits)
+        if workers <= 1:
+            hunter = FileHunter(
+                rules, batch_records=batch_records, fields_of=fields_of, isolate=True, plans=plans,
+                lines_except=lines_except, spill=spill,
+            )
+            try:
+                with long_lived() as settle:
+                    for group in groups:
+                        result = hunter.hunt(group)
+                        settle()  # the partition plans the group's files needed, as a worker does
+                        yield from _deliver(group, result, warn, done)
+                per_file.flush()
+            finally:
+                hunter.reader.close()
+            return
+        yield from _in_workers(
+            groups, workers, pickled, stall_seconds, warn, per_file, spill,
+            (batch_records, fields_of, stall_seconds, plans, lines_except, spill),
         )
-        try:
-            with long_lived() as settle:
-                for group in groups:
-                    result = hunter.hunt(group)
-                    settle()  # the partition plans the group's files needed, as a worker does
-                    yield from _deliver(group, result, warn, done)
-            per_file.flush()
-        finally:
-            hunter.reader.close()
+
+
+@contextlib.contextmanager
+def _spill_folder() -> Iterator[str | None]:
+    """A new private folder for the hunt's spilled detections (`Spill`), removed with what it holds at the
+    end; None where no temporary folder can be made (detections then stay in memory)."""
+    try:
+        folder = tempfile.mkdtemp(prefix="casefile-hits-")
+    except OSError:
+        yield None
         return
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _in_workers(
+    groups: Iterator[list[EvidenceFile]],
+    workers: int,
+    pickled: bytes,
+    stall_seconds: float,
+    warn: Callable[[IngestWarning], None],
+    per_file: _PerFile,
+    spill: Spill,
+    initargs: tuple[Any, ...],
+) -> Iterator[Hit]:
+    """`vector_hits` in worker processes (`initargs`: `_init_worker`'s after the rules)."""
     # The workers read the rules from a file: a spawned worker's arguments are written into a pipe that
     # it reads only once it has imported what it needs, so megabytes of them would start the workers one
     # after the other (about 0.2 s each). Without a writable temporary folder they go that slower way.
@@ -416,9 +512,7 @@ def vector_hits(
         # the rule set is this process's too; what flows through it is the workers' detections
         with long_lived():
             yield from _pooled(
-                groups, workers,
-                (rules_file or pickled, batch_records, fields_of, stall_seconds, plans, lines_except),
-                stall_seconds, warn, done,
+                groups, workers, (rules_file or pickled, *initargs), stall_seconds, warn, per_file, spill
             )
         per_file.flush()
     finally:
@@ -451,6 +545,7 @@ def _pooled(
     stall_seconds: float,
     warn: Callable[[IngestWarning], None],
     done: Callable[[EvidenceFile, int], None],
+    spill: Spill,
 ) -> Iterator[Hit]:
     """`vector_hits` with worker processes (`initargs`: `_init_worker`'s)."""
 
@@ -481,7 +576,7 @@ def _pooled(
             pool.shutdown(wait=True, cancel_futures=True)
         # The groups given out are delivered as their tasks finished or, if they did not, hunted again
         # one file at a time by one worker; then the rest goes on with a new pool.
-        alone = _OneByOne(pool_of, stall_seconds)
+        alone = _OneByOne(pool_of, stall_seconds, spill)
         try:
             while pending:
                 group, fut = pending.popleft()
@@ -505,9 +600,12 @@ class _OneByOne:
     one recovery: each start loads the rules and builds plans again); a file that stops its worker is
     reported and counted as no events, and the pool is replaced."""
 
-    def __init__(self, pool_of: Callable[[int], ProcessPoolExecutor], stall_seconds: float) -> None:
+    def __init__(
+        self, pool_of: Callable[[int], ProcessPoolExecutor], stall_seconds: float, spill: Spill
+    ) -> None:
         self.pool_of = pool_of
         self.stall_seconds = stall_seconds
+        self.spill = spill
         self.pool: ProcessPoolExecutor | None = None
 
     def hunt(self, group: list[EvidenceFile]) -> TaskResult:
@@ -529,6 +627,9 @@ class _OneByOne:
                     f"died (the EVTX parser looping or crashing on crafted or damaged bytes?); {its} "
                     f"detections, if any, are lost and the hunt went on without {it}",
                 )], [0])
+            if result.spilled:  # what `out` holds comes before the file's spilled detections
+                self.spill(out, force=True)
+                out.spilled.extend(result.spilled)
             out.detections.extend(result.detections)
             out.warnings.extend(result.warnings)
             out.events.extend(result.events)
@@ -548,9 +649,11 @@ def _deliver(
 ) -> Iterator[Hit]:
     for w in result.warnings:
         warn(w)
-    yield from result.detections
+    yield from result.hits()
     for ev, n in zip(group, result.events, strict=True):
         done(ev, n)
 
 
-__all__ = ["BATCH_RECORDS", "FileHunter", "Hit", "TaskResult", "event_hunter", "vector_hits"]
+__all__ = [
+    "BATCH_RECORDS", "SPILL_HITS", "FileHunter", "Hit", "Spill", "TaskResult", "event_hunter", "vector_hits",
+]
