@@ -82,13 +82,30 @@ def test_evtx_sample_identical_with_two_workers(shared_data: Path, all_rules: Ru
     assert _compare(sample, all_rules, workers=2) > 500
 
 
+def _hunt_in_parts(
+    files: list[Path], rules: RuleSet, workers: int, task_bytes: int
+) -> tuple[list[Any], list[tuple[str, int, Any]], list[str]]:
+    """`vector_hits` over `files` with tasks of `task_bytes`: detections, files told done (with their
+    counts), and the warnings, sorted."""
+    from casefile.hunt.parallel import vector_hits
+    from casefile.ingest import discover
+
+    warnings: list[str] = []
+    done: list[tuple[str, int, Any]] = []
+    found = list(vector_hits(
+        discover(files), list(rules.rules), workers=workers, warn=lambda w: warnings.append(str(w)),
+        done=lambda ev, n: done.append((ev.path, n, ev.part)), task_bytes=task_bytes,
+    ))
+    return [_key(d) for d in found], done, sorted(warnings)
+
+
 def test_large_files_split_between_workers_give_identical_results(
     shared_data: Path, all_rules: RuleSet
 ) -> None:
     """An intact EVTX file larger than a task is read in parts by several workers (`evtx_parts`): same
     detections, order, event counts and warnings as one hunter reading each file whole (which the tests
     above hold to the serial path)."""
-    from casefile.hunt.parallel import _groups, vector_hits
+    from casefile.hunt.parallel import _groups
     from casefile.ingest import discover
     from casefile.ingest.readers.evtx import CHUNK_SIZE, evtx_parts
 
@@ -102,17 +119,8 @@ def test_large_files_split_between_workers_give_identical_results(
     parts = [ev.part for group in _groups(discover(large), 2 * CHUNK_SIZE, split=True) for ev in group]
     assert sum(part is not None for part in parts) > 10
 
-    def hunt(workers: int, task_bytes: int) -> tuple[list[Any], list[tuple[str, int, Any]], list[str]]:
-        warnings: list[str] = []
-        done: list[tuple[str, int, Any]] = []
-        found = list(vector_hits(
-            discover(large), list(all_rules.rules), workers=workers, warn=lambda w: warnings.append(str(w)),
-            done=lambda ev, n: done.append((ev.path, n, ev.part)), task_bytes=task_bytes,
-        ))
-        return [_key(d) for d in found], done, sorted(warnings)
-
-    split = hunt(2, 2 * CHUNK_SIZE)
-    whole = hunt(1, 64 * 1024 * 1024)
+    split = _hunt_in_parts(large, all_rules, 2, 2 * CHUNK_SIZE)
+    whole = _hunt_in_parts(large, all_rules, 1, 64 * 1024 * 1024)
     assert split == whole and len(whole[0]) > 100  # each file told done once, whole, with all its events
     assert [path for path, _n, _part in whole[1]] == [str(f) for f in large]
 
@@ -125,7 +133,7 @@ def test_large_ndjson_split_between_workers_gives_identical_results(
     reading it whole."""
     import zipfile
 
-    from casefile.hunt.parallel import _groups, vector_hits
+    from casefile.hunt.parallel import _groups
     from casefile.ingest import discover
 
     zips = sorted((shared_data / "json").rglob("*.zip"), key=lambda p: (p.stat().st_size, p.name))[:6]
@@ -144,17 +152,8 @@ def test_large_ndjson_split_between_workers_gives_identical_results(
     parts = [ev.part for group in _groups(discover([log]), task_bytes, split=True) for ev in group]
     assert len(parts) >= 10 and all(part is not None for part in parts)
 
-    def hunt(workers: int, task_bytes: int) -> tuple[list[Any], list[tuple[str, int, Any]], list[str]]:
-        warnings: list[str] = []
-        done: list[tuple[str, int, Any]] = []
-        found = list(vector_hits(
-            discover([log]), list(all_rules.rules), workers=workers, warn=lambda w: warnings.append(str(w)),
-            done=lambda ev, n: done.append((ev.path, n, ev.part)), task_bytes=task_bytes,
-        ))
-        return [_key(d) for d in found], done, warnings
-
-    split = hunt(2, task_bytes)
-    whole = hunt(1, 64 * 1024 * 1024)
+    split = _hunt_in_parts([log], all_rules, 2, task_bytes)
+    whole = _hunt_in_parts([log], all_rules, 1, 64 * 1024 * 1024)
     assert split == whole and len(whole[0]) > 10
     # the damaged line takes the next one as its value, and the reader resumes after the line that follows
     assert whole[1] == [(str(log), len(lines) - 3, None)]
@@ -165,7 +164,7 @@ def test_large_csv_split_between_workers_gives_identical_results(tmp_path: Path,
     """A large EvtxECmd CSV export (the fixture's rows over and over, a quote left open near the end) is
     read in parts by several workers (`csv_parts`): same detections, order, event count and
     warnings as one hunter reading it whole."""
-    from casefile.hunt.parallel import _groups, vector_hits
+    from casefile.hunt.parallel import _groups
     from casefile.ingest import discover
 
     fixture = (Path(__file__).parent.parent / "data" / "ingest" / "evtxecmd.csv").read_bytes()
@@ -178,17 +177,8 @@ def test_large_csv_split_between_workers_gives_identical_results(tmp_path: Path,
     parts = [ev.part for group in _groups(discover([log]), task_bytes, split=True) for ev in group]
     assert len(parts) >= 8 and all(part is not None for part in parts)
 
-    def hunt(workers: int, task_bytes: int) -> tuple[list[Any], list[tuple[str, int, Any]], list[str]]:
-        warnings: list[str] = []
-        done: list[tuple[str, int, Any]] = []
-        found = list(vector_hits(
-            discover([log]), list(all_rules.rules), workers=workers, warn=lambda w: warnings.append(str(w)),
-            done=lambda ev, n: done.append((ev.path, n, ev.part)), task_bytes=task_bytes,
-        ))
-        return [_key(d) for d in found], done, warnings
-
-    split = hunt(2, task_bytes)
-    whole = hunt(1, 64 * 1024 * 1024)
+    split = _hunt_in_parts([log], all_rules, 2, task_bytes)
+    whole = _hunt_in_parts([log], all_rules, 1, 64 * 1024 * 1024)
     assert split == whole and len(whole[0]) >= 600
     # the open quote takes the next row into its cell: one record fewer, and a warning
     assert whole[1] == [(str(log), len(body) - 2, None)] and len(whole[2]) == 1, whole[2]

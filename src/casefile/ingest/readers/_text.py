@@ -60,4 +60,10 @@ class Bounded(io.RawIOBase):
         return len(data)
 
 
-__all__ = ["Bounded", "text_encoding"]
+def line_part_name(part: tuple[int, ...]) -> str:
+    """A text log's part (start byte, stop byte or -1 for the end, first line's number) in words."""
+    start, stop, line = part
+    return f"lines from {line} (bytes {start}..{'the end' if stop < 0 else stop - 1})"
+
+
+__all__ = ["Bounded", "line_part_name", "text_encoding"]

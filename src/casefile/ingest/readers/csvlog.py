@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from casefile.ingest.model import RawRecord
 from casefile.ingest.plugins import READERS, WarningSink
-from casefile.ingest.readers._text import Bounded, text_encoding
+from casefile.ingest.readers._text import Bounded, line_part_name, text_encoding
 from casefile.models import IngestWarning
 
 #: The longest CSV line, and field, read (script blocks and payloads exceed csv's default 128 KiB); a
@@ -71,9 +71,7 @@ class CsvReader:
         """Byte ranges of about `part_bytes` of a UTF-8 CSV file, cut between rows (`csv_parts`)."""
         return csv_parts(path, part_bytes)
 
-    def part_name(self, part: tuple[int, ...]) -> str:
-        start, stop, line = part
-        return f"lines from {line} (bytes {start}..{'the end' if stop < 0 else stop - 1})"
+    part_name = staticmethod(line_part_name)
 
     def read_part(
         self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, ...]

@@ -21,7 +21,7 @@ import orjson
 
 from casefile.ingest.model import RawRecord
 from casefile.ingest.plugins import READERS, WarningSink
-from casefile.ingest.readers._text import Bounded, text_encoding
+from casefile.ingest.readers._text import Bounded, line_part_name, text_encoding
 from casefile.models import IngestWarning
 
 #: Bytes read from the file per refill.
@@ -142,9 +142,7 @@ class JsonReader:
         """Byte ranges of about `part_bytes` of an NDJSON file (`ndjson_parts`)."""
         return ndjson_parts(path, part_bytes)
 
-    def part_name(self, part: tuple[int, ...]) -> str:
-        start, stop, line = part
-        return f"lines from {line} (bytes {start}..{'the end' if stop < 0 else stop - 1})"
+    part_name = staticmethod(line_part_name)
 
     def read_part(
         self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, ...]
