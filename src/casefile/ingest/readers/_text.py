@@ -40,6 +40,11 @@ def text_encoding(head: bytes) -> str:
     return "utf-8-sig"
 
 
+#: The longest line a text log's `parts` checks (bytes): from a longer one on, the rest of the file is read
+#: in one part.
+MAX_PART_LINE = 1 << 20
+
+
 class Bounded(io.RawIOBase):
     """The next `size` bytes of a binary stream (all the rest if `size` is negative), as a raw stream that
     `io.BufferedReader` and `io.TextIOWrapper` can wrap; closing it leaves the stream open."""
@@ -66,4 +71,4 @@ def line_part_name(part: tuple[int, ...]) -> str:
     return f"lines from {line} (bytes {start}..{'the end' if stop < 0 else stop - 1})"
 
 
-__all__ = ["Bounded", "line_part_name", "text_encoding"]
+__all__ = ["MAX_PART_LINE", "Bounded", "line_part_name", "text_encoding"]

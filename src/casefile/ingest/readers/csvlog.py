@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from casefile.ingest.model import RawRecord
 from casefile.ingest.plugins import READERS, WarningSink
-from casefile.ingest.readers._text import Bounded, line_part_name, text_encoding
+from casefile.ingest.readers._text import MAX_PART_LINE, Bounded, line_part_name, text_encoding
 from casefile.models import IngestWarning
 
 #: The longest CSV line, and field, read (script blocks and payloads exceed csv's default 128 KiB); a
@@ -92,22 +92,22 @@ class CsvReader:
 
 
 def _text(stream: IO[bytes]) -> tuple[io.TextIOWrapper, str]:
-    """The stream's text from its start, and its delimiter: the most frequent candidate in the header line
-    (quoting is Excel's)."""
+    """The stream's text from its start, and its delimiter (`_delimiter` of its first line)."""
     head = stream.read(4)
     stream.seek(0)
     text = io.TextIOWrapper(stream, encoding=text_encoding(head), errors="backslashreplace", newline="")
     first_line = text.readline(MAX_LINE_CHARS)
     text.seek(0)
-    return text, max(",;\t", key=first_line.count)
+    return text, _delimiter(first_line)
+
+
+def _delimiter(header_line: str) -> str:
+    """The most frequent candidate in the header line (quoting is Excel's)."""
+    return max(",;\t", key=header_line.count)
 
 
 def _ignore(warning: IngestWarning) -> None:
     pass  # a split file's header gives no warning (`csv_parts`)
-
-
-#: The longest line `csv_parts` checks (bytes): from a longer one on, a file is read in one part.
-MAX_PART_LINE = 1 << 20
 
 
 def csv_parts(path: str | Path, part_bytes: int) -> Iterator[tuple[int, int, int]] | None:
@@ -151,7 +151,7 @@ class _Rows:
         source = self._lines()
         first = next(source)
         self.rows = csv.reader(
-            itertools.chain([first], source), delimiter=max(",;\t", key=first.count), strict=True
+            itertools.chain([first], source), delimiter=_delimiter(first), strict=True
         )
 
     def _lines(self) -> Iterator[str]:

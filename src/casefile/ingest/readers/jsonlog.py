@@ -21,7 +21,7 @@ import orjson
 
 from casefile.ingest.model import RawRecord
 from casefile.ingest.plugins import READERS, WarningSink
-from casefile.ingest.readers._text import Bounded, line_part_name, text_encoding
+from casefile.ingest.readers._text import MAX_PART_LINE, Bounded, line_part_name, text_encoding
 from casefile.models import IngestWarning
 
 #: Bytes read from the file per refill.
@@ -247,10 +247,6 @@ class JsonReader:
 
 
 _SKIPPED = object()
-
-
-#: The longest line `ndjson_parts` checks (bytes): from a longer one on, a file is read in one part.
-MAX_PART_LINE = 1 << 20
 
 
 def ndjson_parts(path: str | Path, part_bytes: int) -> Iterator[tuple[int, int, int]] | None:
