@@ -125,18 +125,14 @@ class TaskResult:
 
     def hits(self) -> Iterator[Hit]:
         """The detections, those of the spilled files first (read back, then deleted)."""
-        for path in self.spilled:
+        for path in self.spilled:  # each holds one list (`Spill`)
             try:
                 with open(path, "rb") as fh:
-                    while True:
-                        try:
-                            chunk: list[Hit] = pickle.load(fh)
-                        except EOFError:
-                            break
-                        yield from chunk
+                    chunk: list[Hit] = pickle.load(fh)
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+            yield from chunk
         yield from self.detections
 
 
