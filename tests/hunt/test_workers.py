@@ -100,29 +100,41 @@ def test_workers_read_the_rules_from_a_file_removed_after_the_hunt(
     assert len(list(hunt())) == 3
 
 
-#: Runs `vector_hits` over a folder with N workers, tasks of M bytes and 3 s stall limits, and prints
-#: the detections (file, record), each file's event count and the warnings as JSON. In a child process
-#: under a time limit: if the limit failed, a worker's endless loop would hang the test.
+#: Runs `vector_hits` over a folder with N workers, tasks of M bytes and 3 s stall limits (and, if given,
+#: tasks spilling at S detections, in batches of one record), and prints the detections (file, record),
+#: each file's event count, the warnings and how many times this process spilled a recovered group's
+#: detections ahead of a file's spilled ones, as JSON. In a child process under a time limit: if the limit
+#: failed, a worker's endless loop would hang the test.
 _HUNT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from casefile.hunt.parallel import vector_hits
+    from casefile.hunt import parallel
     from casefile.hunt.rules import load_rules
     from casefile.ingest import discover
     from casefile.ingest.readers import evtx
 
     evtx.CHUNK_SECONDS = 3.0  # a chunk parsed apart (one worker: every chunk) is stopped after 3 s
+    forced = []
+    spill = parallel.Spill.__call__
 
+    def counting(self, result, force=False):
+        before = len(result.spilled)
+        spill(self, result, force)
+        if force and len(result.spilled) > before:
+            forced.append(1)
+
+    parallel.Spill.__call__ = counting  # seen in this process: the one-by-one recovery's merge
     rules = load_rules([Path(sys.argv[1])]).rules
     evidence = discover([Path(sys.argv[2])])
     done, warnings = [], []
-    hits = vector_hits(
+    spilling = {"spill_hits": int(sys.argv[5]), "batch_records": 1} if len(sys.argv) > 5 else {}
+    hits = parallel.vector_hits(
         evidence, rules, workers=int(sys.argv[3]), task_bytes=int(sys.argv[4]), stall_seconds=3.0,
         warn=lambda w: warnings.append([Path(w.file).name, w.reason]),
-        done=lambda ev, n: done.append([Path(ev.path).name, n]),
+        done=lambda ev, n: done.append([Path(ev.path).name, n]), **spilling,
     )
     found = [[Path(d.file).name, d.record_id] for d in hits]
-    print(json.dumps([found, done, warnings]))
+    print(json.dumps([found, done, warnings, len(forced)]))
 """)
 
 SHARE_RULE = """\
@@ -170,7 +182,7 @@ def test_a_worker_that_stalls_costs_only_its_file(
             capture_output=True, text=True, timeout=300, check=True,
         )
         result: list[Any] = json.loads(run.stdout)
-        return result
+        return result[:3]
 
     found, done, warnings = hunt(2, logs)
     alone = tmp_path / "alone"
@@ -187,6 +199,18 @@ def test_a_worker_that_stalls_costs_only_its_file(
         "looping or crashing on crafted or damaged bytes?); its detections, if any, are lost and the hunt "
         "went on without it",
     ]]
+    # Groups of three files whose tasks spill past half a file's detections, the rest staying in memory:
+    # the group holding b is hunted again file by file, and what the group holds so far (a's unspilled
+    # rest) must be spilled before c's spilled detections, or they would come out of order.
+    assert len(one_found) >= 4
+    run = subprocess.run(
+        [sys.executable, "-c", _HUNT, str(tmp_path / "rules"), str(logs), "2", str(3 * one_file),
+         str(len(one_found) // 2 + 1)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    spilled_found, spilled_done, spilled_warnings, forced = json.loads(run.stdout)
+    assert (spilled_found, spilled_done, spilled_warnings) == (found, done, warnings)
+    assert forced >= 1
 
     # One worker: the hunt runs in this process, which the loop must not stop; chunk 1 (records 99..197)
     # is lost, and only it.
