@@ -143,6 +143,28 @@ def test_altered_records_are_read_as_found_and_reported(sample: bytes, tmp_path:
 
 
 @pytest.mark.shared
+def test_chunk_checksums_cover_the_header_and_the_records_in_use(sample: bytes, tmp_path: Path) -> None:
+    """A chunk header's checksum covers its first 512 bytes but itself, the records' checksum the bytes up to
+    the chunk's free space offset: a reserved header byte changed is reported, the unused space after the
+    last record changed is not (Windows leaves whatever was there)."""
+    data = bytearray(sample)
+    chunk = HEADER_SIZE + CHUNK_SIZE
+    data[chunk + 100] ^= 0xFF  # chunk 1: a reserved byte of its header
+    chunk += CHUNK_SIZE
+    free = struct.unpack_from("<I", data, chunk + 48)[0]
+    assert free < CHUNK_SIZE - 8
+    data[chunk + free:chunk + free + 8] = b"leftover"  # chunk 2: its unused space
+    changed = tmp_path / "changed.evtx"
+    changed.write_bytes(bytes(data))
+    events, warnings = _read(changed)
+    assert len(events) == 869
+    assert [str(w) for w in warnings] == [
+        f"{changed}: chunk 1 checksum mismatch (chunk header): records 99..197 may be damaged or altered; "
+        "read as found",
+    ]
+
+
+@pytest.mark.shared
 def test_unparseable_record_is_skipped(sample: bytes, tmp_path: Path) -> None:
     data = bytearray(sample)
     start = HEADER_SIZE + CHUNK_SIZE + 60_000

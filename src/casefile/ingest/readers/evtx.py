@@ -58,15 +58,22 @@ def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> tuple
     damaged: set[int] = set()
     if not _header_ok(header):
         problems.append("file header checksum mismatch: header fields may be damaged")
-    stream.seek(HEADER_SIZE)
     for number in range(full_chunks):
-        chunk = stream.read(CHUNK_SIZE)
-        if not chunk.startswith(CHUNK_MAGIC):
+        # Only a chunk's header and the records it says it holds are read: unused space (zero-filled chunks,
+        # and the end of chunks not yet full) is neither checked nor copied.
+        stream.seek(HEADER_SIZE + number * CHUNK_SIZE)
+        head = stream.read(CHUNK_HEADER_SIZE)
+        if not head.startswith(CHUNK_MAGIC):
             continue  # unused (zero-filled) space; a damaged chunk header is reported by the parser
-        part = _chunk_mismatch(chunk)
+        part = "chunk header" if _chunk_header_mismatch(head) else None
+        if part is None:
+            free_offset, data_crc = struct.unpack_from("<II", head, 48)
+            used = max(0, free_offset - CHUNK_HEADER_SIZE)
+            if free_offset > CHUNK_SIZE or zlib.crc32(stream.read(used)) != data_crc:
+                part = "records"
         if part is not None:
             damaged.add(number)
-            first, last = struct.unpack_from("<QQ", chunk, 24)
+            first, last = struct.unpack_from("<QQ", head, 24)
             problems.append(
                 f"chunk {number} checksum mismatch ({part}): records {first}..{last} may be damaged "
                 "or altered; read as found"
@@ -87,12 +94,18 @@ def _layout(stream: IO[bytes], header: bytes) -> tuple[int, int, int]:
     return full_chunks, partial, declared
 
 
+def _chunk_header_mismatch(chunk: bytes) -> bool:
+    """Whether the checksum of a chunk's header (its first 512 bytes but the checksum) does not match."""
+    stored: int = struct.unpack_from("<I", chunk, 124)[0]
+    return zlib.crc32(chunk[128:512], zlib.crc32(chunk[:120])) != stored
+
+
 def _chunk_mismatch(chunk: bytes) -> str | None:
     """Which checksum of a chunk (with its magic) does not match: "chunk header", "records", or None."""
     free_offset, data_crc = struct.unpack_from("<II", chunk, 48)
-    if zlib.crc32(chunk[:120] + chunk[128:512]) != struct.unpack_from("<I", chunk, 124)[0]:
+    if _chunk_header_mismatch(chunk):
         return "chunk header"
-    if free_offset > CHUNK_SIZE or zlib.crc32(chunk[512:free_offset]) != data_crc:
+    if free_offset > CHUNK_SIZE or zlib.crc32(memoryview(chunk)[512:free_offset]) != data_crc:
         return "records"
     return None
 
