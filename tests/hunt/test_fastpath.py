@@ -184,6 +184,80 @@ def test_large_csv_split_between_workers_gives_identical_results(tmp_path: Path,
     assert whole[1] == [(str(log), len(body) - 2, None)] and len(whole[2]) == 1, whole[2]
 
 
+def test_large_compressed_files_are_unpacked_and_split_giving_identical_results(
+    shared_data: Path, all_rules: RuleSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large EVTX files in a zip archive and gzip-compressed are unpacked by the parent into the hunt's
+    folder and read in parts by several workers: same detections, order, event counts and warnings as one
+    hunter reading each compressed file whole, under the names the files have in the evidence. A member
+    whose bytes do not match its CRC, and a cut gzip stream, are not split: their worker reads them as
+    before and reports the damage. Each copy is removed once its file is done."""
+    import gzip
+    import zipfile
+
+    from casefile.hunt import parallel
+    from casefile.ingest.readers.evtx import CHUNK_SIZE, evtx_parts
+
+    files = sorted(
+        f for f in (shared_data / "evtx").rglob("*.evtx")
+        if "hayabusa-sample-evtx/EVTX-ATTACK-SAMPLES" not in f.as_posix()
+    )
+    large = [f for f in files if f.stat().st_size > 20 * CHUNK_SIZE and evtx_parts(f, 2) is not None][:3]
+    assert len(large) == 3
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    with zipfile.ZipFile(evidence / "collection.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for n, f in enumerate(large[:2]):
+            archive.write(f, f"host{n}/{f.name}")
+    (evidence / "security.evtx.gz").write_bytes(gzip.compress(large[2].read_bytes()))
+    cut = gzip.compress(large[0].read_bytes())
+    (evidence / "cut.evtx.gz").write_bytes(cut[: len(cut) * 2 // 3])
+    altered = bytearray(large[1].read_bytes())
+    altered[-100] ^= 0xFF  # unused space at the end of the last chunk: a valid EVTX, its CRC-32 not the zip's
+    with zipfile.ZipFile(evidence / "altered.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("altered.evtx", bytes(altered))
+    data = bytearray((evidence / "altered.zip").read_bytes())
+    crc_at = data.index(b"PK\x01\x02") + 16  # the central directory's CRC-32 of the member
+    data[crc_at:crc_at + 4] = b"\0\0\0\0"
+    local_crc = data.index(b"PK\x03\x04") + 14
+    data[local_crc:local_crc + 4] = b"\0\0\0\0"
+    (evidence / "altered.zip").write_bytes(bytes(data))
+
+    made: list[str] = []
+    removed: list[str] = []
+    plain, original = parallel._Copies.plain, parallel._Copies.original
+
+    def counting_plain(self: Any, ev: Any, task_bytes: int) -> Any:
+        copy = plain(self, ev, task_bytes)
+        if copy is not None:
+            made.append(ev.path)
+        return copy
+
+    def counting_original(self: Any, ev: Any) -> Any:
+        found = original(self, ev)
+        if found is not ev:
+            assert not Path(ev.on_disk).exists()
+            removed.append(found.path)
+        return found
+
+    monkeypatch.setattr(parallel._Copies, "plain", counting_plain)
+    monkeypatch.setattr(parallel._Copies, "original", counting_original)
+    split = _hunt_in_parts([evidence], all_rules, 2, 2 * CHUNK_SIZE)
+    names = [
+        f"{evidence / 'altered.zip'}!altered.evtx", f"{evidence / 'collection.zip'}!host0/{large[0].name}",
+        f"{evidence / 'collection.zip'}!host1/{large[1].name}", str(evidence / "cut.evtx.gz"),
+        str(evidence / "security.evtx.gz"),
+    ]
+    assert made == removed == [names[1], names[2], names[4]]
+    made.clear()
+    whole = _hunt_in_parts([evidence], all_rules, 1, 64 * 1024 * 1024)
+    assert made == []
+    assert split == whole and len(whole[0]) > 100
+    assert [path for path, _n, _part in whole[1]] == names
+    damage = [w for w in whole[2] if "damaged archive data" in w]  # the CRC-32 and the cut stream: reported
+    assert len(damage) == 2 and "Bad CRC-32" in damage[0] and "EOFError" in damage[1]
+
+
 def test_a_task_spills_its_detections_to_files_read_back_in_order(tmp_path: Path) -> None:
     """`Spill` moves a task's detections to a file once it holds enough; `TaskResult.hits` gives the spilled
     ones first, in order, and deletes their files."""

@@ -30,23 +30,28 @@ from typing import Any
 
 import orjson
 
+from casefile.errors import InputError
 from casefile.heap import load_pickle, long_lived
 from casefile.hunt.cache import PlanStore
 from casefile.hunt.output import JsonlLines, RuleLine
 from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
-from casefile.ingest import EvidenceFile, read_file, read_records, with_next
+from casefile.ingest import EvidenceFile, open_evidence, read_file, read_records, with_next
 from casefile.ingest.pipeline import SHAPE_ERRORS, defeated
 from casefile.ingest.plugins import READERS, PartReader
-from casefile.ingest.readers.evtx import EvtxReader
+from casefile.ingest.readers.evtx import COMPRESSED_ERRORS, EvtxReader
 from casefile.ingest.shapes.evtx_json import EvtxJsonShape
 from casefile.models import Detection, IngestWarning
 
 #: Records hunted per batch: a batch's records stay a few tens of MB. (The anchors each value hit are
 #: remembered across batches, up to `vector.MEMO_BYTES`.)
 BATCH_RECORDS = 20_000
-#: Evidence bytes per task handed to a worker (files are never split).
+#: Evidence bytes per task handed to a worker (a larger file is split where its reader can: `_groups`).
 TASK_BYTES = 16 * 1024 * 1024
+#: A compressed file (zip member, gzip) larger than a task is unpacked to be split only up to this size.
+COPY_LIMIT = 16 << 30
+#: What unpacking a compressed file may raise (it is then read as it always was, and its reader reports it).
+_COPY_ERRORS = (InputError, *COMPRESSED_ERRORS)
 #: Tasks in flight per worker; bounds the results waiting in the parent.
 IN_FLIGHT = 2
 #: Detections a task holds before it moves them to a file of its hunt's spill folder: a file that is not
@@ -285,15 +290,21 @@ def load_pickled_rules(data: bytes) -> tuple[CompiledRule, ...]:
 
 
 def _groups(
-    evidence: Iterable[EvidenceFile], task_bytes: int, split: bool = False
+    evidence: Iterable[EvidenceFile], task_bytes: int, split: bool = False, copies: _Copies | None = None
 ) -> Iterator[list[EvidenceFile]]:
     """Files in groups of about `task_bytes`, in order; with `split`, a file larger than that in parts of
     about that, each its own group, where its reader splits it (`PartReader.parts`: an intact EVTX file,
-    NDJSON), so that workers share a large file. Parts may be found as the file is read through."""
+    NDJSON, CSV), so that workers share a large file. Parts may be found as the file is read through. A
+    compressed one is split from a plain copy (`copies`)."""
     group: list[EvidenceFile] = []
     size = 0
     for ev in evidence:
-        parts = _parts(ev, task_bytes) if split else None
+        parts = None
+        if split:
+            plain = copies.plain(ev, task_bytes) if copies is not None else None
+            if plain is not None:
+                ev = plain  # its parts, or the copy whole: what the worker would have unpacked
+            parts = _parts(ev, task_bytes)
         if parts is not None:
             if group:
                 yield group
@@ -310,11 +321,76 @@ def _groups(
         yield group
 
 
-class _PerFile:
-    """A `done` callback that is told the parts of a file (consecutive) and tells the file once."""
+class _Copies:
+    """Plain copies of large compressed files (zip members, gzip), unpacked by this process into the hunt's
+    private folder so that they can be split between workers: a compressed file is read from its start,
+    so it would otherwise be one task, hunted by one worker. A copy is removed once its file is done."""
 
-    def __init__(self, done: Callable[[EvidenceFile, int], None]) -> None:
+    def __init__(self, folder: str | None, limit: int = COPY_LIMIT) -> None:
+        self.folder = folder
+        self.limit = limit
+        self._originals: dict[str, EvidenceFile] = {}  # copy's path -> the file it holds
+
+    def plain(self, ev: EvidenceFile, task_bytes: int) -> EvidenceFile | None:
+        """A plain copy of `ev` (same `path`, which events and warnings name), or None: not compressed, no
+        larger than a task, of a reader that cannot split, or not unpacked whole (damaged, larger than
+        `limit`, no room): its worker then reads it as it always did, and reports what is wrong."""
+        if self.folder is None or (ev.member is None and not ev.gzip) or _unpacked_size(ev) <= task_bytes:
+            return None
+        if not isinstance(READERS.get(ev.format), PartReader):
+            return None
+        try:
+            fd, path = tempfile.mkstemp(prefix="copy-", dir=self.folder)
+        except OSError:
+            return None
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out, open_evidence(ev) as stream:
+                while block := stream.read(1 << 20):
+                    size += len(block)
+                    if size > self.limit:
+                        raise OSError(f"larger than {self.limit} bytes")
+                    out.write(block)
+        except _COPY_ERRORS:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return None
+        self._originals[path] = ev
+        return EvidenceFile(ev.path, size, ev.format, path)
+
+    def original(self, ev: EvidenceFile) -> EvidenceFile:
+        """The file `ev` stands for: itself, or the file a copy holds (the copy is then removed)."""
+        original = self._originals.pop(ev.on_disk, None)
+        if original is None:
+            return ev
+        with contextlib.suppress(OSError):
+            os.unlink(ev.on_disk)
+        return original
+
+
+def _unpacked_size(ev: EvidenceFile) -> int:
+    """About how many bytes a compressed file unpacks to: a zip member's size is its own; a gzip stream ends
+    with its size modulo 4 GiB (a single-member stream, as logs are written)."""
+    if not ev.gzip:
+        return ev.size
+    try:
+        with open(ev.on_disk, "rb") as fh:
+            if ev.member is not None or fh.seek(0, os.SEEK_END) < 18:
+                return ev.size  # (a gzip member of a zip: its size is the compressed one's, a lower bound)
+            fh.seek(-4, os.SEEK_END)
+            wrapped = int.from_bytes(fh.read(4), "little")
+    except OSError:
+        return ev.size
+    return max(ev.size, wrapped)
+
+
+class _PerFile:
+    """A `done` callback that is told the parts of a file (consecutive) and tells the file once (the file a
+    copy holds, for a copy's: `copies`)."""
+
+    def __init__(self, done: Callable[[EvidenceFile, int], None], copies: _Copies | None = None) -> None:
         self.done = done
+        self.copies = copies
         self.pending: tuple[EvidenceFile, int] | None = None  # a split file's parts so far
 
     def __call__(self, ev: EvidenceFile, events: int) -> None:
@@ -324,9 +400,9 @@ class _PerFile:
                 self.pending = (whole, counted + events)
                 return
             self.pending = None
-            self.done(whole, counted)
+            self._tell(whole, counted)
         if ev.part is None:
-            self.done(ev, events)
+            self._tell(ev, events)
         else:
             self.pending = (dataclasses.replace(ev, part=None), events)
 
@@ -334,7 +410,10 @@ class _PerFile:
         if self.pending is not None:
             whole, counted = self.pending
             self.pending = None
-            self.done(whole, counted)
+            self._tell(whole, counted)
+
+    def _tell(self, ev: EvidenceFile, events: int) -> None:
+        self.done(self.copies.original(ev) if self.copies is not None else ev, events)
 
 
 def _parts(ev: EvidenceFile, task_bytes: int) -> Iterable[tuple[int, ...]] | None:
@@ -441,17 +520,18 @@ def vector_hits(
     # which has its stall timer; hunting alone, this process parses EVTX apart instead). Their parts' counts
     # are told as one file's.
     split = workers > 1 or (workers == 0 and (os.cpu_count() or 1) > 1)
-    per_file = _PerFile(done)
-    done = per_file
-    groups: Iterator[list[EvidenceFile]] = _groups(evidence, task_bytes, split)
-    if workers == 0:
-        first = list(itertools.islice(groups, 2))
-        workers = (os.cpu_count() or 1) if len(first) > 1 else 1
-        groups = itertools.chain(first, groups)
-    # pickled once here (if at all), not once per worker process started; the plans' folder is named by it
-    pickled = rules_pickle(rules, source) if workers > 1 or plan_cache else b""
-    plans = PlanStore.for_rules(plan_cache, pickled) if plan_cache is not None else None
-    with _spill_folder() as folder:
+    with _spill_folder() as folder:  # (also where compressed files are unpacked to be split: `_Copies`)
+        copies = _Copies(folder)
+        per_file = _PerFile(done, copies)
+        done = per_file
+        groups: Iterator[list[EvidenceFile]] = _groups(evidence, task_bytes, split, copies)
+        if workers == 0:
+            first = list(itertools.islice(groups, 2))
+            workers = (os.cpu_count() or 1) if len(first) > 1 else 1
+            groups = itertools.chain(first, groups)
+        # pickled once here (if at all), not once per worker process started; the plans' folder is named by it
+        pickled = rules_pickle(rules, source) if workers > 1 or plan_cache else b""
+        plans = PlanStore.for_rules(plan_cache, pickled) if plan_cache is not None else None
         spill = Spill(folder, spill_hits)
         if workers <= 1:
             hunter = FileHunter(
@@ -476,8 +556,9 @@ def vector_hits(
 
 @contextlib.contextmanager
 def _spill_folder() -> Iterator[str | None]:
-    """A new private folder for the hunt's spilled detections (`Spill`), removed with what it holds at the
-    end; None where no temporary folder can be made (detections then stay in memory)."""
+    """A new private folder for the hunt's spilled detections (`Spill`) and unpacked copies (`_Copies`),
+    removed with what it holds at the end; None where no temporary folder can be made (detections then stay
+    in memory, and compressed files are not split)."""
     try:
         folder = tempfile.mkdtemp(prefix="casefile-hits-")
     except OSError:
