@@ -335,9 +335,9 @@ class _Copies:
         """A plain copy of `ev` (same `path`, which events and warnings name), or None: not compressed, no
         larger than a task, of a reader that cannot split, or not unpacked whole (damaged, larger than
         `limit`, no room): its worker then reads it as it always did, and reports what is wrong."""
-        if self.folder is None or (ev.member is None and not ev.gzip) or _unpacked_size(ev) <= task_bytes:
+        if self.folder is None or (ev.member is None and not ev.gzip):
             return None
-        if not isinstance(READERS.get(ev.format), PartReader):
+        if not isinstance(READERS.get(ev.format), PartReader) or _unpacked_size(ev) <= task_bytes:
             return None
         try:
             fd, path = tempfile.mkstemp(prefix="copy-", dir=self.folder)
