@@ -222,6 +222,15 @@ def test_large_compressed_files_are_unpacked_and_split_giving_identical_results(
     local_crc = data.index(b"PK\x03\x04") + 14
     data[local_crc:local_crc + 4] = b"\0\0\0\0"
     (evidence / "altered.zip").write_bytes(bytes(data))
+    records = [
+        {"EventID": 1, "Channel": "Microsoft-Windows-Sysmon/Operational", "Computer": f"ws{n % 7}",
+         "Image": "C:\\Windows\\System32\\whoami.exe", "CommandLine": f"whoami /all {n}",
+         "ParentImage": "C:\\Windows\\System32\\cmd.exe", "UtcTime": f"2022-07-15 0{n % 10}:00:00.000"}
+        for n in range(3000)
+    ]
+    lines = "\n".join(json.dumps(r) for r in records) + "\n"
+    (evidence / "sysmon.ndjson.gz").write_bytes(gzip.compress(lines.encode()))
+    (evidence / "sysmon-array.json.gz").write_bytes(gzip.compress(json.dumps(records, indent=1).encode()))
 
     made: list[str] = []
     removed: list[str] = []
@@ -246,14 +255,18 @@ def test_large_compressed_files_are_unpacked_and_split_giving_identical_results(
     names = [
         f"{evidence / 'altered.zip'}!altered.evtx", f"{evidence / 'collection.zip'}!host0/{large[0].name}",
         f"{evidence / 'collection.zip'}!host1/{large[1].name}", str(evidence / "cut.evtx.gz"),
-        str(evidence / "security.evtx.gz"),
+        str(evidence / "security.evtx.gz"), str(evidence / "sysmon-array.json.gz"),
+        str(evidence / "sysmon.ndjson.gz"),
     ]
-    assert made == removed == [names[1], names[2], names[4]]
+    # (a JSON array is not unpacked: its reader would not split it)
+    assert made == removed == [names[1], names[2], names[4], names[6]]
     made.clear()
     whole = _hunt_in_parts([evidence], all_rules, 1, 64 * 1024 * 1024)
     assert made == []
     assert split == whole and len(whole[0]) > 100
     assert [path for path, _n, _part in whole[1]] == names
+    assert [n for path, n, _part in whole[1] if "sysmon" in path] == [3000, 3000]
+    assert sum("whoami" in key[-1] for key in whole[0]) >= 6000  # both JSON files' records hit
     damage = [w for w in whole[2] if "damaged archive data" in w]  # the CRC-32 and the cut stream: reported
     assert len(damage) == 2 and "Bad CRC-32" in damage[0] and "EOFError" in damage[1]
 

@@ -774,6 +774,11 @@ def test_only_intact_files_are_split(sample: bytes, tmp_path: Path) -> None:
     cut = tmp_path / "cut.evtx"
     cut.write_bytes(sample[:-1000])
     assert evtx_reader.evtx_parts(cut, 3) is None
+    # what a compressed file's head is asked before it is unpacked to be split: its file header
+    reader = EvtxReader()
+    assert reader.may_split(sample[:1 << 20]) and reader.may_split(sample[:HEADER_SIZE])
+    assert not reader.may_split(variant("header.evtx", 60, b"\x07").read_bytes())
+    assert not reader.may_split(sample[:HEADER_SIZE - 1]) and not reader.may_split(b"PK\x03\x04")
 
 
 @pytest.mark.shared

@@ -204,3 +204,8 @@ def test_csv_files_that_do_not_read_plainly_are_not_split(tmp_path: Path) -> Non
     ]:
         (tmp_path / name).write_bytes(data)
         assert csvlog.csv_parts(tmp_path / name, 30) is None, name
+    # what a compressed file's head is asked before it is unpacked to be split: UTF-8 (or ASCII) only
+    reader = csvlog.CsvReader()
+    assert reader.may_split(("EventID,Channel\n" + rows).encode())
+    assert reader.may_split(("\ufeffEventID,Channel\n" + rows).encode("utf-8"))
+    assert not reader.may_split(("EventID,Channel\n" + rows).encode("utf-16"))

@@ -377,6 +377,14 @@ def test_files_not_starting_with_an_object_line_are_not_split(tmp_path: Path, te
     path = tmp_path / "log.json"
     path.write_text(text, encoding="utf-8")
     assert jsonlog.ndjson_parts(path, 30) is None
+    # what a compressed file's head is asked before it is unpacked to be split
+    assert JsonReader().may_split(text.encode()) == (text == '{"a": 1}\n' * 3)
+
+
+def test_a_file_starting_with_an_object_line_may_be_split() -> None:
+    assert JsonReader().may_split(b'\xef\xbb\xbf{"a": 1}\r\n{"a": 2}\n')
+    assert JsonReader().may_split(b'{"a": "' + b"x" * 100 + b'"}')  # a head that ends in the first line
+    assert not JsonReader().may_split(b'{"a": "' + b"x" * (2 << 20))  # a first line longer than a part's
 
 
 def test_parts_are_named_for_messages() -> None:

@@ -38,7 +38,7 @@ from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
 from casefile.ingest import EvidenceFile, open_evidence, read_file, read_records, with_next
 from casefile.ingest.pipeline import SHAPE_ERRORS, defeated
-from casefile.ingest.plugins import READERS, PartReader
+from casefile.ingest.plugins import READERS, SPLIT_HEAD, PartReader
 from casefile.ingest.readers.evtx import COMPRESSED_ERRORS, EvtxReader
 from casefile.ingest.shapes.evtx_json import EvtxJsonShape
 from casefile.models import Detection, IngestWarning
@@ -337,23 +337,28 @@ class _Copies:
         `limit`, no room): its worker then reads it as it always did, and reports what is wrong."""
         if self.folder is None or (ev.member is None and not ev.gzip):
             return None
-        if not isinstance(READERS.get(ev.format), PartReader) or _unpacked_size(ev) <= task_bytes:
+        reader = READERS.get(ev.format)
+        if not isinstance(reader, PartReader) or _unpacked_size(ev) <= task_bytes:
             return None
+        path = None
         try:
-            fd, path = tempfile.mkstemp(prefix="copy-", dir=self.folder)
-        except OSError:
-            return None
-        size = 0
-        try:
-            with os.fdopen(fd, "wb") as out, open_evidence(ev) as stream:
-                while block := stream.read(1 << 20):
-                    size += len(block)
-                    if size > self.limit:
-                        raise OSError(f"larger than {self.limit} bytes")
-                    out.write(block)
+            with open_evidence(ev) as stream:
+                head = stream.read(SPLIT_HEAD)
+                if not reader.may_split(head):
+                    return None  # (a JSON array, UTF-16 CSV, damaged EVTX: unpacked for nothing)
+                fd, path = tempfile.mkstemp(prefix="copy-", dir=self.folder)
+                with os.fdopen(fd, "wb") as out:
+                    block, size = head, 0
+                    while block:
+                        size += len(block)
+                        if size > self.limit:
+                            raise OSError(f"larger than {self.limit} bytes")
+                        out.write(block)
+                        block = stream.read(1 << 20)
         except _COPY_ERRORS:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             return None
         self._originals[path] = ev
         return EvidenceFile(ev.path, size, ev.format, path)

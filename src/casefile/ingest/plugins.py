@@ -18,6 +18,8 @@ WarningSink = Callable[[IngestWarning], None]
 
 #: Bytes a reader gets to look at when sniffing a file.
 SNIFF_BYTES = 4096
+#: Bytes a `PartReader` gets to look at to say whether it might split a file (`may_split`).
+SPLIT_HEAD = 1 << 20
 
 
 class Reader(Protocol):
@@ -47,6 +49,11 @@ class PartReader(Reader, Protocol):
         """Ranges of the plain file `path`, of about `part_bytes` each, in order, which read alone give what
         reading the whole file gives; None when the file is not to be split. May be lazy: found as the file
         is read through."""
+        ...
+
+    def may_split(self, head: bytes) -> bool:
+        """Whether `parts` might split a file that begins with `head` (its first `SPLIT_HEAD` bytes, or all of
+        it): asked before a compressed file is unpacked to be split (False: it is not unpacked for that)."""
         ...
 
     def read_part(

@@ -71,6 +71,9 @@ class CsvReader:
         """Byte ranges of about `part_bytes` of a UTF-8 CSV file, cut between rows (`csv_parts`)."""
         return csv_parts(path, part_bytes)
 
+    def may_split(self, head: bytes) -> bool:
+        return text_encoding(head[:4]) == "utf-8-sig"  # UTF-16 files are not split
+
     part_name = staticmethod(line_part_name)
 
     def read_part(

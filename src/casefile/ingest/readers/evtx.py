@@ -832,6 +832,10 @@ class EvtxReader:
     def part_name(self, part: tuple[int, ...]) -> str:
         return f"chunks {part[0]}..{part[1] - 1}"
 
+    def may_split(self, head: bytes) -> bool:
+        """Whether the file header is intact, as `evtx_parts` asks first."""
+        return len(head) >= HEADER_SIZE and head.startswith(MAGIC) and _header_ok(head[:HEADER_SIZE])
+
     def read_part(
         self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, ...]
     ) -> Iterator[RawRecord]:

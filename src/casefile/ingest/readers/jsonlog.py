@@ -142,6 +142,12 @@ class JsonReader:
         """Byte ranges of about `part_bytes` of an NDJSON file (`ndjson_parts`)."""
         return ndjson_parts(path, part_bytes)
 
+    def may_split(self, head: bytes) -> bool:
+        """Whether the first line holds one object, as `ndjson_parts` asks (a JSON array, pretty-printed
+        JSON: no)."""
+        first = head[:MAX_PART_LINE].split(b"\n", 1)[0]
+        return _one_object(first.removeprefix(codecs.BOM_UTF8))
+
     part_name = staticmethod(line_part_name)
 
     def read_part(
