@@ -271,6 +271,32 @@ def test_large_compressed_files_are_unpacked_and_split_giving_identical_results(
     assert len(damage) == 2 and "Bad CRC-32" in damage[0] and "EOFError" in damage[1]
 
 
+def test_a_compressed_file_is_copied_whole_or_not_at_all(tmp_path: Path) -> None:
+    """`_Copies.plain` gives a plain copy of a compressed file, under its name, or None and no copy left: a
+    cut stream, a file larger than the limit. The copy goes once its file is told done."""
+    import gzip
+
+    from casefile.hunt.parallel import _Copies
+    from casefile.ingest import discover
+
+    data = b'{"a": 1}\n' * 50_000
+    packed = gzip.compress(data)
+    (tmp_path / "cut.json.gz").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / "whole.json.gz").write_bytes(packed)
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    cut, whole = discover([tmp_path / "cut.json.gz", tmp_path / "whole.json.gz"])
+    copies = _Copies(str(folder))
+    assert copies.plain(cut, 1024) is None and list(folder.iterdir()) == []
+    assert copies.plain(whole, len(data)) is None  # no larger than a task (its size from the gzip trailer)
+    copy = copies.plain(whole, 1024)
+    assert copy is not None and copy.path == whole.path and not copy.gzip and copy.size == len(data)
+    assert Path(copy.on_disk).read_bytes() == data
+    assert copies.original(copy) == whole and list(folder.iterdir()) == []
+    assert copies.original(whole) == whole  # not a copy: itself
+    assert _Copies(str(folder), limit=1000).plain(whole, 100) is None and list(folder.iterdir()) == []
+
+
 def test_a_task_spills_its_detections_to_files_read_back_in_order(tmp_path: Path) -> None:
     """`Spill` moves a task's detections to a file once it holds enough; `TaskResult.hits` gives the spilled
     ones first, in order, and deletes their files."""

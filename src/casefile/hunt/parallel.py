@@ -50,8 +50,9 @@ BATCH_RECORDS = 20_000
 TASK_BYTES = 16 * 1024 * 1024
 #: A compressed file (zip member, gzip) larger than a task is unpacked to be split only up to this size.
 COPY_LIMIT = 16 << 30
-#: What unpacking a compressed file may raise (it is then read as it always was, and its reader reports it).
-_COPY_ERRORS = (InputError, *COMPRESSED_ERRORS)
+#: What unpacking a compressed file may raise (it is then read as it always was, and its reader reports it);
+#: zipfile raises RuntimeError and NotImplementedError for members it cannot read (encrypted, unknown method).
+_COPY_ERRORS = (InputError, *COMPRESSED_ERRORS, RuntimeError, NotImplementedError)
 #: Tasks in flight per worker; bounds the results waiting in the parent.
 IN_FLIGHT = 2
 #: Detections a task holds before it moves them to a file of its hunt's spill folder: a file that is not
