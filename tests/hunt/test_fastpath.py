@@ -295,6 +295,10 @@ def test_a_compressed_file_is_copied_whole_or_not_at_all(tmp_path: Path) -> None
     assert copies.original(copy) == whole and list(folder.iterdir()) == []
     assert copies.original(whole) == whole  # not a copy: itself
     assert _Copies(str(folder), limit=1000).plain(whole, 100) is None and list(folder.iterdir()) == []
+    trailer = bytearray(packed)
+    trailer[-4:] = (1000).to_bytes(4, "little")  # a stream that says it is smaller than it is
+    (tmp_path / "whole.json.gz").write_bytes(bytes(trailer))
+    assert _Copies(str(folder), limit=1000).plain(whole, 100) is None and list(folder.iterdir()) == []
 
 
 def test_a_task_spills_its_detections_to_files_read_back_in_order(tmp_path: Path) -> None:

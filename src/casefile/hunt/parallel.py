@@ -339,8 +339,8 @@ class _Copies:
         if self.folder is None or (ev.member is None and not ev.gzip):
             return None
         reader = READERS.get(ev.format)
-        if not isinstance(reader, PartReader) or _unpacked_size(ev) <= task_bytes:
-            return None
+        if not isinstance(reader, PartReader) or not task_bytes < _unpacked_size(ev) <= self.limit:
+            return None  # (a zip member's size is known: one past the limit is not unpacked in vain)
         path = None
         try:
             with open_evidence(ev) as stream:
