@@ -271,10 +271,14 @@ def test_large_compressed_files_are_unpacked_and_split_giving_identical_results(
     assert len(damage) == 2 and "Bad CRC-32" in damage[0] and "EOFError" in damage[1]
 
 
-def test_a_compressed_file_is_copied_whole_or_not_at_all(tmp_path: Path) -> None:
+def test_a_compressed_file_is_copied_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`_Copies.plain` gives a plain copy of a compressed file, under its name, or None and no copy left: a
-    cut stream, a file larger than the limit. The copy goes once its file is told done."""
+    cut stream, a file larger than the limit, or than half the room left. The copy goes once its file is
+    told done."""
     import gzip
+    import shutil
 
     from casefile.hunt.parallel import _Copies
     from casefile.ingest import discover
@@ -295,6 +299,10 @@ def test_a_compressed_file_is_copied_whole_or_not_at_all(tmp_path: Path) -> None
     assert copies.original(copy) == whole and list(folder.iterdir()) == []
     assert copies.original(whole) == whole  # not a copy: itself
     assert _Copies(str(folder), limit=1000).plain(whole, 100) is None and list(folder.iterdir()) == []
+    usage = shutil.disk_usage(folder)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2 * len(data) - 1))
+    assert copies.plain(whole, 1024) is None and list(folder.iterdir()) == []
+    monkeypatch.undo()
     trailer = bytearray(packed)
     trailer[-4:] = (1000).to_bytes(4, "little")  # a stream that says it is smaller than it is
     (tmp_path / "whole.json.gz").write_bytes(bytes(trailer))

@@ -334,13 +334,20 @@ class _Copies:
 
     def plain(self, ev: EvidenceFile, task_bytes: int) -> EvidenceFile | None:
         """A plain copy of `ev` (same `path`, which events and warnings name), or None: not compressed, no
-        larger than a task, of a reader that cannot split, or not unpacked whole (damaged, larger than
-        `limit`, no room): its worker then reads it as it always did, and reports what is wrong."""
+        larger than a task, of a reader that cannot split, less than twice its size free in the folder, or
+        not unpacked whole (damaged, larger than `limit`, no room): its worker then reads it as it always
+        did, and reports what is wrong."""
         if self.folder is None or (ev.member is None and not ev.gzip):
             return None
         reader = READERS.get(ev.format)
-        if not isinstance(reader, PartReader) or not task_bytes < _unpacked_size(ev) <= self.limit:
+        expected = _unpacked_size(ev)
+        if not isinstance(reader, PartReader) or not task_bytes < expected <= self.limit:
             return None  # (a zip member's size is known: one past the limit is not unpacked in vain)
+        try:
+            if shutil.disk_usage(self.folder).free < 2 * expected:
+                return None  # room is left for the rest (a temporary folder in memory, tmpfs, included)
+        except OSError:
+            return None
         path = None
         try:
             with open_evidence(ev) as stream:
