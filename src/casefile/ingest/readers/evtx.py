@@ -65,12 +65,7 @@ def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> tuple
         head = stream.read(CHUNK_HEADER_SIZE)
         if not head.startswith(CHUNK_MAGIC):
             continue  # unused (zero-filled) space; a damaged chunk header is reported by the parser
-        part = "chunk header" if _chunk_header_mismatch(head) else None
-        if part is None:
-            free_offset, data_crc = struct.unpack_from("<II", head, 48)
-            used = max(0, free_offset - CHUNK_HEADER_SIZE)
-            if free_offset > CHUNK_SIZE or zlib.crc32(stream.read(used)) != data_crc:
-                part = "records"
+        part = _chunk_mismatch(head, stream.read)
         if part is not None:
             damaged.add(number)
             first, last = struct.unpack_from("<QQ", head, 24)
@@ -100,14 +95,19 @@ def _chunk_header_mismatch(chunk: bytes) -> bool:
     return zlib.crc32(chunk[128:512], zlib.crc32(chunk[:120])) != stored
 
 
-def _chunk_mismatch(chunk: bytes) -> str | None:
-    """Which checksum of a chunk (with its magic) does not match: "chunk header", "records", or None."""
-    free_offset, data_crc = struct.unpack_from("<II", chunk, 48)
+def _chunk_mismatch(chunk: bytes, read_records: Callable[[int], bytes] | None = None) -> str | None:
+    """Which checksum of a chunk (with its magic) does not match: "chunk header", "records", or None.
+
+    `chunk` is the whole chunk, or its 512-byte header when `read_records(n)` gives the n bytes that
+    follow it (only those up to its free space offset are read: the records' checksum covers no more)."""
     if _chunk_header_mismatch(chunk):
         return "chunk header"
-    if free_offset > CHUNK_SIZE or zlib.crc32(memoryview(chunk)[512:free_offset]) != data_crc:
+    free_offset, data_crc = struct.unpack_from("<II", chunk, 48)
+    if free_offset > CHUNK_SIZE:
         return "records"
-    return None
+    used = max(0, free_offset - CHUNK_HEADER_SIZE)
+    records = read_records(used) if read_records is not None else memoryview(chunk)[512:512 + used]
+    return "records" if zlib.crc32(records) != data_crc else None
 
 
 #: `evtx_parts` gives up on a file it reads slower than this (bytes per second): the hunt's workers take
