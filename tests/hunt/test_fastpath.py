@@ -301,12 +301,14 @@ def test_a_compressed_file_is_copied_whole_or_not_at_all(
     assert _Copies(str(folder), limit=1000).plain(whole, 100) is None and list(folder.iterdir()) == []
     usage = shutil.disk_usage(folder)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2 * len(data) - 1))
-    assert copies.plain(whole, 1024) is None and list(folder.iterdir()) == []
-    monkeypatch.undo()
+    assert copies.plain(whole, 1024) is None and list(folder.iterdir()) == []  # over half the room
     trailer = bytearray(packed)
-    trailer[-4:] = (1000).to_bytes(4, "little")  # a stream that says it is smaller than it is
+    trailer[-4:] = (2000).to_bytes(4, "little")  # a stream that says it is smaller than it is
     (tmp_path / "whole.json.gz").write_bytes(bytes(trailer))
-    assert _Copies(str(folder), limit=1000).plain(whole, 100) is None and list(folder.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=5000))
+    assert copies.plain(whole, 100) is None and list(folder.iterdir()) == []  # stopped at half the room
+    monkeypatch.undo()
+    assert _Copies(str(folder), limit=2000).plain(whole, 100) is None and list(folder.iterdir()) == []
 
 
 def test_a_task_spills_its_detections_to_files_read_back_in_order(tmp_path: Path) -> None:

@@ -334,20 +334,22 @@ class _Copies:
 
     def plain(self, ev: EvidenceFile, task_bytes: int) -> EvidenceFile | None:
         """A plain copy of `ev` (same `path`, which events and warnings name), or None: not compressed, no
-        larger than a task, of a reader that cannot split, less than twice its size free in the folder, or
-        not unpacked whole (damaged, larger than `limit`, no room): its worker then reads it as it always
-        did, and reports what is wrong."""
+        larger than a task, of a reader that cannot split, or not unpacked whole (damaged, larger than
+        `limit` or than half the room free in the folder): its worker then reads it as it always did, and
+        reports what is wrong."""
         if self.folder is None or (ev.member is None and not ev.gzip):
             return None
         reader = READERS.get(ev.format)
-        expected = _unpacked_size(ev)
-        if not isinstance(reader, PartReader) or not task_bytes < expected <= self.limit:
-            return None  # (a zip member's size is known: one past the limit is not unpacked in vain)
+        if not isinstance(reader, PartReader):
+            return None
         try:
-            if shutil.disk_usage(self.folder).free < 2 * expected:
-                return None  # room is left for the rest (a temporary folder in memory, tmpfs, included)
+            # Half the room at most, whatever the file says of its size (a gzip trailer can lie): the rest
+            # is left to the hunt, and a temporary folder may be memory (tmpfs).
+            budget = min(self.limit, shutil.disk_usage(self.folder).free // 2)
         except OSError:
             return None
+        if not task_bytes < _unpacked_size(ev) <= budget:
+            return None  # (a zip member's size is known: one past the budget is not unpacked in vain)
         path = None
         try:
             with open_evidence(ev) as stream:
@@ -359,8 +361,8 @@ class _Copies:
                     block, size = head, 0
                     while block:
                         size += len(block)
-                        if size > self.limit:
-                            raise OSError(f"larger than {self.limit} bytes")
+                        if size > budget:
+                            raise OSError(f"larger than {budget} bytes")
                         out.write(block)
                         block = stream.read(1 << 20)
         except _COPY_ERRORS:
