@@ -81,6 +81,11 @@ def _header_ok(header: bytes) -> bool:
     return zlib.crc32(header[:120]) == stored
 
 
+def _intact_header(head: bytes) -> bool:
+    """Whether `head` starts with a whole file header, magic and checksum right (what a split asks first)."""
+    return len(head) >= HEADER_SIZE and head.startswith(MAGIC) and _header_ok(head[:HEADER_SIZE])
+
+
 def _layout(stream: IO[bytes], header: bytes) -> tuple[int, int, int]:
     """A file's whole chunks, the bytes of its partial last chunk, and the chunks its header declares
     (the stream is left at its end)."""
@@ -137,7 +142,7 @@ def evtx_parts(
     try:
         with open(path, "rb") as fh:
             header = fh.read(HEADER_SIZE)
-            if len(header) < HEADER_SIZE or not header.startswith(MAGIC) or not _header_ok(header):
+            if not _intact_header(header):
                 return None
             full_chunks, partial, declared = _layout(fh, header)
             if partial or full_chunks < declared or full_chunks <= chunks_per_part:
@@ -834,7 +839,7 @@ class EvtxReader:
 
     def may_split(self, head: bytes) -> bool:
         """Whether the file header is intact, as `evtx_parts` asks first."""
-        return len(head) >= HEADER_SIZE and head.startswith(MAGIC) and _header_ok(head[:HEADER_SIZE])
+        return _intact_header(head)
 
     def read_part(
         self, stream: IO[bytes], source: str, on_warning: WarningSink, part: tuple[int, ...]
