@@ -705,17 +705,18 @@ def test_specialise_skips_only_what_it_cannot_change() -> None:
     assert specialise(conds[2], "Security", 1, fixed) is plain  # the constant folded away
 
 
-@pytest.mark.parametrize("n_literals", [3, 40])  # below and above the automaton threshold
-def test_field_anchor_index_finds_exactly_the_anchors_a_value_holds(n_literals: int) -> None:
+# below and above the automaton threshold; gated (keyword anchors) with few literals and with too many
+@pytest.mark.parametrize(("n_literals", "gated"), [(3, False), (40, False), (40, True), (500, True)])
+def test_field_anchor_index_finds_exactly_the_anchors_a_value_holds(n_literals: int, gated: bool) -> None:
     import random
 
-    from casefile.hunt.vector import _AUTOMATON_MIN, _FieldAnchors
+    from casefile.hunt.vector import _AUTOMATON_MIN, _GATE_MAX, _FieldAnchors
 
     rng = random.Random(n_literals)
     # few letters: overlapping and repeated literals, one non-ASCII letter, a lone surrogate (which `json`
     # keeps and UTF-8 cannot encode)
     alphabet = "ab\\.xé-\ud800"
-    anchors = _FieldAnchors()
+    anchors = _FieldAnchors(gated=gated)
     expected: list[tuple[str, str, int]] = []
     for pos in range(n_literals):
         op = rng.choice(["contains", "contains", "eq", "startswith", "endswith"])
@@ -725,6 +726,8 @@ def test_field_anchor_index_finds_exactly_the_anchors_a_value_holds(n_literals: 
     anchors.finish()
     assert (anchors.automaton is not None) == (n_literals > _AUTOMATON_MIN)
     anchors = pickle.loads(pickle.dumps(anchors))  # as a worker would get it
+    assert (anchors.gate is not None) == (gated and n_literals < 100)
+    assert (len(anchors.auto_words) > _GATE_MAX) == (n_literals > 100)  # too many to gate
     for _ in range(2000):
         v = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         bits = anchors.positive(v)

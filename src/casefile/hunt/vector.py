@@ -70,6 +70,10 @@ Anchor = tuple[str, str, str]  # (field, op, lower-cased literal)
 _GRAM = 3
 #: `contains` literals on one field above which they are searched with an Aho-Corasick automaton.
 _AUTOMATON_MIN = 8
+#: Most keyword literals a gate is put before (see `_FieldAnchors.gated`): the automaton crate's SIMD
+#: prefilter (Teddy) takes at most 64 patterns, and past it the gate costs more than it saves (measured:
+#: 1.2 against 1.1 us a record for the 89 keywords of the antivirus partitions).
+_GATE_MAX = 64
 Clause = list[Anchor]
 
 
@@ -398,6 +402,16 @@ def _automaton(words: tuple[str, ...]) -> ahocorasick_rs.AhoCorasick:
     return ahocorasick_rs.AhoCorasick(words)
 
 
+@functools.lru_cache(maxsize=64)
+def _gate(words: tuple[str, ...]) -> ahocorasick_rs.BytesAhoCorasick:
+    """An automaton that finds whether any of `words` lies in a UTF-8 text, not every match: leftmost-first
+    search on bytes lets the crate skip ahead with its SIMD prefilter, about 3x faster than listing the
+    overlapping matches of a text where none lies."""
+    return ahocorasick_rs.BytesAhoCorasick(
+        [w.encode() for w in words], matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_FIRST
+    )
+
+
 @dataclass
 class _FieldAnchors:
     """The anchors on one field, indexed so that one value is checked against all at once.
@@ -417,6 +431,10 @@ class _FieldAnchors:
     #: Case-insensitive regex anchors: Python folds some non-ASCII letters onto ASCII ones
     #: (`ſ` matches `s`), so a non-ASCII value makes them candidates.
     fold_unsafe: int = 0
+    #: Whether the automaton's literals are expected to be missing from nearly every value (keyword anchors,
+    #: tested on every record's values): a `_gate` then tells first whether any lies there at all. Field
+    #: literals are not gated: half the values that reach their automata hold one (measured on the corpus).
+    gated: bool = False
 
     #: Negated anchors (`NOT`): the tests of each, indexed as positive anchors under its own id in `neg`;
     #: `neg_owner[id]` is its owner, `neg_count` how many negated anchors an owner has here, and `neg_bits`
@@ -470,6 +488,8 @@ class _FieldAnchors:
     #: automaton's literal i and `auto_bits[i]` its owner bits. The automaton is rebuilt from `auto_words`
     #: after unpickling (it cannot be pickled).
     automaton: ahocorasick_rs.AhoCorasick | None = None
+    #: `_gate(auto_words)` when `gated` and the words are few enough (`_GATE_MAX`); rebuilt with `automaton`.
+    gate: ahocorasick_rs.BytesAhoCorasick | None = None
     auto_words: list[str] = field(default_factory=list)
     auto_bits: list[int] = field(default_factory=list)
     odd: list[tuple[str, int]] = field(default_factory=list)
@@ -478,13 +498,19 @@ class _FieldAnchors:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["automaton"] = None
+        state["automaton"] = state["gate"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.auto_words:
-            self.automaton = _automaton(tuple(self.auto_words))
+            self._automata()
+
+    def _automata(self) -> None:
+        words = tuple(self.auto_words)
+        self.automaton = _automaton(words)
+        if self.gated and len(words) <= _GATE_MAX:
+            self.gate = _gate(words)
 
     def finish(self) -> None:
         if self.neg is not None:
@@ -498,7 +524,7 @@ class _FieldAnchors:
             self.odd = [(lit, bits) for lit, bits in owners.items() if _SURROGATES.search(lit)]
             self.auto_words = [lit for lit in owners if not _SURROGATES.search(lit)]
             self.auto_bits = [owners[lit] for lit in self.auto_words]
-            self.automaton = _automaton(tuple(self.auto_words))
+            self._automata()
             self.short = []
             return
         self.long, self.n_long = pending, len(pending)
@@ -550,6 +576,15 @@ class _FieldAnchors:
             out |= bits[i]
         return out
 
+    @staticmethod
+    def _may_hold(gate: ahocorasick_rs.BytesAhoCorasick, v: str) -> bool:
+        """Whether some literal of the gate's automaton may lie in `v` (a lone surrogate: maybe)."""
+        try:
+            data = v.encode()
+        except UnicodeEncodeError:
+            return True
+        return bool(gate.find_matches_as_indexes(data))
+
     def positive(self, v: str) -> int:
         """Owner bits of the positive anchors the lower-cased value `v` holds."""
         out = self.fold_unsafe if self.fold_unsafe and not v.isascii() else 0
@@ -580,14 +615,15 @@ class _FieldAnchors:
             if lit in v:
                 out |= bit
         if self.automaton is not None:
-            try:  # `_scan`, inlined: this runs for every value the memo has not seen
-                found = self.automaton.find_matches_as_indexes(v, overlapping=True)
-            except UnicodeEncodeError:
-                out |= self._scan(self.automaton, v)
-            else:
-                bits = self.auto_bits
-                for i, _start, _end in found:
-                    out |= bits[i]
+            if self.gate is None or self._may_hold(self.gate, v):
+                try:  # `_scan`, inlined: this runs for every value the memo has not seen
+                    found = self.automaton.find_matches_as_indexes(v, overlapping=True)
+                except UnicodeEncodeError:
+                    out |= self._scan(self.automaton, v)
+                else:
+                    bits = self.auto_bits
+                    for i, _start, _end in found:
+                        out |= bits[i]
             for lit, bit in self.odd:
                 if lit in v:
                     out |= bit
@@ -696,7 +732,7 @@ def build_plan(
                     continue
                 anchors = by_field.get(f)
                 if anchors is None:  # not setdefault: a _FieldAnchors made per anchor was a quarter of a plan
-                    anchors = by_field[f] = _FieldAnchors()
+                    anchors = by_field[f] = _FieldAnchors(gated=f == RAW)
                 anchors.add(op, lit, pos * _SLOTS + k)
                 if f == RAW:
                     raw_literals.append(lit)
