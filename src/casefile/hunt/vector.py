@@ -185,8 +185,9 @@ MAX_CLAUSES = 4
 #: Clauses each child of an Or offers, and clauses an Or yields at most (see `guard`).
 _OR_OPTIONS = 3
 _OR_COMBOS = 16
-#: Owner ids of anchors: entry position * _SLOTS + clause number.
-_SLOTS = 8  # a power of two, at least MAX_CLAUSES (see `PartitionPlan.candidates_bits`)
+#: Owner ids of anchors: entry position * _SLOTS + clause number; the bit above a position's clauses is
+#: where `PartitionPlan.candidates_bits` carries to.
+_SLOTS = MAX_CLAUSES + 1
 
 
 def specialise(
@@ -660,35 +661,28 @@ class PartitionPlan:
     #: Field-reference anchors: (field, other field, op in `_REF_TESTS`, owner bit)
     refs: tuple[tuple[str, str, str, int], ...] = ()
 
-    #: (guarded positions, bit pos * _SLOTS each; the clause bits each needs, pos * _SLOTS + k for its
-    #: clauses k); built on first use (not pickled state worth keeping)
-    _masks: tuple[int, int] | None = None
+    #: (the clause bits each guarded position needs, pos * _SLOTS + k for its clauses k; its lowest clause
+    #: bit; the bit just above its clauses), built on first use (not pickled state worth keeping)
+    _masks: tuple[int, int, int] | None = None
 
     def candidates_bits(self, owners: int) -> list[int]:
         """Entry positions whose every clause has a hit in `owners` (bit o for owner o), plus the unguarded
         ones, in order.
 
         A row's hits OR together as integers, and a position survives when, for every clause it needs,
-        the clause's bit is set; big-integer operations do that for all positions at once.
+        the clause's bit is set: adding 1 to its clause bits carries into the bit above them exactly when
+        all are set, and no further (a position's slot has a bit to spare), so three big-integer operations
+        decide every position at once.
         """
         if self._masks is None:
-            base = required = 0
+            required = ones = above = 0
             for pos, n in self.need.items():
-                base |= 1 << (pos * _SLOTS)
                 required |= ((1 << n) - 1) << (pos * _SLOTS)
-            self._masks = (base, required)
-        base, required = self._masks
-        if owners:
-            missing = required & ~owners
-            # Fold each position's group of _SLOTS bits onto its lowest bit: shifts of 1, 2, 4... add up
-            # to _SLOTS - 1, so no bit of the group above reaches it.
-            shift = 1
-            while shift < _SLOTS:
-                missing |= missing >> shift
-                shift *= 2
-            survivors = base & ~missing
-        else:
-            survivors = 0
+                ones |= 1 << (pos * _SLOTS)
+                above |= 1 << (pos * _SLOTS + n)
+            self._masks = (required, ones, above)
+        required, ones, above = self._masks
+        survivors = ((owners & required) + ones) & above if owners else 0
         out = list(self.always)
         while survivors:
             low = survivors & -survivors
