@@ -813,9 +813,11 @@ class VectorIndex:
 
 
 # --- running one batch ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawJson:
-    """One raw EVTX record: its JSON text, its ordinal in the file, and the file's event name."""
+    """One raw EVTX record: its JSON text, its ordinal in the file, and the file's event name.
+
+    Not frozen, for the reason `RawRecord` is not: one is made per record hunted."""
 
     text: str
     index: int

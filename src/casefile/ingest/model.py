@@ -39,7 +39,7 @@ class EvidenceFile:
         return Path(self.on_disk)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawRecord:
     """One record as a reader decoded it, before shape normalisation.
 
@@ -47,6 +47,9 @@ class RawRecord:
     (the parser's "record number", counting from 1 in a fresh log), for JSON and CSV the line on
     which the record starts. `shape` names the normaliser in `casefile.ingest.SHAPES` when the
     reader knows it (EVTX always gives `evtx-json`); None lets the shapes sniff the record.
+
+    Not frozen, though nothing changes one: a frozen dataclass's `__init__` sets each field through
+    `object.__setattr__`, 0.41 against 0.08 us a record made positionally (one is made per record read).
     """
 
     index: int

@@ -213,7 +213,7 @@ def _rows(
                 "as _extra", line,
             ))
             record["_extra"] = row[len(header):]
-        yield RawRecord(index=line, data=record)
+        yield RawRecord(line, record)
 
 
 READERS.register(CsvReader.name, CsvReader())

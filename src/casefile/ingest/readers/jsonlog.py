@@ -180,7 +180,7 @@ class JsonReader:
             if value is _SKIPPED:
                 continue
             if isinstance(value, dict):
-                yield RawRecord(index=start_line, data=value)
+                yield RawRecord(start_line, value)
             else:
                 on_warning(IngestWarning(
                     source, f"JSON value is a {type(value).__name__}, not an object; skipped", start_line
