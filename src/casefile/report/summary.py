@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from casefile.case.store import Case
+from casefile.models import utc_text
 
 
 def case_summary(case: Case) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def case_summary(case: Case) -> dict[str, Any]:
     return {
         "case": case.name,
         "case_id": case.case_id,
-        "created": case.created_at.isoformat().replace("+00:00", "Z"),
+        "created": utc_text(case.created_at),
         "attack_version": case.attack_version,
         "counts": {
             "evidence_files": len(evidence),
@@ -57,8 +58,8 @@ def case_summary(case: Case) -> dict[str, Any]:
             {"id": t, "detections": n}
             for t, n in sorted(techniques.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         ],
-        "first_seen": stamps[0].isoformat().replace("+00:00", "Z") if stamps else None,
-        "last_seen": stamps[-1].isoformat().replace("+00:00", "Z") if stamps else None,
+        "first_seen": utc_text(stamps[0]) if stamps else None,
+        "last_seen": utc_text(stamps[-1]) if stamps else None,
         "attribution": top("case"),
         "clusters": [
             {"id": c.id, "detections": len(c.detection_ids), "hosts": list(c.hosts), "attribution": top(c.id)}
