@@ -1,4 +1,4 @@
-"""Pickling for the frozen slots dataclasses that travel to worker processes and into the rule cache."""
+"""Pickling for the slots dataclasses that travel to worker processes and into the rule cache."""
 
 from __future__ import annotations
 
