@@ -827,28 +827,38 @@ def test_joined_values_lower_case_as_each_value_does() -> None:
     assert _SEP.join(parts).lower() == _SEP.join(p.lower() for p in parts)  # the separator ends a word too
 
 
-def test_keywords_are_matched_in_each_value_as_the_reference_lower_cases_it() -> None:
+# without and with enough decoy keywords for an automaton, and so a gate (`_FieldAnchors.gated`)
+@pytest.mark.parametrize("decoys", [0, 12])
+def test_keywords_are_matched_in_each_value_as_the_reference_lower_cases_it(decoys: int) -> None:
     kw_info = RuleInfo(id="kw", title="kw", level=Level.MEDIUM, status=None, author=None)
     img_info = RuleInfo(id="img", title="img", level=Level.MEDIUM, status=None, author=None)
     route = ir.Route(channels=("Microsoft-Windows-Sysmon/Operational",), event_ids=(1,))
-    cond = ir.Or((ir.StrMatch(None, "contains", "mimi.katz"), ir.StrMatch(None, "contains", "o'x")))
+    keywords = ["mimi.katz", "o'x", *(f"decoy{i}::" for i in range(decoys))]
+    cond = ir.Or(tuple(ir.StrMatch(None, "contains", k) for k in keywords))
     img = ir.StrMatch(F, "endswith", "\\cmd.exe")
     rules = [
         CompiledRule(kw_info, (ir.Program("kw", "test", route, cond),)),
         CompiledRule(img_info, (ir.Program("img", "test", route, img),)),
     ]
-    values = ["MIMI.KATZ here", "mimiXkatz", "O'X", "İ mimi.katz", "plain", "ΑΣ mimi.katz"]
+    # a Kelvin sign lower-cases to an ASCII k; a lone surrogate has no UTF-8 form for the gate
+    values = [
+        "MIMI.KATZ here", "mimiXkatz", "O'X", "İ mimi.katz", "plain", "ΑΣ mimi.katz", "mimi.\u212aatz",
+        "mimi.katz \ud800",
+    ]
     records = [
         RawJson(_evtx_json(1, "Microsoft-Windows-Sysmon/Operational", {"Image": "c:\\cmd.exe", "Cmd": v}, i),
                 i, "k.evtx")
         for i, v in enumerate(values)
     ]
-    hunter = BatchHunter(VectorIndex(rules), EvtxRecords())
+    vindex = VectorIndex(rules)
+    raw = vindex.plan("Microsoft-Windows-Sysmon/Operational", 1).raw
+    assert raw is not None and (raw.gate is not None) == (decoys > 0)
+    hunter = BatchHunter(vindex, EvtxRecords())
     fast = hunter.run(records, lambda w: pytest.fail(str(w))).detections
     index = RuleIndex(rules)
     ref = [d for r in records for d in match_event(index, _reference_event(r))]
     assert [_key(d) for d in fast] == [_key(d) for d in ref]
-    assert sum(d.rule.id == "kw" for d in ref) == 4  # every value but the decoy and the plain one
+    assert sum(d.rule.id == "kw" for d in ref) == 6  # every value but the near miss and the plain one
 
 
 RULES_WITH_CORRELATION = """
