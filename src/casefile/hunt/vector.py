@@ -894,10 +894,15 @@ class BatchHunter:
             channel, event_id = partition(fields)
             view = self._view(fields)
             plan, positions = self._candidates(fields, channel, event_id, view)
-            if positions:  # most records have none, and never need their Event (its timestamp parsed)
-                ev = make(fields, raw.source)
+            if positions:  # most records have none
+                ev = None  # made for the first detection: most candidates are not confirmed
                 for pos in positions:
-                    self._confirm(plan.entries[pos], ev, view, found)
+                    n = plan.entries[pos]
+                    matched = self._confirm(n, view)
+                    if matched is not None:
+                        if ev is None:
+                            ev = make(fields, raw.source)
+                        found.append(self._detection(n, ev, matched))
                 result.confirmations += len(positions)
         result.events -= len(result.not_events)
         return result
@@ -910,7 +915,10 @@ class BatchHunter:
         view = self._view(event.fields)
         plan, positions = self._candidates(event.fields, event.channel, event.event_id, view)
         for pos in positions:
-            self._confirm(plan.entries[pos], event, view, found)
+            n = plan.entries[pos]
+            matched = self._confirm(n, view)
+            if matched is not None:
+                found.append(self._detection(n, event, matched))
         return found
 
     def _forget(self) -> None:
@@ -993,14 +1001,17 @@ class BatchHunter:
             bits |= fa.bits(low)
         return bits
 
-    def _confirm(self, n: int, ev: Event, view: EventView, found: list[Detection]) -> None:
+    def _confirm(self, n: int, view: EventView) -> dict[str, Any] | None:
+        """The fields entry `n`'s condition matched on the event, or None when it does not hold."""
         # One evaluation that records: the reference evaluates without, then again with, a record; an And
         # records only once all its children hold and an Or stops at the first that holds, so a true answer
         # records what the reference's second evaluation does, and a false one nothing.
         matched: dict[str, Any] = {}
-        if self.index.predicate(n)(view, matched):
-            info = self.index.entries[n].info
-            found.append(_detection(info, ev, matched, self.fields_of is None or info.id in self.fields_of))
+        return matched if self.index.predicate(n)(view, matched) else None
+
+    def _detection(self, n: int, ev: Event, matched: dict[str, Any]) -> Detection:
+        info = self.index.entries[n].info
+        return _detection(info, ev, matched, self.fields_of is None or info.id in self.fields_of)
 
 
 _INT_CHARS = frozenset("0123456789-")
