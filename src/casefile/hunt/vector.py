@@ -902,7 +902,7 @@ class BatchHunter:
                     if matched is not None:
                         if ev is None:
                             ev = make(fields, raw.source)
-                        found.append(self._detection(n, ev, matched))
+                        found.append(self._detection_of(n, ev, matched))
                 result.confirmations += len(positions)
         result.events -= len(result.not_events)
         return result
@@ -918,7 +918,7 @@ class BatchHunter:
             n = plan.entries[pos]
             matched = self._confirm(n, view)
             if matched is not None:
-                found.append(self._detection(n, event, matched))
+                found.append(self._detection_of(n, event, matched))
         return found
 
     def _forget(self) -> None:
@@ -1009,7 +1009,7 @@ class BatchHunter:
         matched: dict[str, Any] = {}
         return matched if self.index.predicate(n)(view, matched) else None
 
-    def _detection(self, n: int, ev: Event, matched: dict[str, Any]) -> Detection:
+    def _detection_of(self, n: int, ev: Event, matched: dict[str, Any]) -> Detection:
         info = self.index.entries[n].info
         return _detection(info, ev, matched, self.fields_of is None or info.id in self.fields_of)
 
