@@ -33,13 +33,17 @@ COMPILED = (
     "casefile.ingest.pipeline",
     "casefile.ingest.sources",
     "casefile.models",
+    # Cython proper (C types), not Python: without a build, its callers take the Python path it stands in for
+    "casefile.ingest.shapes._evtx_fast",
 )
 #: Compiled exactly as Python runs it: annotations are not turned into C types or run-time checks.
 DIRECTIVES = {"language_level": 3, "annotation_typing": False, "binding": True}
 
 
 def _source(name: str) -> Path:
-    return HERE / "src" / (name.replace(".", "/") + ".py")
+    stem = HERE / "src" / name.replace(".", "/")
+    pyx = stem.with_suffix(".pyx")
+    return pyx if pyx.exists() else stem.with_suffix(".py")
 
 
 def _build_name(name: str) -> str:

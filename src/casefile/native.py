@@ -5,7 +5,9 @@ Python code, compiled as is: a hunt takes about a sixth less CPU, docs/performan
 beside its source as `<module>.<digest>.<ABI suffix>`, the digest being the start of the source's SHA-256.
 The ordinary import system never loads a file so named; the finder below loads it only while the `.py`
 beside it still has that digest, so an edited checkout runs its edits, never a stale build, and a machine
-without a compiler runs the same modules as Python. `CASEFILE_PURE_PYTHON=1` turns the builds off.
+without a compiler runs the same modules as Python. `CASEFILE_PURE_PYTHON=1` turns the builds off. A module
+written in Cython proper (a `.pyx`, no `.py`) is named after its `.pyx`; without a build it cannot be
+imported, and its callers take the Python path it stands in for.
 """
 
 from __future__ import annotations
@@ -53,10 +55,8 @@ class BuildFinder(importlib.abc.MetaPathFinder):
             builds = self._listing(folder).get(stem)
             if not builds:
                 continue
-            try:
-                with open(os.path.join(folder, f"{stem}.py"), "rb") as fh:
-                    wanted = build_name(stem, fh.read())
-            except OSError:
+            wanted = _wanted(folder, stem)
+            if wanted is None:
                 return None
             if wanted not in builds:
                 return None  # the source changed since the build: run the source
@@ -78,6 +78,20 @@ class BuildFinder(importlib.abc.MetaPathFinder):
                     builds.setdefault(name.partition(".")[0], []).append(name)
             self._builds[folder] = builds
         return builds
+
+
+def _wanted(folder: str, stem: str) -> str | None:
+    """The build name of module `stem`'s source in `folder`: its `.py`, or its `.pyx` for a module written in
+    Cython proper (which has no Python source, so it exists only as a build)."""
+    for suffix in (".py", ".pyx"):
+        try:
+            with open(os.path.join(folder, stem + suffix), "rb") as fh:
+                return build_name(stem, fh.read())
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 class _BuildLoader(importlib.machinery.ExtensionFileLoader):

@@ -65,6 +65,12 @@ def _system_fields(system: Mapping[str, Any], fields: dict[str, Any]) -> None:
                         flatten_leaves(child_value, fields, qualifier=f"System_{key}", name=f"{key}_{child}")
         else:
             fields[key] = value
+    system_ints(fields)
+
+
+def system_ints(fields: dict[str, Any]) -> None:
+    """The System fields that are integers in the schema, as integers where a forwarded event (WEF) wrote
+    them as text; run on the System fields alone, before any other section's."""
     for key in _SYSTEM_INTS:
         number = fields.get(key)
         if number is not None and type(number) is not int and not isinstance(number, int):

@@ -1,0 +1,3 @@
+from typing import Any
+
+def fields_of(text: str) -> dict[str, Any] | None: ...

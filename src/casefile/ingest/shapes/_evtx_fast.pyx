@@ -1,0 +1,448 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The evtx-json shape's fields read straight from a record's JSON text, for the records most EVTX files hold.
+
+`EvtxJsonShape.fields(orjson.loads(text))` builds the record's nested objects and then flattens them; this
+reads the text once, in C, into the flat fields, with the same names, values (same types) and order. It
+reads only what it can read exactly, the common layout: an `Event` of `#attributes`, `System` (elements
+that are scalars or `#attributes` with an optional `#text` after them) and `EventData` (named scalars,
+arrays of scalars, `{"#text": ...}`, or null), strings without `\\u` escapes and integers orjson keeps as
+integers. For anything else (UserData, floats, a name met twice, a field name taken, JSON it would have to
+judge) it gives up, returning None, and the caller takes the general path, which also says what is wrong
+with a bad record. `tests/ingest/test_evtx_fast.py` holds it to the general path.
+
+Cython proper, not Python: without a C compiler there is no build, and callers take the general path.
+"""
+
+from cpython.dict cimport PyDict_SetItem, PyDict_Contains
+from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.list cimport PyList_GET_ITEM
+from libc.string cimport memcmp, memcpy
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport malloc, realloc
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
+
+cdef enum:
+    SLOTS = 2048
+    MAX_KEYS = 48
+    NAME_MAX = 256
+
+cdef uint64_t _hashes[SLOTS]
+cdef list _names = [None] * SLOTS
+cdef char* _buf = NULL
+cdef Py_ssize_t _buf_size = 0
+from casefile.ingest.shapes.evtx_json import _SYSTEM_INTS, system_ints
+
+cdef struct Cur:
+    const char* s
+    Py_ssize_t i
+    Py_ssize_t n
+
+cdef inline void ws(Cur* c) noexcept:
+    cdef char ch
+    while c.i < c.n:
+        ch = c.s[c.i]
+        if ch == b' ' or ch == b'\n' or ch == b'\r' or ch == b'\t':
+            c.i += 1
+        else:
+            return
+
+cdef inline bint expect(Cur* c, char ch) noexcept:
+    ws(c)
+    if c.i < c.n and c.s[c.i] == ch:
+        c.i += 1
+        return True
+    return False
+
+cdef object name_of(const char* p, Py_ssize_t n):
+    """The str of UTF-8 `p[:n]`, the same object for the same text while it stays in the cache."""
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef Py_ssize_t j, kn
+    cdef const char* kp
+    for j in range(n):
+        h = (h ^ <unsigned char>p[j]) * 1099511628211ULL
+    cdef Py_ssize_t slot = <Py_ssize_t>(h & (SLOTS - 1))
+    if _hashes[slot] == h:
+        k = <object>PyList_GET_ITEM(_names, slot)
+        if k is not None:
+            kp = PyUnicode_AsUTF8AndSize(k, &kn)
+            if kn == n and memcmp(kp, p, n) == 0:
+                return k
+    k = PyUnicode_DecodeUTF8(p, n, NULL)
+    _names[slot] = k
+    _hashes[slot] = h
+    return k
+
+# key spans: returns start in *start and length; -1 if the key has an escape or is bad
+cdef inline Py_ssize_t raw_key(Cur* c, Py_ssize_t* start) noexcept:
+    """A string without escapes (keys): its span; -1 to give up."""
+    cdef Py_ssize_t j
+    cdef unsigned char ch
+    ws(c)
+    if c.i >= c.n or c.s[c.i] != b'"':
+        return -1
+    j = c.i + 1
+    start[0] = j
+    while j < c.n:
+        ch = <unsigned char>c.s[j]
+        if ch == b'"':
+            c.i = j + 1
+            return j - start[0]
+        if ch == b'\\' or ch < 0x20:
+            return -1
+        j += 1
+    return -1
+
+cdef bint grow(Py_ssize_t n) except False:
+    global _buf, _buf_size
+    cdef char* b
+    if n > _buf_size:
+        b = <char*>realloc(_buf, n)
+        if b == NULL:
+            raise MemoryError()
+        _buf, _buf_size = b, n
+    return True
+
+cdef object string(Cur* c):
+    """A JSON string at the cursor as str; None to give up (\\u escapes, control characters)."""
+    cdef Py_ssize_t j, start, k, i
+    cdef unsigned char ch
+    cdef bint escaped = False
+    if c.s[c.i] != b'"':
+        return None
+    j = start = c.i + 1
+    while j < c.n:
+        ch = <unsigned char>c.s[j]
+        if ch == b'"':
+            break
+        if ch < 0x20:
+            return None
+        if ch == b'\\':
+            escaped = True
+            j += 2
+            continue
+        j += 1
+    else:
+        return None
+    if j >= c.n:
+        return None
+    c.i = j + 1
+    if not escaped:
+        return PyUnicode_DecodeUTF8(c.s + start, j - start, NULL)
+    grow(j - start)
+    k = 0
+    i = start
+    while i < j:
+        ch = <unsigned char>c.s[i]
+        if ch == b'\\':
+            i += 1
+            ch = <unsigned char>c.s[i]
+            if ch == b'"' or ch == b'\\' or ch == b'/':
+                pass
+            elif ch == b'n':
+                ch = b'\n'
+            elif ch == b't':
+                ch = b'\t'
+            elif ch == b'r':
+                ch = b'\r'
+            elif ch == b'b':
+                ch = 8
+            elif ch == b'f':
+                ch = 12
+            else:
+                return None
+        _buf[k] = ch
+        k += 1
+        i += 1
+    return PyUnicode_DecodeUTF8(_buf, k, NULL)
+
+cdef object _GIVE_UP = object()
+
+cdef object number(Cur* c):
+    """A JSON integer as orjson reads it (an int from -2**63 to 2**64 - 1); _GIVE_UP for others (floats)."""
+    cdef unsigned long long v = 0
+    cdef unsigned long long d
+    cdef Py_ssize_t j = c.i, first
+    cdef bint neg = c.s[j] == b'-'
+    if neg:
+        j += 1
+    first = j
+    while j < c.n and c.s[j] >= b'0' and c.s[j] <= b'9':
+        d = <unsigned long long>(c.s[j] - 48)
+        if v > (18446744073709551615ULL - d) // 10:
+            return _GIVE_UP
+        v = v * 10 + d
+        j += 1
+    if j == first or (j - first > 1 and c.s[first] == b'0'):
+        return _GIVE_UP  # no digits, or a leading zero: not JSON
+    if j < c.n and (c.s[j] == b'.' or c.s[j] == b'e' or c.s[j] == b'E'):
+        return _GIVE_UP
+    c.i = j
+    if not neg:
+        return PyLong_FromUnsignedLongLong(v)
+    if v > 9223372036854775808ULL:
+        return _GIVE_UP
+    return PyLong_FromLongLong(-<long long>(v - 1) - 1) if v else PyLong_FromLongLong(0)
+
+
+cdef object array(Cur* c):
+    """A JSON array of scalars as a list; _GIVE_UP for anything else (nested containers)."""
+    cdef list out = []
+    c.i += 1  # the '['
+    ws(c)
+    if c.i < c.n and c.s[c.i] == b']':
+        c.i += 1
+        return out
+    while True:
+        v = scalar(c)
+        if v is _GIVE_UP:
+            return _GIVE_UP
+        out.append(v)
+        if expect(c, b','):
+            continue
+        if expect(c, b']'):
+            return out
+        return _GIVE_UP
+
+
+cdef object value(Cur* c):
+    """A scalar or an array of scalars."""
+    ws(c)
+    if c.i < c.n and c.s[c.i] == b'[':
+        return array(c)
+    return scalar(c)
+
+
+cdef object scalar(Cur* c):
+    """A string, integer (at most 18 digits), true, false or null; _GIVE_UP for anything else."""
+    cdef unsigned char ch
+    cdef long long v = 0
+    cdef Py_ssize_t j, digits
+    cdef bint neg = False
+    ws(c)
+    if c.i >= c.n:
+        return _GIVE_UP
+    ch = <unsigned char>c.s[c.i]
+    if ch == b'"':
+        s = string(c)
+        return _GIVE_UP if s is None else s
+    if ch == b'-' or (ch >= b'0' and ch <= b'9'):
+        return number(c)
+    if c.n - c.i >= 4 and memcmp(c.s + c.i, b"null", 4) == 0:
+        c.i += 4
+        return None
+    if c.n - c.i >= 4 and memcmp(c.s + c.i, b"true", 4) == 0:
+        c.i += 4
+        return True
+    if c.n - c.i >= 5 and memcmp(c.s + c.i, b"false", 5) == 0:
+        c.i += 5
+        return False
+    return _GIVE_UP
+
+cdef inline bint is_key(Cur* c, Py_ssize_t start, Py_ssize_t n, const char* what, Py_ssize_t wn) noexcept:
+    return n == wn and memcmp(c.s + start, what, wn) == 0
+
+cdef bint put_new(dict fields, object name, object value) except -1:
+    """Set a name not yet in `fields`; False (give up) when it is there."""
+    if PyDict_Contains(fields, name):
+        return False
+    PyDict_SetItem(fields, name, value)
+    return True
+
+cdef int system(Cur* c, dict fields) except -2:
+    cdef Py_ssize_t kstart, kn, astart, an, t, m
+    cdef Py_ssize_t starts[MAX_KEYS]
+    cdef Py_ssize_t lens[MAX_KEYS]
+    cdef Py_ssize_t count = 0
+    cdef int texts = 0  # 1: an integer field written as text (forwarded events)
+    cdef char name[NAME_MAX]
+    if not expect(c, b'{'):
+        return -1
+    ws(c)
+    if c.i < c.n and c.s[c.i] == b'}':
+        c.i += 1
+        return 0
+    while True:
+        kn = raw_key(c, &kstart)
+        if kn < 0 or count == MAX_KEYS:
+            return -1
+        for t in range(count):  # a repeated element: orjson keeps the last, give that case up
+            if lens[t] == kn and memcmp(c.s + starts[t], c.s + kstart, kn) == 0:
+                return -1
+        starts[count] = kstart
+        lens[count] = kn
+        count += 1
+        if not expect(c, b':'):
+            return -1
+        ws(c)
+        if c.i < c.n and c.s[c.i] == b'{':
+            c.i += 1
+            an = raw_key(c, &astart)
+            if not is_key(c, astart, an, b"#attributes", 11) or not expect(c, b':') or not expect(c, b'{'):
+                return -1
+            if kn + 1 >= NAME_MAX:
+                return -1
+            memcpy(name, c.s + kstart, kn)
+            name[kn] = b'_'
+            ws(c)
+            if c.i < c.n and c.s[c.i] == b'}':
+                c.i += 1
+            else:
+                while True:
+                    an = raw_key(c, &astart)
+                    if an < 0 or kn + 1 + an > NAME_MAX or not expect(c, b':'):
+                        return -1
+                    v = scalar(c)
+                    if v is _GIVE_UP:
+                        return -1
+                    memcpy(name + kn + 1, c.s + astart, an)
+                    attr = name_of(name, kn + 1 + an)
+                    if type(v) is str and attr in _SYSTEM_INTS:
+                        texts = 1
+                    if not put_new(fields, attr, v):
+                        return -1
+                    if expect(c, b','):
+                        continue
+                    if expect(c, b'}'):
+                        break
+                    return -1
+            # after the attributes: the element's end, or its #text
+            if expect(c, b','):
+                an = raw_key(c, &astart)
+                if not is_key(c, astart, an, b"#text", 5) or not expect(c, b':'):
+                    return -1
+                v = scalar(c)
+                if v is _GIVE_UP:
+                    return -1
+                key = name_of(c.s + kstart, kn)
+                if type(v) is str and key in _SYSTEM_INTS:
+                    texts = 1
+                if not put_new(fields, key, v):
+                    return -1
+            if not expect(c, b'}'):
+                return -1
+        else:
+            v = scalar(c)
+            if v is _GIVE_UP:
+                return -1
+            key = name_of(c.s + kstart, kn)
+            if type(v) is str and key in _SYSTEM_INTS:
+                texts = 1
+            if not put_new(fields, key, v):
+                return -1
+        if expect(c, b','):
+            continue
+        if expect(c, b'}'):
+            return texts
+        return -1
+
+cdef int event_data(Cur* c, dict fields) except -2:
+    cdef Py_ssize_t kstart, kn, astart, an
+    ws(c)
+    if c.n - c.i >= 4 and memcmp(c.s + c.i, b"null", 4) == 0:
+        c.i += 4
+        return 0
+    if not expect(c, b'{'):
+        return -1
+    ws(c)
+    if c.i < c.n and c.s[c.i] == b'}':
+        c.i += 1
+        return 0
+    while True:
+        kn = raw_key(c, &kstart)
+        if kn < 0 or not expect(c, b':'):
+            return -1
+        if kn > 0 and c.s[kstart] == b'#':  # #text, #attributes: the shape's other branches
+            return -1
+        ws(c)
+        if c.i < c.n and c.s[c.i] == b'{':  # {"#text": X}: X under the element's name
+            c.i += 1
+            an = raw_key(c, &astart)
+            if not is_key(c, astart, an, b"#text", 5) or not expect(c, b':'):
+                return -1
+            v = value(c)
+            if v is _GIVE_UP or not expect(c, b'}'):
+                return -1
+        else:
+            v = value(c)
+            if v is _GIVE_UP:
+                return -1
+        if not put_new(fields, name_of(c.s + kstart, kn), v):
+            return -1
+        if expect(c, b','):
+            continue
+        if expect(c, b'}'):
+            return 0
+        return -1
+
+cdef int skip_attributes(Cur* c) except -2:
+    """The event's #attributes (xmlns): an object of strings."""
+    cdef Py_ssize_t kstart, kn
+    if not expect(c, b'{'):
+        return -1
+    ws(c)
+    if c.i < c.n and c.s[c.i] == b'}':
+        c.i += 1
+        return 0
+    while True:
+        kn = raw_key(c, &kstart)
+        if kn < 0 or not expect(c, b':'):
+            return -1
+        ws(c)
+        if c.i >= c.n or c.s[c.i] != b'"' or string(c) is None:
+            return -1
+        if expect(c, b','):
+            continue
+        if expect(c, b'}'):
+            return 0
+        return -1
+
+def fields_of(str text):
+    """`EvtxJsonShape.fields(orjson.loads(text))`, or None where this reader gives up (see the module)."""
+    cdef Cur c
+    cdef Py_ssize_t kstart, kn
+    cdef int status
+    cdef bint seen_system = False, seen_data = False, seen_attrs = False
+    cdef dict fields = {}
+    try:
+        c.s = PyUnicode_AsUTF8AndSize(text, &c.n)
+    except UnicodeEncodeError:
+        return None
+    c.i = 0
+    if not expect(&c, b'{'):
+        return None
+    kn = raw_key(&c, &kstart)
+    if not is_key(&c, kstart, kn, b"Event", 5) or not expect(&c, b':') or not expect(&c, b'{'):
+        return None
+    while True:
+        kn = raw_key(&c, &kstart)
+        if not expect(&c, b':'):
+            return None
+        if is_key(&c, kstart, kn, b"#attributes", 11) and not seen_attrs and not seen_system:
+            seen_attrs = True
+            if skip_attributes(&c) < 0:
+                return None
+        elif is_key(&c, kstart, kn, b"System", 6) and not seen_system:
+            seen_system = True
+            status = system(&c, fields)
+            if status < 0:
+                return None
+            if status:
+                system_ints(fields)
+        elif is_key(&c, kstart, kn, b"EventData", 9) and seen_system and not seen_data:
+            seen_data = True
+            if event_data(&c, fields) < 0:
+                return None
+        else:
+            return None
+        if expect(&c, b','):
+            continue
+        if expect(&c, b'}'):
+            break
+        return None
+    if not seen_system or not expect(&c, b'}'):
+        return None
+    ws(&c)
+    return fields if c.i == c.n else None
