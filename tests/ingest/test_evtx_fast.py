@@ -17,6 +17,8 @@ import orjson
 import pytest
 from evtx import PyEvtxParser
 
+from casefile.hunt.evaluate import EventView
+from casefile.hunt.vector import _joined_values
 from casefile.ingest.shapes.evtx_json import EvtxJsonShape
 
 fast = pytest.importorskip(
@@ -42,12 +44,34 @@ def _reference(text: str) -> list[tuple[str, Any]] | None:
 
 
 def _check(text: str) -> bool:
-    """Asserts that the fast reader gives the reference's fields or gives up; whether it read the text."""
+    """Asserts that the fast reader gives the reference's fields or gives up, and that its keyword text (if
+    any) is what the gate may read (`_check_keyword_text`); whether it read the text."""
     got = fast.fields_of(text)
     if got is None:
         return False
     assert [(k, _typed(v)) for k, v in got.items()] == _reference(text), text
+    kw = fast.keyword_text(got)
+    _check_keyword_text(got, kw)
+    KEYWORD_TEXTS.append(kw is not None)
     return True
+
+
+#: Per record `_check` read, whether it had a keyword text.
+KEYWORD_TEXTS: list[bool] = []
+
+
+def _check_keyword_text(fields: dict[str, Any], kw: bytes | None) -> None:
+    """The keyword text, if any, is every value the hunt joins for its keyword scan, integers included,
+    lower-cased, each after a NUL, all ASCII (without it the gate reads the joined values). A 0 written `-0`
+    stays so, which holds the `0` the hunt writes."""
+    joined = _joined_values(EventView(fields), True)
+    if kw is None:
+        return
+    assert joined.isascii()
+    text = kw.decode()
+    assert text[:1] in ("", "\0")
+    parts = text.split("\0")[1:]
+    assert "\0".join("0" if p == "-0" else p for p in parts) == joined.lower()
 
 
 DATA = '{"Image":"C:\\\\Windows\\\\cmd.exe","ProcessId":42}'
@@ -128,11 +152,25 @@ GIVE_UP = {
 @pytest.mark.parametrize("name", sorted(READ))
 def test_reads_common_records_as_the_general_path_does(name: str) -> None:
     assert _check(READ[name]), f"{name}: the fast reader gave up"
+    # the keyword text is made unless a value is not ASCII or an integer was made from text
+    assert KEYWORD_TEXTS[-1] == (name not in ("non-ASCII", "forwarded: integers as text"))
 
 
 @pytest.mark.parametrize("name", sorted(GIVE_UP))
 def test_gives_up_where_it_cannot_be_exact(name: str) -> None:
     assert fast.fields_of(GIVE_UP[name]) is None
+
+
+def test_keyword_text_belongs_to_the_fields_just_read() -> None:
+    fields = fast.fields_of(READ["sysmon"])
+    assert fields is not None and fast.keyword_text(fields) is not None
+    assert fast.keyword_text(dict(fields)) is None  # equal fields, not the ones read
+    assert fast.fields_of(GIVE_UP["float"]) is None
+    assert fast.keyword_text(fields) is None  # another record was read since
+    forwarded = fast.fields_of(READ["forwarded: integers as text"])  # integers made from text
+    assert forwarded is not None and fast.keyword_text(forwarded) is None
+    other = fast.fields_of(READ["non-ASCII"])
+    assert other is not None and fast.keyword_text(other) is None
 
 
 _PALETTE = 'aZ09 _-:\\"/\n\t\x01é€𝔘ΣK{}[],#'
@@ -217,3 +255,4 @@ def test_corpus_records(shared_data: Path) -> None:
             continue
     assert total > 20_000
     assert read > total * 0.9, f"read {read} of {total} corpus records"
+    assert sum(KEYWORD_TEXTS[-read:]) > read * 0.8, "keyword texts made for too few records"

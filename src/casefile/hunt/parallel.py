@@ -80,11 +80,17 @@ def _keep_text(text: str) -> _Unparsed:
     return d
 
 
+def _no_keyword_text(fields: dict[str, Any]) -> bytes | None:
+    return None
+
+
 _fast_fields: Callable[[str], dict[str, Any] | None] | None
+_keyword_text: Callable[[dict[str, Any]], bytes | None]
 try:  # Cython proper: only a compiled install has it
     from casefile.ingest.shapes._evtx_fast import fields_of as _fast_fields
+    from casefile.ingest.shapes._evtx_fast import keyword_text as _keyword_text
 except ImportError:
-    _fast_fields = None
+    _fast_fields, _keyword_text = None, _no_keyword_text
 
 
 def _fields(raw: RawJson, on_warning: Callable[[IngestWarning], None]) -> dict[str, Any] | None:
@@ -126,6 +132,7 @@ class EvtxRecords:
     fields = staticmethod(_fields)
     channel_and_id = staticmethod(EvtxJsonShape.channel_and_id)
     event = staticmethod(EvtxJsonShape.event)
+    keyword_text = staticmethod(_keyword_text)
 
 
 #: What a hunt delivers: a detection, or one written as its JSONL line (`FileHunter`'s `lines_except`).

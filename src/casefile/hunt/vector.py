@@ -491,6 +491,8 @@ class _FieldAnchors:
     automaton: ahocorasick_rs.AhoCorasick | None = None
     #: `_gate(auto_words)` when `gated` and the words are few enough (`_GATE_MAX`); rebuilt with `automaton`.
     gate: ahocorasick_rs.BytesAhoCorasick | None = None
+    #: Whether the gate alone decides an ASCII text (set with it): see `_automata`.
+    decides: bool = False
     auto_words: list[str] = field(default_factory=list)
     auto_bits: list[int] = field(default_factory=list)
     odd: list[tuple[str, int]] = field(default_factory=list)
@@ -512,6 +514,14 @@ class _FieldAnchors:
         self.automaton = _automaton(words)
         if self.gated and len(words) <= _GATE_MAX:
             self.gate = _gate(words)
+        # Whether `positive` of an ASCII text is 0 wherever the gate finds none of its words there: when the
+        # automaton's literals are all there is (a lone surrogate's literal cannot lie in ASCII, and the
+        # regexes' folding concerns only non-ASCII).
+        self.decides = self.gate is not None and not (
+            self.eq or self.basename or self.ends or self.starts or self.ends_short or self.starts_short
+            or self.short or self.cidrs
+        )
+
 
     def finish(self) -> None:
         if self.neg is not None:
@@ -525,8 +535,8 @@ class _FieldAnchors:
             self.odd = [(lit, bits) for lit, bits in owners.items() if _SURROGATES.search(lit)]
             self.auto_words = [lit for lit in owners if not _SURROGATES.search(lit)]
             self.auto_bits = [owners[lit] for lit in self.auto_words]
-            self._automata()
             self.short = []
+            self._automata()
             return
         self.long, self.n_long = pending, len(pending)
         freq: dict[str, int] = defaultdict(int)
@@ -847,6 +857,12 @@ class RecordShape(Protocol):
         """The record's Event; must not raise, since records no rule can match never build one."""
         ...
 
+    def keyword_text(self, fields: dict[str, Any], /) -> bytes | None:
+        """The record's values as the keyword gate may read them, if reading the record made them: the
+        string forms `_joined_values` joins (integers included), each intact after a NUL, lower-cased, in
+        ASCII; None otherwise (the gate then reads the joined values)."""
+        ...
+
 
 @dataclass
 class BatchResult:
@@ -884,7 +900,7 @@ class BatchHunter:
         if self._memo_cost > self.memo_bytes:
             self._forget()
         shape = self.records
-        read, partition, make = shape.fields, shape.channel_and_id, shape.event
+        read, partition, make, keywords = shape.fields, shape.channel_and_id, shape.event, shape.keyword_text
         found = result.detections
         for ri, raw in enumerate(records):
             fields = read(raw, on_warning)
@@ -893,7 +909,7 @@ class BatchHunter:
                 continue
             channel, event_id = partition(fields)
             view = self._view(fields)
-            plan, positions = self._candidates(fields, channel, event_id, view)
+            plan, positions = self._candidates(fields, channel, event_id, view, keywords(fields))
             if positions:  # most records have none
                 ev = None  # made for the first detection: most candidates are not confirmed
                 for pos in positions:
@@ -935,10 +951,11 @@ class BatchHunter:
         return EventView(fields, folded)
 
     def _candidates(
-        self, fields: Mapping[str, Any], channel: str | None, event_id: int | None, view: EventView
+        self, fields: Mapping[str, Any], channel: str | None, event_id: int | None, view: EventView,
+        keyword_text: bytes | None = None,
     ) -> tuple[PartitionPlan, list[int]]:
         """The partition plan of the event with these fields, `Event.channel` and `Event.event_id`, and the
-        positions of its entries the guards cannot rule out."""
+        positions of its entries the guards cannot rule out (`keyword_text`: see `RecordShape`)."""
         ch, eid = route_key(channel, event_id, fields)
         plan = self.index.plan(ch, eid)
         if not plan.entries:
@@ -949,10 +966,10 @@ class BatchHunter:
         if (eid is None or (type(field_eid) is int and field_eid == eid)) and (
             ch is None or view.get("Channel") == ch
         ):
-            return plan, plan.candidates_bits(self._hits(plan, view))
+            return plan, plan.candidates_bits(self._hits(plan, view, keyword_text))
         return plan, list(range(len(plan.entries)))
 
-    def _hits(self, plan: PartitionPlan, view: EventView) -> int:
+    def _hits(self, plan: PartitionPlan, view: EventView, keyword_text: bytes | None = None) -> int:
         """Owner bits of the anchors the event's values hit (see `PartitionPlan.candidates_bits`)."""
         out = 0
         fields = view.fields
@@ -980,8 +997,14 @@ class BatchHunter:
                 # the value (kept alive by the memo) and the bits, a big integer in large partitions
                 self._memo_cost += sys.getsizeof(v) + sys.getsizeof(bits) + _ENTRY_BYTES
             out |= bits
-        if plan.raw is not None:
-            out |= plan.raw.positive(_joined_values(view, plan.raw_ints))
+        raw = plan.raw
+        # The gate on the record's own keyword text (which holds every joined value) spares joining them where
+        # it finds no keyword, which is nearly everywhere; where it finds one, the exact scan.
+        if raw is not None and (
+            keyword_text is None or raw.gate is None or not raw.decides
+            or raw.gate.find_matches_as_indexes(keyword_text)
+        ):
+            out |= raw.positive(_joined_values(view, plan.raw_ints))
         for name, other, op, bit in plan.refs:
             # the reference's test on the lower-cased values; `lowered` keeps them for the confirmation
             rights = view.lowered(other)

@@ -10,6 +10,9 @@ integers. For anything else (UserData, floats, a name met twice, a field name ta
 judge) it gives up, returning None, and the caller takes the general path, which also says what is wrong
 with a bad record. `tests/ingest/test_evtx_fast.py` holds it to the general path.
 
+`keyword_text` gives what it wrote beside the fields as it read them: every value's string form, lower-cased,
+for the hunt's keyword gate (`vector.RecordShape.keyword_text`), which would otherwise join them in Python.
+
 Cython proper, not Python: without a C compiler there is no build, and callers take the general path.
 """
 
@@ -17,12 +20,15 @@ from cpython.dict cimport PyDict_SetItem, PyDict_Contains
 from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.list cimport PyList_GET_ITEM
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcmp, memcpy
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, realloc
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object unicode)
 
 cdef enum:
     SLOTS = 2048
@@ -56,14 +62,33 @@ cdef inline bint expect(Cur* c, char ch) noexcept:
         return True
     return False
 
+cdef inline uint64_t key_hash(const char* p, Py_ssize_t n) noexcept:
+    """A hash of a name's UTF-8 from its length and its first and last 8 bytes (names are short; a
+    collision costs only a decode, since a hit is checked byte for byte)."""
+    cdef uint64_t a = 0, b = 0
+    if n >= 8:
+        memcpy(&a, p, 8)
+        memcpy(&b, p + n - 8, 8)
+    else:
+        memcpy(&a, p, n)
+    return (a * 0x9E3779B97F4A7C15ULL) ^ (b * 0xC2B2AE3D27D4EB4FULL) ^ (<uint64_t>n * 0x165667B19E3779F9ULL)
+
+
+cdef object text_of(const char* p, Py_ssize_t n, bint ascii):
+    """The str of UTF-8 `p[:n]`; ASCII is copied into place, without the decoder."""
+    if not ascii:
+        return PyUnicode_DecodeUTF8(p, n, NULL)
+    s = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(s), p, n)
+    return s
+
+
 cdef object name_of(const char* p, Py_ssize_t n):
     """The str of UTF-8 `p[:n]`, the same object for the same text while it stays in the cache."""
-    cdef uint64_t h = 1469598103934665603ULL
-    cdef Py_ssize_t j, kn
+    cdef uint64_t h = key_hash(p, n)
+    cdef Py_ssize_t kn
     cdef const char* kp
-    for j in range(n):
-        h = (h ^ <unsigned char>p[j]) * 1099511628211ULL
-    cdef Py_ssize_t slot = <Py_ssize_t>(h & (SLOTS - 1))
+    cdef Py_ssize_t slot = <Py_ssize_t>((h >> 40) & (SLOTS - 1))
     if _hashes[slot] == h:
         k = <object>PyList_GET_ITEM(_names, slot)
         if k is not None:
@@ -105,16 +130,18 @@ cdef bint grow(Py_ssize_t n) except False:
         _buf, _buf_size = b, n
     return True
 
-cdef object string(Cur* c):
-    """A JSON string at the cursor as str; None to give up (\\u escapes, control characters)."""
+cdef object string(Cur* c, bint part):
+    """A JSON string at the cursor as str (and, if `part`, added to the keyword text); None to give up
+    (\\u escapes, control characters)."""
     cdef Py_ssize_t j, start, k, i
-    cdef unsigned char ch
+    cdef unsigned char ch, high = 0
     cdef bint escaped = False
     if c.s[c.i] != b'"':
         return None
     j = start = c.i + 1
     while j < c.n:
         ch = <unsigned char>c.s[j]
+        high |= ch
         if ch == b'"':
             break
         if ch < 0x20:
@@ -130,7 +157,9 @@ cdef object string(Cur* c):
         return None
     c.i = j + 1
     if not escaped:
-        return PyUnicode_DecodeUTF8(c.s + start, j - start, NULL)
+        if part:
+            kw_add(c.s + start, j - start, high < 0x80)
+        return text_of(c.s + start, j - start, high < 0x80)
     grow(j - start)
     k = 0
     i = start
@@ -156,9 +185,44 @@ cdef object string(Cur* c):
         _buf[k] = ch
         k += 1
         i += 1
-    return PyUnicode_DecodeUTF8(_buf, k, NULL)
+    if part:
+        kw_add(_buf, k, high < 0x80)
+    return text_of(_buf, k, high < 0x80)
 
 cdef object _GIVE_UP = object()
+
+#: The keyword text of the record being read: each value's string form (a list's: each element's), ASCII
+#: lower-cased, after a NUL; `_kw_ascii` goes false at the first non-ASCII value (the gate then reads the
+#: values as the hunt joins them). `_last` is the fields it belongs to, once they are read.
+cdef char* _kw = NULL
+cdef Py_ssize_t _kw_size = 0
+cdef Py_ssize_t _kw_len = 0
+cdef bint _kw_ascii = False
+cdef object _last = None
+
+
+cdef int kw_add(const char* p, Py_ssize_t n, bint ascii) except -1:
+    global _kw, _kw_size, _kw_len, _kw_ascii
+    cdef char* b
+    cdef Py_ssize_t j
+    cdef char ch
+    if not _kw_ascii:
+        return 0
+    if not ascii:
+        _kw_ascii = False
+        return 0
+    if _kw_len + n + 1 > _kw_size:
+        b = <char*>realloc(_kw, 2 * (_kw_len + n + 1))
+        if b == NULL:
+            raise MemoryError()
+        _kw, _kw_size = b, 2 * (_kw_len + n + 1)
+    _kw[_kw_len] = 0
+    _kw_len += 1
+    for j in range(n):
+        ch = p[j]
+        _kw[_kw_len + j] = ch + 32 if b'A' <= ch <= b'Z' else ch
+    _kw_len += n
+    return 0
 
 cdef object number(Cur* c):
     """A JSON integer as orjson reads it (an int from -2**63 to 2**64 - 1); _GIVE_UP for others (floats)."""
@@ -216,27 +280,33 @@ cdef object value(Cur* c):
 
 
 cdef object scalar(Cur* c):
-    """A string, integer (at most 18 digits), true, false or null; _GIVE_UP for anything else."""
+    """A string, an integer (`number`), true, false or null, its text added to the keyword text; _GIVE_UP
+    for anything else."""
     cdef unsigned char ch
-    cdef long long v = 0
-    cdef Py_ssize_t j, digits
-    cdef bint neg = False
+    cdef Py_ssize_t start
     ws(c)
     if c.i >= c.n:
         return _GIVE_UP
     ch = <unsigned char>c.s[c.i]
     if ch == b'"':
-        s = string(c)
+        s = string(c, True)
         return _GIVE_UP if s is None else s
     if ch == b'-' or (ch >= b'0' and ch <= b'9'):
-        return number(c)
+        start = c.i
+        v = number(c)
+        if v is not _GIVE_UP:  # its JSON text: str(v), or "-0" for 0, which holds it
+            kw_add(c.s + start, c.i - start, True)
+        return v
     if c.n - c.i >= 4 and memcmp(c.s + c.i, b"null", 4) == 0:
         c.i += 4
+        kw_add(b"", 0, True)
         return None
     if c.n - c.i >= 4 and memcmp(c.s + c.i, b"true", 4) == 0:
+        kw_add(c.s + c.i, 4, True)
         c.i += 4
         return True
     if c.n - c.i >= 5 and memcmp(c.s + c.i, b"false", 5) == 0:
+        kw_add(c.s + c.i, 5, True)
         c.i += 5
         return False
     return _GIVE_UP
@@ -391,7 +461,7 @@ cdef int skip_attributes(Cur* c) except -2:
         if kn < 0 or not expect(c, b':'):
             return -1
         ws(c)
-        if c.i >= c.n or c.s[c.i] != b'"' or string(c) is None:
+        if c.i >= c.n or c.s[c.i] != b'"' or string(c, False) is None:
             return -1
         if expect(c, b','):
             continue
@@ -406,6 +476,10 @@ def fields_of(str text):
     cdef int status
     cdef bint seen_system = False, seen_data = False, seen_attrs = False
     cdef dict fields = {}
+    global _last, _kw_len, _kw_ascii
+    _last = None
+    _kw_len = 0
+    _kw_ascii = True
     try:
         c.s = PyUnicode_AsUTF8AndSize(text, &c.n)
     except UnicodeEncodeError:
@@ -431,6 +505,7 @@ def fields_of(str text):
                 return None
             if status:
                 system_ints(fields)
+                _kw_ascii = False  # integers converted from text: their parts are not the text's
         elif is_key(&c, kstart, kn, b"EventData", 9) and seen_system and not seen_data:
             seen_data = True
             if event_data(&c, fields) < 0:
@@ -445,4 +520,17 @@ def fields_of(str text):
     if not seen_system or not expect(&c, b'}'):
         return None
     ws(&c)
-    return fields if c.i == c.n else None
+    if c.i != c.n:
+        return None
+    if _kw_ascii:
+        _last = fields
+    return fields
+
+
+def keyword_text(dict fields):
+    """Every value of the `fields` `fields_of` has just read, as the keyword gate reads them (the string
+    forms of `vector._joined_values` with integers, lower-cased, NUL-separated), as ASCII bytes; None for
+    any other fields, or when a value is not ASCII."""
+    if fields is not _last:
+        return None
+    return PyBytes_FromStringAndSize(_kw, _kw_len)
