@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         fields=timed(records.fields, "parsing and normalising"),
         channel_and_id=records.channel_and_id,
         event=timed(records.event, "Events of records with candidates"),
+        keyword_text=records.keyword_text,
     )
     start = time.perf_counter()
     result = hunter.hunt(evidence)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from casefile.heap import load_pickle, long_lived
+from casefile.heap import YOUNG_THRESHOLD, collect_less, load_pickle, long_lived
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +60,27 @@ def test_load_pickle_pauses_the_collector_and_restores_it() -> None:
     gc.disable()
     load_pickle(data)
     assert not gc.isenabled()  # a caller's choice is left as it was
+
+
+def test_long_lived_collects_the_young_less_often_and_restores_the_thresholds() -> None:
+    original = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        with long_lived():
+            assert gc.get_threshold() == (YOUNG_THRESHOLD, 11, 12)
+            seen: list[int] = []
+            gc.callbacks.append(lambda phase, info: seen.append(info["generation"]))
+            try:
+                gc.collect()  # from a known count of young objects
+                seen.clear()
+                keep = [[i] for i in range(YOUNG_THRESHOLD // 2)]
+                assert seen == []  # CPython's 700 would have collected dozens of times
+            finally:
+                gc.callbacks.pop()
+            del keep
+        assert gc.get_threshold() == (700, 11, 12)
+        gc.set_threshold(100_000, 10, 10)
+        assert collect_less() == (100_000, 10, 10)
+        assert gc.get_threshold() == (100_000, 10, 10)  # never more often than before
+    finally:
+        gc.set_threshold(*original)

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from casefile.errors import InputError
-from casefile.heap import load_pickle, long_lived
+from casefile.heap import collect_less, load_pickle, long_lived
 from casefile.hunt.cache import PlanStore
 from casefile.hunt.output import JsonlLines, RuleLine
 from casefile.hunt.rules import CompiledRule, RuleSet
@@ -503,8 +503,10 @@ def _init_worker(
     _timer = _StallTimer(stall_seconds)
     _worker.alive = _timer.alive
     # The rule set is most of the worker's objects and lives as long as it: out of the collector's sight,
-    # the full collections that the batches' allocations trigger do not walk it again and again.
+    # the full collections that the batches' allocations trigger do not walk it again and again; and those
+    # come less often (`collect_less`).
     gc.freeze()
+    collect_less()
 
 
 def _worker_task(evidence: list[EvidenceFile]) -> TaskResult:

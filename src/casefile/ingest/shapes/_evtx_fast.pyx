@@ -25,6 +25,18 @@ from libc.string cimport memcmp, memcpy
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, realloc
 
+cdef extern from *:
+    """
+    /* A dict sized for its fields from the start, without resizing as they are added (CPython 3.11 and 3.12
+       export _PyDict_NewPresized; later versions hide it). */
+    #if PY_VERSION_HEX < 0x030D0000
+    #define casefile_dict_presized(n) _PyDict_NewPresized(n)
+    #else
+    #define casefile_dict_presized(n) PyDict_New()
+    #endif
+    """
+    dict casefile_dict_presized(Py_ssize_t n)
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
@@ -199,6 +211,8 @@ cdef Py_ssize_t _kw_size = 0
 cdef Py_ssize_t _kw_len = 0
 cdef bint _kw_ascii = False
 cdef object _last = None
+#: How many fields the last record read had: the next one's dict is made that large.
+cdef Py_ssize_t _fields_hint = 0
 
 
 cdef int kw_add(const char* p, Py_ssize_t n, bint ascii) except -1:
@@ -475,8 +489,8 @@ def fields_of(str text):
     cdef Py_ssize_t kstart, kn
     cdef int status
     cdef bint seen_system = False, seen_data = False, seen_attrs = False
-    cdef dict fields = {}
-    global _last, _kw_len, _kw_ascii
+    cdef dict fields = casefile_dict_presized(_fields_hint)
+    global _last, _kw_len, _kw_ascii, _fields_hint
     _last = None
     _kw_len = 0
     _kw_ascii = True
@@ -524,6 +538,7 @@ def fields_of(str text):
         return None
     if _kw_ascii:
         _last = fields
+    _fields_hint = len(fields)  # a file's records mostly share their layout
     return fields
 
 
