@@ -484,3 +484,35 @@ def test_excluded_files_are_left_out_silently(tmp_path: Path) -> None:
     found = list(iter_discover([tmp_path], on_warning=warnings.append, exclude=exclude))
     assert [f.path for f in found] == [str(tmp_path / "a.json")] and warnings == []
     assert count_files([tmp_path], exclude) == 1
+
+
+def test_the_first_certain_reader_wins_and_the_rest_are_not_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from casefile.ingest.plugins import READERS, SNIFF_CERTAIN
+    from casefile.ingest.sources import _pick
+
+    asked: list[str] = []
+
+    class Sniffer:
+        def __init__(self, name: str, score: int) -> None:
+            self.name, self.score = name, score
+
+        def sniff(self, head: bytes, name: str) -> int:
+            asked.append(self.name)
+            return self.score if head.startswith(b"CERT") else 0
+
+    # the registry asks its readers in name order: a, b, then the built-in ones
+    monkeypatch.setitem(READERS._items, "a-unsure", Sniffer("a-unsure", 50))
+    monkeypatch.setitem(READERS._items, "b-certain", Sniffer("b-certain", SNIFF_CERTAIN))
+    monkeypatch.setitem(READERS._items, "zz-certain", Sniffer("zz-certain", SNIFF_CERTAIN))
+    assert _pick(b"CERT and more", "log.bin") == "b-certain"
+    assert asked == ["a-unsure", "b-certain"]
+    asked.clear()
+    assert _pick(b"plain text", "log.bin") is None
+    assert "zz-certain" in asked  # not certain: every reader is asked
+
+    def not_asked(head: bytes, name: str) -> int:
+        raise AssertionError("the JSON reader was asked about an EVTX file")
+
+    monkeypatch.setattr(READERS.get("json"), "sniff", not_asked)
+    monkeypatch.delitem(READERS._items, "zz-certain")
+    assert _pick(b"ElfFile\x00" + bytes(100), "Security.evtx") == "evtx"

@@ -77,7 +77,8 @@ class EventView:
         made when first needed otherwise."""
         self.fields = fields
         self.folded = folded
-        self._lower: dict[str, tuple[str, ...]] = {}
+        # made on first use: most events are never confirmed (their guards rule every rule out)
+        self._lower: dict[str, tuple[str, ...]] | None = None
 
     def get(self, name: str) -> Any:
         """The field's value, or `_MISSING`."""
@@ -111,10 +112,12 @@ class EventView:
         return (_as_str(v),)
 
     def lowered(self, name: str) -> tuple[str, ...]:
-        cached = self._lower.get(name)
+        lower = self._lower
+        if lower is None:
+            lower = self._lower = {}
+        cached = lower.get(name)
         if cached is None:
-            cached = tuple(s.lower() for s in self.strings(name))
-            self._lower[name] = cached
+            cached = lower[name] = tuple(s.lower() for s in self.strings(name))
         return cached
 
     def names(self) -> Iterator[str]:
@@ -206,7 +209,8 @@ def _str_leaf(field: str | None, cased: bool, test: Callable[[str], object]) -> 
             values = view.strings(fname)
         else:
             # hot path: read the per-event cache of lower-cased values, fill it on first use
-            values = view._lower.get(fname)
+            lower = view._lower
+            values = lower.get(fname) if lower is not None else None
             if values is None:
                 values = view.lowered(fname)
         for s in values:

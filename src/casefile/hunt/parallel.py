@@ -20,7 +20,7 @@ import pickle
 import shutil
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -238,10 +238,11 @@ class FileHunter:
             alive()
             result = self.hunter.run(batch, warn)
             deliver(result.detections)
-            lost = set(result.not_events)
-            for ri, pos in enumerate(owner):
-                if ri not in lost:
-                    events[pos] += 1
+            counts = Counter(owner)  # records per file position, then less those that did not normalise
+            for ri in result.not_events:
+                counts[owner[ri]] -= 1
+            for pos, n in counts.items():
+                events[pos] += n
             batch.clear()
             owner.clear()
 

@@ -18,6 +18,8 @@ WarningSink = Callable[[IngestWarning], None]
 
 #: Bytes a reader gets to look at when sniffing a file.
 SNIFF_BYTES = 4096
+#: The most confident a reader's `sniff` may be (a file's magic bytes): readers asked later are not asked.
+SNIFF_CERTAIN = 100
 #: Bytes a `PartReader` gets to look at to say whether it might split a file (`may_split`).
 SPLIT_HEAD = 1 << 20
 
@@ -28,7 +30,8 @@ class Reader(Protocol):
     name: str
 
     def sniff(self, head: bytes, name: str) -> int:
-        """Confidence 0..100 that a file called `name` starting with `head` is in this format."""
+        """Confidence 0..100 (`SNIFF_CERTAIN`) that a file called `name` starting with `head` is in this
+        format."""
         ...
 
     def read(

@@ -14,7 +14,7 @@ from typing import IO, Any, cast
 
 from casefile.errors import InputError
 from casefile.ingest.model import EvidenceFile
-from casefile.ingest.plugins import READERS, SNIFF_BYTES
+from casefile.ingest.plugins import READERS, SNIFF_BYTES, SNIFF_CERTAIN
 from casefile.models import IngestWarning
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -35,12 +35,15 @@ def _ignore(_: IngestWarning) -> None:
 
 
 def _pick(head: bytes, name: str) -> str | None:
-    """The reader most confident about a file, None when none claims it."""
+    """The reader most confident about a file (the first of those equally confident), None when none claims
+    it."""
     best, best_score = None, 0
     for reader_name, reader in READERS:
         score = reader.sniff(head, name)
         if score > best_score:
             best, best_score = reader_name, score
+            if score >= SNIFF_CERTAIN:  # no reader can be surer: the others need not look (JSON's decodes)
+                break
     return best
 
 
