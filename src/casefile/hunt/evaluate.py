@@ -356,7 +356,14 @@ def compile_node(node: ir.Node) -> Predicate:
         if node.field is None:
             return _keyword(rtest, True)
         rfield = node.field
-        return _leaf(rfield, lambda view: any(rtest(s) for s in view.strings(rfield)))
+
+        def regex(view: EventView) -> bool:
+            for s in view.strings(rfield):  # noqa: SIM110  (hot path: no generator per call)
+                if rtest(s):
+                    return True
+            return False
+
+        return _leaf(rfield, regex)
     if isinstance(node, ir.CidrMatch):
         net = ipaddress.ip_network(node.network, strict=False)
         cfield = node.field
