@@ -335,20 +335,88 @@ cdef bint put_new(dict fields, object name, object value) except -1:
     PyDict_SetItem(fields, name, value)
     return True
 
-cdef int system(Cur* c, dict fields) except -2:
-    cdef Py_ssize_t kstart, kn, astart, an, t, m
-    cdef Py_ssize_t starts[MAX_KEYS]
-    cdef Py_ssize_t lens[MAX_KEYS]
-    cdef Py_ssize_t count = 0
-    cdef int texts = 0  # 1: an integer field written as text (forwarded events)
-    cdef char name[NAME_MAX]
+cdef inline int open_object(Cur* c) noexcept:
+    """Reads an object's `{`: 1 when a member follows, 0 when it is empty (its `}` read too), -1 when there
+    is no object (as `next_member`)."""
     if not expect(c, b'{'):
         return -1
     ws(c)
     if c.i < c.n and c.s[c.i] == b'}':
         c.i += 1
         return 0
-    while True:
+    return 1
+
+
+cdef inline int next_member(Cur* c) noexcept:
+    """After an object's member: 1 when another follows (its `,` read), 0 at the object's `}`, -1 otherwise."""
+    if expect(c, b','):
+        return 1
+    if expect(c, b'}'):
+        return 0
+    return -1
+
+
+cdef int put_system(dict fields, object name, object v) except -2:
+    """`put_new` of a System field: -1 (give up) when the name is taken, 1 when the value is text where the
+    schema has an integer (`system_ints` converts it), else 0."""
+    if not put_new(fields, name, v):
+        return -1
+    return 1 if type(v) is str and name in _SYSTEM_INTS else 0
+
+
+cdef int element(Cur* c, dict fields, Py_ssize_t kstart, Py_ssize_t kn) except -2:
+    """A System element that is an object, after its `{`: `#attributes` (each `<element>_<attribute>`) and
+    an optional `#text` (the element's own name). As `put_system`."""
+    cdef Py_ssize_t astart, an
+    cdef int more, put, texts = 0
+    cdef char name[NAME_MAX]
+    an = raw_key(c, &astart)
+    if not is_key(c, astart, an, b"#attributes", 11) or not expect(c, b':') or kn + 1 >= NAME_MAX:
+        return -1
+    memcpy(name, c.s + kstart, kn)
+    name[kn] = b'_'
+    more = open_object(c)
+    while more == 1:
+        an = raw_key(c, &astart)
+        if an < 0 or kn + 1 + an > NAME_MAX or not expect(c, b':'):
+            return -1
+        v = scalar(c)
+        if v is _GIVE_UP:
+            return -1
+        memcpy(name + kn + 1, c.s + astart, an)
+        put = put_system(fields, name_of(name, kn + 1 + an), v)
+        if put < 0:
+            return -1
+        texts |= put
+        more = next_member(c)
+    if more < 0:
+        return -1
+    more = next_member(c)  # the element's end, or its #text
+    if more < 0:
+        return -1
+    if more == 1:
+        an = raw_key(c, &astart)
+        if not is_key(c, astart, an, b"#text", 5) or not expect(c, b':'):
+            return -1
+        v = scalar(c)
+        if v is _GIVE_UP:
+            return -1
+        put = put_system(fields, name_of(c.s + kstart, kn), v)
+        if put < 0 or not expect(c, b'}'):
+            return -1
+        texts |= put
+    return texts
+
+
+cdef int system(Cur* c, dict fields) except -2:
+    """The System object's fields; 1 when one is text where the schema has an integer, -1 to give up."""
+    cdef Py_ssize_t kstart, kn, t
+    cdef Py_ssize_t starts[MAX_KEYS]
+    cdef Py_ssize_t lens[MAX_KEYS]
+    cdef Py_ssize_t count = 0
+    cdef int more, put, texts = 0
+    more = open_object(c)
+    while more == 1:
         kn = raw_key(c, &kstart)
         if kn < 0 or count == MAX_KEYS:
             return -1
@@ -363,78 +431,30 @@ cdef int system(Cur* c, dict fields) except -2:
         ws(c)
         if c.i < c.n and c.s[c.i] == b'{':
             c.i += 1
-            an = raw_key(c, &astart)
-            if not is_key(c, astart, an, b"#attributes", 11) or not expect(c, b':') or not expect(c, b'{'):
-                return -1
-            if kn + 1 >= NAME_MAX:
-                return -1
-            memcpy(name, c.s + kstart, kn)
-            name[kn] = b'_'
-            ws(c)
-            if c.i < c.n and c.s[c.i] == b'}':
-                c.i += 1
-            else:
-                while True:
-                    an = raw_key(c, &astart)
-                    if an < 0 or kn + 1 + an > NAME_MAX or not expect(c, b':'):
-                        return -1
-                    v = scalar(c)
-                    if v is _GIVE_UP:
-                        return -1
-                    memcpy(name + kn + 1, c.s + astart, an)
-                    attr = name_of(name, kn + 1 + an)
-                    if type(v) is str and attr in _SYSTEM_INTS:
-                        texts = 1
-                    if not put_new(fields, attr, v):
-                        return -1
-                    if expect(c, b','):
-                        continue
-                    if expect(c, b'}'):
-                        break
-                    return -1
-            # after the attributes: the element's end, or its #text
-            if expect(c, b','):
-                an = raw_key(c, &astart)
-                if not is_key(c, astart, an, b"#text", 5) or not expect(c, b':'):
-                    return -1
-                v = scalar(c)
-                if v is _GIVE_UP:
-                    return -1
-                key = name_of(c.s + kstart, kn)
-                if type(v) is str and key in _SYSTEM_INTS:
-                    texts = 1
-                if not put_new(fields, key, v):
-                    return -1
-            if not expect(c, b'}'):
-                return -1
+            put = element(c, fields, kstart, kn)
         else:
             v = scalar(c)
             if v is _GIVE_UP:
                 return -1
-            key = name_of(c.s + kstart, kn)
-            if type(v) is str and key in _SYSTEM_INTS:
-                texts = 1
-            if not put_new(fields, key, v):
-                return -1
-        if expect(c, b','):
-            continue
-        if expect(c, b'}'):
-            return texts
+            put = put_system(fields, name_of(c.s + kstart, kn), v)
+        if put < 0:
+            return -1
+        texts |= put
+        more = next_member(c)
+    if more < 0:
         return -1
+    return texts
+
 
 cdef int event_data(Cur* c, dict fields) except -2:
     cdef Py_ssize_t kstart, kn, astart, an
+    cdef int more
     ws(c)
     if c.n - c.i >= 4 and memcmp(c.s + c.i, b"null", 4) == 0:
         c.i += 4
         return 0
-    if not expect(c, b'{'):
-        return -1
-    ws(c)
-    if c.i < c.n and c.s[c.i] == b'}':
-        c.i += 1
-        return 0
-    while True:
+    more = open_object(c)
+    while more == 1:
         kn = raw_key(c, &kstart)
         if kn < 0 or not expect(c, b':'):
             return -1
@@ -455,33 +475,28 @@ cdef int event_data(Cur* c, dict fields) except -2:
                 return -1
         if not put_new(fields, name_of(c.s + kstart, kn), v):
             return -1
-        if expect(c, b','):
-            continue
-        if expect(c, b'}'):
-            return 0
+        more = next_member(c)
+    if more < 0:
         return -1
+    return 0
+
 
 cdef int skip_attributes(Cur* c) except -2:
     """The event's #attributes (xmlns): an object of strings."""
     cdef Py_ssize_t kstart, kn
-    if not expect(c, b'{'):
-        return -1
-    ws(c)
-    if c.i < c.n and c.s[c.i] == b'}':
-        c.i += 1
-        return 0
-    while True:
+    cdef int more = open_object(c)
+    while more == 1:
         kn = raw_key(c, &kstart)
         if kn < 0 or not expect(c, b':'):
             return -1
         ws(c)
         if c.i >= c.n or c.s[c.i] != b'"' or string(c, False) is None:
             return -1
-        if expect(c, b','):
-            continue
-        if expect(c, b'}'):
-            return 0
+        more = next_member(c)
+    if more < 0:
         return -1
+    return 0
+
 
 def fields_of(str text):
     """`EvtxJsonShape.fields(orjson.loads(text))`, or None where this reader gives up (see the module)."""
