@@ -522,7 +522,6 @@ class _FieldAnchors:
             or self.short or self.cidrs
         )
 
-
     def finish(self) -> None:
         if self.neg is not None:
             self.neg.finish()

@@ -23,7 +23,9 @@ from cpython.list cimport PyList_GET_ITEM
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcmp, memcpy
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport malloc, realloc
+from libc.stdlib cimport realloc
+
+from casefile.ingest.shapes.evtx_json import _SYSTEM_INTS, system_ints
 
 cdef extern from *:
     """
@@ -51,7 +53,6 @@ cdef uint64_t _hashes[SLOTS]
 cdef list _names = [None] * SLOTS
 cdef char* _buf = NULL
 cdef Py_ssize_t _buf_size = 0
-from casefile.ingest.shapes.evtx_json import _SYSTEM_INTS, system_ints
 
 cdef struct Cur:
     const char* s
@@ -112,7 +113,7 @@ cdef object name_of(const char* p, Py_ssize_t n):
     _hashes[slot] = h
     return k
 
-# key spans: returns start in *start and length; -1 if the key has an escape or is bad
+
 cdef inline Py_ssize_t raw_key(Cur* c, Py_ssize_t* start) noexcept:
     """A string without escapes (keys): its span; -1 to give up."""
     cdef Py_ssize_t j
