@@ -357,19 +357,21 @@ cdef inline int next_member(Cur* c) noexcept:
     return -1
 
 
-cdef int put_system(dict fields, object name, object v) except -2:
-    """`put_new` of a System field: -1 (give up) when the name is taken, 1 when the value is text where the
-    schema has an integer (`system_ints` converts it), else 0."""
+cdef int put_system(dict fields, object name, object v, bint* texts) except -2:
+    """`put_new` of a System field: -1 (give up) when the name is taken, else 0; `texts` is set when the
+    value is text where the schema has an integer (`system_ints` converts it)."""
     if not put_new(fields, name, v):
         return -1
-    return 1 if type(v) is str and name in _SYSTEM_INTS else 0
+    if type(v) is str and name in _SYSTEM_INTS:
+        texts[0] = True
+    return 0
 
 
-cdef int element(Cur* c, dict fields, Py_ssize_t kstart, Py_ssize_t kn) except -2:
+cdef int element(Cur* c, dict fields, Py_ssize_t kstart, Py_ssize_t kn, bint* texts) except -2:
     """A System element that is an object, after its `{`: `#attributes` (each `<element>_<attribute>`) and
     an optional `#text` (the element's own name). As `put_system`."""
     cdef Py_ssize_t astart, an
-    cdef int more, put, texts = 0
+    cdef int more
     cdef char name[NAME_MAX]
     an = raw_key(c, &astart)
     if not is_key(c, astart, an, b"#attributes", 11) or not expect(c, b':') or kn + 1 >= NAME_MAX:
@@ -385,28 +387,21 @@ cdef int element(Cur* c, dict fields, Py_ssize_t kstart, Py_ssize_t kn) except -
         if v is _GIVE_UP:
             return -1
         memcpy(name + kn + 1, c.s + astart, an)
-        put = put_system(fields, name_of(name, kn + 1 + an), v)
-        if put < 0:
+        if put_system(fields, name_of(name, kn + 1 + an), v, texts) < 0:
             return -1
-        texts |= put
         more = next_member(c)
     if more < 0:
         return -1
     more = next_member(c)  # the element's end, or its #text
-    if more < 0:
-        return -1
     if more == 1:
         an = raw_key(c, &astart)
         if not is_key(c, astart, an, b"#text", 5) or not expect(c, b':'):
             return -1
         v = scalar(c)
-        if v is _GIVE_UP:
+        if v is _GIVE_UP or put_system(fields, name_of(c.s + kstart, kn), v, texts) < 0:
             return -1
-        put = put_system(fields, name_of(c.s + kstart, kn), v)
-        if put < 0 or not expect(c, b'}'):
-            return -1
-        texts |= put
-    return texts
+        more = 0 if expect(c, b'}') else -1
+    return more
 
 
 cdef int system(Cur* c, dict fields) except -2:
@@ -415,7 +410,8 @@ cdef int system(Cur* c, dict fields) except -2:
     cdef Py_ssize_t starts[MAX_KEYS]
     cdef Py_ssize_t lens[MAX_KEYS]
     cdef Py_ssize_t count = 0
-    cdef int more, put, texts = 0
+    cdef int more, put
+    cdef bint texts = False
     more = open_object(c)
     while more == 1:
         kn = raw_key(c, &kstart)
@@ -432,19 +428,18 @@ cdef int system(Cur* c, dict fields) except -2:
         ws(c)
         if c.i < c.n and c.s[c.i] == b'{':
             c.i += 1
-            put = element(c, fields, kstart, kn)
+            put = element(c, fields, kstart, kn, &texts)
         else:
             v = scalar(c)
             if v is _GIVE_UP:
                 return -1
-            put = put_system(fields, name_of(c.s + kstart, kn), v)
+            put = put_system(fields, name_of(c.s + kstart, kn), v, &texts)
         if put < 0:
             return -1
-        texts |= put
         more = next_member(c)
     if more < 0:
         return -1
-    return texts
+    return 1 if texts else 0
 
 
 cdef int event_data(Cur* c, dict fields) except -2:
