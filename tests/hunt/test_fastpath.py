@@ -382,7 +382,9 @@ def test_json_datasets_identical(shared_data: Path, all_rules: RuleSet) -> None:
 
 # --- inline events, one IR node each ----------------------------------------------------------
 
-def _evtx_json(event_id: int, channel: str, data: dict[str, Any] | None, record: int = 1) -> str:
+def _evtx_json(
+    event_id: int, channel: str, data: dict[str, Any] | None, record: int = 1, *, ascii: bool = True
+) -> str:
     system = {
         "Provider": {"#attributes": {"Name": "Test-Provider"}},
         "EventID": event_id,
@@ -391,7 +393,7 @@ def _evtx_json(event_id: int, channel: str, data: dict[str, Any] | None, record:
         "Channel": channel,
         "Computer": "HOST1",
     }
-    return json.dumps({"Event": {"System": system, "EventData": data}})
+    return json.dumps({"Event": {"System": system, "EventData": data}}, ensure_ascii=ascii)
 
 
 EVENTS = [
@@ -833,45 +835,58 @@ def _compiled_reader() -> bool:
     return parallel._fast_fields is not None
 
 
-# without and with enough decoy keywords for an automaton, and so a gate (`_FieldAnchors.gated`)
+# without and with enough decoy keywords for an automaton, and so a gate (`_FieldAnchors.gated`); records
+# written in UTF-8 or with their non-ASCII characters escaped; keywords all ASCII or not
 @pytest.mark.parametrize("decoys", [0, 12])
-def test_keywords_are_matched_in_each_value_as_the_reference_lower_cases_it(decoys: int) -> None:
+@pytest.mark.parametrize("utf8", [False, True])
+@pytest.mark.parametrize("word", ["o'x", "ümlaut"])
+def test_keywords_are_matched_in_each_value_as_the_reference_lower_cases_it(
+    decoys: int, utf8: bool, word: str
+) -> None:
     kw_info = RuleInfo(id="kw", title="kw", level=Level.MEDIUM, status=None, author=None)
     img_info = RuleInfo(id="img", title="img", level=Level.MEDIUM, status=None, author=None)
     route = ir.Route(channels=("Microsoft-Windows-Sysmon/Operational",), event_ids=(1,))
-    keywords = ["mimi.katz", "o'x", *(f"decoy{i}::" for i in range(decoys))]
+    keywords = ["mimi.katz", word, *(f"decoy{i}::" for i in range(decoys))]
     cond = ir.Or(tuple(ir.StrMatch(None, "contains", k) for k in keywords))
     img = ir.StrMatch(F, "endswith", "\\cmd.exe")
     rules = [
         CompiledRule(kw_info, (ir.Program("kw", "test", route, cond),)),
         CompiledRule(img_info, (ir.Program("img", "test", route, img),)),
     ]
-    # a Kelvin sign lower-cases to an ASCII k; a lone surrogate has no UTF-8 form for the gate
+    # a Kelvin sign lower-cases to an ASCII k, a dotted capital I to an i and a dot; a lone surrogate has no
+    # UTF-8 form for the gate
     values = [
-        "MIMI.KATZ here", "mimiXkatz", "O'X", "İ mimi.katz", "plain", "ΑΣ mimi.katz", "mimi.\u212aatz",
-        "mimi.katz \ud800",
+        "MIMI.KATZ here", "mimiXkatz", "O'X ÜMLAUT", "İ mimi.katz", "plain", "ΑΣ mimi.katz", "mimi.\u212aatz",
+        "mimi.katz \ud800", "Ünïcode plain", "ÜMLAUT",
     ]
     records = [
-        RawJson(_evtx_json(1, "Microsoft-Windows-Sysmon/Operational", {"Image": "c:\\cmd.exe", "Cmd": v}, i),
-                i, "k.evtx")
+        RawJson(_evtx_json(1, "Microsoft-Windows-Sysmon/Operational", {"Image": "c:\\cmd.exe", "Cmd": v}, i,
+                           ascii=not utf8), i, "k.evtx")
         for i, v in enumerate(values)
     ]
     vindex = VectorIndex(rules)
     raw = vindex.plan("Microsoft-Windows-Sysmon/Operational", 1).raw
     assert raw is not None and (raw.gate is not None) == (decoys > 0) and raw.decides == (decoys > 0)
-    # the compiled reader makes the keyword text the gate reads first of the records that are all ASCII (the
-    # first, second, third and fifth: json.dumps escapes the others' characters, which it gives up on)
+    assert raw.decides_utf8 == (decoys > 0 and word.isascii())
+    # the compiled reader makes the keyword text the gate reads first of the records it reads (not those with
+    # `\u` escapes, which json.dumps writes for non-ASCII characters unless `utf8`, nor the lone surrogate's),
+    # but those holding a character that lower-cases into ASCII
     texts = []
     for r in records:  # (a keyword text belongs to the record just read)
         fields = EvtxRecords.fields(r, lambda w: pytest.fail(str(w)))
         texts.append(EvtxRecords.keyword_text(fields) if fields is not None else None)
-    assert [i for i, t in enumerate(texts) if t is not None] == ([0, 1, 2, 4] if _compiled_reader() else [])
+    with_text = [0, 1, 4] + ([2, 5, 8, 9] if utf8 else [])
+    assert [i for i, t in enumerate(texts) if t is not None] == (
+        sorted(with_text) if _compiled_reader() else []
+    )
     hunter = BatchHunter(vindex, EvtxRecords())
     fast = hunter.run(records, lambda w: pytest.fail(str(w))).detections
     index = RuleIndex(rules)
     ref = [d for r in records for d in match_event(index, _reference_event(r))]
     assert [_key(d) for d in fast] == [_key(d) for d in ref]
-    assert sum(d.rule.id == "kw" for d in ref) == 6  # every value but the near miss and the plain one
+    # every value but the near miss and the plain ones, and the one word the keywords do not hold
+    hits = {d.record_id for d in ref if d.rule.id == "kw"}
+    assert hits == {0, 2, 3, 5, 6, 7} | ({9} if word == "ümlaut" else set())
 
 
 RULES_WITH_CORRELATION = """

@@ -493,6 +493,8 @@ class _FieldAnchors:
     gate: ahocorasick_rs.BytesAhoCorasick | None = None
     #: Whether the gate alone decides an ASCII text (set with it): see `_automata`.
     decides: bool = False
+    #: Whether it decides any keyword text (`RecordShape.keyword_text`) too: its words are ASCII.
+    decides_utf8: bool = False
     auto_words: list[str] = field(default_factory=list)
     auto_bits: list[int] = field(default_factory=list)
     odd: list[tuple[str, int]] = field(default_factory=list)
@@ -521,6 +523,9 @@ class _FieldAnchors:
             self.eq or self.basename or self.ends or self.starts or self.ends_short or self.starts_short
             or self.short or self.cidrs
         )
+        # In other text an ASCII word lies only where it lies in its lower case (`RecordShape.keyword_text`),
+        # and no regex folds a non-ASCII letter onto an ASCII one.
+        self.decides_utf8 = self.decides and not self.fold_unsafe and all(w.isascii() for w in words)
 
     def finish(self) -> None:
         if self.neg is not None:
@@ -858,8 +863,10 @@ class RecordShape(Protocol):
 
     def keyword_text(self, fields: dict[str, Any], /) -> bytes | None:
         """The record's values as the keyword gate may read them, if reading the record made them: the
-        string forms `_joined_values` joins (integers included), each intact after a NUL, lower-cased, in
-        ASCII; None otherwise (the gate then reads the joined values)."""
+        string forms `_joined_values` joins (integers included), each intact after a NUL, in UTF-8 with
+        their ASCII letters lower-cased, and none holding U+0130 or U+212A (the only characters whose lower
+        case holds an ASCII letter), so that an ASCII word lies in it wherever it lies in the lower-cased
+        joined values; None otherwise (the gate then reads the joined values)."""
         ...
 
 
@@ -1001,6 +1008,7 @@ class BatchHunter:
         # it finds no keyword, which is nearly everywhere; where it finds one, the exact scan.
         if raw is not None and (
             keyword_text is None or raw.gate is None or not raw.decides
+            or (not raw.decides_utf8 and not keyword_text.isascii())
             or raw.gate.find_matches_as_indexes(keyword_text)
         ):
             out |= raw.positive(_joined_values(view, plan.raw_ints))

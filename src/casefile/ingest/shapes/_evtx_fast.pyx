@@ -4,14 +4,15 @@
 `EvtxJsonShape.fields(orjson.loads(text))` builds the record's nested objects and then flattens them; this
 reads the text once, in C, into the flat fields, with the same names, values (same types) and order. It
 reads only what it can read exactly, the common layout: an `Event` of `#attributes`, `System` (elements
-that are scalars or `#attributes` with an optional `#text` after them) and `EventData` (named scalars,
-arrays of scalars, `{"#text": ...}`, or null), strings without `\\u` escapes and integers orjson keeps as
-integers. For anything else (UserData, floats, a name met twice, a field name taken, JSON it would have to
+that are scalars or `#attributes` with an optional `#text` after them), `EventData` (named scalars,
+arrays of scalars, `{"#text": ...}`, or null) and `UserData` (objects of scalars, arrays of scalars and
+objects, `#attributes` and `#text`), strings without `\\u` escapes and integers orjson keeps as integers.
+For anything else (RenderingInfo, floats, a name met twice, a field name taken, JSON it would have to
 judge) it gives up, returning None, and the caller takes the general path, which also says what is wrong
 with a bad record. `tests/ingest/test_evtx_fast.py` holds it to the general path.
 
-`keyword_text` gives what it wrote beside the fields as it read them: every value's string form, lower-cased,
-for the hunt's keyword gate (`vector.RecordShape.keyword_text`), which would otherwise join them in Python.
+`keyword_text` gives what it wrote beside the fields as it read them: every value's string form, its ASCII
+letters lower-cased, for the hunt's keyword gate (`vector.RecordShape.keyword_text`), which would otherwise join them in Python.
 
 Cython proper, not Python: without a C compiler there is no build, and callers take the general path.
 """
@@ -48,6 +49,7 @@ cdef enum:
     SLOTS = 2048
     MAX_KEYS = 48
     NAME_MAX = 256
+    MAX_DEPTH = 8
 
 cdef uint64_t _hashes[SLOTS]
 cdef list _names = [None] * SLOTS
@@ -204,28 +206,35 @@ cdef object string(Cur* c, bint part):
 
 cdef object _GIVE_UP = object()
 
-#: The keyword text of the record being read: each value's string form (a list's: each element's), ASCII
-#: lower-cased, after a NUL; `_kw_ascii` goes false at the first non-ASCII value (the gate then reads the
-#: values as the hunt joins them). `_last` is the fields it belongs to, once they are read.
+#: The keyword text of the record being read: each value's string form (a list's: each element's) in UTF-8,
+#: its ASCII letters lower-cased, after a NUL. Python lower-cases other letters too, but only two of them
+#: (U+0130, U+212A) into ASCII ones: `_kw_ok` goes false at a value holding one (the gate then reads the
+#: values as the hunt joins them), so an ASCII word lies in this text wherever it lies in the lower-cased
+#: joined values. `_last` is the fields it belongs to, once they are read.
 cdef char* _kw = NULL
 cdef Py_ssize_t _kw_size = 0
 cdef Py_ssize_t _kw_len = 0
-cdef bint _kw_ascii = False
+cdef bint _kw_ok = False
 cdef object _last = None
 #: How many fields the last record read had: the next one's dict is made that large.
 cdef Py_ssize_t _fields_hint = 0
 
 
 cdef int kw_add(const char* p, Py_ssize_t n, bint ascii) except -1:
-    global _kw, _kw_size, _kw_len, _kw_ascii
+    global _kw, _kw_size, _kw_len, _kw_ok
     cdef char* b
     cdef Py_ssize_t j
     cdef char ch
-    if not _kw_ascii:
+    if not _kw_ok:
         return 0
     if not ascii:
-        _kw_ascii = False
-        return 0
+        for j in range(n - 1):
+            if (<unsigned char>p[j] == 0xC4 and <unsigned char>p[j + 1] == 0xB0) or (
+                j + 2 < n and <unsigned char>p[j] == 0xE2 and <unsigned char>p[j + 1] == 0x84
+                and <unsigned char>p[j + 2] == 0xAA
+            ):
+                _kw_ok = False
+                return 0
     if _kw_len + n + 1 > _kw_size:
         b = <char*>realloc(_kw, 2 * (_kw_len + n + 1))
         if b == NULL:
@@ -238,6 +247,13 @@ cdef int kw_add(const char* p, Py_ssize_t n, bint ascii) except -1:
         _kw[_kw_len + j] = ch + 32 if b'A' <= ch <= b'Z' else ch
     _kw_len += n
     return 0
+
+cdef inline void restore_kw(Py_ssize_t kept) noexcept:
+    """Drops what the keyword text gained since its length was `kept` (a value not among the fields)."""
+    global _kw_len
+    if _kw_ok:
+        _kw_len = kept
+
 
 cdef object number(Cur* c):
     """A JSON integer as orjson reads it (an int from -2**63 to 2**64 - 1); _GIVE_UP for others (floats)."""
@@ -336,6 +352,37 @@ cdef bint put_new(dict fields, object name, object value) except -1:
     PyDict_SetItem(fields, name, value)
     return True
 
+cdef int put_leaf(dict fields, object name, object value) except -1:
+    """`_common.put(fields, name, value, qualifier="UserData")`: a name already taken is qualified."""
+    if not PyDict_Contains(fields, name):
+        PyDict_SetItem(fields, name, value)
+        return 0
+    alt = f"UserData_{name}"
+    n = 1
+    while alt in fields:
+        n += 1
+        alt = f"UserData_{name}_{n}"
+    fields[alt] = value
+    return 0
+
+
+cdef inline bint first_time(
+    Cur* c, Py_ssize_t* starts, Py_ssize_t* lens, Py_ssize_t* count, Py_ssize_t kstart, Py_ssize_t kn
+) noexcept:
+    """Notes an object's key among the `count` before it; False when it is one of them (orjson keeps the
+    last value, where the general path puts it) or there are MAX_KEYS already."""
+    cdef Py_ssize_t t
+    if count[0] == MAX_KEYS:
+        return False
+    for t in range(count[0]):
+        if lens[t] == kn and memcmp(c.s + starts[t], c.s + kstart, kn) == 0:
+            return False
+    starts[count[0]] = kstart
+    lens[count[0]] = kn
+    count[0] += 1
+    return True
+
+
 cdef inline int open_object(Cur* c) noexcept:
     """Reads an object's `{`: 1 when a member follows, 0 when it is empty (its `}` read too), -1 when there
     is no object (as `next_member`)."""
@@ -406,7 +453,7 @@ cdef int element(Cur* c, dict fields, Py_ssize_t kstart, Py_ssize_t kn, bint* te
 
 cdef int system(Cur* c, dict fields) except -2:
     """The System object's fields; 1 when one is text where the schema has an integer, -1 to give up."""
-    cdef Py_ssize_t kstart, kn, t
+    cdef Py_ssize_t kstart, kn
     cdef Py_ssize_t starts[MAX_KEYS]
     cdef Py_ssize_t lens[MAX_KEYS]
     cdef Py_ssize_t count = 0
@@ -415,15 +462,8 @@ cdef int system(Cur* c, dict fields) except -2:
     more = open_object(c)
     while more == 1:
         kn = raw_key(c, &kstart)
-        if kn < 0 or count == MAX_KEYS:
-            return -1
-        for t in range(count):  # a repeated element: orjson keeps the last, give that case up
-            if lens[t] == kn and memcmp(c.s + starts[t], c.s + kstart, kn) == 0:
-                return -1
-        starts[count] = kstart
-        lens[count] = kn
-        count += 1
-        if not expect(c, b':'):
+        # a repeated element: orjson keeps the last, give that case up
+        if kn < 0 or not first_time(c, starts, lens, &count, kstart, kn) or not expect(c, b':'):
             return -1
         ws(c)
         if c.i < c.n and c.s[c.i] == b'{':
@@ -477,6 +517,65 @@ cdef int event_data(Cur* c, dict fields) except -2:
     return 0
 
 
+cdef bint is_xmlns(Cur* c, Py_ssize_t start, Py_ssize_t n) noexcept:
+    """Whether an attribute's name is `xmlns` or `xmlns:...` (markup, which the shape leaves out)."""
+    return n >= 5 and memcmp(c.s + start, b"xmlns", 5) == 0 and (n == 5 or c.s[start + 5] == b':')
+
+
+cdef int leaves(Cur* c, dict fields, const char* name, Py_ssize_t nn, int depth) except -2:
+    """The value at the cursor as `flatten_leaves(value, fields, qualifier="UserData", name=name)` puts it: an
+    object's leaves by their own names (its `#attributes` but `xmlns` by theirs, its `#text` by `name`),
+    anything else under `name` (`put_leaf`). -1 to give up: a key met twice in an object (orjson keeps the
+    last), an attribute or `#text` that is not a scalar (or array), nesting past MAX_DEPTH."""
+    cdef Py_ssize_t kstart, kn, astart, an, kept
+    cdef Py_ssize_t starts[MAX_KEYS]
+    cdef Py_ssize_t lens[MAX_KEYS]
+    cdef Py_ssize_t astarts[MAX_KEYS]
+    cdef Py_ssize_t alens[MAX_KEYS]
+    cdef Py_ssize_t count = 0, acount
+    cdef int more
+    ws(c)
+    if c.i >= c.n or c.s[c.i] != b'{':
+        v = value(c)
+        if v is _GIVE_UP:
+            return -1
+        return put_leaf(fields, name_of(name, nn), v)
+    if depth == MAX_DEPTH:
+        return -1
+    more = open_object(c)
+    while more == 1:
+        kn = raw_key(c, &kstart)
+        if kn < 0 or not first_time(c, starts, lens, &count, kstart, kn) or not expect(c, b':'):
+            return -1
+        if is_key(c, kstart, kn, b"#attributes", 11):
+            acount = 0
+            more = open_object(c)
+            while more == 1:
+                an = raw_key(c, &astart)
+                if an < 0 or not first_time(c, astarts, alens, &acount, astart, an) or not expect(c, b':'):
+                    return -1
+                kept = _kw_len
+                v = scalar(c)
+                if v is _GIVE_UP:
+                    return -1
+                if is_xmlns(c, astart, an):
+                    restore_kw(kept)  # left out of the fields, so out of their text too
+                else:
+                    put_leaf(fields, name_of(c.s + astart, an), v)
+                more = next_member(c)
+            if more < 0:
+                return -1
+        elif is_key(c, kstart, kn, b"#text", 5):
+            v = value(c)
+            if v is _GIVE_UP:
+                return -1
+            put_leaf(fields, name_of(name, nn), v)
+        elif leaves(c, fields, c.s + kstart, kn, depth + 1) < 0:
+            return -1
+        more = next_member(c)
+    return -1 if more < 0 else 0
+
+
 cdef int skip_attributes(Cur* c) except -2:
     """The event's #attributes (xmlns): an object of strings."""
     cdef Py_ssize_t kstart, kn
@@ -494,17 +593,28 @@ cdef int skip_attributes(Cur* c) except -2:
     return 0
 
 
+cdef bint canonical_system_ints(dict fields) except -1:
+    """`system_ints(fields)`; whether each integer it made from text is that text's string form (`"4688"`,
+    not `"0x1250"` or `" 4688"`), so that the keyword text holds the value the hunt joins."""
+    texts = {k: v for k, v in fields.items() if type(v) is str and k in _SYSTEM_INTS}
+    system_ints(fields)
+    for k, v in texts.items():
+        if fields[k] is not v and str(fields[k]) != v:
+            return False
+    return True
+
+
 def fields_of(str text):
     """`EvtxJsonShape.fields(orjson.loads(text))`, or None where this reader gives up (see the module)."""
     cdef Cur c
     cdef Py_ssize_t kstart, kn
     cdef int status
-    cdef bint seen_system = False, seen_data = False, seen_attrs = False
+    cdef bint seen_system = False, seen_data = False, seen_attrs = False, seen_user = False
     cdef dict fields = casefile_dict_presized(_fields_hint)
-    global _last, _kw_len, _kw_ascii, _fields_hint
+    global _last, _kw_len, _kw_ok, _fields_hint
     _last = None
     _kw_len = 0
-    _kw_ascii = True
+    _kw_ok = True
     try:
         c.s = PyUnicode_AsUTF8AndSize(text, &c.n)
     except UnicodeEncodeError:
@@ -528,12 +638,15 @@ def fields_of(str text):
             status = system(&c, fields)
             if status < 0:
                 return None
-            if status:
-                system_ints(fields)
-                _kw_ascii = False  # integers converted from text: their parts are not the text's
+            if status and not canonical_system_ints(fields):
+                _kw_ok = False  # an integer's text part is not its string form
         elif is_key(&c, kstart, kn, b"EventData", 9) and seen_system and not seen_data:
             seen_data = True
             if event_data(&c, fields) < 0:
+                return None
+        elif is_key(&c, kstart, kn, b"UserData", 8) and seen_system and not seen_user:
+            seen_user = True
+            if leaves(&c, fields, b"UserData", 8, 0) < 0:
                 return None
         else:
             return None
@@ -547,7 +660,7 @@ def fields_of(str text):
     ws(&c)
     if c.i != c.n:
         return None
-    if _kw_ascii:
+    if _kw_ok:
         _last = fields
     _fields_hint = len(fields)  # a file's records mostly share their layout
     return fields
@@ -555,8 +668,8 @@ def fields_of(str text):
 
 def keyword_text(dict fields):
     """Every value of the `fields` `fields_of` has just read, as the keyword gate reads them (the string
-    forms of `vector._joined_values` with integers, lower-cased, NUL-separated), as ASCII bytes; None for
-    any other fields, or when a value is not ASCII."""
+    forms of `vector._joined_values` with integers, NUL-separated, in UTF-8 with ASCII letters lower-cased:
+    see `_kw_ok`); None for any other fields, or when a value holds U+0130 or U+212A."""
     if fields is not _last:
         return None
     return PyBytes_FromStringAndSize(_kw, _kw_len)
