@@ -707,12 +707,15 @@ def test_specialise_skips_only_what_it_cannot_change() -> None:
     assert specialise(conds[2], "Security", 1, fixed) is plain  # the constant folded away
 
 
-# below and above the automaton threshold; gated (keyword anchors) with few literals and with too many
-@pytest.mark.parametrize(("n_literals", "gated"), [(3, False), (40, False), (40, True), (500, True)])
+# below and above the automaton threshold; gated (keyword anchors) with few literals, with more than one of
+# the gate's automata takes, and with too many
+@pytest.mark.parametrize(
+    ("n_literals", "gated"), [(3, False), (40, False), (40, True), (500, True), (3000, True)]
+)
 def test_field_anchor_index_finds_exactly_the_anchors_a_value_holds(n_literals: int, gated: bool) -> None:
     import random
 
-    from casefile.hunt.vector import _AUTOMATON_MIN, _GATE_MAX, _FieldAnchors
+    from casefile.hunt.vector import _AUTOMATON_MIN, _GATE_MAX, _GATE_PART, _FieldAnchors
 
     rng = random.Random(n_literals)
     # few letters: overlapping and repeated literals, one non-ASCII letter, a lone surrogate (which `json`
@@ -728,8 +731,11 @@ def test_field_anchor_index_finds_exactly_the_anchors_a_value_holds(n_literals: 
     anchors.finish()
     assert (anchors.automaton is not None) == (n_literals > _AUTOMATON_MIN)
     anchors = pickle.loads(pickle.dumps(anchors))  # as a worker would get it
-    assert (anchors.gate is not None) == (gated and n_literals < 100)
-    assert (len(anchors.auto_words) > _GATE_MAX) == (n_literals > 100)  # too many to gate
+    assert (anchors.gate is not None) == (gated and n_literals < 1000)
+    assert (len(anchors.auto_words) > _GATE_MAX) == (n_literals > 1000)  # too many to gate
+    if anchors.gate is not None:
+        parts = -(-len(anchors.auto_words) // _GATE_PART)
+        assert len(anchors.gate.parts) == parts == (1 if n_literals < 100 else 2)
     for _ in range(2000):
         v = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         bits = anchors.positive(v)
