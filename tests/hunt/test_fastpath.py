@@ -1012,3 +1012,33 @@ def test_workers_send_lines_but_for_the_rules_correlations_read(tmp_path: Path) 
             assert hit == d and hit.fields["TargetUserName"] in ("alice", "bob")
         else:
             assert hit == (d.rule.id, encode(d))
+
+
+def test_list_values_are_remembered_only_where_equal_lists_have_equal_string_forms() -> None:
+    """`_list_bits` remembers a list value's anchor hits by the tuple of its elements when they are strings
+    or None: `[1]`, `[true]` and `[1.0]` are equal tuples with other string forms, so they are not
+    remembered, and each record's detections stay the reference's."""
+    route = ir.Route(channels=("System",), event_ids=(7045,))
+    tests = [("contains", "true"), ("eq", "1"), ("endswith", ".0"), ("startswith", "svc")]
+    rules = [
+        CompiledRule(
+            RuleInfo(id=f"r{i}", title=f"r{i}", level=Level.MEDIUM, status=None, author=None),
+            (ir.Program(f"r{i}", "test", route, ir.StrMatch("Data", op, lit)),),
+        )
+        for i, (op, lit) in enumerate(tests)
+    ]
+    lists: list[list[Any]] = [
+        [1], [True], [1.0], ["1"], ["true"], [None], [], ["SvcHost", None], ["x", "y.0"], [1, "a"], [True, "a"],
+    ]
+    records = [
+        RawJson(_evtx_json(7045, "System", {"Data": v}, i), i, "l.evtx")
+        for i, v in enumerate(lists * 2)  # the second time round, remembered where they may be
+    ]
+    hunter = BatchHunter(VectorIndex(rules), EvtxRecords())
+    fast = hunter.run(records, lambda w: pytest.fail(str(w))).detections
+    index = RuleIndex(rules)
+    ref = [d for r in records for d in match_event(index, _reference_event(r))]
+    assert [_key(d) for d in fast] == [_key(d) for d in ref]
+    assert {d.rule.id for d in ref} == {"r0", "r1", "r2", "r3"}
+    remembered = {k for memo in hunter._anchors.values() for _, _, _, seen in memo for k in seen}
+    assert remembered == {tuple(v) for v in lists if all(x is None or type(x) is str for x in v)}

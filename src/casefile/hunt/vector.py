@@ -915,7 +915,8 @@ class BatchHunter:
         # Per plan (by id: plans live as long as the index), its fields' anchors as `_hits` walks them: name,
         # folded name, anchors, and the memo of the owner bits each value string gave them. Emptied once the
         # memos hold about `memo_bytes` (`_memo_cost`), so memory does not grow with the evidence.
-        self._anchors: dict[int, list[tuple[str, str, _FieldAnchors, dict[str, int]]]] = {}
+        # (Keyed by value strings, and by tuples of a list value's elements: `_list_bits`.)
+        self._anchors: dict[int, list[tuple[str, str, _FieldAnchors, dict[Any, int]]]] = {}
         # Records of one source repeat their field names: the folded-name lookup table is made once per list
         # of names (and forgotten with the memo).
         self._folded: dict[tuple[str, ...], dict[str, str]] = {}
@@ -1015,7 +1016,7 @@ class BatchHunter:
                 v = fields[real]
             if type(v) is not str:
                 if isinstance(v, (list, tuple)):
-                    out |= self._list_bits(fa, name, view)
+                    out |= self._list_bits(fa, name, v, view, seen)
                     continue
                 v = _as_str(v)
             bits = seen.get(v)
@@ -1041,15 +1042,35 @@ class BatchHunter:
                 out |= bit
         return out
 
-    @staticmethod
-    def _list_bits(fa: _FieldAnchors, name: str, view: EventView) -> int:
-        """Owner bits for a list value: any of its elements' string forms."""
+    def _list_bits(
+        self, fa: _FieldAnchors, name: str, v: list[Any] | tuple[Any, ...], view: EventView,
+        seen: dict[Any, int],
+    ) -> int:
+        """Owner bits for the list value `v` of field `name`: any of its elements' string forms. Remembered in
+        `seen` by the tuple of its elements when they are strings or None (which compare equal to nothing of
+        another type; `1` and `True` do, and have other string forms)."""
+        items = tuple(v)
+        key: tuple[Any, ...] | None = items
+        for x in items:
+            if x is not None and type(x) is not str:
+                key = None
+                break
+        if key is not None:
+            known = seen.get(key)
+            if known is not None:
+                return known
         values = view.lowered(name)
-        if not values:
-            return fa.neg_bits  # an empty list: no value passes any test
-        bits = 0
-        for low in values:
-            bits |= fa.bits(low)
+        bits = fa.neg_bits  # an empty list: no value passes any test
+        if values:
+            bits = 0
+            for low in values:
+                bits |= fa.bits(low)
+        if key is not None:
+            seen[key] = bits
+            cost = sys.getsizeof(key) + sys.getsizeof(bits) + _ENTRY_BYTES
+            for x in items:
+                cost += sys.getsizeof(x)
+            self._memo_cost += cost
         return bits
 
     def _confirm(self, n: int, view: EventView) -> dict[str, Any] | None:
