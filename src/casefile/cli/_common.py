@@ -26,6 +26,8 @@ from casefile.errors import CasefileError
 console = Console(stderr=True)
 P = ParamSpec("P")
 R = TypeVar("R")
+#: Bytes of an output file's buffer (`text_output`).
+OUTPUT_BUFFER = 1 << 20
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -84,7 +86,11 @@ def text_output(path: Path | None) -> Iterator[TextIO]:
     are written as `\\ud800` (backslashreplace), which inside a JSON string is that very escape, rather
     than stopping the run with a traceback."""
     if path is not None:
-        with path.open("w", encoding="utf-8", newline="", errors="backslashreplace") as fh:
+        # a 1 MiB buffer: a hunt writes hundreds of MB, and the file system's cost per write of the default
+        # 8 KiB (pages written in part) was a fifth more (0.72 against 0.88 s of CPU for 270 MB)
+        with path.open(
+            "w", encoding="utf-8", newline="", errors="backslashreplace", buffering=OUTPUT_BUFFER
+        ) as fh:
             yield fh
         return
     stdout = sys.stdout
