@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         channel_and_id=records.channel_and_id,
         event=timed(records.event, "Events of records with candidates"),
         keyword_text=records.keyword_text,
+        layout_key=records.layout_key,
     )
     start = time.perf_counter()
     result = hunter.hunt(evidence)

@@ -1028,7 +1028,8 @@ def test_list_values_are_remembered_only_where_equal_lists_have_equal_string_for
         for i, (op, lit) in enumerate(tests)
     ]
     lists: list[list[Any]] = [
-        [1], [True], [1.0], ["1"], ["true"], [None], [], ["SvcHost", None], ["x", "y.0"], [1, "a"], [True, "a"],
+        [1], [True], [1.0], ["1"], ["true"], [None], [], ["SvcHost", None], ["x", "y.0"], [1, "a"],
+        [True, "a"],
     ]
     records = [
         RawJson(_evtx_json(7045, "System", {"Data": v}, i), i, "l.evtx")
@@ -1042,3 +1043,28 @@ def test_list_values_are_remembered_only_where_equal_lists_have_equal_string_for
     assert {d.rule.id for d in ref} == {"r0", "r1", "r2", "r3"}
     remembered = {k for memo in hunter._anchors.values() for _, _, _, seen in memo for k in seen}
     assert remembered == {tuple(v) for v in lists if all(x is None or type(x) is str for x in v)}
+
+
+def test_layouts_that_differ_in_case_keep_their_own_folded_names() -> None:
+    """Field names are matched without case where the exact name is missing, through a table of the
+    record's folded names kept per layout (`BatchHunter._view`): layouts whose names differ only in case (or
+    order) must not share one."""
+    route = ir.Route(channels=("Microsoft-Windows-Sysmon/Operational",), event_ids=(1,))
+    info = RuleInfo(id="cmd", title="cmd", level=Level.MEDIUM, status=None, author=None)
+    rules = [CompiledRule(info, (ir.Program("cmd", "test", route, ir.StrMatch(F, "endswith", "\\cmd.exe")),))]
+    layouts: list[dict[str, Any]] = [
+        {"Image": "c:\\cmd.exe"}, {"image": "c:\\cmd.exe"}, {"IMAGE": "c:\\x.exe", "image": "c:\\cmd.exe"},
+        {"image": "c:\\cmd.exe", "IMAGE": "c:\\x.exe"}, {"Other": "c:\\cmd.exe"},
+    ]
+    records = [
+        RawJson(_evtx_json(1, "Microsoft-Windows-Sysmon/Operational", data, i), i, "c.evtx")
+        for i, data in enumerate(layouts * 3)
+    ]
+    hunter = BatchHunter(VectorIndex(rules), EvtxRecords())
+    fast = hunter.run(records, lambda w: pytest.fail(str(w))).detections
+    index = RuleIndex(rules)
+    ref = [d for r in records for d in match_event(index, _reference_event(r))]
+    assert [_key(d) for d in fast] == [_key(d) for d in ref]
+    assert {d.record_id % len(layouts) for d in ref} == {0, 1, 3}
+    if _compiled_reader():  # the tables are kept by the reader's layout keys
+        assert len(hunter._folded) == len(layouts) and all(type(k) is str for k in hunter._folded)

@@ -52,6 +52,7 @@ def _check(text: str) -> bool:
     assert [(k, _typed(v)) for k, v in got.items()] == _reference(text), text
     kw = fast.keyword_text(got)
     _check_keyword_text(got, kw)
+    assert fast.layout_key(got) == "\0".join(got)
     KEYWORD_TEXTS.append(kw is not None)
     return True
 
@@ -217,6 +218,26 @@ def test_keyword_text_belongs_to_the_fields_just_read() -> None:
     assert kelvin is not None and fast.keyword_text(kelvin) is None
     other = fast.fields_of(READ["non-ASCII, keyword text"])
     assert other is not None and fast.keyword_text(other) is not None
+
+
+def test_layout_key_is_one_object_per_layout_and_exact() -> None:
+    first = fast.fields_of(READ["sysmon"])
+    assert first is not None
+    key = fast.layout_key(first)
+    assert key == "\0".join(first)
+    again = fast.fields_of(READ["sysmon"])
+    assert again is not None and fast.layout_key(again) is key  # looked up without hashing the names
+    assert fast.layout_key(first) is None and fast.layout_key(dict(again)) is None  # not the fields just read
+    # names that differ in case only, more layouts than are remembered, some too many fields for a key
+    layouts = [{"Image": 1}, {"image": 1}, {"Image": 1, "B": 2}, {"B": 2, "Image": 1}]
+    layouts += [{f"F{i}": i, f"G{j}": j} for i in range(20) for j in range(20)]
+    layouts.append({f"F{i}": i for i in range(300)})
+    for _round in range(2):
+        for data in layouts:
+            fields = fast.fields_of(_record(SYSTEM, json.dumps(data)))
+            assert fields is not None
+            got = fast.layout_key(fields)
+            assert got == ("\0".join(fields) if len(fields) <= 256 else None)
 
 
 _PALETTE = 'aZ09 _-:\\"/\n\t\x01é€𝔘ΣK{}[],#\u0130\u212a'

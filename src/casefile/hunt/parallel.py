@@ -80,17 +80,19 @@ def _keep_text(text: str) -> _Unparsed:
     return d
 
 
-def _no_keyword_text(fields: dict[str, Any]) -> bytes | None:
+def _none(fields: dict[str, Any]) -> None:
     return None
 
 
 _fast_fields: Callable[[str], dict[str, Any] | None] | None
 _keyword_text: Callable[[dict[str, Any]], bytes | None]
+_layout_key: Callable[[dict[str, Any]], str | None]
 try:  # Cython proper: only a compiled install has it
     from casefile.ingest.shapes._evtx_fast import fields_of as _fast_fields
     from casefile.ingest.shapes._evtx_fast import keyword_text as _keyword_text
+    from casefile.ingest.shapes._evtx_fast import layout_key as _layout_key
 except ImportError:
-    _fast_fields, _keyword_text = None, _no_keyword_text
+    _fast_fields, _keyword_text, _layout_key = None, _none, _none
 
 
 def _fields(raw: RawJson, on_warning: Callable[[IngestWarning], None]) -> dict[str, Any] | None:
@@ -133,6 +135,7 @@ class EvtxRecords:
     channel_and_id = staticmethod(EvtxJsonShape.channel_and_id)
     event = staticmethod(EvtxJsonShape.event)
     keyword_text = staticmethod(_keyword_text)
+    layout_key = staticmethod(_layout_key)
 
 
 #: What a hunt delivers: a detection, or one written as its JSONL line (`FileHunter`'s `lines_except`).

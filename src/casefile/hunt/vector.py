@@ -890,6 +890,12 @@ class RecordShape(Protocol):
         joined values; None otherwise (the gate then reads the joined values)."""
         ...
 
+    def layout_key(self, fields: dict[str, Any], /) -> str | None:
+        """If reading the record made one, a str that stands for its field names in order (equal exactly for
+        equal names), the same object for the records of one layout as far as it can: what the hunt looks
+        their folded names up by, without hashing the names again. None otherwise."""
+        ...
+
 
 @dataclass
 class BatchResult:
@@ -918,8 +924,8 @@ class BatchHunter:
         # (Keyed by value strings, and by tuples of a list value's elements: `_list_bits`.)
         self._anchors: dict[int, list[tuple[str, str, _FieldAnchors, dict[Any, int]]]] = {}
         # Records of one source repeat their field names: the folded-name lookup table is made once per list
-        # of names (and forgotten with the memo).
-        self._folded: dict[tuple[str, ...], dict[str, str]] = {}
+        # of names (by the names, or their `RecordShape.layout_key`), and forgotten with the memo.
+        self._folded: dict[str | tuple[str, ...], dict[str, str]] = {}
         self._memo_cost = 0
 
     def run(self, records: Sequence[RawJson], on_warning: Callable[[IngestWarning], None]) -> BatchResult:
@@ -929,6 +935,7 @@ class BatchHunter:
             self._forget()
         shape = self.records
         read, partition, make, keywords = shape.fields, shape.channel_and_id, shape.event, shape.keyword_text
+        layout = shape.layout_key
         found = result.detections
         for ri, raw in enumerate(records):
             fields = read(raw, on_warning)
@@ -936,7 +943,7 @@ class BatchHunter:
                 result.not_events.append(ri)
                 continue
             channel, event_id = partition(fields)
-            view = self._view(fields)
+            view = self._view(fields, layout(fields))
             plan, positions = self._candidates(fields, channel, event_id, view, keywords(fields))
             if positions:  # most records have none
                 ev = None  # made for the first detection: most candidates are not confirmed
@@ -970,12 +977,13 @@ class BatchHunter:
         self._folded.clear()
         self._memo_cost = 0
 
-    def _view(self, fields: Mapping[str, Any]) -> EventView:
-        shape = tuple(fields)
+    def _view(self, fields: Mapping[str, Any], layout: str | None = None) -> EventView:
+        """The event's view, with the folded names of its layout (`RecordShape.layout_key`, or the names)."""
+        shape: str | tuple[str, ...] = layout if layout is not None else tuple(fields)
         folded = self._folded.get(shape)
         if folded is None:
             folded = self._folded[shape] = fold_keys(fields)
-            self._memo_cost += sys.getsizeof(shape) + sys.getsizeof(folded) + 2 * _ENTRY_BYTES * len(shape)
+            self._memo_cost += sys.getsizeof(shape) + sys.getsizeof(folded) + 2 * _ENTRY_BYTES * len(fields)
         return EventView(fields, folded)
 
     def _candidates(

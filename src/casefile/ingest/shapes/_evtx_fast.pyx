@@ -12,12 +12,16 @@ judge) it gives up, returning None, and the caller takes the general path, which
 with a bad record. `tests/ingest/test_evtx_fast.py` holds it to the general path.
 
 `keyword_text` gives what it wrote beside the fields as it read them: every value's string form, its ASCII
-letters lower-cased, for the hunt's keyword gate (`vector.RecordShape.keyword_text`), which would otherwise join them in Python.
+letters lower-cased, for the hunt's keyword gate (`vector.RecordShape.keyword_text`), which would otherwise
+join them in Python. `layout_key` names the fields' names in order with one str object per layout, for the
+hunt's table of folded names (`vector.RecordShape.layout_key`).
 
 Cython proper, not Python: without a C compiler there is no build, and callers take the general path.
 """
 
-from cpython.dict cimport PyDict_SetItem, PyDict_Contains
+from cpython.dict cimport PyDict_SetItem, PyDict_Contains, PyDict_Next
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.list cimport PyList_GET_ITEM
@@ -46,6 +50,8 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(object unicode)
 
 cdef enum:
+    LAYOUTS = 256
+    LAYOUT_MAX = 256
     SLOTS = 2048
     MAX_KEYS = 48
     NAME_MAX = 256
@@ -216,6 +222,12 @@ cdef Py_ssize_t _kw_size = 0
 cdef Py_ssize_t _kw_len = 0
 cdef bint _kw_ok = False
 cdef object _last = None
+#: The fields `fields_of` read last (whatever their keyword text), for `layout_key`.
+cdef object _read = None
+#: Layouts met (`layout_key`), by the hash of their names' identities: the names in order, and their key.
+cdef uint64_t _layout_hashes[LAYOUTS]
+cdef list _layout_names = [None] * LAYOUTS
+cdef list _layout_keys = [None] * LAYOUTS
 #: How many fields the last record read had: the next one's dict is made that large.
 cdef Py_ssize_t _fields_hint = 0
 
@@ -611,8 +623,8 @@ def fields_of(str text):
     cdef int status
     cdef bint seen_system = False, seen_data = False, seen_attrs = False, seen_user = False
     cdef dict fields = casefile_dict_presized(_fields_hint)
-    global _last, _kw_len, _kw_ok, _fields_hint
-    _last = None
+    global _last, _read, _kw_len, _kw_ok, _fields_hint
+    _last = _read = None
     _kw_len = 0
     _kw_ok = True
     try:
@@ -662,6 +674,7 @@ def fields_of(str text):
         return None
     if _kw_ok:
         _last = fields
+    _read = fields
     _fields_hint = len(fields)  # a file's records mostly share their layout
     return fields
 
@@ -673,3 +686,41 @@ def keyword_text(dict fields):
     if fields is not _last:
         return None
     return PyBytes_FromStringAndSize(_kw, _kw_len)
+
+
+def layout_key(dict fields):
+    """A str that stands for the names of the `fields` `fields_of` has just read, in order: equal for equal
+    names (their NUL-joined text), and the same object for every record of a layout while it stays among the
+    LAYOUTS remembered, so that looking it up hashes nothing. None for other fields, or more than LAYOUT_MAX.
+
+    A layout is found by a hash of its names' identities (`name_of` gives a name's one object while cached),
+    then checked name by name against the names remembered, so no hash collision can confuse two."""
+    cdef PyObject* names[LAYOUT_MAX]
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef Py_ssize_t pos = 0, n = 0, i
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL
+    if fields is not _read:
+        return None
+    while PyDict_Next(fields, &pos, &key, &value):
+        if n == LAYOUT_MAX:
+            return None
+        names[n] = key
+        n += 1
+        h = (h ^ <uint64_t>key) * 0x100000001B3ULL
+    h ^= h >> 29
+    cdef Py_ssize_t slot = <Py_ssize_t>(h & (LAYOUTS - 1))
+    known = _layout_names[slot]
+    if known is not None and _layout_hashes[slot] == h and PyTuple_GET_SIZE(known) == n:
+        for i in range(n):
+            if PyTuple_GET_ITEM(known, i) != names[i]:
+                break
+        else:
+            return _layout_keys[slot]
+    # names never hold a NUL (`raw_key` gives up on control characters): the joined text stands for them
+    layout = tuple(fields)
+    text = "\0".join(layout)
+    _layout_names[slot] = layout
+    _layout_keys[slot] = text
+    _layout_hashes[slot] = h
+    return text
