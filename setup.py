@@ -35,6 +35,7 @@ COMPILED = (
     "casefile.models",
     # Cython proper (C types), not Python: without a build, its callers take the Python path it stands in for
     "casefile.ingest.shapes._evtx_fast",
+    "casefile.hunt._prefilter",
 )
 #: Compiled exactly as Python runs it: annotations are not turned into C types or run-time checks.
 DIRECTIVES = {"language_level": 3, "annotation_typing": False, "binding": True}

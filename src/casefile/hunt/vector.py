@@ -905,6 +905,17 @@ class BatchResult:
     not_events: list[int] = field(default_factory=list)  # rows that did not normalise (warned)
 
 
+#: Per field a partition's plan anchors, as `BatchHunter._hits` walks them: its name, folded name, anchors,
+#: the memo of the owner bits each value gave them, and the anchors' negated bits (`_FieldAnchors.neg_bits`).
+_Anchored = tuple[str, str, "_FieldAnchors", dict[Any, int], int]
+
+_compiled_field_hits: Callable[..., int] | None
+try:  # Cython proper: only a compiled install has it (`BatchHunter._field_hits` otherwise)
+    from casefile.hunt._prefilter import field_hits as _compiled_field_hits
+except ImportError:
+    _compiled_field_hits = None
+
+
 class BatchHunter:
     """Hunts batches of raw records against one index's partition plans (one per worker process)."""
 
@@ -918,11 +929,11 @@ class BatchHunter:
         self.fields_of = fields_of
         #: See MEMO_BYTES.
         self.memo_bytes = MEMO_BYTES
-        # Per plan (by id: plans live as long as the index), its fields' anchors as `_hits` walks them: name,
-        # folded name, anchors, and the memo of the owner bits each value string gave them. Emptied once the
-        # memos hold about `memo_bytes` (`_memo_cost`), so memory does not grow with the evidence.
-        # (Keyed by value strings, and by tuples of a list value's elements: `_list_bits`.)
-        self._anchors: dict[int, list[tuple[str, str, _FieldAnchors, dict[Any, int]]]] = {}
+        # Per plan (by id: plans live as long as the index), its fields' anchors as `_hits` walks them
+        # (`_Anchored`), with the memo of the owner bits each value string gave them (and each list value:
+        # `_list_bits`). Emptied once the memos hold about `memo_bytes` (`_memo_cost`), so memory does not
+        # grow with the evidence.
+        self._anchors: dict[int, list[_Anchored]] = {}
         # Records of one source repeat their field names: the folded-name lookup table is made once per list
         # of names (by the names, or their `RecordShape.layout_key`), and forgotten with the memo.
         self._folded: dict[str | tuple[str, ...], dict[str, str]] = {}
@@ -1007,32 +1018,16 @@ class BatchHunter:
 
     def _hits(self, plan: PartitionPlan, view: EventView, keyword_text: bytes | None = None) -> int:
         """Owner bits of the anchors the event's values hit (see `PartitionPlan.candidates_bits`)."""
-        out = 0
         fields = view.fields
         folded = view.folded if view.folded is not None else fold_keys(fields)
         anchors = self._anchors.get(id(plan))
         if anchors is None:
-            anchors = [(name, _fold(name), fa, {}) for name, fa in plan.by_name.items()]
+            anchors = [(name, _fold(name), fa, {}, fa.neg_bits) for name, fa in plan.by_name.items()]
             self._anchors[id(plan)] = anchors
-        for name, key, fa, seen in anchors:
-            v = fields.get(name, _MISSING)
-            if v is _MISSING:
-                real = folded.get(key)  # the reference's folded-name lookup (`EventView.get`)
-                if real is None:
-                    out |= fa.neg_bits  # every test on it is false, so its negations hold
-                    continue
-                v = fields[real]
-            if type(v) is not str:
-                if isinstance(v, (list, tuple)):
-                    out |= self._list_bits(fa, name, v, view, seen)
-                    continue
-                v = _as_str(v)
-            bits = seen.get(v)
-            if bits is None:
-                bits = seen[v] = fa.bits(v.lower())
-                # the value (kept alive by the memo) and the bits, a big integer in large partitions
-                self._memo_cost += sys.getsizeof(v) + sys.getsizeof(bits) + _ENTRY_BYTES
-            out |= bits
+        if _compiled_field_hits is not None and type(fields) is dict and type(folded) is dict:
+            out = _compiled_field_hits(anchors, fields, folded, view, self._miss, self._list_bits)
+        else:
+            out = self._field_hits(anchors, fields, folded, view)
         raw = plan.raw
         # The gate on the record's own keyword text (which holds every joined value) spares joining them where
         # it finds no keyword, which is nearly everywhere; where it finds one, the exact scan.
@@ -1049,6 +1044,37 @@ class BatchHunter:
             if rights and any(test(a, b) for a in view.lowered(name) for b in rights):
                 out |= bit
         return out
+
+    def _field_hits(
+        self, anchors: list[_Anchored], fields: Mapping[str, Any], folded: Mapping[str, str], view: EventView
+    ) -> int:
+        """Owner bits of the anchors on the event's fields (`_prefilter.field_hits` does this in C)."""
+        out = 0
+        for name, key, fa, seen, neg_bits in anchors:
+            v = fields.get(name, _MISSING)
+            if v is _MISSING:
+                real = folded.get(key)  # the reference's folded-name lookup (`EventView.get`)
+                if real is None:
+                    out |= neg_bits  # every test on it is false, so its negations hold
+                    continue
+                v = fields[real]
+            if type(v) is not str:
+                if isinstance(v, (list, tuple)):
+                    out |= self._list_bits(fa, name, v, view, seen)
+                    continue
+                v = _as_str(v)
+            bits = seen.get(v)
+            if bits is None:
+                bits = self._miss(fa, v, seen)
+            out |= bits
+        return out
+
+    def _miss(self, fa: _FieldAnchors, v: str, seen: dict[Any, int]) -> int:
+        """The owner bits of string value `v`, which the memo `seen` lacks; remembered there."""
+        bits = seen[v] = fa.bits(v.lower())
+        # the value (kept alive by the memo) and the bits, a big integer in large partitions
+        self._memo_cost += sys.getsizeof(v) + sys.getsizeof(bits) + _ENTRY_BYTES
+        return bits
 
     def _list_bits(
         self, fa: _FieldAnchors, name: str, v: list[Any] | tuple[Any, ...], view: EventView,
