@@ -232,12 +232,17 @@ def test_layout_key_is_one_object_per_layout_and_exact() -> None:
     layouts = [{"Image": 1}, {"image": 1}, {"Image": 1, "B": 2}, {"B": 2, "Image": 1}]
     layouts += [{f"F{i}": i, f"G{j}": j} for i in range(20) for j in range(20)]
     layouts.append({f"F{i}": i for i in range(300)})
-    for _round in range(2):
+    keys: list[list[str | None]] = [[], []]
+    for round_keys in keys:
         for data in layouts:
             fields = fast.fields_of(_record(SYSTEM, json.dumps(data)))
             assert fields is not None
             got = fast.layout_key(fields)
             assert got == ("\0".join(fields) if len(fields) <= 256 else None)
+            round_keys.append(got)
+    # the second round finds most layouts remembered (some share a slot with another: about 10% of 405 in
+    # 4,096 slots)
+    assert sum(a is b for a, b in zip(*keys, strict=True) if a is not None) > 0.8 * len(layouts)
 
 
 _PALETTE = 'aZ09 _-:\\"/\n\t\x01é€𝔘ΣK{}[],#\u0130\u212a'

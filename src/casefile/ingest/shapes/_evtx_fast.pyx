@@ -50,9 +50,9 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(object unicode)
 
 cdef enum:
-    LAYOUTS = 256
+    LAYOUTS = 4096
     LAYOUT_MAX = 256
-    SLOTS = 2048
+    SLOTS = 16384
     MAX_KEYS = 48
     NAME_MAX = 256
     MAX_DEPTH = 8
@@ -707,8 +707,13 @@ def layout_key(dict fields):
             return None
         names[n] = key
         n += 1
-        h = (h ^ <uint64_t>key) * 0x100000001B3ULL
-    h ^= h >> 29
+        h = (h + (<uint64_t>key >> 4)) * 0x9E3779B97F4A7C15ULL  # (objects are 16-byte aligned)
+        h ^= h >> 32
+    h ^= h >> 30  # splitmix64's finish: every bit of every name's address moves the slot
+    h *= 0xBF58476D1CE4E5B9ULL
+    h ^= h >> 27
+    h *= 0x94D049BB133111EBULL
+    h ^= h >> 31
     cdef Py_ssize_t slot = <Py_ssize_t>(h & (LAYOUTS - 1))
     known = _layout_names[slot]
     if known is not None and _layout_hashes[slot] == h and PyTuple_GET_SIZE(known) == n:
