@@ -30,6 +30,7 @@ from libc.string cimport memcmp, memcpy
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport realloc
 
+from casefile.ingest.shapes._common import put
 from casefile.ingest.shapes.evtx_json import _SYSTEM_INTS, system_ints
 
 cdef extern from *:
@@ -369,12 +370,7 @@ cdef int put_leaf(dict fields, object name, object value) except -1:
     if not PyDict_Contains(fields, name):
         PyDict_SetItem(fields, name, value)
         return 0
-    alt = f"UserData_{name}"
-    n = 1
-    while alt in fields:
-        n += 1
-        alt = f"UserData_{name}_{n}"
-    fields[alt] = value
+    put(fields, name, value, qualifier="UserData")  # (rare) the shape's own naming
     return 0
 
 
