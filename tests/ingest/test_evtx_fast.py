@@ -157,6 +157,10 @@ GIVE_UP = {
     "attribute met twice": _record('{"X":{"#attributes":{"A":1,"A":2}}}'),
     "data name met twice": _record(SYSTEM, '{"A":1,"A":2}'),
     "data name taken by System": _record(SYSTEM, '{"Version":"9.01"}'),
+    # the same value object (null, small integers) where the name is taken: still taken
+    "data name taken by System, both null": _record(SYSTEM, '{"Correlation":null}'),
+    "data name met twice, both null": _record(SYSTEM, '{"A":null,"A":null}'),
+    "data name met twice, both 1": _record(SYSTEM, '{"A":1,"A":1}'),
     "#text before #attributes": _record('{"EventID":{"#text":1,"#attributes":{"Qualifiers":0}}}'),
     "EventData #attributes": _record(SYSTEM, '{"#attributes":{"Name":"X"},"param1":"a"}'),
     "UserData key met twice": '{"Event":{"System":' + SYSTEM + ',"UserData":{"X":{"A":1},"X":{"B":2}}}}',

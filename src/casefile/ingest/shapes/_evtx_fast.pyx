@@ -46,6 +46,8 @@ cdef extern from *:
     dict casefile_dict_presized(Py_ssize_t n)
 
 cdef extern from "Python.h":
+    PyObject* PyDict_SetDefault(object d, object key, object default) except NULL
+    Py_ssize_t PyDict_GET_SIZE(object d)
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
     void* PyUnicode_DATA(object unicode)
@@ -359,11 +361,11 @@ cdef inline bint is_key(Cur* c, Py_ssize_t start, Py_ssize_t n, const char* what
     return n == wn and memcmp(c.s + start, what, wn) == 0
 
 cdef bint put_new(dict fields, object name, object value) except -1:
-    """Set a name not yet in `fields`; False (give up) when it is there."""
-    if PyDict_Contains(fields, name):
-        return False
-    PyDict_SetItem(fields, name, value)
-    return True
+    """Set a name not yet in `fields`; False (give up) when it is there. One lookup (`setdefault`), which set
+    it exactly when the dict grew (it gives back the value there, which may be this very object)."""
+    cdef Py_ssize_t n = PyDict_GET_SIZE(fields)
+    PyDict_SetDefault(fields, name, value)
+    return PyDict_GET_SIZE(fields) > n
 
 cdef int put_leaf(dict fields, object name, object value) except -1:
     """`_common.put(fields, name, value, qualifier="UserData")`: a name already taken is qualified."""
