@@ -224,6 +224,22 @@ def test_keyword_text_belongs_to_the_fields_just_read() -> None:
     assert other is not None and fast.keyword_text(other) is not None
 
 
+def test_strings_with_a_special_character_at_every_offset() -> None:
+    """The reader skips eight bytes at a time through a string while none is a quote, a backslash or a control
+    character: each of those, and a non-ASCII character, at every offset of the first words."""
+    specials = ['\\"', "\\\\", "\\n", "é", "€", "\t", "\x01", "\x1f", "\x7f", " "]
+    read = 0
+    for at in range(20):
+        for special in specials:
+            for tail in (0, 3, 11):
+                text = _record(SYSTEM, '{"A":"' + "x" * at + special + "y" * tail + '","B":"z"}')
+                expected = _reference(text)
+                got = _check(text)
+                assert got == (expected is not None), text  # read exactly where the general path reads
+                read += got
+    assert read == 20 * 3 * 7  # all but the raw tab, \x01 and \x1f, which JSON refuses
+
+
 def test_layout_key_is_one_object_per_layout_and_exact() -> None:
     first = fast.fields_of(READ["sysmon"])
     assert first is not None

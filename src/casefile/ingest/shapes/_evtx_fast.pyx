@@ -160,9 +160,24 @@ cdef object string(Cur* c, bint part):
     cdef Py_ssize_t j, start, k, i
     cdef unsigned char ch, high = 0
     cdef bint escaped = False
+    cdef uint64_t w, q, b, seen = 0
     if c.s[c.i] != b'"':
         return None
     j = start = c.i + 1
+    # Eight bytes at a time while none is a quote, a backslash or a control character (each test flags a
+    # byte's high bit, exactly for "any", since borrows start only at a flagged byte); the loop below takes
+    # the word that holds one.
+    while j + 8 <= c.n:
+        memcpy(&w, c.s + j, 8)
+        q = w ^ 0x2222222222222222ULL
+        b = w ^ 0x5C5C5C5C5C5C5C5CULL
+        if ((q - 0x0101010101010101ULL) & ~q | (b - 0x0101010101010101ULL) & ~b
+                | (w - 0x2020202020202020ULL) & ~w) & 0x8080808080808080ULL:
+            break
+        seen |= w
+        j += 8
+    if seen & 0x8080808080808080ULL:
+        high = 0x80
     while j < c.n:
         ch = <unsigned char>c.s[j]
         high |= ch
