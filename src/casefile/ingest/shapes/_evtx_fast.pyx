@@ -19,7 +19,7 @@ hunt's table of folded names (`vector.RecordShape.layout_key`).
 Cython proper, not Python: without a C compiler there is no build, and callers take the general path.
 """
 
-from cpython.dict cimport PyDict_SetItem, PyDict_Contains, PyDict_Next
+from cpython.dict cimport PyDict_Next
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
@@ -191,9 +191,7 @@ cdef object string(Cur* c, bint part):
             continue
         j += 1
     else:
-        return None
-    if j >= c.n:
-        return None
+        return None  # (a break leaves `j` at the closing quote, inside the text)
     c.i = j + 1
     if not escaped:
         if part:
@@ -384,10 +382,8 @@ cdef bint put_new(dict fields, object name, object value) except -1:
 
 cdef int put_leaf(dict fields, object name, object value) except -1:
     """`_common.put(fields, name, value, qualifier="UserData")`: a name already taken is qualified."""
-    if not PyDict_Contains(fields, name):
-        PyDict_SetItem(fields, name, value)
-        return 0
-    put(fields, name, value, qualifier="UserData")  # (rare) the shape's own naming
+    if not put_new(fields, name, value):
+        put(fields, name, value, qualifier="UserData")  # (rare) the shape's own naming
     return 0
 
 
