@@ -36,6 +36,7 @@ COMPILED = (
     # Cython proper (C types), not Python: without a build, its callers take the Python path it stands in for
     "casefile.ingest.shapes._evtx_fast",
     "casefile.hunt._prefilter",
+    "casefile.ingest.readers._binxml",
 )
 #: Compiled exactly as Python runs it: annotations are not turned into C types or run-time checks.
 DIRECTIVES = {"language_level": 3, "annotation_typing": False, "binding": True}

@@ -40,6 +40,15 @@ def crafted_evtx(stalling_evtx: bytearray) -> bytearray:
     was changed, as in a file crafted to stop the tools that read it."""
     data = stalling_evtx
     chunk = HEADER_SIZE + CHUNK_SIZE
+    # The chunk's first record gets a double for an unsigned integer (same size), which the parser reads and
+    # casefile's own writer (`_binxml`) leaves to it: the parser must meet the chunk for it to loop. (The
+    # writer reads the crafted chunk, the parser's loop aside.)
+    instance = chunk + 512 + 24 + 4
+    definition = struct.unpack_from("<I", data, instance + 6)[0]
+    assert chunk + definition == instance + 10  # defined where first used
+    values = chunk + definition + 24 + struct.unpack_from("<I", data, chunk + definition + 20)[0]
+    kinds = [values + 4 + 4 * i + 2 for i in range(struct.unpack_from("<I", data, values)[0])]
+    data[next(at for at in kinds if data[at] == 0x0A)] = 0x0C
     free = struct.unpack_from("<I", data, chunk + 48)[0]
     struct.pack_into("<I", data, chunk + 52, zlib.crc32(bytes(data[chunk + 512:chunk + free])))
     # the chunk header's own checksum covers the records' (at 52): made valid after it

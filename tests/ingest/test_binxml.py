@@ -1,0 +1,215 @@
+"""`_binxml.chunk_records` against the `evtx` parser it stands in for.
+
+Wherever it writes a chunk it must give exactly the parser's records (numbers and JSON text, byte for byte);
+elsewhere it must give None, and the reader lets the parser read that chunk. It must also write the common
+chunks, or the reader would silently lose its speed.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from evtx import PyEvtxParser
+
+from casefile.ingest.readers import evtx as evtx_reader
+from casefile.ingest.readers.evtx import CHUNK_SIZE, HEADER_SIZE, EvtxReader, evtx_parts
+
+binxml = pytest.importorskip(
+    "casefile.ingest.readers._binxml", reason="no compiled build of _binxml (no C compiler at install)"
+)
+
+
+def _parser_records(header: bytes, chunk: bytes) -> list[tuple[int, str]]:
+    parser = PyEvtxParser(io.BytesIO(header + chunk))
+    return [(r["event_record_id"], r["data"]) for r in parser.records_json()]
+
+
+def _corpus_chunks(shared_data: Path) -> list[tuple[bytes, bytes]]:
+    out = []
+    for path in sorted((shared_data / "evtx").rglob("*.evtx")):
+        data = path.read_bytes()
+        if not data.startswith(b"ElfFile\0"):
+            continue
+        for offset in range(HEADER_SIZE, len(data) - CHUNK_SIZE + 1, CHUNK_SIZE):
+            chunk = data[offset:offset + CHUNK_SIZE]
+            if chunk.startswith(b"ElfChnk\0"):
+                out.append((data[:HEADER_SIZE], chunk))
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus_chunks(shared_data: Path) -> list[tuple[bytes, bytes]]:
+    return _corpus_chunks(shared_data)
+
+
+Chunks = list[tuple[bytes, bytes]]
+
+
+def test_corpus_chunks_are_written_as_the_parser_writes_them(corpus_chunks: Chunks) -> None:
+    written = records = 0
+    for header, chunk in corpus_chunks:
+        want = _parser_records(header, chunk)
+        records += len(want)
+        got = binxml.chunk_records(chunk)
+        if got is not None:
+            assert got == want
+            written += len(got)
+    assert records > 30_000
+    assert written > 0.93 * records, (written, records)  # the common chunks: the reader's speed
+
+
+# --- values changed in place: the writer's escaping and value forms against the parser's
+
+def _values(chunk: bytes) -> list[tuple[int, int, int]]:
+    """(type, offset, size) of every substitution value of the chunk's records, nested BinXml included."""
+    out: list[tuple[int, int, int]] = []
+
+    def instance(p: int, end: int) -> None:
+        if chunk[p] != 0x0F or chunk[p + 4] != 0x0C:
+            return
+        p += 4
+        definition = struct.unpack_from("<I", chunk, p + 6)[0]
+        p += 10
+        if definition == p:
+            p += 24 + struct.unpack_from("<I", chunk, p + 20)[0]
+        count = struct.unpack_from("<I", chunk, p)[0]
+        p += 4
+        at = p + 4 * count
+        for i in range(count):
+            size, kind = struct.unpack_from("<HB", chunk, p + 4 * i)
+            if kind == 0x21:
+                instance(at, at + size)
+            else:
+                out.append((kind, at, size))
+            at += size
+
+    free = struct.unpack_from("<I", chunk, 48)[0]
+    pos = 512
+    while pos + 24 <= free and chunk[pos:pos + 4] == b"\x2a\x2a\0\0":
+        size = struct.unpack_from("<I", chunk, pos + 4)[0]
+        instance(pos + 24, pos + size - 4)
+        pos += size
+    return out
+
+
+#: UTF-16 code units a string may hold: JSON escapes, control characters, non-ASCII, surrogates (paired and
+#: not), NUL (inside and at the end).
+_UNITS = [0x22, 0x5C, 0x2F, 0x01, 0x08, 0x09, 0x0A, 0x0C, 0x0D, 0x1F, 0x7F, 0xE9, 0x20AC, 0xFFFF, 0xD83D,
+          0xDE00, 0x0000, 0x0130, 0x212A, 0x41]
+
+
+def test_changed_values_are_written_as_the_parser_writes_them(corpus_chunks: Chunks) -> None:
+    rng = random.Random(20)
+    picked = rng.sample(corpus_chunks, 120)
+    compared = given_up = 0
+    for header, original in picked:
+        values = _values(original)
+        for _ in range(4):
+            chunk = bytearray(original)
+            for kind, offset, size in rng.sample(values, min(8, len(values))):
+                if kind == 0x01 and size >= 2:  # a string: some of its characters
+                    for _ in range(rng.randint(1, 3)):
+                        unit = rng.choice(_UNITS)
+                        if unit == 0xD83D and rng.random() < 0.5 and size >= 4:  # a pair, now and then
+                            at = rng.randrange(0, size // 2 - 1)
+                            struct.pack_into("<HH", chunk, offset + 2 * at, 0xD83D, 0xDE00)
+                        else:
+                            struct.pack_into("<H", chunk, offset + 2 * rng.randrange(size // 2), unit)
+                elif kind in (0x11, 0x0A, 0x15, 0x08, 0x06, 0x04, 0x13, 0x0F, 0x0D):  # numbers, times
+                    for at in range(offset, offset + size):
+                        if kind != 0x13 or at >= offset + 2:  # (a SID's count stays)
+                            chunk[at] = rng.randrange(256) if rng.random() < 0.5 else rng.choice((0, 0xFF))
+            got = binxml.chunk_records(bytes(chunk))
+            if got is None:
+                given_up += 1
+                continue
+            assert got == _parser_records(header, bytes(chunk))
+            compared += 1
+    assert compared > 120 and given_up > 20, (compared, given_up)
+
+
+def test_chunks_out_of_the_common_layout_are_left_to_the_parser(corpus_chunks: Chunks) -> None:
+    chunk = next(c for _, c in corpus_chunks if binxml.chunk_records(c))
+    first, last = struct.unpack_from("<QQ", chunk, 24)
+    assert last > first
+    for change in (
+        lambda c: struct.pack_into("<Q", c, 32, last + 1),  # a record the header counts is missing
+        lambda c: struct.pack_into("<Q", c, 32, last - 1),  # a record past the header's last
+        lambda c: struct.pack_into("<Q", c, 24, first + 1),  # numbers that do not follow the header's
+        lambda c: struct.pack_into("<I", c, 48, 100),  # free space inside the header
+        lambda c: struct.pack_into("<I", c, 48, CHUNK_SIZE + 1),
+        lambda c: struct.pack_into("<I", c, 512 + 4, 20),  # a record too short
+        lambda c: struct.pack_into("<I", c, 512 + 4, CHUNK_SIZE),  # a record past the chunk
+        lambda c: c.__setitem__(512, 0),  # a record without its magic
+        lambda c: c.__setitem__(0, ord("X")),  # no chunk magic
+    ):
+        changed = bytearray(chunk)
+        change(changed)
+        assert binxml.chunk_records(bytes(changed)) is None
+    assert binxml.chunk_records(chunk[:-1]) is None
+    assert binxml.chunk_records(bytes(CHUNK_SIZE)) is None
+
+
+def test_random_bytes_never_crash_the_writer(corpus_chunks: Chunks) -> None:
+    """Crafted bytes anywhere in the records: a result or None, never a crash or a hang (every loop is
+    bounded by the chunk)."""
+    rng = random.Random(7)
+    for _, original in rng.sample(corpus_chunks, 60):
+        for _ in range(20):
+            chunk = bytearray(original)
+            for _ in range(rng.randint(1, 16)):
+                chunk[rng.randrange(512, CHUNK_SIZE)] = rng.randrange(256)
+            got = binxml.chunk_records(bytes(chunk))
+            assert got is None or all(isinstance(n, int) and isinstance(t, str) for n, t in got)
+
+
+# --- the reader: the same records and warnings with and without the writer
+
+def _read_all(path: Path, part: tuple[int, int] | None = None) -> tuple[list[tuple[int, Any]], list[str]]:
+    warnings: list[str] = []
+    reader = EvtxReader(decode=lambda text: {"text": text}, isolate=False)
+    with open(path, "rb") as stream:
+        if part is None:
+            records = reader.read(stream, str(path), lambda w: warnings.append(w.message), disk_path=path)
+        else:
+            records = reader.read_part(stream, str(path), lambda w: warnings.append(w.message), part)
+        return [(r.index, r.data["text"]) for r in records], warnings
+
+
+def test_reader_gives_the_parsers_records(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = sorted((shared_data / "evtx").rglob("*.evtx"), key=lambda p: p.stat().st_size)[-40:]
+    with_writer = [_read_all(path) for path in paths]
+    monkeypatch.setattr(evtx_reader, "_chunk_records", None)
+    assert with_writer == [_read_all(path) for path in paths]
+    assert sum(len(records) for records, _ in with_writer) > 5_000
+
+
+def test_reader_parts_and_odd_chunks(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of chunks the writer writes, chunks it leaves to the parser (arrays, a record without a
+    template) and a zero-filled chunk, read whole and in parts: the parser's records either way."""
+    chunks = _corpus_chunks(shared_data)
+    written = [c for _, c in chunks if binxml.chunk_records(c) is not None]
+    left = [c for _, c in chunks if binxml.chunk_records(c) is None]
+    assert written and left
+    body = [written[0], left[0], bytes(CHUNK_SIZE), written[1], left[-1], written[2]]
+    header = bytearray(chunks[0][0])
+    struct.pack_into("<H", header, 42, len(body))
+    struct.pack_into("<I", header, 124, zlib.crc32(bytes(header[:120])))
+    path = tmp_path / "mixed.evtx"
+    path.write_bytes(bytes(header) + b"".join(body))
+    parts = evtx_parts(path, 2)
+    assert parts == [(0, 2), (2, 4), (4, 6)]
+    whole = _read_all(path)
+    in_parts = [_read_all(path, part) for part in parts]
+    monkeypatch.setattr(evtx_reader, "_chunk_records", None)
+    assert whole == _read_all(path)
+    assert in_parts == [_read_all(path, part) for part in parts]
+    assert len(whole[0]) > 50
