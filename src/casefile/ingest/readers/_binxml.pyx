@@ -613,7 +613,7 @@ cdef int put_value(Ctx* x, Val* v) noexcept nogil:
         if u32(p) > 1:  # the parser writes a boolean other than 0 and 1 as the integer it holds
             return put_int(x, <int32_t>u32(p))
         return put(x, b"true", 4) if u32(p) else put(x, b"false", 5)
-    if kind == 0x0E and size > 0:
+    if kind == 0x0E:
         if x.len + 2 * size + 2 > x.cap and grow(x, 2 * size + 2) < 0:
             return -1
         x.out[x.len] = b'"'
@@ -657,10 +657,10 @@ cdef int put_strings(Ctx* x, Val* v) noexcept nogil:
 
 
 cdef inline bint is_empty(Ctx* x, Val* v) noexcept nogil:
-    """A string that writes nothing: an element's text the parser leaves out."""
+    """A string or binary value that writes nothing: an element's text the parser leaves out."""
     if v.kind == 0x01:
         return string_units(x.c + v.off, v.size) == 0
-    return v.kind == LITERAL and v.size == 0
+    return (v.kind == LITERAL or v.kind == 0x0E) and v.size == 0
 
 
 cdef inline bint name_is(Ctx* x, Py_ssize_t name, const char* ascii, int n) noexcept nogil:
@@ -736,8 +736,9 @@ cdef int put_element(Ctx* x, int index, bint data) noexcept nogil:
             text = kid
         kid = x.nodes[kid].next
     if data:
-        if elems or (text >= 0 and x.nodes[text].val.kind == 0x81):
-            return -1
+        if elems or (text >= 0 and (x.nodes[text].val.kind == 0x81
+                                    or (x.nodes[text].val.kind == 0x0E and x.nodes[text].val.size == 0))):
+            return -1  # arrays and empty binary values of a named <Data>: not seen written
         if text < 0:
             if e.nulls:
                 return -1  # empty by a null: not seen written

@@ -44,6 +44,8 @@ RECORD_MAGIC = b"\x2a\x2a\x00\x00"
 COMPRESSED_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError)
 #: Compressed EVTX is copied to a temporary file up to this size (Windows logs stay far below).
 MAX_COPY = 16 << 30
+#: Files of at most this many chunks (16 MB) are read into memory at once when `_binxml` writes their records.
+IMAGE_CHUNKS = 256
 #: After this many errors in a row without a good record the rest of the file is given up.
 MAX_CONSECUTIVE_ERRORS = 256
 #: Seconds a chunk may take in the child process that parses it (a chunk takes milliseconds): some
@@ -245,9 +247,12 @@ class _Chunkwise:
     (what the parser gives, in a third of the time), else the parser reads the chunk from an image of the
     file header and that chunk, its messages naming the file's chunk numbers (`_Renumbered`)."""
 
-    def __init__(self, stream: IO[bytes], header: bytes, start: int, stop: int) -> None:
+    def __init__(
+        self, stream: IO[bytes], header: bytes, start: int, stop: int, image: bytes | None = None
+    ) -> None:
         self._stream = stream
         self._header = header
+        self._image = memoryview(image) if image is not None else None  # the file, read already
         self._next = start
         self._stop = stop
         self._pending: list[tuple[int, str]] = []  # the chunk's records, last first
@@ -273,14 +278,18 @@ class _Chunkwise:
                 raise StopIteration
             number = self._next
             self._next += 1
-            self._stream.seek(HEADER_SIZE + number * CHUNK_SIZE)
-            chunk = self._stream.read(CHUNK_SIZE)
+            offset = HEADER_SIZE + number * CHUNK_SIZE
+            if self._image is not None:
+                chunk: bytes | memoryview = self._image[offset:offset + CHUNK_SIZE]
+            else:
+                self._stream.seek(offset)
+                chunk = self._stream.read(CHUNK_SIZE)
             records = _chunk_records(chunk) if _chunk_records is not None else None
             if records is not None:
                 records.reverse()
                 self._pending = records
             else:
-                image = io.BytesIO(self._header + chunk)
+                image = io.BytesIO(self._header + bytes(chunk))
                 self._parser = _Renumbered(PyEvtxParser(image, number_of_threads=1), number)
 
 
@@ -938,13 +947,23 @@ class EvtxReader:
             ))
             return
         full_chunks, partial, declared = _layout(stream, header)
-        problems, damaged = check_checksums(stream, header, full_chunks)
+        image = None
+        if full_chunks <= IMAGE_CHUNKS and _chunk_records is not None and not self.isolate:
+            # A file of a few chunks (most are) is read once, not chunk by chunk for its checksums and again
+            # for its records.
+            stream.seek(0)
+            image = stream.read(HEADER_SIZE + full_chunks * CHUNK_SIZE)
+            if len(image) != HEADER_SIZE + full_chunks * CHUNK_SIZE:  # changed as it was read
+                image = None
+        problems, damaged = check_checksums(
+            io.BytesIO(image) if image is not None else stream, header, full_chunks
+        )
         for problem in problems:
             on_warning(IngestWarning(source, problem))
         stream.seek(0)
         parser: Any
         if not damaged and _chunk_records is not None and _plain_header(header) and not self.isolate:
-            parser = _Chunkwise(stream, header, 0, full_chunks)
+            parser = _Chunkwise(stream, header, 0, full_chunks, image)
         else:
             try:
                 # With damaged chunks the parser checks every chunk's checksums, so that it refuses the
