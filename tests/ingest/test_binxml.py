@@ -213,3 +213,60 @@ def test_reader_parts_and_odd_chunks(
     assert whole == _read_all(path)
     assert in_parts == [_read_all(path, part) for part in parts]
     assert len(whole[0]) > 50
+
+
+def test_isolated_reader_writes_what_it_can_itself(shared_data: Path, tmp_path: Path) -> None:
+    """With every chunk parsed apart (`isolate`, the CLI's own reading), chunks the writer writes are written
+    in this process, as a hunt worker writes them: the same records and warnings, and no child for a file
+    of such chunks; chunks left to the parser still go to the child."""
+    chunks = _corpus_chunks(shared_data)
+    written = [c for _, c in chunks if binxml.chunk_records(c) is not None]
+    left = [c for _, c in chunks if binxml.chunk_records(c) is None]
+    header = bytearray(chunks[0][0])
+    struct.pack_into("<H", header, 42, 2)
+    struct.pack_into("<I", header, 124, zlib.crc32(bytes(header[:120])))
+    plain, mixed = tmp_path / "plain.evtx", tmp_path / "mixed.evtx"
+    plain.write_bytes(bytes(header) + written[0] + written[1])
+    mixed.write_bytes(bytes(header) + written[2] + left[0])
+    apart = EvtxReader()
+    try:
+        for path in (plain, mixed):
+            warnings: list[Any] = []
+            with open(path, "rb") as stream:
+                records = apart.read(stream, str(path), warnings.append, disk_path=path)
+                got = [(r.index, r.data) for r in records]
+            reader = EvtxReader(isolate=False)
+            with open(path, "rb") as stream:
+                want = [(r.index, r.data) for r in reader.read(stream, str(path), print, disk_path=path)]
+            assert got == want and warnings == [] and len(got) > 1
+            children = [spare._child for spare in apart._spare if spare._child is not None]
+            assert bool(children) == (path == mixed)
+    finally:
+        apart.close()
+
+
+def test_chunk_the_parser_loops_on_is_written_the_same_by_every_reader(
+    stalling_evtx: bytearray, tmp_path: Path
+) -> None:
+    """A chunk crafted so that the parser loops (checksums made valid) but the writer reads: the worker's
+    reading and the isolated reading give the same records, every one, without a stall."""
+    data = stalling_evtx
+    chunk = HEADER_SIZE + CHUNK_SIZE
+    free = struct.unpack_from("<I", data, chunk + 48)[0]
+    struct.pack_into("<I", data, chunk + 52, zlib.crc32(bytes(data[chunk + 512:chunk + free])))
+    head = bytes(data[chunk:chunk + 120] + data[chunk + 128:chunk + 512])
+    struct.pack_into("<I", data, chunk + 124, zlib.crc32(head))
+    assert binxml.chunk_records(bytes(data[chunk:chunk + CHUNK_SIZE])) is not None
+    path = tmp_path / "crafted.evtx"
+    path.write_bytes(bytes(data))
+    here = _read_all(path)
+    apart = EvtxReader(decode=lambda text: {"text": text})
+    warnings: list[str] = []
+    try:
+        with open(path, "rb") as stream:
+            records = apart.read(stream, str(path), lambda w: warnings.append(w.message), disk_path=path)
+            there = [(r.index, r.data["text"]) for r in records]
+    finally:
+        apart.close()
+    assert (there, warnings) == here
+    assert len(here[0]) == 869 and here[1] == []

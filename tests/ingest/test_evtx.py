@@ -278,7 +278,15 @@ def test_reading_apart_gives_what_reading_here_gives(sample: bytes, tmp_path: Pa
         apart.close()
 
 
+@pytest.fixture()
+def parser_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk left to the parser (no `_binxml` writer): the child's machinery, which serves the chunks
+    the writer does not write, meets every chunk of these samples."""
+    monkeypatch.setattr(evtx_reader, "_chunk_records", None)
+
+
 @pytest.mark.shared
+@pytest.mark.usefixtures("parser_only")
 def test_first_chunk_of_the_next_file_is_asked_ahead(sample: bytes, tmp_path: Path) -> None:
     """A caller that names the file it reads next (`following`) has its first chunk parsed meanwhile, by
     the same child; a wrong guess costs a new child, never a wrong record."""
@@ -355,6 +363,7 @@ def test_one_reader_shared_by_threads(shared_data: Path) -> None:
 
 
 @pytest.mark.shared
+@pytest.mark.usefixtures("parser_only")
 def test_a_child_that_cannot_parse_says_why(
     sample: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,6 +416,7 @@ def test_the_child_lets_a_read_file_go(sample: bytes, tmp_path: Path) -> None:
 
 
 @pytest.mark.shared
+@pytest.mark.usefixtures("parser_only")
 def test_no_child_to_be_had_is_a_read_error(
     sample: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -448,6 +458,7 @@ def test_crafted_chunk_with_valid_checksums_is_stopped(crafted_evtx: bytearray, 
 
 
 @pytest.mark.shared
+@pytest.mark.usefixtures("parser_only")
 def test_a_child_that_ends_by_itself_is_asked_again(
     sample: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -728,9 +728,32 @@ _CAN_ISOLATE = os.name == "posix"
 _AHEAD = 4
 
 
+def _written(stream: IO[bytes], number: int) -> list[Item] | None:
+    """Chunk `number`'s records as `_binxml` writes them (what the parser gives), or None: the parser's."""
+    if _chunk_records is None:
+        return None
+    stream.seek(HEADER_SIZE + number * CHUNK_SIZE)
+    records = _chunk_records(stream.read(CHUNK_SIZE))
+    if records is None:
+        return None
+    return [{"event_record_id": n, "data": text} for n, text in records]
+
+
+def _first_written(path: str) -> bool:
+    """Whether `_binxml` writes chunk 0 of the file at `path` (so that no child need be asked for it)."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(HEADER_SIZE)
+            if not _plain_header(header) or check_checksums(fh, header, 1)[1]:
+                return False
+            return _written(fh, 0) is not None
+    except OSError:
+        return False
+
+
 def _chunks_apart(
     child: _ChunkParser, path: Path, full_chunks: int, damaged: set[int], *, first_asked: bool = False,
-    next_path: str | None = None,
+    next_path: str | None = None, written: Callable[[int], list[Item] | None] | None = None,
 ) -> Iterator[list[Item]]:
     """The items of the file at `path` parsed in `child`, chunk by chunk, a few at a time: chunks are asked
     ahead, so that the child parses while this process works on what it sent.
@@ -742,14 +765,21 @@ def _chunks_apart(
 
     `first_asked`: chunk 0 was asked already (ahead, by the file before). Once every chunk is asked,
     chunk 0 of `next_path` (the file the caller reads next, if known) is asked too: files of a few
-    chunks would otherwise each wait for their first.
+    chunks would otherwise each wait for their first. `written(n)`: chunk n's items where this process
+    writes them itself (`_written`, which cannot loop), or None for a chunk the child must parse; it is
+    asked as chunks are asked, and what it wrote is kept until its turn.
     """
     name = str(path)
     asked = 1 if first_asked else 0  # the next chunk to ask for
     number = 0  # the chunk being read
     given = skip = 0  # items of this chunk handed on; items of a second try to drop (given by the first)
     retried = False
+    local: dict[int, list[Item]] = {}  # chunks written here, ahead of their turn
     while number < full_chunks:
+        if number in local:
+            yield local.pop(number)
+            number += 1
+            continue
         if child.stops >= _Quarantine.MAX_STOPS:
             yield [
                 f"chunks {number}..{full_chunks - 1} not parsed: the parser already had to be stopped "
@@ -758,16 +788,25 @@ def _chunks_apart(
             return
         if not child.running:
             asked = number  # a stopped child's requests went with it
-        sent = asked
+        requests = 0
         while asked < full_chunks and asked - number < _AHEAD:
-            child.send(b"", asked, path=name, flush=False)  # one write for the requests of one go
+            items = written(asked) if written is not None and asked not in local else None
+            if items is not None:
+                local[asked] = items
+            elif asked not in local:
+                child.send(b"", asked, path=name, flush=False)  # one write for the requests of one go
+                requests += 1
             asked += 1
         if asked == full_chunks and next_path is not None and child.running and asked - number < _AHEAD:
-            child.send(b"", 0, path=next_path, flush=False)
-            child.ahead, next_path = next_path, None
-            sent = -1
-        if asked != sent:
+            if written is None or not _first_written(next_path):
+                child.send(b"", 0, path=next_path, flush=False)
+                child.ahead = next_path
+                requests += 1
+            next_path = None
+        if requests:
             child.flush()
+        if number in local:
+            continue
         items, done = child.take(f"{'damaged ' if number in damaged else ''}chunk {number}")
         if done and child.died and not retried:
             items.pop()  # the stop's message: not a stop, yet
@@ -920,7 +959,7 @@ class EvtxReader:
             if head.startswith(CHUNK_MAGIC):
                 last = struct.unpack_from("<Q", head, 32)[0]
                 break
-        if _chunk_records is not None:
+        if _chunk_records is not None and _plain_header(header):
             chunks: _Chunkwise | _Renumbered = _Chunkwise(stream, header, start, stop)
         else:
             try:
@@ -1010,8 +1049,12 @@ class EvtxReader:
         ahead = str(next_path) if next_path is not None and not partial else None
         try:
             first = child.claim(name if full_chunks else None)
+            # Chunks that `_binxml` writes are written here, as a hunt's workers write them (`_Chunkwise`),
+            # not parsed in the child: the same records either way, and the same chunks read by the parser.
+            mine = not damaged and _chunk_records is not None and _plain_header(header)
             chunks = _chunks_apart(
-                child, disk_path, full_chunks, damaged, first_asked=first, next_path=ahead
+                child, disk_path, full_chunks, damaged, first_asked=first, next_path=ahead,
+                written=functools.partial(_written, stream) if mine else None,
             )
             feed = _Feed(functools.partial(next, chunks, None))  # (not a closure: see `_read`)
             last = 0
