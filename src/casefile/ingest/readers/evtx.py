@@ -276,21 +276,34 @@ class _Chunkwise:
                     self._parser = None
             if self._next >= self._stop:
                 raise StopIteration
-            number = self._next
-            self._next += 1
-            offset = HEADER_SIZE + number * CHUNK_SIZE
-            if self._image is not None:
-                chunk: bytes | memoryview = self._image[offset:offset + CHUNK_SIZE]
-            else:
-                self._stream.seek(offset)
-                chunk = self._stream.read(CHUNK_SIZE)
-            records = _chunk_records(chunk) if _chunk_records is not None else None
+            records = self._load()
             if records is not None:
                 records.reverse()
                 self._pending = records
-            else:
-                image = io.BytesIO(self._header + bytes(chunk))
-                self._parser = _Renumbered(PyEvtxParser(image, number_of_threads=1), number)
+
+    def written(self) -> list[tuple[int, str]] | None:
+        """The next chunk's records, in order, where the writer writes them (taken whole: `_records` makes
+        them without this iterator's dict per record); None when the caller must go on record by record
+        (`__next__`): a chunk the parser reads, or the end."""
+        if self._pending or self._parser is not None or self._next >= self._stop:
+            return None
+        return self._load()
+
+    def _load(self) -> list[tuple[int, str]] | None:
+        """Takes the next chunk: its records as written, or None, the parser then set on it."""
+        number = self._next
+        self._next += 1
+        offset = HEADER_SIZE + number * CHUNK_SIZE
+        if self._image is not None:
+            chunk: bytes | memoryview = self._image[offset:offset + CHUNK_SIZE]
+        else:
+            self._stream.seek(offset)
+            chunk = self._stream.read(CHUNK_SIZE)
+        records = _chunk_records(chunk) if _chunk_records is not None else None
+        if records is None:
+            image = io.BytesIO(self._header + bytes(chunk))
+            self._parser = _Renumbered(PyEvtxParser(image, number_of_threads=1), number)
+        return records
 
 
 def _complete_records(chunk: bytes) -> tuple[int, int | None]:
@@ -326,10 +339,23 @@ def _records(
     checksum, or None when n is not a chunk the reader found damaged; they take the chunk's place.
     """
     iterator = parser.records_json()
+    lane = iterator if type(iterator) is _Chunkwise else None
     salvaged: list[Item] = []
     consecutive = 0
     while True:
         error: str | None = None
+        written = lane.written() if lane is not None else None
+        if written:  # a chunk the writer wrote: its records, numbered, valid JSON objects every one
+            consecutive = 0
+            for last_number, text in written:
+                data = decode(text)
+                if not isinstance(data, dict):
+                    on_warning(IngestWarning(
+                        source, f"EVTX record{what} is a JSON {type(data).__name__}", last_number
+                    ))
+                    continue
+                yield RawRecord(last_number, data, "evtx-json")
+            continue
         if salvaged:
             item = salvaged.pop()
             if isinstance(item, _Panic):  # in the child, on a damaged chunk: this process's parser goes on
