@@ -54,12 +54,15 @@ MAX_CONSECUTIVE_ERRORS = 256
 CHUNK_SECONDS = 10.0
 
 
-def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> tuple[list[str], set[int]]:
+def check_checksums(
+    stream: IO[bytes], header: bytes, full_chunks: int, image: bytes | None = None
+) -> tuple[list[str], set[int]]:
     """Problems with the CRC32 checksums of the file header and of each chunk (header and records), and
     the numbers of the chunks whose checksums do not match.
 
     A mismatch means bytes changed after Windows wrote them (damage, or tampering): the reader parses
-    such chunks apart (`_Quarantine`), reads their records as found and reports the mismatch.
+    such chunks apart (`_Quarantine`), reads their records as found and reports the mismatch. `image`: the
+    file's bytes up to its last whole chunk, read already (then the stream is not read).
     """
     problems = []
     damaged: set[int] = set()
@@ -68,11 +71,16 @@ def check_checksums(stream: IO[bytes], header: bytes, full_chunks: int) -> tuple
     for number in range(full_chunks):
         # Only a chunk's header and the records it says it holds are read: unused space (zero-filled chunks,
         # and the end of chunks not yet full) is neither checked nor copied.
-        stream.seek(HEADER_SIZE + number * CHUNK_SIZE)
-        head = stream.read(CHUNK_HEADER_SIZE)
-        if not head.startswith(CHUNK_MAGIC):
+        offset = HEADER_SIZE + number * CHUNK_SIZE
+        head: bytes | memoryview
+        if image is not None:
+            head = memoryview(image)[offset:offset + CHUNK_SIZE]
+        else:
+            stream.seek(offset)
+            head = stream.read(CHUNK_HEADER_SIZE)
+        if head[:len(CHUNK_MAGIC)] != CHUNK_MAGIC:
             continue  # unused (zero-filled) space; a damaged chunk header is reported by the parser
-        part = _chunk_mismatch(head, stream.read)
+        part = _chunk_mismatch(head, stream.read if image is None else None)
         if part is not None:
             damaged.add(number)
             first, last = struct.unpack_from("<QQ", head, 24)
@@ -107,13 +115,15 @@ def _layout(stream: IO[bytes], header: bytes) -> tuple[int, int, int]:
     return full_chunks, partial, declared
 
 
-def _chunk_header_mismatch(chunk: bytes) -> bool:
+def _chunk_header_mismatch(chunk: bytes | memoryview) -> bool:
     """Whether the checksum of a chunk's header (its first 512 bytes but the checksum) does not match."""
     stored: int = struct.unpack_from("<I", chunk, 124)[0]
     return zlib.crc32(chunk[128:512], zlib.crc32(chunk[:120])) != stored
 
 
-def _chunk_mismatch(chunk: bytes, read_records: Callable[[int], bytes] | None = None) -> str | None:
+def _chunk_mismatch(
+    chunk: bytes | memoryview, read_records: Callable[[int], bytes] | None = None
+) -> str | None:
     """Which checksum of a chunk (with its magic) does not match: "chunk header", "records", or None.
 
     `chunk` is the whole chunk, or its 512-byte header when `read_records(n)` gives the n bytes that
@@ -1020,9 +1030,7 @@ class EvtxReader:
             image = stream.read(HEADER_SIZE + full_chunks * CHUNK_SIZE)
             if len(image) != HEADER_SIZE + full_chunks * CHUNK_SIZE:  # changed as it was read
                 image = None
-        problems, damaged = check_checksums(
-            io.BytesIO(image) if image is not None else stream, header, full_chunks
-        )
+        problems, damaged = check_checksums(stream, header, full_chunks, image)
         for problem in problems:
             on_warning(IngestWarning(source, problem))
         stream.seek(0)
