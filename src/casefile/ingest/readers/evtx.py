@@ -775,18 +775,6 @@ def _written(stream: IO[bytes], number: int) -> list[Item] | None:
     return [{"event_record_id": n, "data": text} for n, text in records]
 
 
-def _first_written(path: str) -> bool:
-    """Whether `_binxml` writes chunk 0 of the file at `path` (so that no child need be asked for it)."""
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(HEADER_SIZE)
-            if not _plain_header(header) or check_checksums(fh, header, 1)[1]:
-                return False
-            return _written(fh, 0) is not None
-    except OSError:
-        return False
-
-
 def _chunks_apart(
     child: _ChunkParser, path: Path, full_chunks: int, damaged: set[int], *, first_asked: bool = False,
     next_path: str | None = None, written: Callable[[int], list[Item] | None] | None = None,
@@ -800,10 +788,10 @@ def _chunks_apart(
     that started it ends (the parent-death signal), which says nothing about the chunk.
 
     `first_asked`: chunk 0 was asked already (ahead, by the file before). Once every chunk is asked,
-    chunk 0 of `next_path` (the file the caller reads next, if known) is asked too: files of a few
-    chunks would otherwise each wait for their first. `written(n)`: chunk n's items where this process
-    writes them itself (`_written`, which cannot loop), or None for a chunk the child must parse; it is
-    asked as chunks are asked, and what it wrote is kept until its turn.
+    chunk 0 of `next_path` (the file the caller reads next, if known) is asked too, where there is no
+    `_binxml` writer: files of a few chunks would otherwise each wait for their first. `written(n)`: chunk
+    n's items where this process writes them itself (`_written`, which cannot loop), or None for a chunk
+    the child must parse; it is asked as chunks are asked, and what it wrote is kept until its turn.
     """
     name = str(path)
     asked = 1 if first_asked else 0  # the next chunk to ask for
@@ -834,7 +822,7 @@ def _chunks_apart(
                 requests += 1
             asked += 1
         if asked == full_chunks and next_path is not None and child.running and asked - number < _AHEAD:
-            if written is None or not _first_written(next_path):
+            if _chunk_records is None:  # (with the writer, the next file's chunk 0 is most likely written)
                 child.send(b"", 0, path=next_path, flush=False)
                 child.ahead = next_path
                 requests += 1
