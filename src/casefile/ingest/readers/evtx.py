@@ -254,7 +254,7 @@ class _Renumbered:
 class _Chunkwise:
     """Stands in for the parser's `records_json()` over chunks `start` to `stop` (exclusive) of a file whose
     chunks' checksums match: a chunk's records are written by `_binxml.chunk_records` where it writes them all
-    (what the parser gives, in a third of the time), else the parser reads the chunk from an image of the
+    (what the parser gives, in about 60% of its time), else the parser reads the chunk from an image of the
     file header and that chunk, its messages naming the file's chunk numbers (`_Renumbered`)."""
 
     def __init__(
