@@ -46,7 +46,6 @@ cdef enum:
 
 cdef struct Val:
     int kind          # the EVTX value type, or LITERAL
-    bint optional     # from an optional substitution
     Py_ssize_t off    # where its bytes start in the chunk
     Py_ssize_t size
 
@@ -187,7 +186,7 @@ cdef int instance(Ctx* x, Py_ssize_t p, Py_ssize_t end, int parent, int nest) no
     return tokens(x, body, body + size, parent, base, <int>n, nest, 2)
 
 
-cdef int value_node(Ctx* x, int top, int attr, int kind, bint optional, Py_ssize_t off, Py_ssize_t size) noexcept nogil:
+cdef int value_node(Ctx* x, int top, int attr, int kind, Py_ssize_t off, Py_ssize_t size) noexcept nogil:
     cdef int i
     cdef Val* v
     if attr >= 0:
@@ -199,7 +198,6 @@ cdef int value_node(Ctx* x, int top, int attr, int kind, bint optional, Py_ssize
             return -1
         v = &x.nodes[i].val
     v.kind = kind
-    v.optional = optional
     v.off = off
     v.size = size
     return 0
@@ -266,7 +264,7 @@ cdef int tokens(Ctx* x, Py_ssize_t pos, Py_ssize_t end, int parent, int base, in
             count = u16(x.c + pos + 2)
             if pos + 4 + 2 * count > end:
                 return -1
-            if value_node(x, top, attr, LITERAL, False, pos + 4, 2 * count) < 0:
+            if value_node(x, top, attr, LITERAL, pos + 4, 2 * count) < 0:
                 return -1
             pos += 4 + 2 * count
         elif t == 0x0D or t == 0x0E:
@@ -289,11 +287,11 @@ cdef int tokens(Ctx* x, Py_ssize_t pos, Py_ssize_t end, int parent, int base, in
                 if attr < 0:
                     x.nodes[top].nulls = True
                 if x.c[pos - 1] == 0x81:
-                    if attr >= 0 or value_node(x, top, -1, 0x81, True, pos, 0) < 0:
+                    if attr >= 0 or value_node(x, top, -1, 0x81, pos, 0) < 0:
                         return -1
                 elif x.c[pos - 1] & 0x80:
                     return -1
-            elif value_node(x, top, attr, kind, t == 0x0E, x.sub_off[base + idx], x.sub_size[base + idx]) < 0:
+            elif value_node(x, top, attr, kind, x.sub_off[base + idx], x.sub_size[base + idx]) < 0:
                 return -1
         elif t == 0x0F:
             pos += 4
@@ -839,9 +837,26 @@ cdef Py_ssize_t _marks[MAX_RECORDS + 1]
 cdef bint _ascii[MAX_RECORDS]
 
 
+cdef bint _busy = False
+
+
 def chunk_records(const uint8_t[::1] chunk):
     """The records of one 64 KiB EVTX chunk as `[(record number, JSON text), ...]`, as the `evtx` parser
-    writes them; None when the chunk holds anything this does not write exactly (the parser reads it)."""
+    writes them; None when the chunk holds anything this does not write exactly (the parser reads it).
+
+    The output buffer is the module's: a call made while another is making its strings (a thread switched
+    to by the collector's finalizers, say) gets None too."""
+    global _busy
+    if _busy:
+        return None
+    _busy = True
+    try:
+        return _chunk_records(chunk)
+    finally:
+        _busy = False
+
+
+cdef object _chunk_records(const uint8_t[::1] chunk):
     cdef Ctx* x = &_ctx
     cdef Py_ssize_t pos = CHUNK_HEADER, free_space, size, i, n = 0
     cdef uint64_t first, last, number
