@@ -17,14 +17,20 @@ What the parser writes, where this follows it: a string's closing NULs are dropp
 string is no text (`null`) but a named `<Data>`'s is `""`, as is a named `<Data>` with no value at all; a
 boolean other than 0 or 1 is the integer it holds; a string array's strings are `{"#text": [...]}`, one
 alone `{"#text": "..."}`, an optional one left null `{"#text": ""}`; control characters are escaped as
-`\\u00XX`, upper case.
+`\\u00XX`, upper case. Only under `<EventData>` is a `<Data>` named by its Name (and an array one element's
+text); keys are written as they stand, so a name that would need an escape is left to the parser.
+
+What the parser refuses, this leaves to it (found by changing bytes of corpus chunks at random and
+comparing, `tests/ingest/test_binxml.py`): it loads the chunk's string and template tables before any
+record, reads every substitution value (those no token takes too: their types, sizes, UTF-16, times),
+the type each substitution token declares, the end token after the values, and the record header's time.
 
 Cython proper, not Python: without a C compiler there is no build, and the reader uses the parser alone.
 """
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport realloc
 
 cdef extern from "Python.h":
@@ -43,6 +49,9 @@ cdef enum:
     MAX_RECORDS = 2341  # (CHUNK - CHUNK_HEADER) // 28 + 1
     # value kinds besides the EVTX types: a template's own text (a Value token's UTF-16 characters)
     LITERAL = 0x100
+
+#: FILETIME ticks of 10000-01-01: times from there on are left to the parser.
+cdef uint64_t FILETIME_END = 2650467744000000000ULL
 
 cdef struct Val:
     int kind          # the EVTX value type, or LITERAL
@@ -72,6 +81,7 @@ cdef struct Ctx:
     Attr attrs[MAX_ATTRS]
     int n_attrs
     uint8_t sub_kind[MAX_SUBS]
+    uint8_t sub_used[MAX_SUBS]
     Py_ssize_t sub_off[MAX_SUBS]
     Py_ssize_t sub_size[MAX_SUBS]
     int n_subs
@@ -79,6 +89,8 @@ cdef struct Ctx:
     Py_ssize_t len
     Py_ssize_t cap
     bint ascii
+    bint checking     # a template's tokens read for their form alone (`tables_ok`): no values
+    uint8_t used[CHUNK >> 3]  # a bit per chunk offset: the templates records expanded
 
 cdef Ctx _ctx
 cdef const char* _HEX_LOWER = b"0123456789abcdef"
@@ -144,6 +156,52 @@ cdef inline int new_node(Ctx* x, int parent, bint elem) noexcept nogil:
     return i
 
 
+cdef bint utf16_ok(const uint8_t* p, Py_ssize_t units) noexcept nogil:
+    """Whether UTF-16LE text holds no lone surrogate."""
+    cdef Py_ssize_t i = 0
+    cdef uint32_t u
+    while i < units:
+        u = p[2 * i] | (<uint32_t>p[2 * i + 1] << 8)
+        i += 1
+        if 0xD800 <= u < 0xE000:
+            if u >= 0xDC00 or i >= units:
+                return False
+            u = p[2 * i] | (<uint32_t>p[2 * i + 1] << 8)
+            if not 0xDC00 <= u < 0xE000:
+                return False
+            i += 1
+    return True
+
+
+cdef inline bint known_kind(uint8_t kind) noexcept nogil:
+    """Whether a value type is one of the format's (an array of one, too)."""
+    if kind & 0x80:
+        return 0x01 <= (kind & 0x7F) <= 0x15
+    return kind <= 0x15 or kind == 0x20 or kind == 0x21 or kind == 0x23
+
+
+cdef inline bint known_value(uint8_t kind, Py_ssize_t size) noexcept nogil:
+    """Whether a substitution value's type is one of the format's, of the size its type has (where it has
+    one); not a SYSTEMTIME, whose fields the parser checks (and this module does not write)."""
+    if kind == 0x01 or kind == 0x81:
+        return size & 1 == 0  # UTF-16
+    if kind & 0x80 or kind > 0x15:
+        return known_kind(kind)
+    if kind == 0x12:
+        return False
+    if kind == 0x03 or kind == 0x04:
+        return size == 1
+    if kind == 0x05 or kind == 0x06:
+        return size == 2
+    if kind == 0x07 or kind == 0x08 or kind == 0x0B or kind == 0x0D or kind == 0x14:
+        return size == 4
+    if kind == 0x09 or kind == 0x0A or kind == 0x0C or kind == 0x11 or kind == 0x15:
+        return size == 8
+    if kind == 0x0F:
+        return size == 16
+    return True
+
+
 cdef int instance(Ctx* x, Py_ssize_t p, Py_ssize_t end, int parent, int nest) noexcept nogil:
     """Expand the template instance of the fragment at `p` (up to `end`) into children of `parent`."""
     cdef Py_ssize_t defn, size, body, i, n, at
@@ -167,6 +225,7 @@ cdef int instance(Ctx* x, Py_ssize_t p, Py_ssize_t end, int parent, int nest) no
         return -1
     size = u32(x.c + defn + 20)
     body = defn + 24
+    x.used[defn >> 3] |= <uint8_t>(1 << (defn & 7))
     if size > CHUNK or body + size > CHUNK or p + 4 > end:
         return -1
     n = u32(x.c + p)
@@ -177,13 +236,26 @@ cdef int instance(Ctx* x, Py_ssize_t p, Py_ssize_t end, int parent, int nest) no
     at = p + 4 * n
     for i in range(n):
         x.sub_kind[base + i] = x.c[p + 4 * i + 2]
+        x.sub_used[base + i] = False
         x.sub_size[base + i] = u16(x.c + p + 4 * i)
         x.sub_off[base + i] = at
+        if not known_value(x.sub_kind[base + i], x.sub_size[base + i]):
+            return -1  # the parser reads every value, those no token takes too, and refuses this one
         at += x.sub_size[base + i]
-    if at > end:
-        return -1
+    if at > end or (at < end and x.c[at] != 0x00):
+        return -1  # what follows the values is the fragment's end token, where the parser reads one
     x.n_subs += <int>n
-    return tokens(x, body, body + size, parent, base, <int>n, nest, 2)
+    if tokens(x, body, body + size, parent, base, <int>n, nest, 2) < 0:
+        return -1
+    for i in range(n):  # the parser decodes every value, those no token takes too
+        if x.sub_used[base + i]:
+            continue
+        if x.sub_kind[base + i] == 0x01 or x.sub_kind[base + i] == 0x81:
+            if not utf16_ok(x.c + x.sub_off[base + i], x.sub_size[base + i] >> 1):
+                return -1
+        elif x.sub_kind[base + i] == 0x11 and u64(x.c + x.sub_off[base + i]) >= FILETIME_END:
+            return -1
+    return 0
 
 
 cdef int value_node(Ctx* x, int top, int attr, int kind, Py_ssize_t off, Py_ssize_t size) noexcept nogil:
@@ -271,10 +343,15 @@ cdef int tokens(Ctx* x, Py_ssize_t pos, Py_ssize_t end, int parent, int base, in
             if pos + 4 > end or top == parent:
                 return -1
             idx = u16(x.c + pos + 1)
+            if not known_kind(x.c[pos + 3]):
+                return -1  # the parser reads the type a template declares, and refuses this one
             pos += 4
+            if x.checking:
+                continue
             if idx >= n_subs:
                 return -1
             kind = x.sub_kind[base + idx]
+            x.sub_used[base + idx] = True
             if kind == 0x21:  # BinXml: a fragment of its own, its elements children of this one
                 if attr >= 0:
                     return -1
@@ -332,9 +409,10 @@ cdef inline int put_char(Ctx* x, char ch) noexcept nogil:
     return 0
 
 
-cdef int put_utf16(Ctx* x, const uint8_t* p, Py_ssize_t units) noexcept nogil:
+cdef int put_utf16(Ctx* x, const uint8_t* p, Py_ssize_t units, bint key=False) noexcept nogil:
     """UTF-16LE characters as a JSON string, escaped as serde_json escapes; -1 for a NUL or a lone surrogate
-    (not seen written)."""
+    (not seen written). `key`: an object's key, which the parser writes as it stands: -1 for a character
+    that would need an escape (a control character, a quote, a backslash: other JSON, or none)."""
     cdef Py_ssize_t i = 0
     cdef uint32_t u, v
     cdef char* o
@@ -366,12 +444,12 @@ cdef int put_utf16(Ctx* x, const uint8_t* p, Py_ssize_t units) noexcept nogil:
             if u >= 0x20 and u != 0x22 and u != 0x5C:
                 o[0] = <char>u
                 o += 1
+            elif key or u == 0:
+                return -1
             elif u == 0x22 or u == 0x5C:
                 o[0] = b'\\'
                 o[1] = <char>u
                 o += 2
-            elif u == 0:
-                return -1
             else:
                 o[0] = b'\\'
                 if u == 0x08:
@@ -495,7 +573,7 @@ cdef int put_filetime(Ctx* x, uint64_t ticks) noexcept nogil:
     m = mp + 3 if mp < 10 else mp - 9
     if m <= 2:
         y += 1
-    if y > 9999:
+    if ticks >= FILETIME_END:
         return -1
     if x.len + 29 > x.cap and grow(x, 29) < 0:
         return -1
@@ -673,7 +751,7 @@ cdef inline bint name_is(Ctx* x, Py_ssize_t name, const char* ascii, int n) noex
 
 
 cdef inline int put_name(Ctx* x, Py_ssize_t name) noexcept nogil:
-    return put_utf16(x, x.c + name + 8, u16(x.c + name + 6))
+    return put_utf16(x, x.c + name + 8, u16(x.c + name + 6), True)
 
 
 cdef int data_name(Ctx* x, Node* e) noexcept nogil:
@@ -714,14 +792,19 @@ cdef int new_key(Ctx* x, Py_ssize_t start, uint64_t* hashes, Py_ssize_t* offs, i
     return 0
 
 
-cdef int put_element(Ctx* x, int index, bint data) noexcept nogil:
+cdef int put_element(Ctx* x, int index, bint data, bint in_event_data) noexcept nogil:
     """An element's JSON value: null, its text, or an object of `#attributes`, children and `#text`. `data`:
-    a named `<Data>`, whose value is its text alone, an empty string included."""
+    a named `<Data>` of `<EventData>`, whose value is its text alone, an empty string included;
+    `in_event_data`: the element is a child of `<EventData>` (only there does the parser name a `<Data>`
+    by its Name, or write a string array as one element's text)."""
     cdef Node* e = &x.nodes[index]
     cdef int kid, text = -1, elems = 0, attrs = 0, i, a, keys = 0
     cdef Py_ssize_t key_off[MAX_KEYS]
     cdef uint64_t key_hash[MAX_KEYS]
     cdef uint64_t seen = 0
+    cdef bint under
+    cdef Val* v
+    cdef Py_ssize_t units
     cdef Py_ssize_t start
     cdef bint first = True
     kid = e.first_kid
@@ -752,7 +835,7 @@ cdef int put_element(Ctx* x, int index, bint data) noexcept nogil:
     if text >= 0 and elems:
         return -1  # mixed content
     if text >= 0 and x.nodes[text].val.kind == 0x81:
-        if attrs or not name_is(x, e.name, b"Data", 4):
+        if attrs or not in_event_data or not name_is(x, e.name, b"Data", 4):
             return -1  # elsewhere the parser repeats the element per string, renaming the repeats
         return put_strings(x, &x.nodes[text].val)
     if not attrs and not elems:
@@ -782,6 +865,7 @@ cdef int put_element(Ctx* x, int index, bint data) noexcept nogil:
         first = False
     keys = 0
     seen = 0
+    under = name_is(x, e.name, b"EventData", 9)
     kid = e.first_kid
     while kid >= 0:
         if x.nodes[kid].elem:
@@ -790,22 +874,24 @@ cdef int put_element(Ctx* x, int index, bint data) noexcept nogil:
             first = False
             start = x.len
             a = -1
-            if name_is(x, x.nodes[kid].name, b"Data", 4):
+            if under and name_is(x, x.nodes[kid].name, b"Data", 4):
                 a = data_name(x, &x.nodes[kid])
                 if a == -2:
                     return -1
             if a >= 0:
                 if x.attrs[a].parts != 1 or (x.attrs[a].val.kind != 0x01 and x.attrs[a].val.kind != LITERAL):
                     return -1
-                if is_empty(x, &x.attrs[a].val):
+                v = &x.attrs[a].val
+                if is_empty(x, v):
                     return -1
-                if put_value(x, &x.attrs[a].val) < 0:
+                units = string_units(x.c + v.off, v.size) if v.kind == 0x01 else v.size >> 1
+                if put_utf16(x, x.c + v.off, units, True) < 0:
                     return -1
             elif put_name(x, x.nodes[kid].name) < 0:
                 return -1
             if new_key(x, start, key_hash, key_off, &keys, &seen) < 0:
                 return -1
-            if put_char(x, b':') < 0 or put_element(x, kid, a >= 0) < 0:
+            if put_char(x, b':') < 0 or put_element(x, kid, a >= 0, under) < 0:
                 return -1
         kid = x.nodes[kid].next
     if text >= 0:
@@ -828,13 +914,57 @@ cdef int record(Ctx* x, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
         return -1
     if put_char(x, b'{') < 0 or put_name(x, x.nodes[root].name) < 0 or put_char(x, b':') < 0:
         return -1
-    if put_element(x, root, False) < 0:
+    if put_element(x, root, False, False) < 0:
         return -1
     return put_char(x, b'}')
 
 
 cdef Py_ssize_t _marks[MAX_RECORDS + 1]
 cdef bint _ascii[MAX_RECORDS]
+
+
+cdef bint tables_ok(Ctx* x) noexcept nogil:
+    """Whether the chunk header's tables are as the parser needs them, which it loads before any record:
+    every name its string table reaches, and every template its template table reaches, whole inside the
+    chunk, and each template's tokens of a form this module reads (a table the parser refuses costs it the
+    whole chunk). Asked after the records: the templates they expanded are not read again."""
+    cdef int i, steps, root
+    cdef Py_ssize_t o, size
+    for i in range(64):
+        o = u32(x.c + 128 + 4 * i)
+        steps = 0
+        while o:
+            if o < CHUNK_HEADER or o + 8 > CHUNK or steps > 4096:
+                return False
+            if o + 8 + 2 * <Py_ssize_t>u16(x.c + o + 6) + 2 > CHUNK:
+                return False
+            if not utf16_ok(x.c + o + 8, u16(x.c + o + 6)):
+                return False
+            o = u32(x.c + o)
+            steps += 1
+    x.checking = True
+    for i in range(32):
+        o = u32(x.c + 384 + 4 * i)
+        steps = 0
+        while o:
+            if o < CHUNK_HEADER or o + 24 > CHUNK or steps > 4096:
+                break
+            size = u32(x.c + o + 20)
+            if o + 24 + size > CHUNK:
+                break
+            if not x.used[o >> 3] & (1 << (o & 7)):  # (a template records expanded was read whole)
+                x.n_nodes = 0
+                x.n_attrs = 0
+                root = new_node(x, -1, True)
+                if tokens(x, o + 24, o + 24 + size, root, 0, 0, 0, 2) < 0:
+                    break
+            o = u32(x.c + o)
+            steps += 1
+        if o:
+            x.checking = False
+            return False
+    x.checking = False
+    return True
 
 
 cdef bint _busy = False
@@ -847,23 +977,21 @@ def chunk_records(const uint8_t[::1] chunk):
     The output buffer is the module's: a call made while another is making its strings (a thread switched
     to by the collector's finalizers, say) gets None too."""
     global _busy
-    if _busy:
+    if _busy or chunk.shape[0] != CHUNK:
         return None
     _busy = True
     try:
-        return _chunk_records(chunk)
+        return _chunk_records(&chunk[0])
     finally:
         _busy = False
 
 
-cdef object _chunk_records(const uint8_t[::1] chunk):
+cdef object _chunk_records(const uint8_t* c):
     cdef Ctx* x = &_ctx
     cdef Py_ssize_t pos = CHUNK_HEADER, free_space, size, i, n = 0
     cdef uint64_t first, last, number
     cdef list out
-    if chunk.shape[0] != CHUNK:
-        return None
-    x.c = &chunk[0]
+    x.c = c
     if memcmp(x.c, b"ElfChnk\x00", 8) != 0:
         return None
     first = u64(x.c + 24)
@@ -873,6 +1001,7 @@ cdef object _chunk_records(const uint8_t[::1] chunk):
         return None
     number = first
     x.len = 0
+    memset(x.used, 0, sizeof(x.used))
     _marks[0] = 0
     while pos < free_space:
         if pos + 28 > free_space or u32(x.c + pos) != 0x00002A2A:
@@ -880,8 +1009,8 @@ cdef object _chunk_records(const uint8_t[::1] chunk):
         size = u32(x.c + pos + 4)
         if size < 28 or pos + size > free_space or u32(x.c + pos + size - 4) != size:
             return None
-        if u64(x.c + pos + 8) != number or number > last:
-            return None
+        if u64(x.c + pos + 8) != number or number > last or u64(x.c + pos + 16) >= FILETIME_END:
+            return None  # (the parser reads the record header's time too)
         x.ascii = True
         if record(x, pos + 24, pos + size - 4) < 0:
             return None
@@ -890,7 +1019,7 @@ cdef object _chunk_records(const uint8_t[::1] chunk):
         _marks[n] = x.len
         number += 1
         pos += size
-    if number != last + 1:
+    if number != last + 1 or not tables_ok(x):
         return None
     out = []
     for i in range(n):
