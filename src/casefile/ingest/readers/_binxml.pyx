@@ -156,6 +156,18 @@ cdef inline int new_node(Ctx* x, int parent, bint elem) noexcept nogil:
     return i
 
 
+cdef inline uint32_t paired(const uint8_t* p, Py_ssize_t i, Py_ssize_t units, uint32_t u) noexcept nogil:
+    """The character of surrogate `u` read before unit `i`, with the low surrogate at `i`; 0 for a lone
+    one."""
+    cdef uint32_t v
+    if u >= 0xDC00 or i >= units:
+        return 0
+    v = p[2 * i] | (<uint32_t>p[2 * i + 1] << 8)
+    if v < 0xDC00 or v >= 0xE000:
+        return 0
+    return 0x10000 + ((u - 0xD800) << 10) + (v - 0xDC00)
+
+
 cdef bint utf16_ok(const uint8_t* p, Py_ssize_t units) noexcept nogil:
     """Whether UTF-16LE text holds no lone surrogate."""
     cdef Py_ssize_t i = 0
@@ -164,10 +176,7 @@ cdef bint utf16_ok(const uint8_t* p, Py_ssize_t units) noexcept nogil:
         u = p[2 * i] | (<uint32_t>p[2 * i + 1] << 8)
         i += 1
         if 0xD800 <= u < 0xE000:
-            if u >= 0xDC00 or i >= units:
-                return False
-            u = p[2 * i] | (<uint32_t>p[2 * i + 1] << 8)
-            if not 0xDC00 <= u < 0xE000:
+            if not paired(p, i, units, u):
                 return False
             i += 1
     return True
@@ -209,8 +218,8 @@ cdef int instance(Ctx* x, Py_ssize_t p, Py_ssize_t end, int parent, int nest) no
     if nest >= MAX_NEST or p + 4 > end or x.c[p] != 0x0F:
         return -1
     p += 4
-    if p < end and x.c[p] != 0x0C and nest == 0:  # EXPERIMENT: elements written out, no template
-        return tokens(x, p, end, parent, 0, 0, nest, 0)
+    if p < end and x.c[p] != 0x0C and nest == 0:  # a record's elements written out, without a template
+        return tokens(x, p, end, parent, 0, 0, nest, 0)  # (and without the dependency identifier)
     if p + 10 > end or x.c[p] != 0x0C:
         return -1
     defn = u32(x.c + p + 6)
@@ -414,7 +423,7 @@ cdef int put_utf16(Ctx* x, const uint8_t* p, Py_ssize_t units, bint key=False) n
     (not seen written). `key`: an object's key, which the parser writes as it stands: -1 for a character
     that would need an escape (a control character, a quote, a backslash: other JSON, or none)."""
     cdef Py_ssize_t i = 0
-    cdef uint32_t u, v
+    cdef uint32_t u
     cdef char* o
     if x.len + 6 * units + 2 > x.cap and grow(x, 6 * units + 2) < 0:
         return -1
@@ -482,13 +491,10 @@ cdef int put_utf16(Ctx* x, const uint8_t* p, Py_ssize_t units, bint key=False) n
             o[2] = <char>(0x80 | (u & 0x3F))
             o += 3
         else:
-            if u >= 0xDC00 or i >= units:
-                return -1
-            v = p[2 * i] | (<uint32_t>p[2 * i + 1] << 8)
-            if v < 0xDC00 or v >= 0xE000:
+            u = paired(p, i, units, u)
+            if not u:
                 return -1
             i += 1
-            u = 0x10000 + ((u - 0xD800) << 10) + (v - 0xDC00)
             o[0] = <char>(0xF0 | (u >> 18))
             o[1] = <char>(0x80 | ((u >> 12) & 0x3F))
             o[2] = <char>(0x80 | ((u >> 6) & 0x3F))
@@ -561,6 +567,8 @@ cdef int put_filetime(Ctx* x, uint64_t ticks) noexcept nogil:
     cdef uint64_t rest = secs % 86400
     cdef int64_t era, doe, yoe, doy, mp, y, m, d
     cdef char* o
+    if ticks >= FILETIME_END:
+        return -1
     # Howard Hinnant's civil_from_days
     z += 719468
     era = (z if z >= 0 else z - 146096) // 146097
@@ -573,8 +581,6 @@ cdef int put_filetime(Ctx* x, uint64_t ticks) noexcept nogil:
     m = mp + 3 if mp < 10 else mp - 9
     if m <= 2:
         y += 1
-    if ticks >= FILETIME_END:
-        return -1
     if x.len + 29 > x.cap and grow(x, 29) < 0:
         return -1
     o = x.out + x.len
@@ -649,14 +655,19 @@ cdef int put_sid(Ctx* x, const uint8_t* p, Py_ssize_t size) noexcept nogil:
     return put_char(x, b'"')
 
 
+cdef inline int put_text(Ctx* x, Val* v, bint key) noexcept nogil:
+    """A string value (its closing NULs dropped) or a template's own text, as a JSON string (`put_utf16`)."""
+    cdef const uint8_t* p = x.c + v.off
+    return put_utf16(x, p, string_units(p, v.size) if v.kind == 0x01 else v.size >> 1, key)
+
+
 cdef int put_value(Ctx* x, Val* v) noexcept nogil:
     cdef const uint8_t* p = x.c + v.off
     cdef Py_ssize_t size = v.size, i
     cdef int kind = v.kind
-    if kind == 0x01:
-        return put_utf16(x, p, string_units(p, size))
-    if kind == LITERAL:
-        return put_utf16(x, p, size >> 1)
+    cdef char* o
+    if kind == 0x01 or kind == LITERAL:
+        return put_text(x, v, False)
     if kind == 0x04:
         return put_uint(x, p[0]) if size == 1 else -1
     if kind == 0x06:
@@ -692,11 +703,12 @@ cdef int put_value(Ctx* x, Val* v) noexcept nogil:
     if kind == 0x0E:
         if x.len + 2 * size + 2 > x.cap and grow(x, 2 * size + 2) < 0:
             return -1
-        x.out[x.len] = b'"'
+        o = x.out + x.len
+        o[0] = b'"'
+        o += 1
         for i in range(size):
-            x.out[x.len + 1 + 2 * i] = _HEX_UPPER[p[i] >> 4]
-            x.out[x.len + 2 + 2 * i] = _HEX_UPPER[p[i] & 15]
-        x.out[x.len + 1 + 2 * size] = b'"'
+            o = hex_byte(o, p[i])
+        o[0] = b'"'
         x.len += 2 * size + 2
         return 0
     return -1  # floats, ANSI strings, SYSTEMTIME, size_t, handles, arrays: left to the parser
@@ -768,7 +780,7 @@ cdef int data_name(Ctx* x, Node* e) noexcept nogil:
 cdef int new_key(Ctx* x, Py_ssize_t start, uint64_t* hashes, Py_ssize_t* offs, int* keys,
                  uint64_t* seen) noexcept nogil:
     """Takes the key just written at `start` into an object's keys; -1 for one met before (the parser
-    renames it: not seen written) or too many. `seen`: a bit per hash's low 6 bits, so that most keys are
+    renames it: not seen written) or too many. `seen`: a bit per hash's top 6 bits, so that most keys are
     new without a look at the others."""
     cdef Py_ssize_t n = x.len - start
     cdef uint64_t a = 0, b = 0, h
@@ -803,8 +815,6 @@ cdef int put_element(Ctx* x, int index, bint data, bint in_event_data) noexcept 
     cdef uint64_t key_hash[MAX_KEYS]
     cdef uint64_t seen = 0
     cdef bint under
-    cdef Val* v
-    cdef Py_ssize_t units
     cdef Py_ssize_t start
     cdef bint first = True
     kid = e.first_kid
@@ -881,11 +891,7 @@ cdef int put_element(Ctx* x, int index, bint data, bint in_event_data) noexcept 
             if a >= 0:
                 if x.attrs[a].parts != 1 or (x.attrs[a].val.kind != 0x01 and x.attrs[a].val.kind != LITERAL):
                     return -1
-                v = &x.attrs[a].val
-                if is_empty(x, v):
-                    return -1
-                units = string_units(x.c + v.off, v.size) if v.kind == 0x01 else v.size >> 1
-                if put_utf16(x, x.c + v.off, units, True) < 0:
+                if is_empty(x, &x.attrs[a].val) or put_text(x, &x.attrs[a].val, True) < 0:
                     return -1
             elif put_name(x, x.nodes[kid].name) < 0:
                 return -1
@@ -928,8 +934,9 @@ cdef bint tables_ok(Ctx* x) noexcept nogil:
     every name its string table reaches, and every template its template table reaches, whole inside the
     chunk, and each template's tokens of a form this module reads (a table the parser refuses costs it the
     whole chunk). Asked after the records: the templates they expanded are not read again."""
-    cdef int i, steps, root
-    cdef Py_ssize_t o, size
+    cdef int i, steps
+    cdef Py_ssize_t o
+    cdef bint ok
     for i in range(64):
         o = u32(x.c + 128 + 4 * i)
         steps = 0
@@ -943,27 +950,33 @@ cdef bint tables_ok(Ctx* x) noexcept nogil:
             o = u32(x.c + o)
             steps += 1
     x.checking = True
+    ok = templates_ok(x)
+    x.checking = False
+    return ok
+
+
+cdef bint templates_ok(Ctx* x) noexcept nogil:
+    """`tables_ok`'s templates: each reached whole inside the chunk, and those no record expanded read for
+    their form (`x.checking`)."""
+    cdef int i, steps, root
+    cdef Py_ssize_t o, size
     for i in range(32):
         o = u32(x.c + 384 + 4 * i)
         steps = 0
         while o:
             if o < CHUNK_HEADER or o + 24 > CHUNK or steps > 4096:
-                break
+                return False
             size = u32(x.c + o + 20)
             if o + 24 + size > CHUNK:
-                break
+                return False
             if not x.used[o >> 3] & (1 << (o & 7)):  # (a template records expanded was read whole)
                 x.n_nodes = 0
                 x.n_attrs = 0
                 root = new_node(x, -1, True)
                 if tokens(x, o + 24, o + 24 + size, root, 0, 0, 0, 2) < 0:
-                    break
+                    return False
             o = u32(x.c + o)
             steps += 1
-        if o:
-            x.checking = False
-            return False
-    x.checking = False
     return True
 
 
