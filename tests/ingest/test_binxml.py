@@ -222,7 +222,20 @@ def test_chunks_out_of_the_common_layout_are_left_to_the_parser(corpus_chunks: C
         change(changed)
         assert binxml.chunk_records(bytes(changed)) is None
     assert binxml.chunk_records(chunk[:-1]) is None
-    assert binxml.chunk_records(bytes(CHUNK_SIZE)) is None
+
+
+def test_a_chunk_of_zeros_holds_no_records_as_for_the_parser(corpus_chunks: Chunks) -> None:
+    """Unused space (files are made ahead of their records): no records and no error, as the parser reads
+    it; a single byte other than zero anywhere makes it the parser's to report."""
+    header = corpus_chunks[0][0]
+    zeros = bytes(CHUNK_SIZE)
+    assert binxml.chunk_records(zeros) == [] == _parser_records(header, zeros)
+    for at in (0, 1, 7, 8, 511, 512, CHUNK_SIZE // 2, CHUNK_SIZE - 1):
+        chunk = bytearray(zeros)
+        chunk[at] = 1
+        assert binxml.chunk_records(bytes(chunk)) is None, at
+        with pytest.raises(RuntimeError, match="chunk header magic"):
+            _parser_records(header, bytes(chunk))
 
 
 def test_random_bytes_never_crash_the_writer(corpus_chunks: Chunks) -> None:

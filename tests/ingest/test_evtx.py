@@ -330,6 +330,7 @@ def test_first_chunk_of_the_next_file_is_asked_ahead(sample: bytes, tmp_path: Pa
 
 @pytest.mark.shared
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.usefixtures("parser_only")
 def test_one_reader_shared_by_threads(shared_data: Path) -> None:
     """Threads reading through one reader each get a child of their own; a child started by a thread ends
     with that thread (its parent-death signal), and the reader does not reuse it afterwards."""
@@ -394,6 +395,7 @@ def test_a_child_that_cannot_parse_says_why(
 
 @pytest.mark.shared
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="open files are listed in /proc")
+@pytest.mark.usefixtures("parser_only")
 def test_the_child_lets_a_read_file_go(sample: bytes, tmp_path: Path) -> None:
     """A compressed EVTX is read from a temporary copy: once read, the child holds it open no longer (a
     deleted file's space is freed only when nothing holds it)."""

@@ -985,7 +985,8 @@ cdef bint _busy = False
 
 def chunk_records(const uint8_t[::1] chunk):
     """The records of one 64 KiB EVTX chunk as `[(record number, JSON text), ...]`, as the `evtx` parser
-    writes them; None when the chunk holds anything this does not write exactly (the parser reads it).
+    writes them (none for a chunk of zeros); None when the chunk holds anything this does not write exactly
+    (the parser reads it).
 
     The output buffer is the module's: a call made while another is making its strings (a thread switched
     to by the collector's finalizers, say) gets None too."""
@@ -1006,7 +1007,9 @@ cdef object _chunk_records(const uint8_t* c):
     cdef list out
     x.c = c
     if memcmp(x.c, b"ElfChnk\x00", 8) != 0:
-        return None
+        # Unused space the parser passes over without a word (files are made ahead of their records); any
+        # other bytes there are its error to report.
+        return [] if c[0] == 0 and memcmp(c, c + 1, CHUNK - 1) == 0 else None
     first = u64(x.c + 24)
     last = u64(x.c + 32)
     free_space = u32(x.c + 48)

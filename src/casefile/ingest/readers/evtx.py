@@ -355,7 +355,7 @@ def _records(
     while True:
         error: str | None = None
         written = lane.written() if lane is not None else None
-        if written:  # a chunk the writer wrote: its records, numbered, valid JSON objects every one
+        if written is not None:  # a chunk written (none for zeros): its records, numbered, JSON objects
             consecutive = 0
             for last_number, text in written:
                 data = decode(text)
