@@ -289,6 +289,44 @@ def test_jsonl_lines_encode_each_rule_once_and_are_the_whole_records(monkeypatch
     assert heads > len(rules) * len(kinds)
 
 
+def test_sigma_lines_made_without_a_detection_are_its_lines() -> None:
+    """`JsonlLines.sigma_line` (a hunt worker's lines: the event's part encoded once, `event_part`) gives
+    exactly `line` of the Detection, for every event and matched fields orjson writes; None where `line`
+    must write it: a rule whose keys it has not encoded yet, or values orjson refuses."""
+    from datetime import UTC, datetime
+
+    from casefile.hunt import output
+    from casefile.models import Detection, DetectionKind, Event, Level, RuleInfo
+
+    rule = RuleInfo("r1", "T ä", Level.HIGH, "test", "A", ("attack.t1059",))
+    events = [
+        Event(datetime(2024, 1, 2, 3, 4, 5, 600, tzinfo=UTC), "ws1", "Security", "P", 4688, 7, "f.evtx", {}),
+        Event(None, None, None, None, None, None, "f \"q\".evtx", {}),
+        Event(datetime(2024, 1, 2, tzinfo=UTC), "wsä", "System", None, 7045, 2**63, "b.evtx", {}),
+    ]
+    matched: list[dict[str, object]] = [
+        {}, {"Image": "C:\\ä\\x.exe", "Count": 7, "List": ["a", 1, None], "Ratio": 0.5, "T": True},
+    ]
+    lines = output.JsonlLines()
+    assert lines.sigma_line(rule, output.event_part(events[0]) or b"", {}) is None  # not encoded yet
+    lines.line(Detection(rule, DetectionKind.SIGMA, None, None, None, None, None, None))
+    for event in events:
+        part = output.event_part(event)
+        assert part is not None
+        for m in matched:
+            d = Detection(
+                rule, DetectionKind.SIGMA, event.timestamp, event.computer, event.channel, event.event_id,
+                event.record_id, event.source_file, m,
+            )
+            assert lines.sigma_line(rule, part, m) == lines.line(d)
+    part = output.event_part(events[0])
+    assert part is not None
+    assert lines.sigma_line(rule, part, {"Odd": "x\ud800y"}) is None  # `line` writes it with `json`
+    assert lines.sigma_line(rule, part, {"Wide": 2**70}) is None
+    odd = Event(None, "x\udc80", None, None, None, None, "f.evtx", {})
+    assert output.event_part(odd) is None
+
+
 def test_rules_update_keeps_what_is_installed_when_a_download_is_wrong(
     web_root: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

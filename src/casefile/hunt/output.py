@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
 import orjson
 
-from casefile.models import Detection, RuleInfo
+from casefile.models import Detection, DetectionKind, Event, RuleInfo, utc_text
 from casefile.registry import Registry
 
 Writer = Callable[[Iterable[Detection], TextIO], int]
@@ -73,6 +73,45 @@ class JsonlLines:
             except orjson.JSONEncodeError:
                 pass
         return _LINE.encode(d.to_record())
+
+    def sigma_line(self, rule: RuleInfo, event_part: bytes, matched: Mapping[str, Any]) -> str | None:
+        """`line` of a Sigma detection of `rule` with these `matched` fields on the event whose `event_part`
+        is given, without making the Detection: the rule's keys (once `line` has encoded them), the event's,
+        then `matched` and the keys a Sigma detection leaves empty. None where `line` must write it (a rule
+        not met yet, or a value orjson refuses)."""
+        entry = self._heads.get((id(rule), DetectionKind.SIGMA))
+        if entry is None or entry[1] is None:
+            return None
+        try:
+            found = orjson.dumps(matched, default=_json_default, option=_ORJSON_OPTIONS)
+        except orjson.JSONEncodeError:
+            return None
+        return (entry[1] + event_part + b'"matched":' + found + _SIGMA_END).decode()
+
+
+def event_part(event: Event) -> bytes | None:
+    """The keys of a line (`Detection.hit_record`'s) that come from the event a Sigma rule hit, as
+    `"timestamp":...,"file":...,`: encoded once for all of the event's detections (`sigma_line`). None
+    where orjson refuses them."""
+    try:
+        part = orjson.dumps(
+            {
+                "timestamp": utc_text(event.timestamp) if event.timestamp else None,
+                "computer": event.computer,
+                "channel": event.channel,
+                "event_id": event.event_id,
+                "record_id": event.record_id,
+                "file": event.source_file,
+            },
+            default=_json_default, option=_ORJSON_OPTIONS,
+        )
+    except orjson.JSONEncodeError:
+        return None
+    return part[1:-1] + b","
+
+
+#: What ends a Sigma detection's line after `matched` (`Detection.hit_record`'s last keys, left empty).
+_SIGMA_END = b',"group":{},"indicator":null,"source":null}'
 
 
 def _head(keys: dict[str, Any]) -> bytes | None:

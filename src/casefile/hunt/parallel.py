@@ -184,9 +184,7 @@ class Spill:
         result.detections.clear()
 
 
-def _add_and_spill(
-    add: Callable[[list[Detection]], None], spill: Spill, out: TaskResult, found: list[Detection]
-) -> None:
+def _add_and_spill(add: Callable[[list[Any]], None], spill: Spill, out: TaskResult, found: list[Any]) -> None:
     add(found)
     spill(out)
 
@@ -212,11 +210,14 @@ class FileHunter:
         of what a Detection costs to send, receive and then encode in the parent. `spill`: where a task's
         detections go once it holds many (none: they stay)."""
         self.index = VectorIndex(rules, plans)
-        self.hunter = BatchHunter(self.index, EvtxRecords(), fields_of=fields_of)
+        self.lines = JsonlLines()
+        self.hunter = BatchHunter(
+            self.index, EvtxRecords(), fields_of=fields_of,
+            lines=self.lines if lines_except is not None else None, lines_except=lines_except or frozenset(),
+        )
         self.reader = EvtxReader(threads=1, decode=_keep_text, isolate=isolate)
         self.batch_records = batch_records
         self.lines_except = lines_except
-        self.lines = JsonlLines()
         self.spill = spill if spill is not None else Spill(None)
         #: Called at each file and batch: re-arms a worker's stall timer (see STALL_SECONDS).
         self.alive: Callable[[], None] = _nothing
@@ -228,9 +229,10 @@ class FileHunter:
         add = detections.extend if self.lines_except is None else self._as_lines(detections)
         events = [0] * len(evidence)
         out = TaskResult(detections, warnings, events)
-        # (not a closure: compiled, it would tie this call's scope to itself, and a worker freezes what a task
-        # leaves: see tests/hunt/test_cycles.py)
+        # (not closures: compiled, they would tie this call's scope to themselves, and a worker freezes what a
+        # task leaves: see tests/hunt/test_cycles.py) Batches come with their lines made (`BatchHunter`).
         deliver = functools.partial(_add_and_spill, add, self.spill, out)
+        deliver_batch = functools.partial(_add_and_spill, detections.extend, self.spill, out)
 
         batch: list[RawJson] = []
         owner: list[int] = []  # file position of each batch record
@@ -240,7 +242,7 @@ class FileHunter:
         def flush() -> None:
             alive()
             result = self.hunter.run(batch, warn)
-            deliver(result.detections)
+            deliver_batch(result.detections)
             counts = Counter(owner)  # records per file position, then less those that did not normalise
             for ri in result.not_events:
                 counts[owner[ri]] -= 1

@@ -51,6 +51,7 @@ from casefile.hunt.evaluate import (
     in_network,
     route_key,
 )
+from casefile.hunt.output import JsonlLines, RuleLine, event_part
 from casefile.hunt.rules import CompiledRule
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, RuleInfo
 
@@ -899,7 +900,7 @@ class RecordShape(Protocol):
 
 @dataclass
 class BatchResult:
-    detections: list[Detection] = field(default_factory=list)
+    detections: list[Detection | RuleLine] = field(default_factory=list)  # lines: see `BatchHunter`
     events: int = 0
     confirmations: int = 0
     not_events: list[int] = field(default_factory=list)  # rows that did not normalise (warned)
@@ -920,13 +921,18 @@ class BatchHunter:
     """Hunts batches of raw records against one index's partition plans (one per worker process)."""
 
     def __init__(
-        self, index: VectorIndex, records: RecordShape, *, fields_of: frozenset[str] | None = None
+        self, index: VectorIndex, records: RecordShape, *, fields_of: frozenset[str] | None = None,
+        lines: JsonlLines | None = None, lines_except: frozenset[str] = frozenset(),
     ) -> None:
         """`records`: how `run` reads its raw records; `fields_of`: the rule ids whose detections carry their
-        event's fields (None: every rule's)."""
+        event's fields (None: every rule's). With `lines`, `run` delivers the detections of rules outside
+        `lines_except` as their JSONL lines (`RuleLine`), made without a Detection (`JsonlLines.sigma_line`),
+        the event's part of them once for all its detections."""
         self.index = index
         self.records = records
         self.fields_of = fields_of
+        self.lines = lines
+        self.lines_except = lines_except
         #: See MEMO_BYTES.
         self.memo_bytes = MEMO_BYTES
         # Per plan (by id: plans live as long as the index), its fields' anchors as `_hits` walks them
@@ -948,6 +954,7 @@ class BatchHunter:
         read, partition, make, keywords = shape.fields, shape.channel_and_id, shape.event, shape.keyword_text
         layout = shape.layout_key
         found = result.detections
+        as_line = self._as_line if self.lines is not None else None
         for ri, raw in enumerate(records):
             fields = read(raw, on_warning)
             if fields is None:
@@ -958,13 +965,19 @@ class BatchHunter:
             plan, positions = self._candidates(fields, channel, event_id, view, keywords(fields))
             if positions:  # most records have none
                 ev = None  # made for the first detection: most candidates are not confirmed
+                part: bytes | None = None
                 for pos in positions:
                     n = plan.entries[pos]
                     matched = self._confirm(n, view)
                     if matched is not None:
                         if ev is None:
                             ev = make(fields, raw.source)
-                        found.append(self._detection_of(n, ev, matched))
+                            part = event_part(ev) if as_line is not None else None
+                        info = self.index.entries[n].info
+                        if as_line is not None and info.id not in self.lines_except:
+                            found.append(as_line(info, ev, part, matched))
+                        else:
+                            found.append(self._detection_of(n, ev, matched))
                 result.confirmations += len(positions)
         result.events -= len(result.not_events)
         return result
@@ -1114,6 +1127,15 @@ class BatchHunter:
         # records what the reference's second evaluation does, and a false one nothing.
         matched: dict[str, Any] = {}
         return matched if self.index.predicate(n)(view, matched) else None
+
+    def _as_line(self, info: RuleInfo, ev: Event, part: bytes | None, matched: dict[str, Any]) -> RuleLine:
+        """A detection of rule `info` as its line (`event_part(ev)` is `part`)."""
+        lines = self.lines
+        assert lines is not None
+        text = lines.sigma_line(info, part, matched) if part is not None else None
+        if text is None:  # (the rule's first line, or values orjson refuses)
+            text = lines.line(_detection(info, ev, matched, False))
+        return info.id, text
 
     def _detection_of(self, n: int, ev: Event, matched: dict[str, Any]) -> Detection:
         info = self.index.entries[n].info
