@@ -28,14 +28,10 @@ the type each substitution token declares, the end token after the values, and t
 Cython proper, not Python: without a C compiler there is no build, and the reader uses the parser alone.
 """
 
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeUTF8, PyUnicode_New
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport realloc
-
-cdef extern from "Python.h":
-    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
-    void* PyUnicode_DATA(object unicode)
 
 cdef enum:
     CHUNK = 65536

@@ -19,11 +19,11 @@ hunt's table of folded names (`vector.RecordShape.layout_key`).
 Cython proper, not Python: without a C compiler there is no build, and callers take the general path.
 """
 
-from cpython.dict cimport PyDict_Next
+from cpython.dict cimport PyDict_Next, PyDict_SetDefault
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_DecodeUTF8, PyUnicode_New
 from cpython.list cimport PyList_GET_ITEM
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcmp, memcpy
@@ -46,11 +46,7 @@ cdef extern from *:
     dict casefile_dict_presized(Py_ssize_t n)
 
 cdef extern from "Python.h":
-    PyObject* PyDict_SetDefault(object d, object key, object default) except NULL
     Py_ssize_t PyDict_GET_SIZE(object d)
-    const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
-    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
-    void* PyUnicode_DATA(object unicode)
 
 cdef enum:
     LAYOUTS = 4096
