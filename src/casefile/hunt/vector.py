@@ -991,7 +991,7 @@ class BatchHunter:
                         if as_line is not None and info.id not in self.lines_except:
                             found.append(as_line(info, ev, part, matched))
                         else:
-                            found.append(self._detection_of(n, ev, matched))
+                            found.append(self._detection_of(info, ev, matched))
                 result.confirmations += len(positions)
         result.events -= len(result.not_events)
         return result
@@ -1007,7 +1007,7 @@ class BatchHunter:
             n = plan.entries[pos]
             matched = self._confirm(n, view)
             if matched is not None:
-                found.append(self._detection_of(n, event, matched))
+                found.append(self._detection_of(self.index.entries[n].info, event, matched))
         return found
 
     def _forget(self) -> None:
@@ -1159,8 +1159,7 @@ class BatchHunter:
             text = lines.line(_detection(info, ev, matched, False))
         return info.id, text
 
-    def _detection_of(self, n: int, ev: Event, matched: dict[str, Any]) -> Detection:
-        info = self.index.entries[n].info
+    def _detection_of(self, info: RuleInfo, ev: Event, matched: dict[str, Any]) -> Detection:
         return _detection(info, ev, matched, self.fields_of is None or info.id in self.fields_of)
 
 
