@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from casefile.hunt import ir, load_rules
-from casefile.hunt.regexes import _required, _rewritten, _subsequence, search_test
+from casefile.hunt.regexes import (
+    _FIND_AT_MOST,
+    _holds,
+    _required,
+    _rewritten,
+    _runs,
+    _subsequence,
+    search_test,
+)
 from casefile.hunt.vector import regex_literals
 
 _ALPHABET = "aAbz09_ -+`&\"{}^\\.\n\tßſKé"
@@ -131,6 +139,9 @@ CASES = [
     (r"a.*b.*c", re.IGNORECASE),  # letters under IGNORECASE: left as written
     (r"\+.*\+x", 0),  # the last .*\+ is followed by x: only the first is cut
     (r"x.*.*y", 0),
+    (r"(Get-Item|gci).{1,8}-Path", 0),  # a literal run after an alternative
+    (r"(?i)a&&(b|c)\x00\+", 0),  # under IGNORECASE, only characters nothing folds onto
+    (r"(\+-){3}.*(-\+)+", 0),  # runs in the bodies of repeats
 ]
 
 
@@ -164,6 +175,11 @@ def test_rewrites_and_counts_are_the_intended_ones() -> None:
     assert subsequence(r"(?i)a.*b") is None
     assert dict(_required(P.parse(r"\+.*\+(ab){3}", 0), False)) == {"+": 2, "a": 3, "b": 3}
     assert dict(_required(P.parse(r"(?i)&S&(x|y)", 0), True)) == {"&": 2}
+    assert _runs(P.parse(r"(gci|Get-Item).{1,64}-Path\.x(ab)+c", 0), False) == ["-Path.x", "ab"]
+    assert _runs(P.parse(r"(?i)&&S&&(x|y)", 0), True) == ["&&", "&&"]
+    assert _runs(P.parse(r"(?i:ab)cd(?:ef|gh)(ij)?kl", 0), False) == ["cd", "kl"]
+    assert [_holds("a+b+c+", "+", n) for n in (1, 3, 4)] == [True, True, False]
+    assert _FIND_AT_MOST < 40 and _holds("+" * 40, "+", 40) and not _holds("+" * 39, "+", 40)  # counted
 
 
 def _regex_leaves(node: ir.Node) -> list[ir.RegexMatch]:

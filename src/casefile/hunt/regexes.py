@@ -5,7 +5,9 @@ rewrites and an anchored search that keep every answer and spare `re`'s backtrac
 (PowerShell script blocks):
 
 - the characters every match must hold, counted (`\\+.*\\+.*\\+` needs three `+`): a value with fewer
-  cannot match, which `str.count` (or `in`, for one) tells without running the regex;
+  cannot match, which `in` (for one) or `str.find` tells without running the regex; and the longest
+  run of literals every match holds (`-Path` in `(gci|Get-Item).{1,64}-Path`), which `in` finds or
+  not at the speed of a substring search, where `re` would try every position of a script block;
 - a leading repeat of one character class (`\\w+`(...)`): some match starts with `\\w+` exactly when
   one starts with a single `\\w` (the last of the run), and `\\w*` can be left out, so the search no
   longer grows every run of word characters before giving up on it;
@@ -56,23 +58,45 @@ def search_test(pattern: str, flags: int = 0) -> Callable[[str], bool]:
         search = _anchored(search.__self__) or search  # type: ignore[attr-defined]
         ignorecase = bool(parsed.state.flags & re.IGNORECASE)
         need = [(c, n) for c, n in _required(parsed, ignorecase).items() if n]
+        runs = _runs(parsed, ignorecase)
     except RecursionError:  # nesting deep enough for `re` but not for these walks: as written
         return _plain(rx)
-    if not need:
+    if not need and not runs:
         return lambda s: search(s) is not None
-    once = [c for c, n in need if n == 1]  # `in` stops at the first; `count` reads the whole value
+    literal = max(runs, key=len, default="")  # ("" is in every value)
+    once = [c for c, n in need if n == 1]
     counted = [(c, n) for c, n in need if n > 1]
 
     def test(s: str) -> bool:
+        if literal not in s:
+            return False
         for c in once:
             if c not in s:
                 return False
         for c, n in counted:
-            if s.count(c) < n:
+            if not _holds(s, c, n):
                 return False
         return search(s) is not None
 
     return test
+
+
+#: Up to this many occurrences are looked for one by one (`str.find` stops at each); more are counted.
+_FIND_AT_MOST = 16
+
+
+def _holds(s: str, c: str, n: int) -> bool:
+    """Whether `s` holds `c` at least `n` times: `str.count` reads all of a long value, where the
+    occurrences wanted are often found in its first lines."""
+    if n > _FIND_AT_MOST:
+        return s.count(c) >= n
+    i = s.find(c)
+    while i >= 0:
+        n -= 1
+        if n == 0:
+            return True
+        i = s.find(c, i + 1)
+    return False
 
 
 def _plain(rx: re.Pattern[str]) -> Callable[[str], bool]:
@@ -99,6 +123,28 @@ def _required(items: Any, ignorecase: bool) -> Counter[str]:
                 for c in inner:
                     inner[c] *= min(lo, 1000)
                 out.update(inner)
+    return out
+
+
+def _runs(items: Any, ignorecase: bool) -> list[str]:
+    """Strings every match holds: runs of two or more literals in a sequence every match goes through
+    (the pattern, plain groups, the body of a repeat of at least one), of characters nothing else folds
+    onto under IGNORECASE. Alternatives, classes and anything else end a run."""
+    out: list[str] = []
+    run: list[str] = []
+    for op, av in [*items, (None, None)]:  # (a last item that ends the last run)
+        if op is re_constants.LITERAL and (not ignorecase or chr(av) in _FOLD_SAFE):
+            run.append(chr(av))
+            continue
+        if len(run) > 1:
+            out.append("".join(run))
+        run = []
+        if op is re_constants.SUBPATTERN:
+            _group, add_flags, del_flags, sub = av
+            if not add_flags and not del_flags:
+                out.extend(_runs(sub, ignorecase))
+        elif op in _REPEATS and av[0]:
+            out.extend(_runs(av[2], ignorecase))
     return out
 
 
