@@ -292,8 +292,9 @@ def test_jsonl_lines_encode_each_rule_once_and_are_the_whole_records(monkeypatch
 def test_sigma_lines_made_without_a_detection_are_its_lines() -> None:
     """`JsonlLines.sigma_line` (a hunt worker's lines: the event's part encoded once, `event_part`) gives
     exactly `line` of the Detection, for every event and matched fields orjson writes; None where `line`
-    must write it: a rule whose keys it has not encoded yet, or values orjson refuses."""
-    from datetime import UTC, datetime
+    must write it: a rule whose keys it has not encoded yet, or values orjson refuses. Times: UTC ones with
+    and without microseconds (which orjson writes itself), none, and one of another zone."""
+    from datetime import UTC, datetime, timedelta, timezone
 
     from casefile.hunt import output
     from casefile.models import Detection, DetectionKind, Event, Level, RuleInfo
@@ -303,6 +304,7 @@ def test_sigma_lines_made_without_a_detection_are_its_lines() -> None:
         Event(datetime(2024, 1, 2, 3, 4, 5, 600, tzinfo=UTC), "ws1", "Security", "P", 4688, 7, "f.evtx", {}),
         Event(None, None, None, None, None, None, "f \"q\".evtx", {}),
         Event(datetime(2024, 1, 2, tzinfo=UTC), "wsä", "System", None, 7045, 2**63, "b.evtx", {}),
+        Event(datetime(2024, 1, 2, 3, tzinfo=timezone(timedelta(hours=2))), "w", "S", None, 1, 1, "c", {}),
     ]
     matched: list[dict[str, object]] = [
         {}, {"Image": "C:\\ä\\x.exe", "Count": 7, "List": ["a", 1, None], "Ratio": 0.5, "T": True},

@@ -182,7 +182,7 @@ def test_timestamp_fast_path_agrees_with_the_text_path() -> None:
 
     rng = random.Random(5)
     fractions = ["", ".1", ".123", ".123456", ".1234567", ".12345678901", ",1234567"]
-    zones = ["", "Z", "+02:00", "-0530", " UTC", "+00:00:30", "z", "+24:00"]
+    zones = ["", "Z", "+02:00", "-0530", " UTC", "+00:00:30", "z", "+24:00", "+00:00:30.1234567"]
     seen_fast = seen_text = 0
     for _ in range(20000):
         date = rng.choice(["2022-07-15", "20220715", "2022-W28-5", "2022-02-30", "2022-7-15"])
@@ -196,8 +196,13 @@ def test_timestamp_fast_path_agrees_with_the_text_path() -> None:
             fast = False
         seen_fast += fast
         seen_text += not fast
-        assert parse_timestamp(text) == _parse_text(text), text
+        got = parse_timestamp(text)
+        assert got == _parse_text(text), text
+        assert got is None or got.tzinfo is UTC, text
     assert seen_fast > 200 and seen_text > 200  # both paths taken
+    # EVTX's own form, taken without the search; dots elsewhere in a string of its length are searched
+    for text in ["2022-07-15T08:12:01.299004Z", "20220715.1234567890.123456Z"]:
+        assert len(text) == 27 and parse_timestamp(text) == _parse_text(text), text
     ticks = datetime(2022, 7, 15, 8, 12, 1, 299004, tzinfo=UTC)
     assert parse_timestamp("2022-07-15T08:12:01.2990047Z") == ticks
     assert parse_timestamp("/Date(1657872721000)/") == datetime(2022, 7, 15, 8, 12, 1, tzinfo=UTC)

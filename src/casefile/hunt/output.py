@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -35,6 +36,8 @@ def _json_default(value: Any) -> Any:
 _LINE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_json_default)
 #: Values orjson would write its own way are handed to `_json_default`, as `json` does.
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+#: `event_part`'s: the one datetime it hands orjson is a UTC one, which `utc_text` writes the same way.
+_PART_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 #: Rules whose leading keys a `JsonlLines` keeps encoded before it starts again (the parent meets each
@@ -93,17 +96,21 @@ def event_part(event: Event) -> bytes | None:
     """The keys of a line (`Detection.hit_record`'s) that come from the event a Sigma rule hit, as
     `"timestamp":...,"file":...,`: encoded once for all of the event's detections (`sigma_line`). None
     where orjson refuses them."""
+    ts = event.timestamp
+    stamp: datetime | str | None = ts  # a UTC datetime orjson writes as `utc_text` does, without a str made
+    if ts is not None and not (type(ts) is datetime and ts.tzinfo is UTC):
+        stamp = utc_text(ts)
     try:
         part = orjson.dumps(
             {
-                "timestamp": utc_text(event.timestamp) if event.timestamp else None,
+                "timestamp": stamp,
                 "computer": event.computer,
                 "channel": event.channel,
                 "event_id": event.event_id,
                 "record_id": event.record_id,
                 "file": event.source_file,
             },
-            default=_json_default, option=_ORJSON_OPTIONS,
+            default=_json_default, option=_PART_OPTIONS,
         )
     except orjson.JSONEncodeError:
         return None

@@ -152,15 +152,15 @@ class EvtxJsonShape:
         """The Event of a record's `fields`. Never raises: the hunt builds it only for records a rule
         might match, and a record must fail (or not) the same way whether it is built or not."""
         channel, event_id = EvtxJsonShape.channel_and_id(fields)
-        return Event(
-            timestamp=parse_timestamp(fields.get("TimeCreated_SystemTime")),
-            computer=as_str(fields.get("Computer")),
-            channel=channel,
-            provider=as_str(fields.get("Provider_Name")),
-            event_id=event_id,
-            record_id=as_int(fields.get("EventRecordID")),
-            source_file=source_file,
-            fields=fields,
+        return Event(  # by position, in Event's order: a third of the call's cost by keyword
+            parse_timestamp(fields.get("TimeCreated_SystemTime")),  # timestamp
+            as_str(fields.get("Computer")),  # computer
+            channel,
+            as_str(fields.get("Provider_Name")),  # provider
+            event_id,
+            as_int(fields.get("EventRecordID")),  # record_id
+            source_file,
+            fields,
         )
 
 
