@@ -516,3 +516,36 @@ def test_the_first_certain_reader_wins_and_the_rest_are_not_asked(monkeypatch: p
     monkeypatch.setattr(READERS.get("json"), "sniff", not_asked)
     monkeypatch.delitem(READERS._items, "zz-certain")
     assert _pick(b"ElfFile\x00" + bytes(100), "Security.evtx") == "evtx"
+
+
+def test_a_head_read_in_short_pieces_is_read_whole() -> None:
+    """`_head` reads a file's first SNIFF_BYTES through its descriptor; where a read gives fewer bytes
+    before the end (a pipe here, some network file systems), it reads on."""
+    import os
+    import threading
+    import time
+
+    from casefile.ingest.plugins import SNIFF_BYTES
+    from casefile.ingest.sources import _head
+
+    r, w = os.pipe()
+    data = bytes(range(256)) * (SNIFF_BYTES // 128)
+
+    def write() -> None:
+        os.write(w, data[:100])
+        time.sleep(0.05)
+        os.write(w, data[100:])
+        os.close(w)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert _head(r) == data[:SNIFF_BYTES]
+    finally:
+        writer.join()
+        os.close(r)
+    r, w = os.pipe()
+    os.write(w, b"short")
+    os.close(w)
+    assert _head(r) == b"short"  # the end: what there is
+    os.close(r)
