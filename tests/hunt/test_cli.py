@@ -55,6 +55,22 @@ def test_hunt_jsonl(case_files: tuple[Path, Path]) -> None:
     assert "rules loaded 1, skipped 1, detections 1" in result.stderr
 
 
+def test_hunt_without_a_terminal_shows_no_bar_and_counts_no_files(
+    case_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where stderr is not a terminal no bar is shown, so the files are not counted for its total: that
+    second walk of the evidence (and telling the bar of each file) was a seventh of a hunt's parent CPU."""
+    from casefile.hunt import engine
+
+    counted: list[object] = []
+    monkeypatch.setattr(engine, "count_files", lambda *a, **k: counted.append(a) or 0)
+    rules, evidence = case_files
+    result = CliRunner().invoke(app, ["hunt", str(evidence), "--rules", str(rules), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert "rules loaded 1, skipped 1, detections 1" in result.stderr
+    assert counted == []
+
+
 def test_hunt_csv_to_file_guards_formulas(case_files: tuple[Path, Path], tmp_path: Path) -> None:
     rules, evidence = case_files
     out = tmp_path / "out.csv"

@@ -53,9 +53,11 @@ class _Bar:
 
 
 @contextmanager
-def _bar() -> Iterator[_Bar]:
+def _bar() -> Iterator[_Bar | None]:
+    """The hunt's progress bar, or None where none is shown (stderr is not a terminal): the hunt then
+    neither counts the files for its total (a second walk of the evidence) nor tells it each file."""
     with progress() as bar:
-        yield _Bar(bar)
+        yield None if bar.disable else _Bar(bar)
 
 
 def _placeholders(values: list[str]) -> dict[str, list[str]]:
