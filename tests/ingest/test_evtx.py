@@ -698,6 +698,52 @@ def test_compressed_evtx_copy_is_bounded(tmp_path: Path, monkeypatch: pytest.Mon
     ]
 
 
+@pytest.mark.shared
+def test_chunks_given_whole_give_what_records_one_by_one_give(sample: bytes, tmp_path: Path) -> None:
+    """With `decode_chunk` the records of each chunk `_binxml` writes come as one RawRecord (numbered as
+    the chunk's last): spelt out, they are the records, numbers and warnings the reader gives one by one,
+    damage included, whole or in parts."""
+    import dataclasses
+
+    class Chunk(dict[str, Any]):
+        pass
+
+    def keep(texts: list[tuple[int, str]]) -> Chunk:
+        chunk = Chunk()
+        chunk["texts"] = texts
+        return chunk
+
+    def text(t: str) -> dict[str, str]:
+        return {"text": t}
+
+    one_by_one = EvtxReader(threads=1, decode=text, isolate=False)
+    whole = EvtxReader(threads=1, decode=text, isolate=False, decode_chunk=keep)
+    chunks_seen = 0
+    for name, data in _variants(sample).items():
+        path = tmp_path / f"{name}.evtx"
+        path.write_bytes(data)
+        (evidence,) = discover([path])
+        reads = [evidence]
+        if name == "intact":  # and in parts, as hunt workers share a large file
+            reads += [dataclasses.replace(evidence, part=p) for p in evtx_reader.evtx_parts(path, 3)]
+        for ev in reads:
+            got = []
+            for reader in (one_by_one, whole):
+                warnings: list[IngestWarning] = []
+                records: list[tuple[int, Any]] = []
+                for r in read_records(ev, warnings.append, reader=reader):
+                    if type(r.data) is Chunk:
+                        chunks_seen += 1
+                        assert r.index == r.data["texts"][-1][0]
+                        records += r.data["texts"]
+                    else:
+                        records.append((r.index, r.data["text"]))
+                got.append((records, [(w.record, w.reason) for w in warnings]))
+            assert got[0] == got[1], name
+            assert got[0][0] or ev.part is not None, name  # (the last parts: unused chunks)
+    assert chunks_seen > 20
+
+
 def _records_of(ev: Any) -> tuple[list[tuple[int, Any]], list[IngestWarning]]:
     warnings: list[IngestWarning] = []
     reader = EvtxReader(threads=1, isolate=False)

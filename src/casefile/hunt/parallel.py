@@ -80,6 +80,21 @@ def _keep_text(text: str) -> _Unparsed:
     return d
 
 
+class _Texts(dict[str, Any]):
+    """The records of one EVTX chunk as (number, JSON text) pairs (the reader's `decode_chunk` hook); it is
+    empty as a dict."""
+
+    __slots__ = ("texts",)
+
+    texts: list[tuple[int, str]]
+
+
+def _keep_texts(texts: list[tuple[int, str]]) -> _Texts:
+    d = _Texts()
+    d.texts = texts
+    return d
+
+
 def _none(fields: dict[str, Any]) -> None:
     return None
 
@@ -215,7 +230,7 @@ class FileHunter:
             self.index, EvtxRecords(), fields_of=fields_of,
             lines=self.lines if lines_except is not None else None, lines_except=lines_except or frozenset(),
         )
-        self.reader = EvtxReader(threads=1, decode=_keep_text, isolate=isolate)
+        self.reader = EvtxReader(threads=1, decode=_keep_text, isolate=isolate, decode_chunk=_keep_texts)
         self.batch_records = batch_records
         self.lines_except = lines_except
         self.spill = spill if spill is not None else Spill(None)
@@ -261,12 +276,21 @@ class FileHunter:
                         alive()
                     deliver(self.hunter.match_event(event))
                 continue
+            path = ev.path
+            limit = self.batch_records
             for raw in read_records(ev, warn, reader=self.reader, following=following):
                 data = raw.data
+                if type(data) is _Texts:  # a chunk's records (most)
+                    for number, text in data.texts:
+                        batch.append(RawJson(text, number, path))
+                        owner.append(pos)
+                        if len(batch) >= limit:
+                            flush()
+                    continue
                 text = data.text if isinstance(data, _Unparsed) else json.dumps(data)
-                batch.append(RawJson(text, raw.index, ev.path))
+                batch.append(RawJson(text, raw.index, path))
                 owner.append(pos)
-                if len(batch) >= self.batch_records:
+                if len(batch) >= limit:
                     flush()
         flush()
         return out

@@ -340,6 +340,7 @@ def _records(
     parser: Any, source: str, on_warning: WarningSink, *, last_number: int, what: str = "",
     decode: Callable[[str], Any] = json.loads,
     damaged: Callable[[int], list[Item] | None] | None = None,
+    decode_chunk: Callable[[list[tuple[int, str]]], dict[str, Any]] | None = None,
 ) -> Iterator[RawRecord]:
     """Iterate a parser's JSON records; a bad chunk or record becomes a warning and iteration goes on.
 
@@ -347,6 +348,7 @@ def _records(
     number after the last good one (the parser's message names the full range of a lost chunk).
     `damaged(n)` gives the records (and error messages) of chunk n when the parser refused it for its
     checksum, or None when n is not a chunk the reader found damaged; they take the chunk's place.
+    `decode_chunk`: see `EvtxReader`.
     """
     iterator = parser.records_json()
     lane = iterator if type(iterator) is _Chunkwise else None
@@ -357,6 +359,11 @@ def _records(
         written = lane.written() if lane is not None else None
         if written is not None:  # a chunk written (none for zeros): its records, numbered, JSON objects
             consecutive = 0
+            if decode_chunk is not None:
+                if written:
+                    last_number = written[-1][0]
+                    yield RawRecord(last_number, decode_chunk(written), "evtx-json")
+                continue
             for last_number, text in written:
                 data = decode(text)
                 if not isinstance(data, dict):
@@ -869,13 +876,19 @@ class EvtxReader:
     name = "evtx"
 
     def __init__(
-        self, threads: int = 0, decode: Callable[[str], Any] = json.loads, *, isolate: bool = _CAN_ISOLATE
+        self, threads: int = 0, decode: Callable[[str], Any] = json.loads, *, isolate: bool = _CAN_ISOLATE,
+        decode_chunk: Callable[[list[tuple[int, str]]], dict[str, Any]] | None = None,
     ) -> None:
         #: Rust worker threads per file in this process; 0 lets the parser decide (1 when files run in
         #: parallel). A child parses one chunk at a time.
         self.threads = threads
         #: Turns a record's JSON text into its `RawRecord.data` (the vectorised hunt keeps the text).
         self.decode = decode
+        #: If given, the records of a chunk that `_binxml` writes (most) come as one RawRecord, numbered as
+        #: the chunk's last record and holding what this makes of their (number, JSON text) pairs, instead of
+        #: a RawRecord each (the vectorised hunt: a record then costs no objects and generator steps of its
+        #: own on its way to the hunt). Records read otherwise come one by one, through `decode`.
+        self.decode_chunk = decode_chunk
         self.isolate = isolate
         self._spare: list[_ChunkParser] = []  # idle children, for the next file
         self._lock = threading.Lock()
@@ -992,7 +1005,9 @@ class EvtxReader:
                 on_warning(IngestWarning(source, f"unreadable EVTX file: {exc}"))
                 return
             chunks = _Renumbered(parser, start)
-        yield from _records(chunks, source, on_warning, last_number=last, decode=self.decode)
+        yield from _records(
+            chunks, source, on_warning, last_number=last, decode=self.decode, decode_chunk=self.decode_chunk
+        )
 
     def _read(
         self, stream: IO[bytes], source: str, on_warning: WarningSink, disk_path: Path,
@@ -1051,7 +1066,10 @@ class EvtxReader:
             apart = functools.partial(_parse_apart, quarantine, damaged, stream, header)
         last = 0
         try:
-            for raw in _records(parser, source, on_warning, last_number=0, decode=self.decode, damaged=apart):
+            for raw in _records(
+                parser, source, on_warning, last_number=0, decode=self.decode, damaged=apart,
+                decode_chunk=self.decode_chunk,
+            ):
                 last = raw.index
                 yield raw
         finally:
