@@ -278,7 +278,9 @@ class FileHunter:
                 continue
             path = ev.path
             limit = self.batch_records
-            for raw in read_records(ev, warn, reader=self.reader, following=following):
+            # (the file read next matters only where chunks are parsed apart: see `EvtxReader`)
+            ahead = following if self.reader.isolate else None
+            for raw in read_records(ev, warn, reader=self.reader, following=ahead):
                 data = raw.data
                 if type(data) is _Texts:  # a chunk's records (most)
                     for number, text in data.texts:
