@@ -105,6 +105,8 @@ class EventView:
     def strings(self, name: str) -> tuple[str, ...]:
         """String forms of the field's value(s) (one per list element); empty when missing."""
         v = self.get(name)
+        if type(v) is str:  # most values: their own string form
+            return (v,)
         if v is _MISSING:
             return ()
         if isinstance(v, (list, tuple)):
@@ -117,7 +119,10 @@ class EventView:
             lower = self._lower = {}
         cached = lower.get(name)
         if cached is None:
-            cached = lower[name] = tuple(s.lower() for s in self.strings(name))
+            v = self.get(name)
+            # most values are one string: no generator for the one lower-cased form
+            cached = (v.lower(),) if type(v) is str else tuple(s.lower() for s in self.strings(name))
+            lower[name] = cached
         return cached
 
     def names(self) -> Iterator[str]:
