@@ -957,7 +957,9 @@ class BatchHunter:
         as_line = self._as_line if self.lines is not None else None
         # `_view` and `_candidates` spelt out: their calls and lookups cost a tenth of a record's pre-filter
         folded_of = self._folded
-        plan_of = self.index.plan
+        index = self.index
+        plan_of = index.plan
+        compiled, entries, lines_except = index._predicates, index.entries, self.lines_except
         positions_of = self._positions
         plans: dict[tuple[str | None, int | None], PartitionPlan] = {}  # by the route key as read
         positions: list[int]
@@ -982,13 +984,16 @@ class BatchHunter:
                 part: bytes | None = None
                 for pos in positions:
                     n = plan.entries[pos]
-                    matched = self._confirm(n, view)
-                    if matched is not None:
+                    pred = compiled[n]  # (`_confirm` spelt out: two calls fewer per confirmation)
+                    if pred is None:
+                        pred = index.predicate(n)
+                    matched: dict[str, Any] = {}
+                    if pred(view, matched):
                         if ev is None:
                             ev = make(fields, raw.source)
                             part = event_part(ev) if as_line is not None else None
-                        info = self.index.entries[n].info
-                        if as_line is not None and info.id not in self.lines_except:
+                        info = entries[n].info
+                        if as_line is not None and info.id not in lines_except:
                             found.append(as_line(info, ev, part, matched))
                         else:
                             found.append(self._detection_of(info, ev, matched))
@@ -1044,10 +1049,14 @@ class BatchHunter:
         `ch`, `eid` (`route_key`)."""
         # The plan's guards decide EventID and Channel tests from the partition (`specialise`): they hold
         # when the fields carry the partition's values, or when the partition leaves them undecided (None).
-        field_eid = view.get("EventID")
-        if (eid is None or (type(field_eid) is int and field_eid == eid)) and (
-            ch is None or view.get("Channel") == ch
-        ):
+        fields = view.fields  # (both names as the records spell them, most of the time: no call)
+        field_eid = fields.get("EventID", _MISSING)
+        if field_eid is _MISSING:
+            field_eid = view.get("EventID")
+        field_ch = fields.get("Channel", _MISSING) if ch is not None else None
+        if field_ch is _MISSING:
+            field_ch = view.get("Channel")
+        if (eid is None or (type(field_eid) is int and field_eid == eid)) and (ch is None or field_ch == ch):
             return plan.candidates_bits(self._hits(plan, view, keyword_text))
         return list(range(len(plan.entries)))
 
