@@ -777,8 +777,8 @@ def test_candidate_bit_sets_agree_with_the_owner_sets() -> None:
         owners = {
             pos * _SLOTS + k for pos, clauses in need.items() for k in range(clauses) if rng.random() < 0.6
         }
-        assert plan.candidates_bits(_bits(owners)) == _candidates(plan, owners)
-        assert plan.candidates_bits(0) == list(always)
+        assert list(plan.candidates_bits(_bits(owners))) == _candidates(plan, owners)
+        assert list(plan.candidates_bits(0)) == list(always)
 
 
 def test_negated_anchors_hold_exactly_when_no_test_passes() -> None:

@@ -701,14 +701,14 @@ class PartitionPlan:
     #: bit; the bit just above its clauses), built on first use (not pickled state worth keeping)
     _masks: tuple[int, int, int] | None = None
 
-    def candidates_bits(self, owners: int) -> list[int]:
+    def candidates_bits(self, owners: int) -> Sequence[int]:
         """Entry positions whose every clause has a hit in `owners` (bit o for owner o), plus the unguarded
         ones, in order.
 
         A row's hits OR together as integers, and a position survives when, for every clause it needs,
         the clause's bit is set: adding 1 to its clause bits carries into the bit above them exactly when
         all are set, and no further (a position's slot has a bit to spare), so three big-integer operations
-        decide every position at once.
+        decide every position at once. (Where none survives, which is most of the time, `always` itself.)
         """
         if self._masks is None:
             required = ones = above = 0
@@ -719,12 +719,15 @@ class PartitionPlan:
             self._masks = (required, ones, above)
         required, ones, above = self._masks
         survivors = ((owners & required) + ones) & above if owners else 0
+        if not survivors:
+            return self.always
         out = list(self.always)
-        while survivors:
+        while survivors:  # lowest first: in order
             low = survivors & -survivors
             out.append((low.bit_length() - 1) // _SLOTS)
             survivors ^= low
-        out.sort()
+        if self.always:
+            out.sort()
         return out
 
 
@@ -962,7 +965,7 @@ class BatchHunter:
         compiled, entries, lines_except = index._predicates, index.entries, self.lines_except
         positions_of = self._positions
         plans: dict[tuple[str | None, int | None], PartitionPlan] = {}  # by the route key as read
-        positions: list[int]
+        positions: Sequence[int]
         for ri, raw in enumerate(records):
             fields = read(raw, on_warning)
             if fields is None:
@@ -1032,7 +1035,7 @@ class BatchHunter:
     def _candidates(
         self, fields: Mapping[str, Any], channel: str | None, event_id: int | None, view: EventView,
         keyword_text: bytes | None = None,
-    ) -> tuple[PartitionPlan, list[int]]:
+    ) -> tuple[PartitionPlan, Sequence[int]]:
         """The partition plan of the event with these fields, `Event.channel` and `Event.event_id`, and the
         positions of its entries the guards cannot rule out (`keyword_text`: see `RecordShape`)."""
         ch, eid = route_key(channel, event_id, fields)
@@ -1044,7 +1047,7 @@ class BatchHunter:
     def _positions(
         self, plan: PartitionPlan, ch: str | None, eid: int | None, view: EventView,
         keyword_text: bytes | None,
-    ) -> list[int]:
+    ) -> Sequence[int]:
         """The positions of `plan`'s entries (some) that the guards cannot rule out, for an event of route key
         `ch`, `eid` (`route_key`)."""
         # The plan's guards decide EventID and Channel tests from the partition (`specialise`): they hold
