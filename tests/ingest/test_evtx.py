@@ -725,7 +725,9 @@ def test_chunks_given_whole_give_what_records_one_by_one_give(sample: bytes, tmp
         (evidence,) = discover([path])
         reads = [evidence]
         if name == "intact":  # and in parts, as hunt workers share a large file
-            reads += [dataclasses.replace(evidence, part=p) for p in evtx_reader.evtx_parts(path, 3)]
+            parts = evtx_reader.evtx_parts(path, 3)
+            assert parts is not None
+            reads += [dataclasses.replace(evidence, part=p) for p in parts]
         for ev in reads:
             got = []
             for reader in (one_by_one, whole):
