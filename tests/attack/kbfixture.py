@@ -62,7 +62,7 @@ def objects() -> list[dict[str, Any]]:
         "name": "Enterprise",
         "tactic_refs": [tactics[0]["id"], tactics[1]["id"]],
     }
-    techniques = [
+    techniques: list[dict[str, Any]] = [
         _technique(1, "Common", "execution"),  # T1001, used by most groups
         _technique(2, "Second", "initial-access"),  # T1002
         _technique(3, "Rare", "execution"),  # T1003
@@ -70,7 +70,7 @@ def objects() -> list[dict[str, Any]]:
         _technique(5, "Unused", "execution"),  # T1005: nobody uses it
         _technique(6, "Deprecated one", "execution", x_mitre_deprecated=True),  # T1006
     ]
-    groups = [
+    groups: list[dict[str, Any]] = [
         {
             "type": "intrusion-set",
             "id": _sid("intrusion-set", i),
@@ -83,14 +83,14 @@ def objects() -> list[dict[str, Any]]:
             [("Alpha", ["Alpha Kitten"]), ("Bravo", []), ("Charlie", ["Shared"]), ("Delta", ["Shared"])], 1
         )
     ]
-    tool = {
+    tool: dict[str, Any] = {
         "type": "tool",
         "id": _sid("tool", 1),
         "name": "RareTool",
         "x_mitre_aliases": ["RareTool", "rt.exe"],
         "external_references": _ext("S0001"),
     }
-    campaign = {
+    campaign: dict[str, Any] = {
         "type": "campaign",
         "id": _sid("campaign", 1),
         "name": "Op One",

@@ -356,6 +356,7 @@ def test_rules_update_keeps_what_is_installed_when_a_download_is_wrong(
 ) -> None:
     """A captive portal's page for the bundle, a zip bomb, a download past its bound: one error line each,
     and the rules and bundle installed before are still there, unchanged."""
+    from casefile.config import Settings
     from casefile.hunt import update
 
     url, root = web_root
@@ -379,7 +380,7 @@ def test_rules_update_keeps_what_is_installed_when_a_download_is_wrong(
         )
 
     assert update_from("good.zip", "bundle.json").exit_code == 0
-    settings = update.Settings.from_env()
+    settings = Settings.from_env()
 
     def files() -> dict[Path, bytes]:
         paths = [*settings.rules_dir.rglob("*.yml"), *settings.attack_dir.iterdir()]

@@ -16,7 +16,7 @@ from casefile.hunt import load_rules
 from casefile.hunt.parallel import FileHunter
 from casefile.ingest import discover
 from casefile.ingest.readers.evtx import evtx_parts
-from ingest.test_evtx import SAMPLE, _variants  # tests/ingest (pytest puts tests/ on the path)
+from ingest.test_evtx import SAMPLE, _variants  # type: ignore[import-not-found]  # tests/ingest (pytest puts tests/ on the path)
 
 #: Matches records of the sample (Security 5145) by event id and by a keyword, so batches are confirmed and
 #: detections made.

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from casefile.hunt import RuleSet, load_rules, parallel, run_hunt, vector
+from casefile.hunt import RuleSet, load_rules, run_hunt, vector
 from casefile.hunt import cache as cache_module
 from casefile.hunt.cache import PLAN_FOLDERS_KEPT, PLANS_PREFIX, PlanStore
 from casefile.hunt.engine import iter_hunt
@@ -210,7 +210,7 @@ def test_a_cached_rule_set_is_not_pickled_again_for_the_workers(
             pickled.append(len(obj))
         return dumps(obj, *args, **kwargs)
 
-    monkeypatch.setattr(parallel.pickle, "dumps", counting)
+    monkeypatch.setattr(pickle, "dumps", counting)  # (the module parallel pickles with)
     assert _hunt(evidence, rules, tmp_path, workers=2) == reference
     assert pickled == []
     assert len(_hunt(evidence, rules, tmp_path, workers=2, min_level=Level.HIGH)) < len(reference)

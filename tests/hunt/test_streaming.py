@@ -109,7 +109,7 @@ def test_progress_counts_files_on_disk_while_they_are_found(
     assert found and stats.files == 3 + 3 + 7  # three EVTX, three zip members, seven fixture logs
     assert recorder.calls[0] == ("start", None)
     totals = [n for what, n in recorder.calls if what == "total"]
-    done = [p for what, p in recorder.calls if what == "done"]
+    done = [str(p) for what, p in recorder.calls if what == "done"]
     on_disk = [str(p) for p in sorted(evidence.rglob("*")) if p.is_file()]
     assert sorted(done) == on_disk  # each once, the README and the zip included
     assert totals == [len(on_disk)]

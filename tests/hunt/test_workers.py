@@ -11,20 +11,30 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from casefile.hunt import parallel
 from casefile.hunt.parallel import TASK_BYTES, vector_hits
 from casefile.ingest import discover
+from casefile.models import Detection
 
 from .conftest import WHOAMI_RULE, RuleFactory
 
 EVENT = {"EventID": 1, "Channel": "Microsoft-Windows-Sysmon/Operational", "Computer": "ws1",
          "Image": "C:\\Windows\\System32\\whoami.exe"}
+
+
+def _detections(hits: Iterable[object]) -> list[Detection]:
+    """The hits, each a Detection (no lines were asked for)."""
+    out = []
+    for d in hits:
+        assert isinstance(d, Detection), d
+        out.append(d)
+    return out
 
 
 def test_auto_workers_start_a_pool_only_for_more_than_one_task(
@@ -42,7 +52,7 @@ def test_auto_workers_start_a_pool_only_for_more_than_one_task(
             evidence, rules, workers=workers, warn=lambda w: pytest.fail(str(w)),
             done=lambda ev, n: done.append((ev.path, n)), task_bytes=task_bytes,
         )
-        return [(d.rule.id, d.file, d.record_id) for d in hits], done
+        return [(d.rule.id, d.file, d.record_id) for d in _detections(hits)], done
 
     serial = run(1, TASK_BYTES)
     assert len(serial[0]) == 6 and [n for _, n in serial[1]] == [1, 2, 3]
@@ -53,7 +63,7 @@ def test_auto_workers_start_a_pool_only_for_more_than_one_task(
         started.append(method)
         return real(method)
 
-    monkeypatch.setattr(parallel.multiprocessing, "get_context", get_context)
+    monkeypatch.setattr(multiprocessing, "get_context", get_context)  # (the module parallel spawns with)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert run(0, TASK_BYTES) == serial  # a few bytes: one task, hunted here
     assert started == []
@@ -77,9 +87,10 @@ def test_workers_read_the_rules_from_a_file_removed_after_the_hunt(
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
 
-    def hunt() -> Iterator[Any]:
-        return vector_hits(evidence, rules, workers=2, warn=lambda w: pytest.fail(str(w)),
+    def hunt() -> Generator[Any, None, None]:
+        hits = vector_hits(evidence, rules, workers=2, warn=lambda w: pytest.fail(str(w)),
                            done=lambda ev, n: None, task_bytes=1)
+        return cast(Generator[Any, None, None], hits)  # (a generator: closed below)
 
     hits = hunt()
     first = next(hits)
@@ -253,5 +264,5 @@ def test_a_worker_hides_what_a_task_leaves_from_the_collector(
         loaded = pool.submit(gc.get_freeze_count).result()
         result = pool.submit(parallel._worker_task, evidence).result()
         after = pool.submit(gc.get_freeze_count).result()
-    assert [d.record_id for d in result.detections] == [1]
+    assert [d.record_id for d in _detections(result.detections)] == [1]
     assert loaded > 0 and after > loaded

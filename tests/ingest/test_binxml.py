@@ -30,7 +30,11 @@ binxml = pytest.importorskip(
 
 def _parser_records(header: bytes, chunk: bytes) -> list[tuple[int, str]]:
     parser = PyEvtxParser(io.BytesIO(header + chunk))
-    return [(r["event_record_id"], r["data"]) for r in parser.records_json()]
+    out = []
+    for r in parser.records_json():
+        assert r is not None
+        out.append((r["event_record_id"], r["data"]))
+    return out
 
 
 def _corpus_chunks(shared_data: Path) -> list[tuple[bytes, bytes]]:
@@ -258,9 +262,9 @@ def _read_all(path: Path, part: tuple[int, int] | None = None) -> tuple[list[tup
     reader = EvtxReader(decode=lambda text: {"text": text}, isolate=False)
     with open(path, "rb") as stream:
         if part is None:
-            records = reader.read(stream, str(path), lambda w: warnings.append(w.message), disk_path=path)
+            records = reader.read(stream, str(path), lambda w: warnings.append(w.reason), disk_path=path)
         else:
-            records = reader.read_part(stream, str(path), lambda w: warnings.append(w.message), part)
+            records = reader.read_part(stream, str(path), lambda w: warnings.append(w.reason), part)
         return [(r.index, r.data["text"]) for r in records], warnings
 
 

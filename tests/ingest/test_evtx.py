@@ -430,7 +430,7 @@ def test_no_child_to_be_had_is_a_read_error(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(evtx_reader.subprocess, "Popen", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)  # (the module the reader starts its child with)
     warnings: list[IngestWarning] = []
     reader = EvtxReader()
     evidence = discover([tmp_path])

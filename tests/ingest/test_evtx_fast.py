@@ -349,6 +349,7 @@ def test_corpus_records(shared_data: Path) -> None:
     for path in files:
         try:
             for record in PyEvtxParser(str(path)).records_json():
+                assert record is not None
                 read += _check(record["data"])
                 total += 1
         except (OSError, RuntimeError):

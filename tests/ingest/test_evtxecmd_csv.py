@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from casefile.ingest import discover, read_events
+from casefile.ingest import EvidenceFile, discover, read_events
 from casefile.models import Event, IngestWarning
 
 DATA = Path(__file__).parent.parent / "data" / "ingest"
@@ -178,9 +179,9 @@ def test_csv_parts_read_as_the_whole_file(tmp_path: Path, seed: int) -> None:
 
     (ev,) = discover([path])
 
-    def read(evidence: object) -> tuple[list[object], list[IngestWarning]]:
+    def read(evidence: EvidenceFile) -> tuple[list[tuple[int, dict[str, Any]]], list[IngestWarning]]:
         warnings: list[IngestWarning] = []
-        records = [(r.index, r.data) for r in read_records(evidence, warnings.append)]  # type: ignore[arg-type]
+        records = [(r.index, r.data) for r in read_records(evidence, warnings.append)]
         return records, warnings
 
     whole = read(ev)

@@ -349,7 +349,7 @@ def test_ndjson_parts_read_as_the_whole_file(tmp_path: Path, seed: int) -> None:
         return
     found = jsonlog.ndjson_parts(path, 40)
     assert found is not None
-    parts = list(found)
+    parts: list[tuple[int, ...]] = list(found)
     assert len(parts) > 2
     assert parts[0][0] == 0 and parts[-1][1] == -1
     for (_, stop, _), (start, _, line) in itertools.pairwise(parts):

@@ -239,8 +239,10 @@ def test_system_elements_with_text_attributes_and_children() -> None:
 def test_timestamp_outside_the_calendar_in_utc_leaves_the_event_without_one(stamp: str | int) -> None:
     """A forged offset that moves the instant before year 1 or after 9999 in UTC: the record is still
     evidence (its fields, its rules), it only has no timestamp; the read goes on to the next record."""
-    record = {"@timestamp": stamp, "event": {"code": 1}, "process": {"command_line": "whoami"}}
-    good = {"@timestamp": "2022-07-15T08:12:01Z", "event": {"code": 1}}
+    record: dict[str, Any] = {
+        "@timestamp": stamp, "event": {"code": 1}, "process": {"command_line": "whoami"}
+    }
+    good: dict[str, Any] = {"@timestamp": "2022-07-15T08:12:01Z", "event": {"code": 1}}
     fail = lambda w: pytest.fail(str(w))  # noqa: E731
     events = [normalise(RawRecord(n, r), "x.json", fail) for n, r in enumerate((record, good))]
     when = datetime(2022, 7, 15, 8, 12, 1, tzinfo=UTC)

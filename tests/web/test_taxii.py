@@ -117,7 +117,7 @@ def test_partner_reads_what_is_shared_and_nothing_else(server: Srv) -> None:
         only.add_objects({"objects": [indicator(1, tag="partner")]})
     with pytest.raises(requests.HTTPError) as denied:
         collection(server, "partner", server.internal).get_objects()
-    assert denied.value.response.status_code == 403
+    assert denied.value.response is not None and denied.value.response.status_code == 403
     with http(server, "partner") as h:
         assert h.get(f"/api/collections/{server.internal}/").status_code == 403
         assert h.get(f"/api/collections/{server.internal}/objects/").status_code == 403
