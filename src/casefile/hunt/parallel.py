@@ -282,18 +282,16 @@ class FileHunter:
             ahead = following if self.reader.isolate else None
             for raw in read_records(ev, warn, reader=self.reader, following=ahead):
                 data = raw.data
+                texts: Iterable[tuple[int, str]]
                 if type(data) is _Texts:  # a chunk's records (most)
-                    for number, text in data.texts:
-                        batch.append(RawJson(text, number, path))
-                        owner.append(pos)
-                        if len(batch) >= limit:
-                            flush()
-                    continue
-                text = data.text if isinstance(data, _Unparsed) else json.dumps(data)
-                batch.append(RawJson(text, raw.index, path))
-                owner.append(pos)
-                if len(batch) >= limit:
-                    flush()
+                    texts = data.texts
+                else:
+                    texts = ((raw.index, data.text if isinstance(data, _Unparsed) else json.dumps(data)),)
+                for number, text in texts:
+                    batch.append(RawJson(text, number, path))
+                    owner.append(pos)
+                    if len(batch) >= limit:
+                        flush()
         flush()
         return out
 
