@@ -342,7 +342,7 @@ def test_sigma_lines_made_without_a_detection_are_its_lines() -> None:
                 rule, DetectionKind.SIGMA, event.timestamp, event.computer, event.channel, event.event_id,
                 event.record_id, event.source_file, m,
             )
-            assert lines.sigma_line(rule, part, m) == lines.line(d)
+            assert lines.sigma_line(rule, part, m) == lines.utf8(d) == lines.line(d).encode()
     part = output.event_part(events[0])
     assert part is not None
     assert lines.sigma_line(rule, part, {"Odd": "x\ud800y"}) is None  # `line` writes it with `json`
@@ -418,3 +418,24 @@ def test_hunt_output_inside_the_evidence_is_not_hunted(case_files: tuple[Path, P
     assert "files 1," in again.output
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["file"] == str(evidence / "events.json")
+
+
+def test_utf8_chunks_go_to_the_byte_buffer_after_pending_text(tmp_path: Path) -> None:
+    """`write_utf8` writes chunks to a UTF-8 stream's byte buffer after what its text layer holds, and
+    decodes them for a stream without one (or with another encoding)."""
+    from casefile.hunt.output import write_utf8
+
+    chunks = [b'{"a":"\xc3\xa9"}\n', b"{}\n{}\n"]
+    path = tmp_path / "out.jsonl"
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("first\n")  # held by the text layer until flushed
+        write_utf8(chunks, fh)
+    assert path.read_bytes() == b'first\n{"a":"\xc3\xa9"}\n{}\n{}\n'
+    text = io.StringIO()
+    write_utf8(chunks, text)
+    assert text.getvalue() == '{"a":"é"}\n{}\n{}\n'
+    raw = io.BytesIO()
+    latin = io.TextIOWrapper(raw, encoding="latin-1", newline="")
+    write_utf8(chunks, latin)
+    latin.flush()
+    assert raw.getvalue() == '{"a":"é"}\n{}\n{}\n'.encode("latin-1")

@@ -319,23 +319,49 @@ def test_a_compressed_file_is_copied_whole_or_not_at_all(
 
 
 def test_a_task_spills_its_detections_to_files_read_back_in_order(tmp_path: Path) -> None:
-    """`Spill` moves a task's detections to a file once it holds enough; `TaskResult.hits` gives the spilled
-    ones first, in order, and deletes their files."""
-    from casefile.hunt.parallel import Spill, TaskResult
+    """`Spill` moves a task's detections to a file once it holds enough (a block of lines counts each
+    line); `TaskResult.hits` gives the spilled ones first, in order, and deletes their files."""
+    from casefile.hunt.output import LineBlock
+    from casefile.hunt.parallel import Spill, TaskResult, _add_and_spill
+
+    def block(*ns: int) -> LineBlock:
+        return LineBlock(b"".join(f"line {n}\n".encode() for n in ns), ("r",) * len(ns))
 
     result = TaskResult([], [], [])
     spill = Spill(str(tmp_path), at=3)
     for n in range(8):
-        result.detections.append(("r", f"line {n}"))
-        spill(result)
-    assert len(result.spilled) == 2 and result.detections == [("r", "line 6"), ("r", "line 7")]
+        _add_and_spill(result.detections.extend, spill, result, [block(n)])
+    assert len(result.spilled) == 2 and result.detections == [block(6), block(7)] and result.held == 2
     spill(result, force=True)
-    assert len(result.spilled) == 3 and result.detections == []
-    assert list(result.hits()) == [("r", f"line {n}") for n in range(8)]
+    assert len(result.spilled) == 3 and result.detections == [] and result.held == 0
+    result.detections.append(block(8, 9, 10))
+    result.held += 3
+    spill(result)  # one block of three lines is three detections
+    assert len(result.spilled) == 4 and result.detections == []
+    assert list(result.hits()) == [block(n) for n in range(8)] + [block(8, 9, 10)]
     assert list(tmp_path.iterdir()) == []
-    unspilled = TaskResult([("r", "x")], [], [])
+    unspilled = TaskResult([block(0)], [], [], held=1)
     Spill(None, at=1)(unspilled, force=True)  # no folder: they stay
-    assert unspilled.spilled == [] and list(unspilled.hits()) == [("r", "x")]
+    assert unspilled.spilled == [] and list(unspilled.hits()) == [block(0)]
+
+
+def test_lines_are_packed_in_blocks_between_detections() -> None:
+    """`pack_lines` puts each run of lines into one `LineBlock` (the UTF-8 of the lines, each with its
+    newline, and their rules' ids) and leaves Detections where they are; a block survives pickling."""
+    from casefile.hunt.output import LineBlock, pack_lines
+    from casefile.models import DetectionKind
+
+    rule = RuleInfo(id="c", title="c", level=Level.MEDIUM, status=None, author=None)
+    detection = Detection(rule, DetectionKind.SIGMA, None, None, None, None, None, "f")
+    hits: list[Any] = [("a", b'{"x":1}'), ("b", '{"y":"\u00e9"}'.encode()), detection, ("a", b"{}")]
+    packed = pack_lines(hits)
+    assert packed == [
+        LineBlock(b'{"x":1}\n{"y":"\xc3\xa9"}\n', ("a", "b")), detection, LineBlock(b"{}\n", ("a",))
+    ]
+    first = packed[0]
+    assert isinstance(first, LineBlock) and first.lines() == ['{"x":1}', '{"y":"\u00e9"}']
+    assert pickle.loads(pickle.dumps(packed[0], pickle.HIGHEST_PROTOCOL)) == packed[0]
+    assert pack_lines([]) == [] and pack_lines([detection]) == [detection]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -994,9 +1020,10 @@ def test_hunt_lines_are_the_lines_of_the_detections(
 
 
 def test_workers_send_lines_but_for_the_rules_correlations_read(tmp_path: Path) -> None:
-    """With `lines_except`, the fast path delivers the other rules' detections as (rule id, JSONL line)."""
+    """With `lines_except`, the fast path delivers the other rules' detections as their JSONL lines, each run
+    of them one block that names each line's rule."""
     from casefile.hunt.correlation import input_rule_ids
-    from casefile.hunt.output import JsonlLines
+    from casefile.hunt.output import JsonlLines, LineBlock
     from casefile.hunt.parallel import vector_hits
     from casefile.ingest import discover
 
@@ -1011,8 +1038,13 @@ def test_workers_send_lines_but_for_the_rules_correlations_read(tmp_path: Path) 
             fields_of=needed, lines_except=lines_except,
         ))
 
-    objects, mixed = hits(None), hits(needed)
+    objects, packed = hits(None), hits(needed)
+    mixed: list[Any] = []  # each block's lines as (rule id, line)
+    for hit in packed:
+        mixed.extend(zip(hit.rule_ids, hit.lines(), strict=True) if isinstance(hit, LineBlock) else [hit])
     assert all(isinstance(d, Detection) for d in objects) and len(objects) == len(mixed) == 5
+    blocks = [isinstance(hit, LineBlock) for hit in packed]
+    assert any(blocks) and not any(a and b for a, b in zip(blocks, blocks[1:]))  # a run of lines: one block
     encode = JsonlLines().line
     for d, hit in zip(objects, mixed, strict=True):
         if d.rule.id in needed:

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from casefile.cli._common import console, fail, handle_errors, progress, text_output
 from casefile.config import Settings
-from casefile.hunt import HuntStats, RuleSet, iter_hunt, iter_hunt_lines, load_rules
-from casefile.hunt.output import WRITERS, write_detections, write_lines
+from casefile.hunt import HuntStats, RuleSet, iter_hunt, iter_hunt_jsonl, load_rules
+from casefile.hunt.output import WRITERS, write_detections, write_utf8
 from casefile.hunt.update import installed_rule_dirs, update_offline, update_online
 from casefile.models import Detection, IngestWarning, Level
 
@@ -144,8 +144,8 @@ def hunt_cmd(
     with _bar() as bar, text_output(output) as out:
         plan_cache = Settings.from_env().cache_dir
         exclude = [output] if output is not None else []  # written into the evidence folder, say
-        if fmt == "jsonl":  # the workers write the lines (iter_hunt_lines)
-            write_lines(iter_hunt_lines(
+        if fmt == "jsonl":  # the workers write the lines (iter_hunt_jsonl)
+            write_utf8(iter_hunt_jsonl(
                 paths, ruleset, stats=stats, min_level=level, on_warning=_warn, progress=bar, workers=jobs,
                 plan_cache=plan_cache, exclude=exclude,
             ), out)

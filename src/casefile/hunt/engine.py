@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar, cast
 from casefile.errors import InputError
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.hunt.evaluate import EventView, Predicate, compile_node, route_key
-from casefile.hunt.output import JsonlLines, RuleLine
+from casefile.hunt.output import JsonlLines, LineBlock
 from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.ingest import EvidenceFile, count_files, iter_discover, read_file, with_next
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
@@ -105,8 +105,8 @@ def _index(ruleset: RuleSet, min_level: Level) -> RuleIndex:
     return RuleIndex([r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed])
 
 
-#: A hunt's hits: detections, or also lines (`_hunt`'s `lines`).
-_Hit = TypeVar("_Hit", Detection, Detection | RuleLine)
+#: A hunt's hits: detections, or also blocks of lines (`_hunt`'s `lines`).
+_Hit = TypeVar("_Hit", Detection, Detection | LineBlock)
 
 
 def _emit(
@@ -124,7 +124,7 @@ def _emit(
     needed = input_rule_ids(correlations) if correlations else frozenset()
     fed: list[Detection] = []
     for d in hits:
-        if type(d) is tuple:
+        if type(d) is LineBlock:
             yield d
             continue
         assert isinstance(d, Detection)
@@ -235,18 +235,40 @@ def iter_hunt_lines(
     exclude: Sequence[str | Path] = (),
 ) -> Iterator[str]:
     """The lines `output.write_jsonl` writes for `iter_hunt`'s detections (same options), without their
-    newlines.
+    newlines: `iter_hunt_jsonl`'s, one by one."""
+    for chunk in iter_hunt_jsonl(
+        paths, ruleset, stats=stats, min_level=min_level, on_warning=on_warning, progress=progress,
+        workers=workers, plan_cache=plan_cache, exclude=exclude,
+    ):
+        yield from chunk.decode().split("\n")[:-1]
 
-    The fast path's workers write the lines of the rules no correlation reads themselves (`JsonlLines`):
-    a line crosses to this process for a fraction of what a Detection costs to send, receive and encode.
+
+def iter_hunt_jsonl(
+    paths: Sequence[str | Path],
+    ruleset: RuleSet,
+    *,
+    stats: HuntStats | None = None,
+    min_level: Level = Level.INFORMATIONAL,
+    on_warning: Callable[[IngestWarning], None] | None = None,
+    progress: Progress | None = None,
+    workers: int = 1,
+    plan_cache: Path | None = None,
+    exclude: Sequence[str | Path] = (),
+) -> Iterator[bytes]:
+    """What `output.write_jsonl` writes for `iter_hunt`'s detections (same options), as UTF-8 in chunks of
+    whole lines (`output.write_utf8` writes them).
+
+    The fast path's workers write the lines of the rules no correlation reads themselves (`JsonlLines`),
+    a batch's run of them in one chunk (`LineBlock`): a line crosses to this process for a fraction of what
+    a Detection costs to send, receive and encode, and a chunk is written here as it came.
     """
-    encode = JsonlLines().line
+    encode = JsonlLines().utf8
     for hit in _hunt(
         paths, ruleset, stats=stats, min_level=min_level, on_warning=on_warning, progress=progress,
         workers=workers, vectorised=True, event_fields=False, plan_cache=plan_cache, exclude=exclude,
         lines=True,
     ):
-        yield hit[1] if type(hit) is tuple else encode(hit)  # type: ignore[arg-type]
+        yield hit.text if type(hit) is LineBlock else encode(hit) + b"\n"  # type: ignore[union-attr,arg-type]
 
 
 def _hunt(
@@ -263,7 +285,7 @@ def _hunt(
     plan_cache: Path | None,
     exclude: Sequence[str | Path],
     lines: bool,
-) -> Iterator[Detection | RuleLine]:
+) -> Iterator[Detection | LineBlock]:
     """`iter_hunt`, and with `lines` the fast path's detections of rules no correlation reads as lines."""
     stats = stats if stats is not None else HuntStats()
     stats.rules_loaded = len(ruleset)
@@ -291,7 +313,7 @@ def _hunt(
 
         needed = input_rule_ids(ruleset.correlations) if ruleset.correlations else frozenset()
         rules = [r for r in ruleset.rules if r.info.level >= min_level or r.info.id in needed]
-        hits: Iterable[Detection | RuleLine] = vector_hits(
+        hits: Iterable[Detection | LineBlock] = vector_hits(
             evidence, rules, workers=workers, warn=warn, done=done,
             fields_of=None if event_fields else needed, plan_cache=plan_cache, source=ruleset,
             lines_except=needed if lines else None,
@@ -304,9 +326,15 @@ def _hunt(
             hits = _sequential_hits(listed, _index(ruleset, min_level), warn, done)
     by_rule = stats.by_rule
     for d in _emit(hits, ruleset, min_level, warn):
-        rule_id = d[0] if type(d) is tuple else d.rule.id  # type: ignore[union-attr]
-        stats.detections += 1
-        by_rule[rule_id] = by_rule.get(rule_id, 0) + 1
+        if type(d) is LineBlock:
+            ids = d.rule_ids  # type: ignore[union-attr]
+            stats.detections += len(ids)
+            for rule_id in ids:
+                by_rule[rule_id] = by_rule.get(rule_id, 0) + 1
+        else:
+            rule_id = d.rule.id  # type: ignore[union-attr]
+            stats.detections += 1
+            by_rule[rule_id] = by_rule.get(rule_id, 0) + 1
         yield d
     report.finish(counting)
 
@@ -456,6 +484,6 @@ def _parallel_hits(
 
 
 __all__ = [
-    "HuntResult", "HuntStats", "Progress", "RuleIndex", "hunt", "iter_hunt", "iter_hunt_lines", "match_event",
-    "run_hunt",
+    "HuntResult", "HuntStats", "Progress", "RuleIndex", "hunt", "iter_hunt", "iter_hunt_jsonl",
+    "iter_hunt_lines", "match_event", "run_hunt",
 ]

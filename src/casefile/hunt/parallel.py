@@ -33,7 +33,7 @@ import orjson
 from casefile.errors import InputError
 from casefile.heap import collect_less, load_pickle, long_lived
 from casefile.hunt.cache import PlanStore
-from casefile.hunt.output import JsonlLines, RuleLine
+from casefile.hunt.output import JsonlLines, LineBlock, RuleLine, pack_lines
 from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.hunt.vector import BatchHunter, RawJson, VectorIndex
 from casefile.ingest import EvidenceFile, open_evidence, read_file, read_records, with_next
@@ -153,19 +153,25 @@ class EvtxRecords:
     layout_key = staticmethod(_layout_key)
 
 
-#: What a hunt delivers: a detection, or one written as its JSONL line (`FileHunter`'s `lines_except`).
-Hit = Detection | RuleLine
+#: What a hunt delivers: a detection, or a run of them written as their JSONL lines (`FileHunter`'s
+#: `lines_except`).
+Hit = Detection | LineBlock
+#: What a task holds as it goes: also lines one by one, packed into blocks before they leave it.
+_Found = Detection | RuleLine | LineBlock
 
 
 @dataclass
 class TaskResult:
     """What one group of files gave: detections in order, warnings, events per file. `spilled`: files of
-    pickled lists of detections (`Spill`) that come, in order, before `detections`."""
+    pickled lists of detections (`Spill`) that come, in order, before `detections`; `held`: how many
+    detections `detections` holds (a `LineBlock` holds many). Lines are packed into blocks (`pack`)
+    before a result leaves its worker or goes to a file."""
 
-    detections: list[Hit]
+    detections: list[_Found]
     warnings: list[IngestWarning]
     events: list[int]
     spilled: list[str] = dataclasses.field(default_factory=list)
+    held: int = 0
 
     def hits(self) -> Iterator[Hit]:
         """The detections, those of the spilled files first (read back, then deleted)."""
@@ -177,7 +183,11 @@ class TaskResult:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             yield from chunk
-        yield from self.detections
+        yield from pack_lines(self.detections)
+
+    def pack(self) -> None:
+        """Packs each run of lines into one `LineBlock` (`pack_lines`): one object to send, and to write."""
+        self.detections = pack_lines(self.detections)  # type: ignore[assignment]
 
 
 class Spill:
@@ -190,18 +200,22 @@ class Spill:
     def __call__(self, result: TaskResult, force: bool = False) -> None:
         """Moves `result.detections` to a new file of `result.spilled` if they are `at` or more (or any, with
         `force`). Without a folder, they stay."""
-        if self.folder is None or not result.detections or (len(result.detections) < self.at and not force):
+        if self.folder is None or not result.detections or (result.held < self.at and not force):
             return
         fd, path = tempfile.mkstemp(prefix="hits-", suffix=".pickle", dir=self.folder)
         with os.fdopen(fd, "wb") as fh:
-            pickle.dump(result.detections, fh, pickle.HIGHEST_PROTOCOL)
+            pickle.dump(pack_lines(result.detections), fh, pickle.HIGHEST_PROTOCOL)
         result.spilled.append(path)
         result.detections.clear()
+        result.held = 0
 
 
 def _add_and_spill(add: Callable[[list[Any]], None], spill: Spill, out: TaskResult, found: list[Any]) -> None:
     add(found)
+    out.held += len(found)
     spill(out)
+
+
 
 
 class FileHunter:
@@ -221,8 +235,9 @@ class FileHunter:
         """`isolate`: parse EVTX in a child process (`EvtxReader`), for a hunter in a process that must not
         hang on a parser that loops; a worker has its stall timer instead, and parses in its own process.
         `plans`: partition plans kept on disk for these rules (`PlanStore`). `lines_except`: if given,
-        detections of other rules are delivered as their JSONL lines (`RuleLine`): a line costs a fraction
-        of what a Detection costs to send, receive and then encode in the parent. `spill`: where a task's
+        detections of other rules are delivered as their JSONL lines, each run of them one `LineBlock`: a
+        line costs a fraction of what a Detection costs to send, receive and then encode in the parent, and
+        a block of them one write there. `spill`: where a task's
         detections go once it holds many (none: they stay)."""
         self.index = VectorIndex(rules, plans)
         self.lines = JsonlLines()
@@ -240,7 +255,7 @@ class FileHunter:
     def hunt(self, evidence: Sequence[EvidenceFile]) -> TaskResult:
         warnings: list[IngestWarning] = []
         warn = warnings.append
-        detections: list[Hit] = []
+        detections: list[_Found] = []
         add = detections.extend if self.lines_except is None else self._as_lines(detections)
         events = [0] * len(evidence)
         out = TaskResult(detections, warnings, events)
@@ -293,17 +308,18 @@ class FileHunter:
                     if len(batch) >= limit:
                         flush()
         flush()
+        out.pack()
         return out
 
-    def _as_lines(self, out: list[Hit]) -> Callable[[list[Detection]], None]:
+    def _as_lines(self, out: list[_Found]) -> Callable[[list[Detection]], None]:
         """Adds detections to `out`, those of rules outside `lines_except` as their lines."""
         keep = self.lines_except or frozenset()
-        line = self.lines.line
+        utf8 = self.lines.utf8
 
         def deliver(found: list[Detection]) -> None:
             for d in found:
                 rule_id = d.rule.id
-                out.append(d if rule_id in keep else (rule_id, line(d)))
+                out.append(d if rule_id in keep else (rule_id, utf8(d)))
 
         return deliver
 
@@ -579,9 +595,9 @@ def vector_hits(
     With `plan_cache` (a folder) the partition plans built are kept there for the next hunt with the same
     rules (`PlanStore`). `source`: the rule set `rules` were taken from, whose pickle the workers then load
     if it holds just these rules (`rules_pickle`). With `lines_except`, the detections of other rules come
-    as their JSONL lines (`RuleLine`), encoded where they are found. A task that holds `spill_hits`
-    detections moves them to a file (`Spill`), read back here in order: memory does not grow with a file
-    that is not split.
+    as their JSONL lines, encoded where they are found, each run of them one `LineBlock`. A task that holds
+    `spill_hits` detections moves them to a file (`Spill`), read back here in order: memory does not grow
+    with a file that is not split.
     """
     # Large files are split between workers only where there are several (parts are parsed in the worker,
     # which has its stall timer; hunting alone, this process parses EVTX apart instead). Their parts' counts
@@ -775,6 +791,7 @@ class _OneByOne:
                 self.spill(out, force=True)
                 out.spilled.extend(result.spilled)
             out.detections.extend(result.detections)
+            out.held += result.held
             out.warnings.extend(result.warnings)
             out.events.extend(result.events)
         return out

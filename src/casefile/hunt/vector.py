@@ -1168,7 +1168,7 @@ class BatchHunter:
         assert lines is not None
         text = lines.sigma_line(info, part, matched) if part is not None else None
         if text is None:  # (the rule's first line, or values orjson refuses)
-            text = lines.line(_detection(info, ev, matched, False))
+            text = lines.utf8(_detection(info, ev, matched, False))
         return info.id, text
 
     def _detection_of(self, info: RuleInfo, ev: Event, matched: dict[str, Any]) -> Detection:
