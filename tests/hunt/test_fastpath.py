@@ -8,6 +8,7 @@ warnings, over (a) SigmaHQ's regression data, (b) a sample of the EVTX corpus wi
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import pickle
 import sys
@@ -1044,7 +1045,7 @@ def test_workers_send_lines_but_for_the_rules_correlations_read(tmp_path: Path) 
         mixed.extend(zip(hit.rule_ids, hit.lines(), strict=True) if isinstance(hit, LineBlock) else [hit])
     assert all(isinstance(d, Detection) for d in objects) and len(objects) == len(mixed) == 5
     blocks = [isinstance(hit, LineBlock) for hit in packed]
-    assert any(blocks) and not any(a and b for a, b in zip(blocks, blocks[1:]))  # a run of lines: one block
+    assert any(blocks) and not any(a and b for a, b in itertools.pairwise(blocks))  # a run: one block
     encode = JsonlLines().line
     for d, hit in zip(objects, mixed, strict=True):
         if d.rule.id in needed:

@@ -74,9 +74,7 @@ def test_field_hits_in_c_are_the_python_loops() -> None:
     for _ in range(3000):
         fields = _fields(rng)
         view = EventView(fields, fold_keys(fields))
-        c_bits = prefilter.field_hits(
-            anchors, fields, view.folded, view, c_hunter._miss, c_hunter._list_bits
-        )
+        c_bits = prefilter.field_hits(anchors, fields, view.folded, view, c_hunter)
         py_bits = py_hunter._field_hits(py_anchors, fields, view.folded or {}, view)
         assert c_bits == py_bits, fields
         hits += bool(c_bits)
@@ -94,6 +92,5 @@ def test_field_hits_refuses_a_folded_table_of_other_fields() -> None:
     hunter._hits(plan, view)
     with pytest.raises(KeyError):  # not a crash: the table names a field these fields lack
         prefilter.field_hits(
-            hunter._anchors[id(plan)], fields, {"commandline": "CommandLine"}, view, hunter._miss,
-            hunter._list_bits,
+            hunter._anchors[id(plan)], fields, {"commandline": "CommandLine"}, view, hunter
         )

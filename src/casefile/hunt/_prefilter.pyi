@@ -1,4 +1,3 @@
-from collections.abc import Callable
 from typing import Any
 
 def field_hits(
@@ -6,6 +5,5 @@ def field_hits(
     fields: dict[str, Any],
     folded: dict[str, str],
     view: Any,
-    miss: Callable[[Any, str, dict[Any, int]], int],
-    list_bits: Callable[[Any, str, Any, Any, dict[Any, int]], int],
+    hunter: Any,
 ) -> int: ...

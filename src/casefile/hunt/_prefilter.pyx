@@ -19,10 +19,10 @@ cdef extern from "Python.h":
     Py_ssize_t Py_SIZE(object o)
 
 
-def field_hits(list anchors, dict fields, dict folded, object view, object miss, object list_bits):
+def field_hits(list anchors, dict fields, dict folded, object view, object hunter):
     """Owner bits of the anchors on the event's fields. `anchors`: (name, folded name, field anchors, memo,
-    negated bits) per field; `miss(fa, value, memo)` gives (and remembers) a string value's bits the memo
-    lacks, `list_bits(fa, name, value, view, memo)` a list value's."""
+    negated bits) per field; `hunter._miss(fa, value, memo)` gives (and remembers) a string value's bits the
+    memo lacks, `hunter._list_bits(fa, name, value, view, memo)` a list value's (looked up only then)."""
     cdef object out = 0
     cdef PyObject* p
     cdef tuple entry
@@ -41,7 +41,7 @@ def field_hits(list anchors, dict fields, dict folded, object view, object miss,
         v = <object>p
         if type(v) is not str:
             if isinstance(v, (list, tuple)):
-                bits = list_bits(
+                bits = hunter._list_bits(
                     <object>PyTuple_GET_ITEM(entry, 2), <object>PyTuple_GET_ITEM(entry, 0), v, view,
                     <object>PyTuple_GET_ITEM(entry, 3),
                 )
@@ -51,7 +51,7 @@ def field_hits(list anchors, dict fields, dict folded, object view, object miss,
             v = _as_str(v)
         p = PyDict_GetItemWithError(<dict>PyTuple_GET_ITEM(entry, 3), v)
         if p == NULL:
-            bits = miss(<object>PyTuple_GET_ITEM(entry, 2), v, <object>PyTuple_GET_ITEM(entry, 3))
+            bits = hunter._miss(<object>PyTuple_GET_ITEM(entry, 2), v, <object>PyTuple_GET_ITEM(entry, 3))
         else:
             bits = <object>p
         if Py_SIZE(bits):  # most values hit nothing: 0, which leaves `out` as it is

@@ -912,6 +912,13 @@ class BatchResult:
 #: Per field a partition's plan anchors, as `BatchHunter._hits` walks them: its name, folded name, anchors,
 #: the memo of the owner bits each value gave them, and the anchors' negated bits (`_FieldAnchors.neg_bits`).
 _Anchored = tuple[str, str, "_FieldAnchors", dict[Any, int], int]
+#: Per plan, as `BatchHunter._hits` reads it: its `_Anchored` fields, its keyword anchors (`raw`), the gate's
+#: `finds` where the gate decides ASCII text (else None), whether it decides UTF-8 text too, `raw_ints`, and
+#: `refs`.
+_PlanState = tuple[
+    list[_Anchored], "_FieldAnchors | None", "Callable[[bytes], bool] | None", bool, bool,
+    tuple[tuple[str, str, str, int], ...],
+]
 
 _compiled_field_hits: Callable[..., int] | None
 try:  # Cython proper: only a compiled install has it (`BatchHunter._field_hits` otherwise)
@@ -943,6 +950,9 @@ class BatchHunter:
         # `_list_bits`). Emptied once the memos hold about `memo_bytes` (`_memo_cost`), so memory does not
         # grow with the evidence.
         self._anchors: dict[int, list[_Anchored]] = {}
+        # Per plan, what `_hits` reads of it besides the anchors (`_PlanState`), read once: it runs for most
+        # records, and a dozen attribute lookups were a tenth of its time.
+        self._states: dict[int, _PlanState] = {}
         # Records of one source repeat their field names: the folded-name lookup table is made once per list
         # of names (by the names, or their `RecordShape.layout_key`), and forgotten with the memo.
         self._folded: dict[str | tuple[str, ...], dict[str, str]] = {}
@@ -1020,6 +1030,7 @@ class BatchHunter:
 
     def _forget(self) -> None:
         self._anchors.clear()
+        self._states.clear()
         self._folded.clear()
         self._memo_cost = 0
 
@@ -1066,31 +1077,44 @@ class BatchHunter:
     def _hits(self, plan: PartitionPlan, view: EventView, keyword_text: bytes | None = None) -> int:
         """Owner bits of the anchors the event's values hit (see `PartitionPlan.candidates_bits`)."""
         fields = view.fields
-        folded = view.folded if view.folded is not None else fold_keys(fields)
-        anchors = self._anchors.get(id(plan))
-        if anchors is None:
-            anchors = [(name, _fold(name), fa, {}, fa.neg_bits) for name, fa in plan.by_name.items()]
-            self._anchors[id(plan)] = anchors
+        folded = view.folded
+        if folded is None:
+            folded = fold_keys(fields)
+        state = self._states.get(id(plan))
+        if state is None:
+            state = self._state(plan)
+        anchors, raw, finds, decides_utf8, raw_ints, refs = state
         if _compiled_field_hits is not None and type(fields) is dict and type(folded) is dict:
-            out = _compiled_field_hits(anchors, fields, folded, view, self._miss, self._list_bits)
+            out = _compiled_field_hits(anchors, fields, folded, view, self)
         else:
             out = self._field_hits(anchors, fields, folded, view)
-        raw = plan.raw
         # The gate on the record's own keyword text (which holds every joined value) spares joining them where
         # it finds no keyword, which is nearly everywhere; where it finds one, the exact scan.
         if raw is not None and (
-            keyword_text is None or raw.gate is None or not raw.decides
-            or (not raw.decides_utf8 and not keyword_text.isascii())
-            or raw.gate.finds(keyword_text)
+            keyword_text is None or finds is None or (not decides_utf8 and not keyword_text.isascii())
+            or finds(keyword_text)
         ):
-            out |= raw.positive(_joined_values(view, plan.raw_ints))
-        for name, other, op, bit in plan.refs:
+            out |= raw.positive(_joined_values(view, raw_ints))
+        for name, other, op, bit in refs:
             # the reference's test on the lower-cased values; `lowered` keeps them for the confirmation
             rights = view.lowered(other)
             test = _REF_TESTS[op]
             if rights and any(test(a, b) for a in view.lowered(name) for b in rights):
                 out |= bit
         return out
+
+    def _state(self, plan: PartitionPlan) -> _PlanState:
+        """`plan`'s `_PlanState`, its anchors' memos empty (made on the first record of its partition)."""
+        anchors = self._anchors.get(id(plan))
+        if anchors is None:
+            anchors = [(name, _fold(name), fa, {}, fa.neg_bits) for name, fa in plan.by_name.items()]
+            self._anchors[id(plan)] = anchors
+        raw = plan.raw
+        finds = raw.gate.finds if raw is not None and raw.gate is not None and raw.decides else None
+        state = self._states[id(plan)] = (
+            anchors, raw, finds, raw is not None and raw.decides_utf8, plan.raw_ints, plan.refs
+        )
+        return state
 
     def _field_hits(
         self, anchors: list[_Anchored], fields: Mapping[str, Any], folded: Mapping[str, str], view: EventView
