@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from casefile.errors import InputError
+from casefile.ingest._crc import crc32
 from casefile.ingest.model import EvidenceFile
 from casefile.ingest.plugins import READERS, SNIFF_BYTES, SNIFF_CERTAIN
 from casefile.models import IngestWarning
@@ -411,7 +412,7 @@ class _CheckedMember(io.RawIOBase):
         buffer[:size] = data
         if self._checking:
             if size:
-                self._crc = zlib.crc32(data, self._crc)
+                self._crc = crc32(data, self._crc)
             elif self._crc != self._info.CRC:
                 self._checking = False
                 raise zipfile.BadZipFile(

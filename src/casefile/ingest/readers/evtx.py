@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from evtx import PyEvtxParser
 
+from casefile.ingest._crc import crc32
 from casefile.ingest.model import RawRecord
 from casefile.ingest.plugins import READERS, WarningSink
 from casefile.models import IngestWarning
@@ -93,7 +94,7 @@ def check_checksums(
 
 def _header_ok(header: bytes) -> bool:
     stored: int = struct.unpack_from("<I", header, 124)[0]
-    return zlib.crc32(header[:120]) == stored
+    return crc32(header[:120]) == stored
 
 
 def _intact_header(head: bytes) -> bool:
@@ -118,7 +119,7 @@ def _layout(stream: IO[bytes], header: bytes) -> tuple[int, int, int]:
 def _chunk_header_mismatch(chunk: bytes | memoryview) -> bool:
     """Whether the checksum of a chunk's header (its first 512 bytes but the checksum) does not match."""
     stored: int = struct.unpack_from("<I", chunk, 124)[0]
-    return zlib.crc32(chunk[128:512], zlib.crc32(chunk[:120])) != stored
+    return crc32(chunk[128:512], crc32(chunk[:120])) != stored
 
 
 def _chunk_mismatch(
@@ -135,7 +136,7 @@ def _chunk_mismatch(
         return "records"
     used = max(0, free_offset - CHUNK_HEADER_SIZE)
     records = read_records(used) if read_records is not None else memoryview(chunk)[512:512 + used]
-    return "records" if zlib.crc32(records) != data_crc else None
+    return "records" if crc32(records) != data_crc else None
 
 
 #: `evtx_parts` gives up on a file it reads slower than this (bytes per second): the hunt's workers take
