@@ -141,6 +141,35 @@ def test_changed_values_are_written_as_the_parser_writes_them(corpus_chunks: Chu
     assert compared > 120 and given_up > 20, (compared, given_up)
 
 
+def test_each_special_character_at_each_position_of_a_string(corpus_chunks: Chunks) -> None:
+    """A quote, a backslash, a control character, DEL, a non-ASCII letter or an ASCII letter at every
+    position of long plain strings (across the eight-unit runs the writer copies at once, with SSE2):
+    written as the parser writes them."""
+
+    def plain(chunk: bytes, offset: int, size: int) -> bool:
+        units = struct.unpack_from(f"<{size // 2}H", chunk, offset)
+        return all(0x20 <= u < 0x7F and u not in (0x22, 0x5C) for u in units)
+
+    long_strings = [
+        (header, chunk, offset, size)
+        for header, chunk in corpus_chunks[::7]
+        for kind, offset, size in _values(chunk)
+        if kind == 0x01 and 40 <= size <= 80 and plain(chunk, offset, size)
+    ][:6]
+    assert len(long_strings) >= 3
+    compared = 0
+    for header, original, offset, size in long_strings:
+        for unit in (0x22, 0x5C, 0x01, 0x1F, 0x7F, 0xE9, 0x20AC, 0x41):
+            for at in range(size // 2):
+                chunk = bytearray(original)
+                struct.pack_into("<H", chunk, offset + 2 * at, unit)
+                written = binxml.chunk_records(bytes(chunk))
+                if written is not None:
+                    assert written == _parser_records(header, bytes(chunk)), (unit, at)
+                    compared += 1
+    assert compared > 500
+
+
 #: Parses pickled (header, chunk) pairs read from stdin, one at a time, and writes each one's records (or the
 #: parser's error) as a pickle, flushed: a chunk the parser loops on stops only this process.
 _PARSE_EACH = r"""
