@@ -45,6 +45,63 @@ cdef extern from *:
     """
     dict casefile_dict_presized(Py_ssize_t n)
 
+cdef extern from *:
+    """
+    #if defined(__SSE2__) && defined(__GNUC__)
+    #include <emmintrin.h>
+    #define CASEFILE_SSE2 1
+    #else
+    #define CASEFILE_SSE2 0
+    #endif
+    /* The offset in s[0:n) of the first quote, backslash or control byte, looking 16 bytes at a time (so
+       possibly short of it in the last 15: the caller reads on from there); `*high` gets the OR of the bytes
+       before it. 0 without SSE2. */
+    static inline Py_ssize_t casefile_scan(const char* s, Py_ssize_t n, unsigned* high) {
+        Py_ssize_t i = 0;
+    #if CASEFILE_SSE2
+        const __m128i quote = _mm_set1_epi8(0x22), backslash = _mm_set1_epi8(0x5C), c1f = _mm_set1_epi8(0x1F);
+        unsigned hb = 0;
+        while (i + 16 <= n) {
+            __m128i w = _mm_loadu_si128((const __m128i*)(s + i));
+            __m128i bad = _mm_or_si128(_mm_cmpeq_epi8(w, quote), _mm_cmpeq_epi8(w, backslash));
+            bad = _mm_or_si128(bad, _mm_cmpeq_epi8(_mm_max_epu8(w, c1f), c1f));  /* unsigned w <= 0x1F */
+            unsigned mask = (unsigned)_mm_movemask_epi8(bad);
+            unsigned top = (unsigned)_mm_movemask_epi8(w);
+            if (mask) {
+                unsigned at = (unsigned)__builtin_ctz(mask);
+                hb |= top & ((1u << at) - 1);
+                *high |= hb;
+                return i + at;
+            }
+            hb |= top;
+            i += 16;
+        }
+        *high |= hb;
+    #endif
+        return i;
+    }
+    /* n bytes from p to o, ASCII capitals lower-cased, 16 at a time; how many (a multiple of 16, 0 without
+       SSE2): the caller does the rest. */
+    static inline Py_ssize_t casefile_lower(const char* p, Py_ssize_t n, char* o) {
+        Py_ssize_t i = 0;
+    #if CASEFILE_SSE2
+        const __m128i before_a = _mm_set1_epi8(0x40), after_z = _mm_set1_epi8(0x5B);  /* around A-Z */
+        const __m128i bit = _mm_set1_epi8(0x20);
+        while (i + 16 <= n) {
+            __m128i w = _mm_loadu_si128((const __m128i*)(p + i));
+            /* signed compares: bytes from 0x80 are negative, so never capitals */
+            __m128i upper = _mm_and_si128(_mm_cmpgt_epi8(w, before_a), _mm_cmplt_epi8(w, after_z));
+            _mm_storeu_si128((__m128i*)(o + i), _mm_add_epi8(w, _mm_and_si128(upper, bit)));
+            i += 16;
+        }
+    #endif
+        return i;
+    }
+    """
+    enum: CASEFILE_SSE2
+    Py_ssize_t casefile_scan(const char* s, Py_ssize_t n, unsigned* high) noexcept nogil
+    Py_ssize_t casefile_lower(const char* p, Py_ssize_t n, char* o) noexcept nogil
+
 cdef extern from "Python.h":
     Py_ssize_t PyDict_GET_SIZE(object d)
 
@@ -157,23 +214,29 @@ cdef object string(Cur* c, bint part):
     cdef unsigned char ch, high = 0
     cdef bint escaped = False
     cdef uint64_t w, q, b, seen = 0
+    cdef unsigned tops = 0
     if c.s[c.i] != b'"':
         return None
     j = start = c.i + 1
-    # Eight bytes at a time while none is a quote, a backslash or a control character (each test flags a
-    # byte's high bit, exactly for "any", since borrows start only at a flagged byte); the loop below takes
-    # the word that holds one.
-    while j + 8 <= c.n:
-        memcpy(&w, c.s + j, 8)
-        q = w ^ 0x2222222222222222ULL
-        b = w ^ 0x5C5C5C5C5C5C5C5CULL
-        if ((q - 0x0101010101010101ULL) & ~q | (b - 0x0101010101010101ULL) & ~b
-                | (w - 0x2020202020202020ULL) & ~w) & 0x8080808080808080ULL:
-            break
-        seen |= w
-        j += 8
-    if seen & 0x8080808080808080ULL:
-        high = 0x80
+    if CASEFILE_SSE2:  # sixteen bytes at a time to the first quote, backslash or control character
+        j += casefile_scan(c.s + j, c.n - j, &tops)
+        if tops:
+            high = 0x80
+    else:
+        # Eight bytes at a time while none is a quote, a backslash or a control character (each test flags
+        # a byte's high bit, exactly for "any", since borrows start only at a flagged byte); the loop below
+        # takes the word that holds one.
+        while j + 8 <= c.n:
+            memcpy(&w, c.s + j, 8)
+            q = w ^ 0x2222222222222222ULL
+            b = w ^ 0x5C5C5C5C5C5C5C5CULL
+            if ((q - 0x0101010101010101ULL) & ~q | (b - 0x0101010101010101ULL) & ~b
+                    | (w - 0x2020202020202020ULL) & ~w) & 0x8080808080808080ULL:
+                break
+            seen |= w
+            j += 8
+        if seen & 0x8080808080808080ULL:
+            high = 0x80
     while j < c.n:
         ch = <unsigned char>c.s[j]
         high |= ch
@@ -266,7 +329,7 @@ cdef int kw_add(const char* p, Py_ssize_t n, bint ascii) except -1:
         _kw, _kw_size = b, 2 * (_kw_len + n + 1)
     _kw[_kw_len] = 0
     _kw_len += 1
-    for j in range(n):
+    for j in range(casefile_lower(p, n, _kw + _kw_len), n):
         ch = p[j]
         _kw[_kw_len + j] = ch + 32 if b'A' <= ch <= b'Z' else ch
     _kw_len += n
