@@ -71,6 +71,26 @@ def test_corpus_chunks_are_written_as_the_parser_writes_them(corpus_chunks: Chun
     assert written > 0.93 * records, (written, records)  # the common chunks: the reader's speed
 
 
+def test_utf8_gives_texts_beyond_ascii_as_their_utf8(corpus_chunks: Chunks) -> None:
+    """`utf8=True` (the hunt's reader): the same records, a text that is not ASCII as its UTF-8 bytes."""
+    as_bytes = as_str = 0
+    for _, chunk in corpus_chunks:
+        plain = binxml.chunk_records(chunk)
+        raw = binxml.chunk_records(chunk, utf8=True)
+        if plain is None:
+            assert raw is None
+            continue
+        assert raw is not None and [n for n, _ in raw] == [n for n, _ in plain]
+        for (_, text), (_, got) in zip(plain, raw, strict=True):
+            if text.isascii():
+                assert type(got) is str and got == text
+                as_str += 1
+            else:
+                assert type(got) is bytes and got == text.encode()
+                as_bytes += 1
+    assert as_bytes > 500 and as_str > 20_000, (as_bytes, as_str)
+
+
 # --- values changed in place: the writer's escaping and value forms against the parser's
 
 def _values(chunk: bytes) -> list[tuple[int, int, int]]:

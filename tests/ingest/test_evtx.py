@@ -708,7 +708,7 @@ def test_chunks_given_whole_give_what_records_one_by_one_give(sample: bytes, tmp
     class Chunk(dict[str, Any]):
         pass
 
-    def keep(texts: list[tuple[int, str]]) -> Chunk:
+    def keep(texts: list[tuple[int, str | bytes]]) -> Chunk:
         chunk = Chunk()
         chunk["texts"] = texts
         return chunk
@@ -737,9 +737,12 @@ def test_chunks_given_whole_give_what_records_one_by_one_give(sample: bytes, tmp
                     if type(r.data) is Chunk:
                         chunks_seen += 1
                         assert r.index == r.data["texts"][-1][0]
-                        records += r.data["texts"]
+                        for number, t in r.data["texts"]:  # UTF-8 where not ASCII, else the str
+                            assert type(t) is str or not t.isascii()
+                            records.append((number, t.decode() if type(t) is bytes else t))
                     else:
-                        records.append((r.index, r.data["text"]))
+                        t = r.data["text"]
+                        records.append((r.index, t.decode() if type(t) is bytes else t))
                 got.append((records, [(w.record, w.reason) for w in warnings]))
             assert got[0] == got[1], name
             assert got[0][0] or ev.part is not None, name  # (the last parts: unused chunks)

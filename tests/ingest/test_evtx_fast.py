@@ -46,11 +46,17 @@ def _reference(text: str) -> list[tuple[str, Any]] | None:
 def _check(text: str) -> bool:
     """Asserts that the fast reader gives the reference's fields or gives up, and that its keyword text (if
     any) is what the gate may read (`_check_keyword_text`); whether it read the text."""
+    utf8 = text.encode("utf-8", "surrogatepass")
+    from_utf8 = fast.fields_of(utf8)  # the same from the text's UTF-8, as the hunt's reader gives it
+    kw_utf8 = fast.keyword_text(from_utf8) if from_utf8 is not None else None
     got = fast.fields_of(text)
     if got is None:
+        assert from_utf8 is None, text
         return False
     assert [(k, _typed(v)) for k, v in got.items()] == _reference(text), text
+    assert from_utf8 is not None and [(k, _typed(v)) for k, v in from_utf8.items()] == _reference(text)
     kw = fast.keyword_text(got)
+    assert kw_utf8 == kw
     _check_keyword_text(got, kw)
     assert fast.layout_key(got) == "\0".join(got)
     KEYWORD_TEXTS.append(kw is not None)

@@ -71,25 +71,25 @@ class _Unparsed(dict[str, Any]):
 
     __slots__ = ("text",)
 
-    text: str
+    text: str | bytes
 
 
-def _keep_text(text: str) -> _Unparsed:
+def _keep_text(text: str | bytes) -> _Unparsed:
     d = _Unparsed()
     d.text = text
     return d
 
 
 class _Texts(dict[str, Any]):
-    """The records of one EVTX chunk as (number, JSON text) pairs (the reader's `decode_chunk` hook); it is
-    empty as a dict."""
+    """The records of one EVTX chunk as (number, JSON text) pairs (the reader's `decode_chunk` hook: a text
+    that is not ASCII as UTF-8 bytes); it is empty as a dict."""
 
     __slots__ = ("texts",)
 
-    texts: list[tuple[int, str]]
+    texts: list[tuple[int, str | bytes]]
 
 
-def _keep_texts(texts: list[tuple[int, str]]) -> _Texts:
+def _keep_texts(texts: list[tuple[int, str | bytes]]) -> _Texts:
     d = _Texts()
     d.texts = texts
     return d
@@ -99,7 +99,7 @@ def _none(fields: dict[str, Any]) -> None:
     return None
 
 
-_fast_fields: Callable[[str], dict[str, Any] | None] | None
+_fast_fields: Callable[[str | bytes], dict[str, Any] | None] | None
 _keyword_text: Callable[[dict[str, Any]], bytes | None]
 _layout_key: Callable[[dict[str, Any]], str | None]
 try:  # Cython proper: only a compiled install has it
@@ -297,7 +297,7 @@ class FileHunter:
             ahead = following if self.reader.isolate else None
             for raw in read_records(ev, warn, reader=self.reader, following=ahead):
                 data = raw.data
-                texts: Iterable[tuple[int, str]]
+                texts: Iterable[tuple[int, str | bytes]]
                 if type(data) is _Texts:  # a chunk's records (most)
                     texts = data.texts
                 else:

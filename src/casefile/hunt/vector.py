@@ -854,11 +854,12 @@ class VectorIndex:
 # --- running one batch ------------------------------------------------------------------------
 @dataclass(slots=True)
 class RawJson:
-    """One raw EVTX record: its JSON text, its ordinal in the file, and the file's event name.
+    """One raw EVTX record: its JSON text (a str, or UTF-8 bytes), its ordinal in the file, and the file's
+    event name.
 
     Not frozen, for the reason `RawRecord` is not: one is made per record hunted."""
 
-    text: str
+    text: str | bytes
     index: int
     source: str
 

@@ -28,6 +28,7 @@ the type each substitution token declares, the end token after the values, and t
 Cython proper, not Python: without a C compiler there is no build, and the reader uses the parser alone.
 """
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeUTF8, PyUnicode_New
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memcmp, memset
@@ -1027,10 +1028,12 @@ cdef bint templates_ok(Ctx* x) noexcept nogil:
 cdef bint _busy = False
 
 
-def chunk_records(const uint8_t[::1] chunk):
+def chunk_records(const uint8_t[::1] chunk, bint utf8=False):
     """The records of one 64 KiB EVTX chunk as `[(record number, JSON text), ...]`, as the `evtx` parser
     writes them (none for a chunk of zeros); None when the chunk holds anything this does not write exactly
-    (the parser reads it).
+    (the parser reads it). With `utf8`, a text that is not all ASCII comes as its UTF-8 (bytes; always valid:
+    a lone surrogate is left to the parser), for a caller that would encode it again (the hunt's
+    `_evtx_fast.fields_of`), sparing it the decode and the encode.
 
     The output buffer is the module's: a call made while another is making its strings (a thread switched
     to by the collector's finalizers, say) gets None too."""
@@ -1039,12 +1042,12 @@ def chunk_records(const uint8_t[::1] chunk):
         return None
     _busy = True
     try:
-        return _chunk_records(&chunk[0])
+        return _chunk_records(&chunk[0], utf8)
     finally:
         _busy = False
 
 
-cdef object _chunk_records(const uint8_t* c):
+cdef object _chunk_records(const uint8_t* c, bint utf8):
     cdef Ctx* x = &_ctx
     cdef Py_ssize_t pos = CHUNK_HEADER, free_space, size, i, n = 0
     cdef uint64_t first, last, number
@@ -1087,6 +1090,8 @@ cdef object _chunk_records(const uint8_t* c):
         if _ascii[i]:
             text = PyUnicode_New(size, 127)
             memcpy(PyUnicode_DATA(text), x.out + _marks[i], size)
+        elif utf8:
+            text = PyBytes_FromStringAndSize(x.out + _marks[i], size)
         else:
             text = PyUnicode_DecodeUTF8(x.out + _marks[i], size, NULL)
         out.append((first + i, text))

@@ -21,7 +21,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from evtx import PyEvtxParser
 
@@ -256,17 +256,20 @@ class _Chunkwise:
     """Stands in for the parser's `records_json()` over chunks `start` to `stop` (exclusive) of a file whose
     chunks' checksums match: a chunk's records are written by `_binxml.chunk_records` where it writes them all
     (what the parser gives, in about 60% of its time), else the parser reads the chunk from an image of the
-    file header and that chunk, its messages naming the file's chunk numbers (`_Renumbered`)."""
+    file header and that chunk, its messages naming the file's chunk numbers (`_Renumbered`). With `utf8`,
+    the writer's texts that are not ASCII come as UTF-8 bytes (see `EvtxReader.decode_chunk`)."""
 
     def __init__(
-        self, stream: IO[bytes], header: bytes, start: int, stop: int, image: bytes | None = None
+        self, stream: IO[bytes], header: bytes, start: int, stop: int, image: bytes | None = None,
+        utf8: bool = False,
     ) -> None:
         self._stream = stream
+        self._utf8 = utf8
         self._header = header
         self._image = memoryview(image) if image is not None else None  # the file, read already
         self._next = start
         self._stop = stop
-        self._pending: list[tuple[int, str]] = []  # the chunk's records, last first
+        self._pending: list[tuple[int, str | bytes]] = []  # the chunk's records, last first
         self._parser: _Renumbered | None = None
 
     def records_json(self) -> _Chunkwise:
@@ -292,7 +295,7 @@ class _Chunkwise:
                 records.reverse()
                 self._pending = records
 
-    def written(self) -> list[tuple[int, str]] | None:
+    def written(self) -> list[tuple[int, str | bytes]] | None:
         """The next chunk's records, in order, where the writer writes them (taken whole: `_records` makes
         them without this iterator's dict per record); None when the caller must go on record by record
         (`__next__`): a chunk the parser reads, or the end."""
@@ -300,7 +303,7 @@ class _Chunkwise:
             return None
         return self._load()
 
-    def _load(self) -> list[tuple[int, str]] | None:
+    def _load(self) -> list[tuple[int, str | bytes]] | None:
         """Takes the next chunk: its records as written, or None, the parser then set on it."""
         number = self._next
         self._next += 1
@@ -310,7 +313,7 @@ class _Chunkwise:
         else:
             self._stream.seek(offset)
             chunk = self._stream.read(CHUNK_SIZE)
-        records = _chunk_records(chunk) if _chunk_records is not None else None
+        records = _chunk_records(chunk, self._utf8) if _chunk_records is not None else None
         if records is None:
             image = io.BytesIO(self._header + bytes(chunk))
             self._parser = _Renumbered(PyEvtxParser(image, number_of_threads=1), number)
@@ -341,7 +344,7 @@ def _records(
     parser: Any, source: str, on_warning: WarningSink, *, last_number: int, what: str = "",
     decode: Callable[[str], Any] = json.loads,
     damaged: Callable[[int], list[Item] | None] | None = None,
-    decode_chunk: Callable[[list[tuple[int, str]]], dict[str, Any]] | None = None,
+    decode_chunk: Callable[[list[tuple[int, str | bytes]]], dict[str, Any]] | None = None,
 ) -> Iterator[RawRecord]:
     """Iterate a parser's JSON records; a bad chunk or record becomes a warning and iteration goes on.
 
@@ -366,7 +369,7 @@ def _records(
                     yield RawRecord(last_number, decode_chunk(written), "evtx-json")
                 continue
             for last_number, text in written:
-                data = decode(text)
+                data = decode(cast(str, text))  # (bytes come only to a reader with `decode_chunk`)
                 if not isinstance(data, dict):
                     on_warning(IngestWarning(
                         source, f"EVTX record{what} is a JSON {type(data).__name__}", last_number
@@ -878,7 +881,7 @@ class EvtxReader:
 
     def __init__(
         self, threads: int = 0, decode: Callable[[str], Any] = json.loads, *, isolate: bool = _CAN_ISOLATE,
-        decode_chunk: Callable[[list[tuple[int, str]]], dict[str, Any]] | None = None,
+        decode_chunk: Callable[[list[tuple[int, str | bytes]]], dict[str, Any]] | None = None,
     ) -> None:
         #: Rust worker threads per file in this process; 0 lets the parser decide (1 when files run in
         #: parallel). A child parses one chunk at a time.
@@ -888,7 +891,9 @@ class EvtxReader:
         #: If given, the records of a chunk that `_binxml` writes (most) come as one RawRecord, numbered as
         #: the chunk's last record and holding what this makes of their (number, JSON text) pairs, instead of
         #: a RawRecord each (the vectorised hunt: a record then costs no objects and generator steps of its
-        #: own on its way to the hunt). Records read otherwise come one by one, through `decode`.
+        #: own on its way to the hunt). Records read otherwise come one by one, through `decode`. The pairs'
+        #: texts that are not ASCII are UTF-8 bytes: the hunt reads UTF-8, and a str would cost a decode
+        #: here and an encode there (`decode` gets such bytes too, where a chunk's records come one by one).
         self.decode_chunk = decode_chunk
         self.isolate = isolate
         self._spare: list[_ChunkParser] = []  # idle children, for the next file
@@ -998,7 +1003,9 @@ class EvtxReader:
                 last = struct.unpack_from("<Q", head, 32)[0]
                 break
         if _chunk_records is not None and _plain_header(header):
-            chunks: _Chunkwise | _Renumbered = _Chunkwise(stream, header, start, stop)
+            chunks: _Chunkwise | _Renumbered = _Chunkwise(
+                stream, header, start, stop, utf8=self.decode_chunk is not None
+            )
         else:
             try:
                 parser = PyEvtxParser(_PartView(stream, header, start, stop), number_of_threads=self.threads)
@@ -1040,7 +1047,7 @@ class EvtxReader:
         stream.seek(0)
         parser: Any
         if not damaged and _chunk_records is not None and _plain_header(header) and not self.isolate:
-            parser = _Chunkwise(stream, header, 0, full_chunks, image)
+            parser = _Chunkwise(stream, header, 0, full_chunks, image, utf8=self.decode_chunk is not None)
         else:
             try:
                 # With damaged chunks the parser checks every chunk's checksums, so that it refuses the

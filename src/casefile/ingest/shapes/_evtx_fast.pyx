@@ -25,7 +25,7 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DATA, PyUnicode_DecodeUTF8, PyUnicode_New
 from cpython.list cimport PyList_GET_ITEM
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcmp, memcpy
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport realloc
@@ -684,8 +684,19 @@ cdef bint canonical_system_ints(dict fields) except -1:
     return True
 
 
-def fields_of(str text):
-    """`EvtxJsonShape.fields(orjson.loads(text))`, or None where this reader gives up (see the module)."""
+def fields_of(text):
+    """`EvtxJsonShape.fields(orjson.loads(text))`, or None where this reader gives up (see the module).
+    `text`: a str, or its UTF-8 as bytes (what `_binxml.chunk_records(..., utf8=True)` gives for text that
+    is not ASCII: a str's UTF-8 would be made again here). Bytes must be UTF-8, as the writer's always are:
+    a string or name that is not gives None, but what is passed over unread (`#attributes` of the Event) is
+    not checked."""
+    try:
+        return _fields_of(text)
+    except UnicodeDecodeError:  # a name or string of bytes that are not UTF-8: orjson's error to tell
+        return None
+
+
+cdef object _fields_of(object text):
     cdef Cur c
     cdef Py_ssize_t kstart, kn
     cdef int status
@@ -695,10 +706,14 @@ def fields_of(str text):
     _last = _read = None
     _kw_len = 0
     _kw_ok = True
-    try:
-        c.s = PyUnicode_AsUTF8AndSize(text, &c.n)
-    except UnicodeEncodeError:
-        return None
+    if type(text) is bytes:
+        c.s = PyBytes_AS_STRING(text)
+        c.n = PyBytes_GET_SIZE(text)
+    else:
+        try:
+            c.s = PyUnicode_AsUTF8AndSize(text, &c.n)  # (a TypeError for anything but a str)
+        except UnicodeEncodeError:
+            return None
     c.i = 0
     if not expect(&c, b'{'):
         return None
