@@ -624,7 +624,7 @@ def test_the_memo_is_kept_across_batches_until_its_budget(monkeypatch: pytest.Mo
     # what the budget is checked against follows what the memo holds (strings, bits, tables)
     held = sum(
         sys.getsizeof(seen) + sum(sys.getsizeof(v) + sys.getsizeof(b) for v, b in seen.items())
-        for anchors in hunter._anchors.values() for _name, _key, _fa, seen, _neg in anchors
+        for state in hunter._states.values() for _name, _key, _fa, seen, _neg in state[0]
     ) + sum(sys.getsizeof(shape) + sys.getsizeof(folded) for shape, folded in hunter._folded.items())
     assert held / 2 < hunter._memo_cost < held * 2
     assert emptied == first  # over a budget of 0, the memo was emptied before the batch and built again
@@ -1083,7 +1083,7 @@ def test_list_values_are_remembered_only_where_equal_lists_have_equal_string_for
     ref = [d for r in records for d in match_event(index, _reference_event(r))]
     assert [_key(d) for d in fast] == [_key(d) for d in ref]
     assert {d.rule.id for d in ref} == {"r0", "r1", "r2", "r3"}
-    remembered = {k for memo in hunter._anchors.values() for _, _, _, seen, _ in memo for k in seen}
+    remembered = {k for state in hunter._states.values() for _, _, _, seen, _ in state[0] for k in seen}
     assert remembered == {tuple(v) for v in lists if all(x is None or type(x) is str for x in v)}
 
 

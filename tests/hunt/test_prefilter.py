@@ -66,8 +66,8 @@ def test_field_hits_in_c_are_the_python_loops() -> None:
     py_hunter = BatchHunter(index, EvtxRecords())
     empty: dict[str, Any] = {}
     c_hunter._hits(plan, EventView(empty, {}))  # its anchors, memos empty: the Python hunter gets a copy
-    anchors = c_hunter._anchors[id(plan)]
-    py_anchors = py_hunter._anchors[id(plan)] = copy.deepcopy(anchors)
+    anchors = c_hunter._states[id(plan)][0]
+    py_anchors = copy.deepcopy(anchors)
     assert all(not seen for *_, seen, _ in anchors)
     rng = random.Random(4688)
     hits = 0
@@ -92,5 +92,5 @@ def test_field_hits_refuses_a_folded_table_of_other_fields() -> None:
     hunter._hits(plan, view)
     with pytest.raises(KeyError):  # not a crash: the table names a field these fields lack
         prefilter.field_hits(
-            hunter._anchors[id(plan)], fields, {"commandline": "CommandLine"}, view, hunter
+            hunter._states[id(plan)][0], fields, {"commandline": "CommandLine"}, view, hunter
         )

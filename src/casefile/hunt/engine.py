@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar, cast
 from casefile.errors import InputError
 from casefile.hunt.correlation import correlate, input_rule_ids, suppressed_rule_ids
 from casefile.hunt.evaluate import EventView, Predicate, compile_node, route_key
-from casefile.hunt.output import JsonlLines, LineBlock
+from casefile.hunt.output import JsonlLines, LineBlock, split_lines
 from casefile.hunt.rules import CompiledRule, RuleSet
 from casefile.ingest import EvidenceFile, count_files, iter_discover, read_file, with_next
 from casefile.models import Detection, DetectionKind, Event, IngestWarning, Level, RuleInfo
@@ -240,7 +240,7 @@ def iter_hunt_lines(
         paths, ruleset, stats=stats, min_level=min_level, on_warning=on_warning, progress=progress,
         workers=workers, plan_cache=plan_cache, exclude=exclude,
     ):
-        yield from chunk.decode().split("\n")[:-1]
+        yield from split_lines(chunk)
 
 
 def iter_hunt_jsonl(
@@ -326,14 +326,9 @@ def _hunt(
             hits = _sequential_hits(listed, _index(ruleset, min_level), warn, done)
     by_rule = stats.by_rule
     for d in _emit(hits, ruleset, min_level, warn):
-        if type(d) is LineBlock:
-            ids = d.rule_ids  # type: ignore[union-attr]
-            stats.detections += len(ids)
-            for rule_id in ids:
-                by_rule[rule_id] = by_rule.get(rule_id, 0) + 1
-        else:
-            rule_id = d.rule.id  # type: ignore[union-attr]
-            stats.detections += 1
+        ids = d.rule_ids if type(d) is LineBlock else (d.rule.id,)  # type: ignore[union-attr]
+        stats.detections += len(ids)
+        for rule_id in ids:
             by_rule[rule_id] = by_rule.get(rule_id, 0) + 1
         yield d
     report.finish(counting)

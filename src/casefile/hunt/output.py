@@ -33,8 +33,14 @@ class LineBlock:
     rule_ids: tuple[str, ...]
 
     def lines(self) -> list[str]:
-        """The lines, without their newlines (no line holds one: JSON escapes it)."""
-        return self.text.decode().split("\n")[:-1]
+        """The lines, without their newlines."""
+        return split_lines(self.text)
+
+
+def split_lines(text: bytes) -> list[str]:
+    """The lines of UTF-8 JSONL `text` (each ending in a newline), without their newlines (no line holds
+    one: JSON escapes it)."""
+    return text.decode().split("\n")[:-1]
 
 
 #: About the most text a `LineBlock` holds: larger objects are mapped and unmapped by malloc, each time paying

@@ -216,8 +216,6 @@ def _add_and_spill(add: Callable[[list[Any]], None], spill: Spill, out: TaskResu
     spill(out)
 
 
-
-
 class FileHunter:
     """Hunts file groups in the current process (a worker, or the parent with one worker)."""
 

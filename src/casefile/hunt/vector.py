@@ -946,13 +946,11 @@ class BatchHunter:
         self.lines_except = lines_except
         #: See MEMO_BYTES.
         self.memo_bytes = MEMO_BYTES
-        # Per plan (by id: plans live as long as the index), its fields' anchors as `_hits` walks them
-        # (`_Anchored`), with the memo of the owner bits each value string gave them (and each list value:
-        # `_list_bits`). Emptied once the memos hold about `memo_bytes` (`_memo_cost`), so memory does not
-        # grow with the evidence.
-        self._anchors: dict[int, list[_Anchored]] = {}
-        # Per plan, what `_hits` reads of it besides the anchors (`_PlanState`), read once: it runs for most
-        # records, and a dozen attribute lookups were a tenth of its time.
+        # Per plan (by id: plans live as long as the index), what `_hits` reads of it (`_PlanState`), read
+        # once: it runs for most records, and a dozen attribute lookups were a tenth of its time. Its fields'
+        # anchors as `_hits` walks them (`_Anchored`) hold the memo of the owner bits each value string gave
+        # them (and each list value: `_list_bits`). Emptied once the memos hold about `memo_bytes`
+        # (`_memo_cost`), so memory does not grow with the evidence.
         self._states: dict[int, _PlanState] = {}
         # Records of one source repeat their field names: the folded-name lookup table is made once per list
         # of names (by the names, or their `RecordShape.layout_key`), and forgotten with the memo.
@@ -1030,7 +1028,6 @@ class BatchHunter:
         return found
 
     def _forget(self) -> None:
-        self._anchors.clear()
         self._states.clear()
         self._folded.clear()
         self._memo_cost = 0
@@ -1106,10 +1103,9 @@ class BatchHunter:
 
     def _state(self, plan: PartitionPlan) -> _PlanState:
         """`plan`'s `_PlanState`, its anchors' memos empty (made on the first record of its partition)."""
-        anchors = self._anchors.get(id(plan))
-        if anchors is None:
-            anchors = [(name, _fold(name), fa, {}, fa.neg_bits) for name, fa in plan.by_name.items()]
-            self._anchors[id(plan)] = anchors
+        anchors: list[_Anchored] = [
+            (name, _fold(name), fa, {}, fa.neg_bits) for name, fa in plan.by_name.items()
+        ]
         raw = plan.raw
         finds = raw.gate.finds if raw is not None and raw.gate is not None and raw.decides else None
         state = self._states[id(plan)] = (
